@@ -1,0 +1,53 @@
+"""``prefect-cloudsched`` console script.
+
+Every command module registers itself on :data:`prefect_cloudsched.cli._app.app`. ``main``
+turns our own input errors into one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.errors import CloudSchedError
+
+_COMMAND_MODULES = (
+    "prices_cmd",
+    "report_cmd",
+    "forecast_cmd",
+)
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"prefect_cloudsched.cli.{_name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 failure, 2 bad input)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except CloudSchedError as err:
+        typer.echo(f"Error: {err}", err=True)
+        return 2
+    except click.exceptions.UsageError as err:
+        typer.echo(f"Error: {err.format_message()}", err=True)
+        if err.ctx is not None:
+            typer.echo(f"Try '{err.ctx.command_path} --help' for help.", err=True)
+        return 2
+    except click.exceptions.Abort:
+        typer.echo("Aborted.", err=True)
+        return 1
+    except click.exceptions.Exit as exit_:
+        return int(exit_.exit_code or 0)
+    return 0
+
+
+def _entry() -> None:  # pragma: no cover - console script shim
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _entry()

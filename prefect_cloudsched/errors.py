@@ -1,0 +1,60 @@
+"""Exceptions users see. Each message is one line naming the field and the fix."""
+
+from __future__ import annotations
+
+
+class CloudSchedError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class NeedsError(CloudSchedError, ValueError):
+    """A task's declared needs (decorator, tag or override) are invalid."""
+
+
+class NoFeasibleOffer(CloudSchedError):
+    """No offer in the catalog can meet a task's needs under the active policy."""
+
+
+class LedgerError(CloudSchedError):
+    """The ledger database cannot be opened or has an unexpected schema."""
+
+
+class SpotInterrupted(CloudSchedError):
+    """The spot instance a task ran on was reclaimed by the cloud.
+
+    Raised inside the task so that Prefect's ``retries`` + ``retry_condition_fn`` re-run it,
+    and the runner re-places the retry with the interruption taken into account.
+    """
+
+    def __init__(self, instance_id: str, offer_key: str, message: str = "") -> None:
+        self.instance_id = instance_id
+        self.offer_key = offer_key
+        super().__init__(
+            message or f"spot instance {instance_id} ({offer_key}) was interrupted by the cloud"
+        )
+
+    def __reduce__(self):  # keep it picklable across Dask / process boundaries
+        return (type(self), (self.instance_id, self.offer_key, str(self)))
+
+
+class InputError(CloudSchedError, ValueError):
+    """Bad user input (a file, a column, an option). The CLI prints it and exits 2."""
+
+
+class CapacityError(CloudSchedError):
+    """The cloud refused to start an offer (stockout, quota, price, throttling).
+
+    The runner blocks that offer for the run and re-places the task on the next best one.
+    """
+
+    def __init__(self, offer_key: str, code: str, message: str) -> None:
+        self.offer_key = offer_key
+        self.code = code
+        super().__init__(f"{offer_key}: {code}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.offer_key, self.code, str(self).split(": ", 2)[-1]))
+
+
+class ProvisioningError(CloudSchedError):
+    """A provisioning setting is wrong (credentials, region, image, subnet); not retried."""

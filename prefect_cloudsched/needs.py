@@ -1,0 +1,390 @@
+"""What a task asks for: the ``@requires`` decorator, the tag shorthand and call-site overrides.
+
+Pure module: no Prefect import, so the scheduler core and its tests stay fast.
+
+Precedence, lowest to highest: package defaults < ``@requires(...)`` < tags on the task
+(``@task(tags=[...])``) < tags from ``with prefect.tags(...)`` at the call site <
+``with override(...)``. The more specific to one call, the stronger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from prefect_cloudsched.errors import NeedsError
+
+NEEDS_ATTR = "__cloudsched_needs__"
+
+#: GPU models the shipped catalog knows (SkyPilot naming). Matching is case-insensitive.
+KNOWN_GPU_TYPES: tuple[str, ...] = (
+    "A100",
+    "A100-80GB",
+    "A10G",
+    "H100",
+    "H100-MEGA",
+    "H200",
+    "L4",
+    "L40S",
+    "P100",
+    "P4",
+    "T4",
+    "V100",
+    "V100-32GB",
+)
+_GPU_BY_LOWER = {g.lower(): g for g in KNOWN_GPU_TYPES}
+
+
+class Priority(StrEnum):
+    """How urgently a task must run; ``realtime`` never uses spot."""
+
+    REALTIME = "realtime"
+    HIGH = "high"
+    BATCH = "batch"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskNeeds:
+    """Resources and constraints of one task run.
+
+    Attributes:
+        gpus: Whole GPUs needed on one instance.
+        gpu_type: GPU model (``None`` = any model).
+        cpus: vCPUs needed.
+        memory_gib: Memory needed, GiB.
+        est_runtime: Estimated run time; placement prices with it.
+        deadline: Either a ``timedelta`` counted from submission or an absolute ``datetime``.
+        priority: ``realtime`` | ``high`` | ``batch``.
+        spot_ok: May run on spot capacity (never for ``realtime``).
+        checkpointable: Resumes from a checkpoint after an interruption.
+        data_region: Region its input lives in; another region pays egress.
+        input_gib: Size of its input, GiB, for the egress estimate.
+    """
+
+    gpus: int = 0
+    gpu_type: str | None = None
+    cpus: float = 1.0
+    memory_gib: float = 1.0
+    est_runtime: timedelta = timedelta(minutes=10)
+    deadline: timedelta | datetime | None = None
+    priority: Priority = Priority.BATCH
+    spot_ok: bool = False
+    checkpointable: bool = False
+    data_region: str | None = None
+    input_gib: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_nonneg_int("gpus", self.gpus)
+        if self.cpus <= 0:
+            raise NeedsError(f"cpus must be > 0, got {self.cpus!r}")
+        if self.memory_gib <= 0:
+            raise NeedsError(f"memory_gib must be > 0, got {self.memory_gib!r}")
+        if self.input_gib < 0:
+            raise NeedsError(f"input_gib must be >= 0, got {self.input_gib!r}")
+        if not isinstance(self.est_runtime, timedelta) or self.est_runtime <= timedelta(0):
+            raise NeedsError(f"est_runtime must be a positive timedelta, got {self.est_runtime!r}")
+        if isinstance(self.deadline, timedelta) and self.deadline <= timedelta(0):
+            raise NeedsError(f"deadline must be a positive duration, got {self.deadline!r}")
+        if self.deadline is not None and not isinstance(self.deadline, timedelta | datetime):
+            raise NeedsError(
+                f"deadline must be a timedelta or datetime, got {type(self.deadline).__name__}"
+            )
+        if self.gpu_type is not None:
+            object.__setattr__(self, "gpu_type", normalize_gpu_type(self.gpu_type))
+            if self.gpus == 0:
+                object.__setattr__(self, "gpus", 1)
+        try:
+            object.__setattr__(self, "priority", Priority(self.priority))
+        except ValueError:
+            raise NeedsError(
+                f"priority must be one of {', '.join(p.value for p in Priority)};"
+                f" got {self.priority!r}"
+            ) from None
+
+    @property
+    def allows_spot(self) -> bool:
+        """Spot is never used for real-time work, whatever the task says."""
+        return self.spot_ok and self.priority is not Priority.REALTIME
+
+    def deadline_at(self, submitted_at: datetime) -> datetime | None:
+        """The absolute deadline for a run submitted at ``submitted_at``."""
+        if self.deadline is None:
+            return None
+        if isinstance(self.deadline, timedelta):
+            return submitted_at + self.deadline
+        return self.deadline if self.deadline.tzinfo else self.deadline.replace(tzinfo=UTC)
+
+    def merged(self, changes: Mapping[str, Any]) -> TaskNeeds:
+        """A copy with ``changes`` applied (validated again)."""
+        if not changes:
+            return self
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise NeedsError(f"unknown need(s) {sorted(unknown)}; known: {sorted(FIELD_NAMES)}")
+        return dataclasses.replace(self, **dict(changes))
+
+    def summary(self) -> str:
+        """Short human form for logs and the ledger."""
+        parts = [f"{self.gpus}x{self.gpu_type or 'any'} GPU" if self.gpus else "cpu-only"]
+        parts.append(f"{self.cpus:g} vCPU, {self.memory_gib:g} GiB")
+        parts.append(f"~{_fmt_td(self.est_runtime)}")
+        if self.deadline is not None:
+            parts.append(f"deadline {self.deadline}")
+        parts.append(self.priority.value + (", spot ok" if self.allows_spot else ""))
+        return "; ".join(parts)
+
+
+def normalize_gpu_type(name: str) -> str:
+    """Canonical GPU name, or a :class:`NeedsError` that lists the known ones."""
+    canon = _GPU_BY_LOWER.get(str(name).strip().lower())
+    if canon is None:
+        raise NeedsError(f"gpu_type {name!r} is unknown; use one of: {', '.join(KNOWN_GPU_TYPES)}")
+    return canon
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+_DURATION_RE = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*"
+    r"(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$",
+    re.IGNORECASE,
+)
+_MEMORY_RE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(gi|gib|g|gb|mi|mib|m|mb|ti|tib|t|tb)?\s*$", re.IGNORECASE
+)
+_MEMORY_FACTORS = {"g": 1.0, "m": 1 / 1024, "t": 1024.0}
+
+
+def parse_duration(text: str, field_name: str = "duration") -> timedelta:
+    """``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"``, ``"1d"`` → ``timedelta``."""
+    match = _DURATION_RE.match(str(text))
+    if not match or not any(match.groups()):
+        raise NeedsError(
+            f"{field_name} {text!r} is not a duration; write e.g. 90s, 30m, 2h, 1h30m or 1d"
+        )
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    value = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if value <= timedelta(0):
+        raise NeedsError(f"{field_name} {text!r} must be longer than zero")
+    return value
+
+
+def parse_memory_gib(text: str) -> float:
+    """``"32Gi"``, ``"512Mi"``, ``"1Ti"``, ``"16"`` (GiB) → GiB as a float."""
+    match = _MEMORY_RE.match(str(text))
+    if not match:
+        raise NeedsError(f"mem {text!r} is not a size; write e.g. 32Gi, 512Mi or 1Ti")
+    unit = (match.group(2) or "g")[0].lower()
+    return float(match.group(1)) * _MEMORY_FACTORS[unit]
+
+
+def _parse_int(tag: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise NeedsError(f"tag {tag!r}: {value!r} is not a whole number") from None
+    if number < 0:
+        raise NeedsError(f"tag {tag!r}: count must be >= 0")
+    return number
+
+
+def _parse_float(tag: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise NeedsError(f"tag {tag!r}: {value!r} is not a number") from None
+
+
+def _check_nonneg_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NeedsError(f"{name} must be a whole number >= 0, got {value!r}")
+
+
+def _fmt_td(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds >= 3600:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60:
+        return f"{seconds / 60:g}m"
+    return f"{seconds}s"
+
+
+FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TaskNeeds))
+DEFAULT_NEEDS = TaskNeeds()
+
+
+# --------------------------------------------------------------------------- tag grammar
+
+_VALUE_TAGS: dict[str, Callable[[str, str], tuple[str, Any]]] = {
+    "gpu": lambda t, v: ("gpus", _parse_int(t, v)),
+    "gpus": lambda t, v: ("gpus", _parse_int(t, v)),
+    "gpu-type": lambda t, v: ("gpu_type", normalize_gpu_type(v)),
+    "cpu": lambda t, v: ("cpus", _parse_float(t, v)),
+    "cpus": lambda t, v: ("cpus", _parse_float(t, v)),
+    "mem": lambda t, v: ("memory_gib", parse_memory_gib(v)),
+    "deadline": lambda t, v: ("deadline", parse_duration(v, "deadline")),
+    "runtime": lambda t, v: ("est_runtime", parse_duration(v, "runtime")),
+    "priority": lambda t, v: (
+        "priority",
+        Priority(v.lower()) if v.lower() in Priority._value2member_map_ else _bad_priority(t),
+    ),
+    "data-region": lambda t, v: ("data_region", v),
+    "input": lambda t, v: ("input_gib", parse_memory_gib(v)),
+}
+_FLAG_TAGS: dict[str, tuple[str, Any]] = {
+    "spot": ("spot_ok", True),
+    "no-spot": ("spot_ok", False),
+    "checkpointable": ("checkpointable", True),
+}
+#: Our own decision label; never parsed as a need.
+DECISION_TAG_PREFIX = "cloudsched:"
+
+
+def _bad_priority(tag: str) -> Any:
+    raise NeedsError(f"tag {tag!r}: priority must be one of realtime, high, batch")
+
+
+def needs_from_tags(tags: Iterable[str]) -> dict[str, Any]:
+    """Parse the documented tag shorthand; tags that are not ours are ignored.
+
+    Grammar: ``gpu:N``, ``gpu-type:NAME``, ``cpu:N``, ``mem:SIZE``, ``deadline:DUR``,
+    ``runtime:DUR``, ``priority:realtime|high|batch``, ``data-region:REGION``,
+    ``input:SIZE``, and the flags ``spot``, ``no-spot``, ``checkpointable``.
+    """
+    changes: dict[str, Any] = {}
+    for raw in sorted(tags):  # sorted: the result must not depend on set order
+        tag = raw.strip()
+        if tag.startswith(DECISION_TAG_PREFIX):
+            continue
+        lowered = tag.lower()
+        if lowered in _FLAG_TAGS:
+            key, value = _FLAG_TAGS[lowered]
+            changes[key] = value
+            continue
+        prefix, sep, value = tag.partition(":")
+        parser = _VALUE_TAGS.get(prefix.lower()) if sep else None
+        if parser is None:
+            continue  # a user's own tag
+        if not value.strip():
+            raise NeedsError(f"tag {tag!r} has no value; write e.g. {prefix}:…")
+        key, parsed = parser(tag, value.strip())
+        changes[key] = parsed
+    return changes
+
+
+# --------------------------------------------------------------------------- decorator + override
+
+T = TypeVar("T")
+
+
+def requires(
+    *,
+    gpus: int | None = None,
+    gpu_type: str | None = None,
+    cpus: float | None = None,
+    memory_gib: float | None = None,
+    est_runtime: timedelta | None = None,
+    deadline: timedelta | datetime | None = None,
+    priority: Priority | str | None = None,
+    spot_ok: bool | None = None,
+    checkpointable: bool | None = None,
+    data_region: str | None = None,
+    input_gib: float | None = None,
+) -> Callable[[T], T]:
+    """Declare a task's needs. Place it **above** ``@task``.
+
+    The needs are stored on ``task.fn`` so ``task.with_options(...)`` keeps them.
+
+    Example:
+        ```python
+        from datetime import timedelta
+        from prefect import task
+        from prefect_cloudsched import requires
+
+        @requires(gpus=1, gpu_type="A10G", est_runtime=timedelta(minutes=20),
+                  deadline=timedelta(hours=2), spot_ok=True)
+        @task
+        def train(config: dict) -> float: ...
+        ```
+    """
+    given = {k: v for k, v in locals().items() if v is not None}
+    needs = DEFAULT_NEEDS.merged(given)  # validate at decoration time, not at run time
+
+    def apply(obj: T) -> T:
+        target = getattr(obj, "fn", obj)  # a prefect Task, or a plain function
+        setattr(target, NEEDS_ATTR, needs)
+        return obj
+
+    return apply
+
+
+_OVERRIDES: ContextVar[dict[str, Any] | None] = ContextVar("cloudsched_overrides", default=None)
+
+
+@contextlib.contextmanager
+def override(**changes: Any) -> Iterator[None]:
+    """Override needs for every task submitted inside the block (nests; inner wins).
+
+    Example:
+        ```python
+        with override(gpus=4, spot_ok=False):
+            train.submit(big_config)
+        ```
+    """
+    current = dict(_OVERRIDES.get() or {})
+    validated = DEFAULT_NEEDS.merged(changes)  # raise early on a typo or a bad value
+    current.update({k: getattr(validated, k) for k in changes})
+    token = _OVERRIDES.set(current)
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
+def current_overrides() -> dict[str, Any]:
+    """Overrides active in this context (the runner reads them in ``submit``)."""
+    return dict(_OVERRIDES.get() or {})
+
+
+def declared_needs(fn: object) -> TaskNeeds | None:
+    """Needs set by ``@requires`` on a function or task, if any."""
+    target = getattr(fn, "fn", fn)
+    value = getattr(target, NEEDS_ATTR, None)
+    return value if isinstance(value, TaskNeeds) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedNeeds:
+    """Needs after every layer is applied, and whether the task declared any at all."""
+
+    needs: TaskNeeds
+    declared: bool
+    sources: tuple[str, ...] = field(default=())
+
+
+def resolve_needs(
+    fn: object,
+    task_tags: Iterable[str] = (),
+    context_tags: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> ResolvedNeeds:
+    """Combine decorator, tags and overrides in the documented precedence order."""
+    base = declared_needs(fn)
+    sources: list[str] = ["requires"] if base is not None else []
+    needs = base or DEFAULT_NEEDS
+    for name, tags in (("task tags", task_tags), ("call-site tags", context_tags)):
+        changes = needs_from_tags(tags)
+        if changes:
+            needs = needs.merged(changes)
+            sources.append(name)
+    if overrides:
+        needs = needs.merged(overrides)
+        sources.append("override")
+    return ResolvedNeeds(needs=needs, declared=bool(sources), sources=tuple(sources))

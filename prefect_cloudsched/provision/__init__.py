@@ -1,0 +1,1 @@
+"""Provisioners: start, reuse, release and find the instances our placements run on."""

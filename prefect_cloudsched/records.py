@@ -1,0 +1,59 @@
+"""Plain records that cross the ledger boundary. Money is integer micro-dollars.
+
+Floats are fine for ranking offers, but totals a user reconciles with a cloud bill must not
+drift, so every stored amount is an ``int`` of millionths of a US dollar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+MICRO = 1_000_000
+
+
+def to_micro(usd: float | Decimal) -> int:
+    """Dollars → integer micro-dollars (half-even rounding, as Decimal does)."""
+    return int((Decimal(str(usd)) * MICRO).to_integral_value())
+
+
+def to_usd(micro: int) -> Decimal:
+    """Integer micro-dollars → exact ``Decimal`` dollars."""
+    return Decimal(micro) / MICRO
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRecord:
+    """One task placement as the ledger stores it (one row per task run attempt chain)."""
+
+    flow_run_id: str
+    flow_name: str
+    task_run_id: str
+    task_name: str
+    cloud: str
+    region: str
+    zone: str | None
+    instance_type: str
+    option: str
+    offer_key: str
+    gpu_type: str | None
+    gpus: int
+    price_micro_per_hour: int
+    started_at: datetime
+    ended_at: datetime
+    runtime_s: float
+    cost_micro: int
+    baseline_micro: int
+    interruptions: int = 0
+    wasted_micro: int = 0
+    state: str = "completed"
+    instance_id: str | None = None
+    explanation: str = ""
+    decision_json: str = "{}"
+    id: int | None = field(default=None, compare=False)
+
+    @property
+    def day(self) -> str:
+        """UTC calendar day the task started (for ``--group-by day``)."""
+        return self.started_at.date().isoformat()
