@@ -402,6 +402,8 @@ class _PlacedTask:
             attempt=number,
             instance_id=handle.instance_id if handle else None,
         )
+        if handle is not None:
+            self.run.executor.attach(handle, placement)
         return _Attempt(placement, handle, datetime.now(UTC), time.perf_counter())
 
     def _claim(self, decision: Decision) -> InstanceHandle | bool | None:
@@ -415,7 +417,12 @@ class _PlacedTask:
         if provisioner is None:
             return None
         try:
-            return provisioner.ensure(offer, run_id=self.run_id, task_name=self.task_name)
+            return provisioner.ensure(
+                offer,
+                run_id=self.run_id,
+                task_name=self.task_name,
+                startup_script=self.run.executor.startup_script(offer, self.run_id),
+            )
         except CapacityError as err:
             if offer.option is PurchaseOption.RESERVED:
                 self.run.state.release_reserved(offer.capacity_key)
@@ -435,6 +442,7 @@ class _PlacedTask:
         finally:
             runtime = time.perf_counter() - attempt.t0
             if handle is not None and provisioner is not None:
+                self.run.executor.detach(handle)
                 provisioner.release(handle)
             if decision.offer.option is PurchaseOption.RESERVED:
                 self.run.state.release_reserved(decision.offer.capacity_key)

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from prefect_cloudsched.catalog import Offer
 from prefect_cloudsched.policy import Decision
+from prefect_cloudsched.provision.base import InstanceHandle
 
 R = TypeVar("R")
 
@@ -41,6 +43,16 @@ class Executor(Protocol):
         """Run ``call`` on ``placement`` and return its result."""
         ...
 
+    def startup_script(self, offer: Offer, run_id: str) -> str | None:
+        """Boot script an instance for ``offer`` needs (``None`` = nothing to start)."""
+        ...
+
+    def attach(self, handle: InstanceHandle, placement: Placement) -> None:
+        """An instance for ``placement`` is running (e.g. wait for its worker to join)."""
+
+    def detach(self, handle: InstanceHandle) -> None:
+        """The instance is about to be released."""
+
 
 class LocalExecutor:
     """Runs the body in the calling thread: the embedded default (accounting only)."""
@@ -56,6 +68,16 @@ class LocalExecutor:
     def run(self, call: Callable[[], R], placement: Placement) -> R:
         """Call it here."""
         return call()
+
+    def startup_script(self, offer: Offer, run_id: str) -> str | None:
+        """Nothing runs on the instance: the body runs here."""
+        return None
+
+    def attach(self, handle: InstanceHandle, placement: Placement) -> None:
+        """Nothing to wait for."""
+
+    def detach(self, handle: InstanceHandle) -> None:
+        """Nothing to tear down."""
 
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, LocalExecutor)

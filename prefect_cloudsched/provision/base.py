@@ -37,8 +37,13 @@ class Provisioner(Protocol):
 
     cloud: str
 
-    def ensure(self, offer: Offer, *, run_id: str, task_name: str) -> InstanceHandle:
+    def ensure(
+        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
+    ) -> InstanceHandle:
         """Start (or reuse a warm instance of ours) for ``offer`` and wait until it runs.
+
+        ``startup_script`` is the boot script (AWS user-data, GCP ``startup-script``) the
+        executor needs on the instance, e.g. one that starts a Dask worker.
 
         Raises:
             CapacityError: the cloud refused this offer now (stockout, quota, price,
