@@ -148,8 +148,21 @@ class Ledger:
                 "write e.g. sqlite:///path/ledger.db or postgresql+psycopg://user@host/db"
             ) from None
         if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = sa.create_engine(self.url, future=True)
+            folder = Path(parsed.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise LedgerError(
+                    f"cannot create the ledger folder {folder}: {err.strerror}; set {HOME_ENV} "
+                    f"or {URL_ENV} to a writable place"
+                ) from None
+        try:
+            self.engine: Engine = sa.create_engine(self.url, future=True)
+        except ImportError as err:
+            raise LedgerError(
+                f"ledger URL {redact_url(self.url)!r} needs the database driver "
+                f"{err.name!r}; install it (PostgreSQL: pip install 'prefect-cloudsched[postgres]')"
+            ) from None
         if parsed.drivername.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrate()

@@ -123,7 +123,9 @@ def _pct(value: float | None) -> str:
 
 
 def _money(value: Decimal) -> str:
-    return f"${value.quantize(Decimal('0.0001'))}"
+    # Six decimals: short demo tasks cost fractions of a cent, and rounding them to zero
+    # would hide exactly the savings the report exists to show.
+    return f"${value.quantize(Decimal('0.000001'))}"
 
 
 COLUMNS = (

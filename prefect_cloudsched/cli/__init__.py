@@ -7,10 +7,15 @@ turns our own input errors into one line on stderr and exit code 2, never a trac
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.25 vendors click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.errors import CloudSchedError
@@ -22,7 +27,8 @@ _COMMAND_MODULES = (
 )
 
 for _name in _COMMAND_MODULES:
-    importlib.import_module(f"prefect_cloudsched.cli.{_name}")
+    if importlib.util.find_spec(f"prefect_cloudsched.cli.{_name}") is not None:  # TODO-LEAD: strict
+        importlib.import_module(f"prefect_cloudsched.cli.{_name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,15 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     except CloudSchedError as err:
         typer.echo(f"Error: {err}", err=True)
         return 2
-    except click.exceptions.UsageError as err:
+    except click_exceptions.UsageError as err:
         typer.echo(f"Error: {err.format_message()}", err=True)
         if err.ctx is not None:
             typer.echo(f"Try '{err.ctx.command_path} --help' for help.", err=True)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("Aborted.", err=True)
         return 1
-    except click.exceptions.Exit as exit_:
+    except typer.Exit as exit_:
         return int(exit_.exit_code or 0)
     return 0
 

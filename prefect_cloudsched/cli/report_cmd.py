@@ -1,0 +1,114 @@
+"""``prefect-cloudsched report``: what tasks cost, and what plain on-demand would have cost."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.errors import InputError
+
+
+class ReportFormat(StrEnum):
+    """Output formats of the cost report."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+class GroupBy(StrEnum):
+    """Report grouping."""
+
+    FLOW = "flow"
+    TASK = "task"
+    CLOUD = "cloud"
+    OPTION = "option"
+    INSTANCE = "instance"
+    DAY = "day"
+
+
+def parse_when(text: str, option: str) -> datetime:
+    """``2026-11-01``, ``2026-11-01T12:00``, or a relative ``24h`` / ``7d`` (ago)."""
+    from prefect_cloudsched.errors import NeedsError
+    from prefect_cloudsched.needs import parse_duration
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return datetime.now(UTC) - parse_duration(text, option)
+        except NeedsError:
+            raise InputError(
+                f"{option} {text!r} is neither a date (2026-11-01, 2026-11-01T12:00) "
+                "nor a duration ago (24h, 7d)"
+            ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@app.command("report")
+def report(
+    group_by: Annotated[
+        GroupBy, typer.Option("--group-by", "-g", help="flow, task, cloud, option, instance, day.")
+    ] = GroupBy.FLOW,
+    since: Annotated[
+        str | None, typer.Option(help="Start: a date (2026-11-01) or a duration ago (7d).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End (exclusive), same forms as --since.")
+    ] = None,
+    flow: Annotated[str | None, typer.Option("--flow", help="Only this flow name.")] = None,
+    output: Annotated[
+        ReportFormat, typer.Option("--format", "-f", help="table, csv, json or markdown.")
+    ] = ReportFormat.TABLE,
+    ledger_url: Annotated[
+        str | None,
+        typer.Option("--ledger", help="Ledger database URL (default: the local SQLite ledger)."),
+    ] = None,
+) -> None:
+    """Spend, on-demand baseline, savings and interruptions from the ledger.
+
+    Examples:
+
+    * `prefect-cloudsched report`
+    * `prefect-cloudsched report --group-by task --flow ml-pipeline`
+    * `prefect-cloudsched report -g day --since 7d -f csv > spend.csv`
+    * `prefect-cloudsched report -g option -f json`
+    """
+    from prefect_cloudsched.ledger import Ledger, redact_url
+    from prefect_cloudsched.report import build_report, render_csv, render_json, render_markdown
+
+    start = parse_when(since, "--since") if since else None
+    end = parse_when(until, "--until") if until else None
+    if start and end and end <= start:
+        raise InputError("--until must be later than --since")
+    ledger = Ledger(ledger_url)
+    records = ledger.placements(since=start, until=end, flow_name=flow)
+    result = build_report(records, group_by.value)
+    if output is ReportFormat.JSON:
+        typer.echo(render_json(result))
+    elif output is ReportFormat.CSV:
+        typer.echo(render_csv(result), nl=False)
+    elif output is ReportFormat.MARKDOWN:
+        typer.echo(render_markdown(result), nl=False)
+    else:
+        from rich.console import Console
+
+        from prefect_cloudsched.report import render_rich
+
+        console = Console()
+        console.print(render_rich(result))
+        if not records:
+            console.print(f"[dim]No placements in {redact_url(ledger.url)} for this filter yet: "
+                          "run a flow with CloudSchedTaskRunner first.[/dim]")  # fmt: skip
+        else:
+            pct = result.total.savings_pct
+            saved = "n/a" if pct is None else f"{pct:.1f}%"
+            console.print(
+                f"Spent [bold]${result.total.spend:.6f}[/bold] vs ${result.total.baseline:.6f} "
+                f"on plain on-demand: saved {saved}; {result.total.interruptions} interruption(s)."
+            )
