@@ -1,0 +1,159 @@
+"""Ledger storage and the cost report built on it."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefect_cloudsched.cli import main
+from prefect_cloudsched.errors import LedgerError
+from prefect_cloudsched.ledger import SCHEMA_VERSION, BufferedWriter, Ledger, meta_table
+from prefect_cloudsched.records import PlacementRecord, to_micro, to_usd
+from prefect_cloudsched.report import build_report, render_csv, render_markdown
+
+T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
+
+
+def record(task: str = "train", *, flow: str = "pipe", cost: float = 0.3, base: float = 1.0,
+           option: str = "spot", cloud: str = "aws", start: datetime = T0,
+           interruptions: int = 0) -> PlacementRecord:  # fmt: skip
+    return PlacementRecord(
+        flow_run_id="fr-1", flow_name=flow, task_run_id=f"tr-{task}", task_name=task,
+        cloud=cloud, region="us-east-1", zone=None, instance_type="g5.xlarge", option=option,
+        offer_key=f"{cloud}/us-east-1/g5.xlarge/{option}", gpu_type="A10G", gpus=1,
+        price_micro_per_hour=to_micro(0.3), started_at=start,
+        ended_at=start + timedelta(seconds=60), runtime_s=60.0, cost_micro=to_micro(cost),
+        baseline_micro=to_micro(base), interruptions=interruptions,
+        wasted_micro=to_micro(cost) if interruptions else 0,
+        explanation="chose ...", decision_json="{}",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Ledger:
+    return Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+
+
+def test_money_round_trips_exactly() -> None:
+    assert to_micro(0.1) + to_micro(0.2) == to_micro(0.3)
+    assert to_usd(to_micro(1.234567)) == Decimal("1.234567")
+
+
+def test_ledger_round_trip_filters_and_wal(ledger: Ledger) -> None:
+    rows = [record("a"), record("b", flow="other", start=T0 + timedelta(days=1))]
+    ledger.record(rows)
+    got = ledger.placements()
+    assert [r.task_name for r in got] == ["a", "b"]
+    assert got[0].started_at == T0 and got[0].cost_micro == to_micro(0.3)
+    assert [r.task_name for r in ledger.placements(flow_name="other")] == ["b"]
+    assert [r.task_name for r in ledger.placements(since=T0 + timedelta(hours=1))] == ["b"]
+    assert [r.task_name for r in ledger.placements(until=T0 + timedelta(hours=1))] == ["a"]
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert ledger.schema_version == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(ledger: Ledger) -> None:
+    with ledger.engine.begin() as conn:
+        conn.execute(sa.update(meta_table).values(value=str(SCHEMA_VERSION + 1)))
+    with pytest.raises(LedgerError, match="upgrade prefect-cloudsched"):
+        Ledger(ledger.url)
+
+
+def test_bad_urls_are_one_line_errors_without_passwords() -> None:
+    with pytest.raises(LedgerError) as info:
+        Ledger("postgresql+psycopg://user:hunter2@127.0.0.1:1/db")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(LedgerError, match="not a database URL"):
+        Ledger("definitely not a url")
+
+
+def test_buffered_writer_flushes_everything_on_close(ledger: Ledger) -> None:
+    writer = BufferedWriter(ledger, interval=0.05)
+    for i in range(250):
+        writer.put(record(f"t{i}"))
+    writer.close()
+    assert len(ledger.placements()) == 250 and not writer.errors
+
+
+def test_plans_and_instances(ledger: Ledger) -> None:
+    assert ledger.latest_plan() is None
+    ledger.record_plan(name="p1", status="optimal", expected_micro=1, ondemand_micro=2,
+                       plan={"reserved": [{"capacity_key": "aws/us-east-1/g5.xlarge", "count": 2}]},
+                       created_at=T0)  # fmt: skip
+    ledger.record_plan(name="p2", status="optimal", expected_micro=1, ondemand_micro=2,
+                       plan={"reserved": []}, created_at=T0 + timedelta(hours=1))  # fmt: skip
+    assert ledger.latest_plan()["name"] == "p2"
+    ledger.upsert_instance(instance_id="i-1", cloud="aws", region="us-east-1", zone=None,
+                           offer_key="k", owner_id="me", run_id="r", state="running",
+                           launched_at=T0)  # fmt: skip
+    ledger.upsert_instance(instance_id="i-1", state="terminated", terminated_at=T0)
+    assert [r["state"] for r in ledger.instances()] == ["terminated"]
+
+
+def test_report_groups_and_totals() -> None:
+    rows = [record("a", cost=0.3, base=1.0), record("b", cost=1.0, base=1.0, option="on-demand"),
+            record("a", cost=0.2, base=0.0, interruptions=1)]  # fmt: skip
+    report = build_report(rows, "task")
+    assert [r.group for r in report.rows] == ["a", "b"]
+    assert report.total.spend == Decimal("1.5") and report.total.baseline == Decimal("2")
+    assert report.total.savings_pct == pytest.approx(25.0)
+    assert report.total.interruptions == 1
+    assert "| **TOTAL** |" in render_markdown(report)
+    assert render_csv(report).splitlines()[-1].startswith("TOTAL,3,")
+    empty = build_report([], "day")
+    assert empty.rows == () and empty.total.savings_pct is None
+    with pytest.raises(ValueError, match="group_by"):
+        build_report(rows, "color")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 10**7), st.integers(0, 10**7)),
+                max_size=30),
+       st.sampled_from(["flow", "task", "cloud", "option", "instance", "day"]))  # fmt: skip
+def test_report_total_equals_sum_of_groups(items: list, group_by: str) -> None:
+    rows = [record(t, cost=c / 1e6, base=b / 1e6) for t, c, b in items]
+    report = build_report(rows, group_by)
+    assert sum(r.spend_micro for r in report.rows) == report.total.spend_micro
+    assert sum(r.baseline_micro for r in report.rows) == report.total.baseline_micro
+    assert report.total.spend_micro == sum(r.cost_micro for r in rows)
+
+
+def test_report_cli_formats_and_errors(ledger: Ledger, capsys) -> None:
+    ledger.record([record("a"), record("b", cloud="gcp", option="on-demand", cost=1, base=1)])
+    assert main(["report", "--ledger", ledger.url, "-g", "cloud", "-f", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["group"] for r in data["rows"]] == ["aws", "gcp"]
+    assert data["total"]["spend_usd"] == "1.3" and data["total"]["savings_pct"] == 35.0
+    assert main(["report", "--ledger", ledger.url, "-f", "csv", "--flow", "nope"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("TOTAL,0,")
+    assert main(["report", "--ledger", ledger.url]) == 0
+    assert "saved 35.0%" in capsys.readouterr().out
+    for bad in (["report", "-g", "colour"], ["report", "--since", "whenever"],
+                ["report", "--since", "2026-11-02", "--until", "2026-11-01"],
+                ["report", "--ledger", "::bad::"]):  # fmt: skip
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[0].startswith("Error: ") and "Traceback" not in "\n".join(err)
+
+
+def test_prices_cli(capsys) -> None:
+    assert main(["prices", "--gpu", "a10g", "--option", "spot", "--cloud", "aws", "-f", "json",
+                 "--limit", "3"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and all(r["gpu_type"] == "A10G" and r["option"] == "spot" for r in rows)
+    assert rows == sorted(rows, key=lambda r: r["usd_per_hour"])
+    assert main(["prices", "--max-price", "0.05", "-f", "csv", "--limit", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("cloud,region") and all(float(x.split(",")[9]) <= 0.05
+                                                       for x in lines[1:])  # fmt: skip
+    for bad in (["prices", "--gpu", "B300X"], ["prices", "--cloud", "azure"],
+                ["prices", "--option", "cheap"], ["prices", "--region", "mars-1"]):  # fmt: skip
+        assert main(bad) == 2
+        assert capsys.readouterr().err.startswith("Error: ")

@@ -1,0 +1,167 @@
+"""CloudSchedTaskRunner under a real Prefect engine (one harness per session)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from prefect import flow, task
+
+from prefect_cloudsched import CloudSchedTaskRunner, Ledger, requires
+from prefect_cloudsched.catalog import Offer
+from prefect_cloudsched.errors import CapacityError, SpotInterrupted
+from prefect_cloudsched.policy import PolicyConfig
+from prefect_cloudsched.provision.base import InstanceHandle
+from prefect_cloudsched.report import build_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def test_duplicate_equality_and_pickling_carry_configuration() -> None:
+    runner = CloudSchedTaskRunner(max_workers=3, reserved={"aws/us-east-1/g5.xlarge": 1},
+                                  policy=PolicyConfig(allowed_clouds=frozenset({"aws"})))  # fmt: skip
+    assert runner.duplicate() == runner
+    assert cloudpickle.loads(cloudpickle.dumps(runner)) == runner
+    assert runner != CloudSchedTaskRunner(max_workers=3)
+    with pytest.raises(ValueError, match="max_workers"):
+        CloudSchedTaskRunner(max_workers=0)
+    with pytest.raises(ValueError, match="reserved"):
+        CloudSchedTaskRunner(reserved={"k": -1})
+
+
+@pytest.mark.harness
+def test_ml_pipeline_ledger_rows_match_report(prefect_harness, ledger_url) -> None:
+    from flows.ml_pipeline import ml_pipeline
+
+    result = ml_pipeline(chunks=3)
+    assert result["test_accuracy"] > 0.9
+    rows = Ledger(ledger_url).placements()
+    names = [r.task_name for r in rows]
+    assert names.count("train_candidate") == 4 and names.count("batch_inference") == 3
+    assert {"load_dataset", "prepare_features", "evaluate", "pick_best"} <= set(names)
+    assert all(r.state == "completed" and r.runtime_s > 0 for r in rows)
+    # the real-time candidate (call-site override) never goes to spot; the others may
+    train = [r for r in rows if r.task_name == "train_candidate"]
+    assert sum(r.gpu_type == "T4" and r.option == "on-demand" for r in train) == 1
+    assert any(r.option == "spot" for r in rows)
+    report = build_report(rows, "task")
+    assert report.total.spend_micro == sum(r.cost_micro for r in rows)
+    assert report.total.baseline_micro == sum(r.baseline_micro for r in rows)
+    assert report.total.spend_micro < report.total.baseline_micro
+    for r in rows:
+        expected = round(r.price_micro_per_hour * r.runtime_s / 3600)
+        assert abs(r.cost_micro - expected) <= 1
+
+
+@pytest.mark.harness
+def test_unplaceable_task_fails_cleanly_and_flow_continues(prefect_harness, ledger_url) -> None:
+    @requires(gpus=64)
+    @task
+    def too_big() -> int:
+        return 1
+
+    @task
+    def fine() -> int:
+        return 2
+
+    @flow(task_runner=CloudSchedTaskRunner(max_workers=2))
+    def f() -> tuple:
+        bad, good = too_big.submit(), fine.submit()
+        bad.wait()
+        return bad.state, good.result()
+
+    state, value = f()
+    assert state.is_failed() and value == 2
+    assert "cannot be placed" in state.message and "largest instance has" in state.message
+    assert [r.task_name for r in Ledger(ledger_url).placements()] == ["fine"]
+
+
+class FlakyProvisioner:
+    """Interrupts the first spot instance and refuses one offer, like a real cloud would."""
+
+    cloud = "aws"
+
+    def __init__(self) -> None:
+        self.started: list[InstanceHandle] = []
+        self.released: list[str] = []
+        self.refused = 0
+
+    def ensure(self, offer: Offer, *, run_id: str, task_name: str,
+               startup_script: str | None = None) -> InstanceHandle:  # fmt: skip
+        if offer.region == "eu-north-1" and self.refused == 0:
+            self.refused += 1
+            raise CapacityError(offer.key, "InsufficientInstanceCapacity", "no g5 here")
+        handle = InstanceHandle("aws", f"i-{len(self.started)}", offer.key, offer.region,
+                                offer.zone, offer.option.value, run_id)  # fmt: skip
+        self.started.append(handle)
+        return handle
+
+    def check(self, handle: InstanceHandle) -> None:
+        spot = [h for h in self.started if h.option == "spot"]
+        if spot and handle == spot[0]:
+            raise SpotInterrupted(handle.instance_id, handle.offer_key)
+
+    def release(self, handle: InstanceHandle) -> None:
+        self.released.append(handle.instance_id)
+
+    def release_run(self, run_id: str) -> int:
+        return 0
+
+
+@pytest.mark.harness
+def test_capacity_fallback_and_spot_interruption_recovery(prefect_harness, ledger_url) -> None:
+    provisioner = FlakyProvisioner()
+
+    @requires(gpus=1, gpu_type="A10G", est_runtime=timedelta(minutes=10),
+              deadline=timedelta(hours=3), spot_ok=True)  # fmt: skip
+    @task
+    def train() -> str:
+        time.sleep(0.2)  # long enough for a non-zero bill in micro-dollars
+        return "ok"
+
+    @flow(
+        task_runner=CloudSchedTaskRunner(
+            provisioners={"aws": provisioner},
+            policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+        )
+    )
+    def f() -> str:
+        return train.submit().result()
+
+    assert f() == "ok"
+    assert provisioner.refused == 1
+    assert sorted(provisioner.released) == sorted(h.instance_id for h in provisioner.started)
+    ledger = Ledger(ledger_url)
+    rows = ledger.placements()
+    assert [r.state for r in rows] == ["interrupted", "completed"]
+    assert rows[0].interruptions == 1 and rows[0].wasted_micro == rows[0].cost_micro > 0
+    assert rows[0].baseline_micro == 0 and rows[1].baseline_micro > 0
+    assert rows[0].offer_key != "aws/eu-north-1/g5.xlarge/spot"  # blocked after the refusal
+    assert len(ledger.interruptions()) == 1
+    report = build_report(rows, "flow")
+    assert report.total.interruptions == 1
+
+
+@pytest.mark.harness
+def test_async_tasks_and_call_site_tags(prefect_harness, ledger_url) -> None:
+    from prefect import tags
+
+    @task
+    async def infer(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x + 1
+
+    @flow(task_runner=CloudSchedTaskRunner(max_workers=2))
+    async def f() -> list[int]:
+        with tags("gpu:1", "gpu-type:L4"):
+            futures = infer.map([1, 2])
+        return [fut.result() for fut in futures]
+
+    assert asyncio.run(f()) == [2, 3]
+    rows = Ledger(ledger_url).placements()
+    assert {r.gpu_type for r in rows} == {"L4"}
