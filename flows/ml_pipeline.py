@@ -47,15 +47,22 @@ def load_dataset(noise: float = 0.0) -> Dataset:
     rng = np.random.default_rng(SEED)
     if noise:
         x = x + rng.normal(0, noise, size=x.shape)
-    x_rest, x_new, y_rest, y_new = train_test_split(x, y, test_size=0.25, random_state=SEED,
-                                                    stratify=y)  # fmt: skip
-    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.25,
-                                                      random_state=SEED, stratify=y_rest)  # fmt: skip
+    x_rest, x_new, y_rest, y_new = train_test_split(
+        x, y, test_size=0.25, random_state=SEED, stratify=y
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=0.25, random_state=SEED, stratify=y_rest
+    )
     return Dataset(x_train, y_train, x_val, y_val, x_new, y_new)
 
 
-@requires(cpus=8, memory_gib=16, est_runtime=timedelta(minutes=10), spot_ok=True,
-          deadline=timedelta(hours=1))  # fmt: skip
+@requires(
+    cpus=8,
+    memory_gib=16,
+    est_runtime=timedelta(minutes=10),
+    spot_ok=True,
+    deadline=timedelta(hours=1),
+)
 @task
 def prepare_features(data: Dataset, components: int = 32) -> tuple[Any, Dataset]:
     """Fit scaling + PCA on the training split only, and transform every split."""
@@ -66,9 +73,13 @@ def prepare_features(data: Dataset, components: int = 32) -> tuple[Any, Dataset]
     prep = make_pipeline(StandardScaler(), PCA(n_components=components, random_state=SEED))
     prep.fit(data.x_train)
     return prep, Dataset(
-        prep.transform(data.x_train), data.y_train, prep.transform(data.x_val), data.y_val,
-        prep.transform(data.x_new), data.y_new,
-    )  # fmt: skip
+        prep.transform(data.x_train),
+        data.y_train,
+        prep.transform(data.x_val),
+        data.y_val,
+        prep.transform(data.x_new),
+        data.y_new,
+    )
 
 
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -88,8 +99,7 @@ def _build_model(config: dict[str, Any]) -> Any:
     if kind == "logreg":
         return LogisticRegression(C=config["C"], max_iter=2000)
     if kind == "mlp":
-        return MLPClassifier(hidden_layer_sizes=config["hidden"], max_iter=400,
-                             random_state=SEED)  # fmt: skip
+        return MLPClassifier(hidden_layer_sizes=config["hidden"], max_iter=400, random_state=SEED)
     if kind == "forest":
         return RandomForestClassifier(n_estimators=config["trees"], random_state=SEED, n_jobs=1)
     if kind == "boosting":
@@ -97,8 +107,16 @@ def _build_model(config: dict[str, Any]) -> Any:
     raise ValueError(f"unknown model kind {kind!r}")
 
 
-@requires(gpus=1, gpu_type="A10G", cpus=4, memory_gib=16, est_runtime=timedelta(minutes=45),
-          deadline=timedelta(hours=4), spot_ok=True, checkpointable=True)  # fmt: skip
+@requires(
+    gpus=1,
+    gpu_type="A10G",
+    cpus=4,
+    memory_gib=16,
+    est_runtime=timedelta(minutes=45),
+    deadline=timedelta(hours=4),
+    spot_ok=True,
+    checkpointable=True,
+)
 @task
 def train_candidate(name: str, config: dict[str, Any], data: Dataset) -> tuple[str, Any]:
     """Train one candidate model (spot-tolerant, checkpointable GPU work)."""
@@ -123,8 +141,15 @@ def pick_best(scores: list[dict[str, Any]]) -> dict[str, Any]:
     return max(sorted(scores, key=lambda s: s["name"]), key=lambda s: s["accuracy"])
 
 
-@requires(gpus=1, gpu_type="T4", cpus=4, memory_gib=16, est_runtime=timedelta(minutes=20),
-          deadline=timedelta(hours=2), spot_ok=True)  # fmt: skip
+@requires(
+    gpus=1,
+    gpu_type="T4",
+    cpus=4,
+    memory_gib=16,
+    est_runtime=timedelta(minutes=20),
+    deadline=timedelta(hours=2),
+    spot_ok=True,
+)
 @task
 def batch_inference(best: dict[str, Any], chunk: np.ndarray) -> np.ndarray:
     """Predict one chunk of new images with the chosen model."""
@@ -144,8 +169,12 @@ def ml_pipeline(chunks: int = 4, noise: float = 0.0) -> dict[str, Any]:
     ]
     # The real-time candidate must finish quickly and never be interrupted: a call-site
     # override changes its needs for this one submission only.
-    with override(gpu_type="T4", est_runtime=timedelta(minutes=15),
-                  deadline=timedelta(minutes=30), priority=Priority.REALTIME):  # fmt: skip
+    with override(
+        gpu_type="T4",
+        est_runtime=timedelta(minutes=15),
+        deadline=timedelta(minutes=30),
+        priority=Priority.REALTIME,
+    ):
         trained.append(train_candidate.submit("mlp", CANDIDATES["mlp"], data))
     scores = [evaluate.submit(t, data) for t in trained]
     wait(scores)
@@ -155,8 +184,11 @@ def ml_pipeline(chunks: int = 4, noise: float = 0.0) -> dict[str, Any]:
     print(
         f"best model: {best['name']} (validation {best['accuracy']:.3f}, new data {accuracy:.3f})"
     )
-    return {"best": best["name"], "validation_accuracy": best["accuracy"],
-            "test_accuracy": accuracy}  # fmt: skip
+    return {
+        "best": best["name"],
+        "validation_accuracy": best["accuracy"],
+        "test_accuracy": accuracy,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

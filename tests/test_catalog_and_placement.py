@@ -30,25 +30,49 @@ NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 OD, SPOT, RES = PurchaseOption.ON_DEMAND, PurchaseOption.SPOT, PurchaseOption.RESERVED
 
 
-def offer(itype: str, option: PurchaseOption, price: float, od: float, *, gpus: int = 1,
-          gpu: str | None = "A10G", cloud: str = "aws", region: str = "us-east-1",
-          band: str | None = "5-10%", vcpus: int = 8, mem: float = 32) -> Offer:  # fmt: skip
-    return Offer(cloud=cloud, region=region, zone=None, instance_type=itype, vcpus=vcpus,
-                 memory_gib=mem, gpu_type=gpu if gpus else None, gpu_count=gpus, option=option,
-                 usd_per_hour=price, ondemand_usd_per_hour=od,
-                 interruption_band=band if option is SPOT else None)  # fmt: skip
+def offer(
+    itype: str,
+    option: PurchaseOption,
+    price: float,
+    od: float,
+    *,
+    gpus: int = 1,
+    gpu: str | None = "A10G",
+    cloud: str = "aws",
+    region: str = "us-east-1",
+    band: str | None = "5-10%",
+    vcpus: int = 8,
+    mem: float = 32,
+) -> Offer:
+    return Offer(
+        cloud=cloud,
+        region=region,
+        zone=None,
+        instance_type=itype,
+        vcpus=vcpus,
+        memory_gib=mem,
+        gpu_type=gpu if gpus else None,
+        gpu_count=gpus,
+        option=option,
+        usd_per_hour=price,
+        ondemand_usd_per_hour=od,
+        interruption_band=band if option is SPOT else None,
+    )
 
 
 @pytest.fixture
 def small() -> Catalog:
-    return Catalog([
-        offer("g5.xlarge", OD, 1.0, 1.0), offer("g5.xlarge", SPOT, 0.3, 1.0),
-        offer("g5.xlarge", RES, 0.6, 1.0),
-        offer("g5.xlarge", OD, 1.2, 1.2, region="eu-west-1"),
-        offer("g5.12xlarge", OD, 5.0, 5.0, gpus=4, vcpus=48, mem=192),
-        offer("m5.large", OD, 0.1, 0.1, gpus=0, vcpus=2, mem=8),
-        offer("g2-standard-4", OD, 0.7, 0.7, gpu="L4", cloud="gcp", region="us-central1"),
-    ])  # fmt: skip
+    return Catalog(
+        [
+            offer("g5.xlarge", OD, 1.0, 1.0),
+            offer("g5.xlarge", SPOT, 0.3, 1.0),
+            offer("g5.xlarge", RES, 0.6, 1.0),
+            offer("g5.xlarge", OD, 1.2, 1.2, region="eu-west-1"),
+            offer("g5.12xlarge", OD, 5.0, 5.0, gpus=4, vcpus=48, mem=192),
+            offer("m5.large", OD, 0.1, 0.1, gpus=0, vcpus=2, mem=8),
+            offer("g2-standard-4", OD, 0.7, 0.7, gpu="L4", cloud="gcp", region="us-central1"),
+        ]
+    )
 
 
 def test_shipped_catalog_shape_and_provenance() -> None:
@@ -70,8 +94,10 @@ def test_shipped_catalog_shape_and_provenance() -> None:
 
 def test_catalog_rejects_bad_rows(tmp_path) -> None:
     bad = tmp_path / "c.csv"
-    bad.write_text("cloud,region,zone,instance_type,vcpus,memory_gib,ondemand_usd_per_hour\n"
-                   "aws,us-east-1,,m5.large,two,8,0.1\n")  # fmt: skip
+    bad.write_text(
+        "cloud,region,zone,instance_type,vcpus,memory_gib,ondemand_usd_per_hour\n"
+        "aws,us-east-1,,m5.large,two,8,0.1\n"
+    )
     with pytest.raises(InputError, match="line 2"):
         load_catalog(bad)
     with pytest.raises(InputError, match="does not exist"):
@@ -85,8 +111,13 @@ def test_band_hazard_matches_monthly_midpoint() -> None:
 
 
 def test_spot_chosen_with_slack_and_explained(small: Catalog) -> None:
-    needs = TaskNeeds(gpus=1, gpu_type="A10G", est_runtime=timedelta(hours=1),
-                      deadline=timedelta(hours=4), spot_ok=True)  # fmt: skip
+    needs = TaskNeeds(
+        gpus=1,
+        gpu_type="A10G",
+        est_runtime=timedelta(hours=1),
+        deadline=timedelta(hours=4),
+        spot_ok=True,
+    )
     d = decide(needs, small, now=NOW)
     assert d.offer.option is SPOT and d.offer.instance_type == "g5.xlarge"
     assert d.baseline_offer.option is OD and d.baseline_cost == pytest.approx(1.0)
@@ -97,8 +128,13 @@ def test_spot_chosen_with_slack_and_explained(small: Catalog) -> None:
 
 
 def test_spot_excluded_when_slack_cannot_absorb_a_loss(small: Catalog) -> None:
-    needs = TaskNeeds(gpus=1, gpu_type="A10G", est_runtime=timedelta(hours=1),
-                      deadline=timedelta(hours=1, minutes=30), spot_ok=True)  # fmt: skip
+    needs = TaskNeeds(
+        gpus=1,
+        gpu_type="A10G",
+        est_runtime=timedelta(hours=1),
+        deadline=timedelta(hours=1, minutes=30),
+        spot_ok=True,
+    )
     d = decide(needs, small, now=NOW)
     assert d.offer.option is OD
     assert any("spot excluded" in r for r in d.reasons)
@@ -114,8 +150,10 @@ def test_spot_excluded_when_slack_cannot_absorb_a_loss(small: Catalog) -> None:
 
 
 def test_realtime_and_not_spot_ok_never_spot(small: Catalog) -> None:
-    for needs in (TaskNeeds(gpus=1, spot_ok=False),
-                  TaskNeeds(gpus=1, spot_ok=True, priority=Priority.REALTIME)):  # fmt: skip
+    for needs in (
+        TaskNeeds(gpus=1, spot_ok=False),
+        TaskNeeds(gpus=1, spot_ok=True, priority=Priority.REALTIME),
+    ):
         assert decide(needs, small, now=NOW).offer.option is not SPOT
 
 
@@ -182,18 +220,31 @@ def test_spot_expected_cost_formula() -> None:
     p_expected = 1 - math.exp(-0.2)
     assert p[0] == pytest.approx(p_expected)
     assert cost[0] == pytest.approx((1 - p_expected) * 0.6 + p_expected * (0.3 + 2.0))
-    assert spot_slack_needed(TaskNeeds(est_runtime=timedelta(hours=1)),
-                             timedelta(minutes=5)) == timedelta(hours=2, minutes=10)  # fmt: skip
+    assert spot_slack_needed(
+        TaskNeeds(est_runtime=timedelta(hours=1)), timedelta(minutes=5)
+    ) == timedelta(hours=2, minutes=10)
 
 
 @settings(max_examples=60, deadline=None)
-@given(gpus=st.sampled_from([0, 1, 2, 4, 8]), cpus=st.sampled_from([1, 2, 8, 32]),
-       spot=st.booleans(), hours=st.floats(0.05, 24), slack=st.floats(1.0, 5.0))  # fmt: skip
-def test_decisions_on_shipped_catalog_are_sound(gpus: int, cpus: int, spot: bool, hours: float,
-                                                slack: float) -> None:  # fmt: skip
+@given(
+    gpus=st.sampled_from([0, 1, 2, 4, 8]),
+    cpus=st.sampled_from([1, 2, 8, 32]),
+    spot=st.booleans(),
+    hours=st.floats(0.05, 24),
+    slack=st.floats(1.0, 5.0),
+)
+def test_decisions_on_shipped_catalog_are_sound(
+    gpus: int, cpus: int, spot: bool, hours: float, slack: float
+) -> None:
     runtime = timedelta(hours=hours)
-    needs = TaskNeeds(gpus=gpus, cpus=cpus, memory_gib=cpus * 2, est_runtime=runtime,
-                      deadline=runtime * slack, spot_ok=spot)  # fmt: skip
+    needs = TaskNeeds(
+        gpus=gpus,
+        cpus=cpus,
+        memory_gib=cpus * 2,
+        est_runtime=runtime,
+        deadline=runtime * slack,
+        spot_ok=spot,
+    )
     d = decide(needs, load_catalog(), now=NOW)
     assert d.offer.gpu_count >= gpus and d.offer.vcpus >= cpus
     assert d.expected_cost >= 0 and d.baseline_cost >= 0

@@ -20,19 +20,41 @@ from prefect_cloudsched.report import build_report, render_csv, render_markdown
 T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
 
 
-def record(task: str = "train", *, flow: str = "pipe", cost: float = 0.3, base: float = 1.0,
-           option: str = "spot", cloud: str = "aws", start: datetime = T0,
-           interruptions: int = 0) -> PlacementRecord:  # fmt: skip
+def record(
+    task: str = "train",
+    *,
+    flow: str = "pipe",
+    cost: float = 0.3,
+    base: float = 1.0,
+    option: str = "spot",
+    cloud: str = "aws",
+    start: datetime = T0,
+    interruptions: int = 0,
+) -> PlacementRecord:
     return PlacementRecord(
-        flow_run_id="fr-1", flow_name=flow, task_run_id=f"tr-{task}", task_name=task,
-        cloud=cloud, region="us-east-1", zone=None, instance_type="g5.xlarge", option=option,
-        offer_key=f"{cloud}/us-east-1/g5.xlarge/{option}", gpu_type="A10G", gpus=1,
-        price_micro_per_hour=to_micro(0.3), started_at=start,
-        ended_at=start + timedelta(seconds=60), runtime_s=60.0, cost_micro=to_micro(cost),
-        baseline_micro=to_micro(base), interruptions=interruptions,
+        flow_run_id="fr-1",
+        flow_name=flow,
+        task_run_id=f"tr-{task}",
+        task_name=task,
+        cloud=cloud,
+        region="us-east-1",
+        zone=None,
+        instance_type="g5.xlarge",
+        option=option,
+        offer_key=f"{cloud}/us-east-1/g5.xlarge/{option}",
+        gpu_type="A10G",
+        gpus=1,
+        price_micro_per_hour=to_micro(0.3),
+        started_at=start,
+        ended_at=start + timedelta(seconds=60),
+        runtime_s=60.0,
+        cost_micro=to_micro(cost),
+        baseline_micro=to_micro(base),
+        interruptions=interruptions,
         wasted_micro=to_micro(cost) if interruptions else 0,
-        explanation="chose ...", decision_json="{}",
-    )  # fmt: skip
+        explanation="chose ...",
+        decision_json="{}",
+    )
 
 
 @pytest.fixture
@@ -84,22 +106,44 @@ def test_buffered_writer_flushes_everything_on_close(ledger: Ledger) -> None:
 
 def test_plans_and_instances(ledger: Ledger) -> None:
     assert ledger.latest_plan() is None
-    ledger.record_plan(name="p1", status="optimal", expected_micro=1, ondemand_micro=2,
-                       plan={"reserved": [{"capacity_key": "aws/us-east-1/g5.xlarge", "count": 2}]},
-                       created_at=T0)  # fmt: skip
-    ledger.record_plan(name="p2", status="optimal", expected_micro=1, ondemand_micro=2,
-                       plan={"reserved": []}, created_at=T0 + timedelta(hours=1))  # fmt: skip
+    ledger.record_plan(
+        name="p1",
+        status="optimal",
+        expected_micro=1,
+        ondemand_micro=2,
+        plan={"reserved": [{"capacity_key": "aws/us-east-1/g5.xlarge", "count": 2}]},
+        created_at=T0,
+    )
+    ledger.record_plan(
+        name="p2",
+        status="optimal",
+        expected_micro=1,
+        ondemand_micro=2,
+        plan={"reserved": []},
+        created_at=T0 + timedelta(hours=1),
+    )
     assert ledger.latest_plan()["name"] == "p2"
-    ledger.upsert_instance(instance_id="i-1", cloud="aws", region="us-east-1", zone=None,
-                           offer_key="k", owner_id="me", run_id="r", state="running",
-                           launched_at=T0)  # fmt: skip
+    ledger.upsert_instance(
+        instance_id="i-1",
+        cloud="aws",
+        region="us-east-1",
+        zone=None,
+        offer_key="k",
+        owner_id="me",
+        run_id="r",
+        state="running",
+        launched_at=T0,
+    )
     ledger.upsert_instance(instance_id="i-1", state="terminated", terminated_at=T0)
     assert [r["state"] for r in ledger.instances()] == ["terminated"]
 
 
 def test_report_groups_and_totals() -> None:
-    rows = [record("a", cost=0.3, base=1.0), record("b", cost=1.0, base=1.0, option="on-demand"),
-            record("a", cost=0.2, base=0.0, interruptions=1)]  # fmt: skip
+    rows = [
+        record("a", cost=0.3, base=1.0),
+        record("b", cost=1.0, base=1.0, option="on-demand"),
+        record("a", cost=0.2, base=0.0, interruptions=1),
+    ]
     report = build_report(rows, "task")
     assert [r.group for r in report.rows] == ["a", "b"]
     assert report.total.spend == Decimal("1.5") and report.total.baseline == Decimal("2")
@@ -114,9 +158,12 @@ def test_report_groups_and_totals() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 10**7), st.integers(0, 10**7)),
-                max_size=30),
-       st.sampled_from(["flow", "task", "cloud", "option", "instance", "day"]))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(0, 10**7), st.integers(0, 10**7)), max_size=30
+    ),
+    st.sampled_from(["flow", "task", "cloud", "option", "instance", "day"]),
+)
 def test_report_total_equals_sum_of_groups(items: list, group_by: str) -> None:
     rows = [record(t, cost=c / 1e6, base=b / 1e6) for t, c, b in items]
     report = build_report(rows, group_by)
@@ -135,25 +182,49 @@ def test_report_cli_formats_and_errors(ledger: Ledger, capsys) -> None:
     assert capsys.readouterr().out.splitlines()[-1].startswith("TOTAL,0,")
     assert main(["report", "--ledger", ledger.url]) == 0
     assert "saved 35.0%" in capsys.readouterr().out
-    for bad in (["report", "-g", "colour"], ["report", "--since", "whenever"],
-                ["report", "--since", "2026-11-02", "--until", "2026-11-01"],
-                ["report", "--ledger", "::bad::"]):  # fmt: skip
+    for bad in (
+        ["report", "-g", "colour"],
+        ["report", "--since", "whenever"],
+        ["report", "--since", "2026-11-02", "--until", "2026-11-01"],
+        ["report", "--ledger", "::bad::"],
+    ):
         assert main(bad) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[0].startswith("Error: ") and "Traceback" not in "\n".join(err)
 
 
 def test_prices_cli(capsys) -> None:
-    assert main(["prices", "--gpu", "a10g", "--option", "spot", "--cloud", "aws", "-f", "json",
-                 "--limit", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prices",
+                "--gpu",
+                "a10g",
+                "--option",
+                "spot",
+                "--cloud",
+                "aws",
+                "-f",
+                "json",
+                "--limit",
+                "3",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 3 and all(r["gpu_type"] == "A10G" and r["option"] == "spot" for r in rows)
     assert rows == sorted(rows, key=lambda r: r["usd_per_hour"])
     assert main(["prices", "--max-price", "0.05", "-f", "csv", "--limit", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("cloud,region") and all(float(x.split(",")[9]) <= 0.05
-                                                       for x in lines[1:])  # fmt: skip
-    for bad in (["prices", "--gpu", "B300X"], ["prices", "--cloud", "azure"],
-                ["prices", "--option", "cheap"], ["prices", "--region", "mars-1"]):  # fmt: skip
+    assert lines[0].startswith("cloud,region") and all(
+        float(x.split(",")[9]) <= 0.05 for x in lines[1:]
+    )
+    for bad in (
+        ["prices", "--gpu", "B300X"],
+        ["prices", "--cloud", "azure"],
+        ["prices", "--option", "cheap"],
+        ["prices", "--region", "mars-1"],
+    ):
         assert main(bad) == 2
         assert capsys.readouterr().err.startswith("Error: ")

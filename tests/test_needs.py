@@ -25,16 +25,34 @@ from prefect_cloudsched.needs import (
 
 def test_tag_grammar_parses_every_documented_tag() -> None:
     changes = needs_from_tags(
-        ["gpu:2", "gpu-type:a10g", "cpu:8", "mem:32Gi", "deadline:1h30m", "runtime:20m",
-         "priority:high", "no-spot", "checkpointable", "data-region:us-east-1", "input:5Gi",
-         "team:ml"]
-    )  # fmt: skip
+        [
+            "gpu:2",
+            "gpu-type:a10g",
+            "cpu:8",
+            "mem:32Gi",
+            "deadline:1h30m",
+            "runtime:20m",
+            "priority:high",
+            "no-spot",
+            "checkpointable",
+            "data-region:us-east-1",
+            "input:5Gi",
+            "team:ml",
+        ]
+    )
     assert changes == {
-        "gpus": 2, "gpu_type": "A10G", "cpus": 8.0, "memory_gib": 32.0,
-        "deadline": timedelta(hours=1, minutes=30), "est_runtime": timedelta(minutes=20),
-        "priority": Priority.HIGH, "spot_ok": False, "checkpointable": True,
-        "data_region": "us-east-1", "input_gib": 5.0,
-    }  # fmt: skip
+        "gpus": 2,
+        "gpu_type": "A10G",
+        "cpus": 8.0,
+        "memory_gib": 32.0,
+        "deadline": timedelta(hours=1, minutes=30),
+        "est_runtime": timedelta(minutes=20),
+        "priority": Priority.HIGH,
+        "spot_ok": False,
+        "checkpointable": True,
+        "data_region": "us-east-1",
+        "input_gib": 5.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -63,10 +81,16 @@ def test_unknown_gpu_error_lists_known_types() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"gpus": -1}, "gpus"), ({"cpus": 0}, "cpus"), ({"memory_gib": -2}, "memory_gib"),
-     ({"est_runtime": timedelta(0)}, "est_runtime"), ({"deadline": timedelta(-1)}, "deadline"),
-     ({"priority": "asap"}, "priority"), ({"gpus": 1.5}, "gpus")],
-)  # fmt: skip
+    [
+        ({"gpus": -1}, "gpus"),
+        ({"cpus": 0}, "cpus"),
+        ({"memory_gib": -2}, "memory_gib"),
+        ({"est_runtime": timedelta(0)}, "est_runtime"),
+        ({"deadline": timedelta(-1)}, "deadline"),
+        ({"priority": "asap"}, "priority"),
+        ({"gpus": 1.5}, "gpus"),
+    ],
+)
 def test_invalid_values_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(NeedsError, match=field):
         TaskNeeds(**kwargs)
@@ -96,8 +120,9 @@ def test_precedence_decorator_then_task_tags_then_call_site_then_override() -> N
     @requires(gpus=1, cpus=2, memory_gib=8)
     def fn() -> None: ...
 
-    resolved = resolve_needs(fn, task_tags=["cpu:4", "mem:16Gi"], context_tags=["cpu:6"],
-                             overrides={"memory_gib": 64.0})  # fmt: skip
+    resolved = resolve_needs(
+        fn, task_tags=["cpu:4", "mem:16Gi"], context_tags=["cpu:6"], overrides={"memory_gib": 64.0}
+    )
     assert (resolved.needs.gpus, resolved.needs.cpus, resolved.needs.memory_gib) == (1, 6, 64)
     assert resolved.sources == ("requires", "task tags", "call-site tags", "override")
 

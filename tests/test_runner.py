@@ -23,8 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def test_duplicate_equality_and_pickling_carry_configuration() -> None:
-    runner = CloudSchedTaskRunner(max_workers=3, reserved={"aws/us-east-1/g5.xlarge": 1},
-                                  policy=PolicyConfig(allowed_clouds=frozenset({"aws"})))  # fmt: skip
+    runner = CloudSchedTaskRunner(
+        max_workers=3,
+        reserved={"aws/us-east-1/g5.xlarge": 1},
+        policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+    )
     assert runner.duplicate() == runner
     assert cloudpickle.loads(cloudpickle.dumps(runner)) == runner
     assert runner != CloudSchedTaskRunner(max_workers=3)
@@ -91,13 +94,21 @@ class FlakyProvisioner:
         self.released: list[str] = []
         self.refused = 0
 
-    def ensure(self, offer: Offer, *, run_id: str, task_name: str,
-               startup_script: str | None = None) -> InstanceHandle:  # fmt: skip
+    def ensure(
+        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
+    ) -> InstanceHandle:
         if offer.region == "eu-north-1" and self.refused == 0:
             self.refused += 1
             raise CapacityError(offer.key, "InsufficientInstanceCapacity", "no g5 here")
-        handle = InstanceHandle("aws", f"i-{len(self.started)}", offer.key, offer.region,
-                                offer.zone, offer.option.value, run_id)  # fmt: skip
+        handle = InstanceHandle(
+            "aws",
+            f"i-{len(self.started)}",
+            offer.key,
+            offer.region,
+            offer.zone,
+            offer.option.value,
+            run_id,
+        )
         self.started.append(handle)
         return handle
 
@@ -117,8 +128,13 @@ class FlakyProvisioner:
 def test_capacity_fallback_and_spot_interruption_recovery(prefect_harness, ledger_url) -> None:
     provisioner = FlakyProvisioner()
 
-    @requires(gpus=1, gpu_type="A10G", est_runtime=timedelta(minutes=10),
-              deadline=timedelta(hours=3), spot_ok=True)  # fmt: skip
+    @requires(
+        gpus=1,
+        gpu_type="A10G",
+        est_runtime=timedelta(minutes=10),
+        deadline=timedelta(hours=3),
+        spot_ok=True,
+    )
     @task
     def train() -> str:
         time.sleep(0.2)  # long enough for a non-zero bill in micro-dollars

@@ -23,9 +23,19 @@ class OutputFormat(StrEnum):
 
 
 _FIELDS = (
-    "cloud", "region", "zone", "instance_type", "vcpus", "memory_gib", "gpu_type",
-    "gpu_count", "option", "usd_per_hour", "ondemand_usd_per_hour", "interruption_band",
-)  # fmt: skip
+    "cloud",
+    "region",
+    "zone",
+    "instance_type",
+    "vcpus",
+    "memory_gib",
+    "gpu_type",
+    "gpu_count",
+    "option",
+    "usd_per_hour",
+    "ondemand_usd_per_hour",
+    "interruption_band",
+)
 
 
 @app.command("prices")
@@ -71,8 +81,9 @@ def prices(
     if limit < 0:
         raise InputError("--limit must be >= 0")
     if region is not None and not any(region in (o.region, o.zone) for o in catalog.offers):
-        raise InputError(f"--region {region!r} is not in the catalog; regions: "
-                         f"{', '.join(catalog.regions)}")  # fmt: skip
+        raise InputError(
+            f"--region {region!r} is not in the catalog; regions: {', '.join(catalog.regions)}"
+        )
     offers = catalog.filter(
         cloud=cloud.lower() if cloud else None,
         region=region,
@@ -104,17 +115,33 @@ def _print_table(rows: list[dict[str, object]], total: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} of {total} offers, cheapest first")
-    for name in ("cloud", "location", "instance", "vCPU", "GiB", "GPUs", "option", "$/h",
-                 "on-demand $/h", "interruptions"):  # fmt: skip
+    for name in (
+        "cloud",
+        "location",
+        "instance",
+        "vCPU",
+        "GiB",
+        "GPUs",
+        "option",
+        "$/h",
+        "on-demand $/h",
+        "interruptions",
+    ):
         table.add_column(
             name, justify="right" if "$" in name or name in ("vCPU", "GiB") else "left"
         )
     for r in rows:
         gpus = f"{r['gpu_count']}x{r['gpu_type']}" if r["gpu_count"] else "-"
         table.add_row(
-            str(r["cloud"]), str(r["zone"] or r["region"]), str(r["instance_type"]),
-            str(r["vcpus"]), f"{r['memory_gib']:g}", gpus, str(r["option"]),
-            f"{r['usd_per_hour']:.4f}", f"{r['ondemand_usd_per_hour']:.4f}",
+            str(r["cloud"]),
+            str(r["zone"] or r["region"]),
+            str(r["instance_type"]),
+            str(r["vcpus"]),
+            f"{r['memory_gib']:g}",
+            gpus,
+            str(r["option"]),
+            f"{r['usd_per_hour']:.4f}",
+            f"{r['ondemand_usd_per_hour']:.4f}",
             str(r["interruption_band"] or "-"),
-        )  # fmt: skip
+        )
     Console().print(table)

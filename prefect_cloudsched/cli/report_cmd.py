@@ -103,8 +103,10 @@ def report(
         console = Console()
         console.print(render_rich(result))
         if not records:
-            console.print(f"[dim]No placements in {redact_url(ledger.url)} for this filter yet: "
-                          "run a flow with CloudSchedTaskRunner first.[/dim]")  # fmt: skip
+            console.print(
+                f"[dim]No placements in {redact_url(ledger.url)} for this filter yet: "
+                "run a flow with CloudSchedTaskRunner first.[/dim]"
+            )
         else:
             pct = result.total.savings_pct
             saved = "n/a" if pct is None else f"{pct:.1f}%"
