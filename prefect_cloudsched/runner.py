@@ -77,7 +77,12 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         spot_retries: Extra attempts granted to a task after spot interruptions.
         provisioners: Provisioners per cloud (``None`` = accounting only: run locally and
             account as if on the chosen instance).
-        executor: Where bodies run (``None`` = in this process).
+        executor: Where bodies run: ``"local"`` (``None``, in this process), ``"dask"`` (on
+            the Dask worker each provisioned instance boots; a fresh
+            :class:`~prefect_cloudsched.execute.dask.DaskExecutor` per flow run), or an
+            ``Executor`` instance.
+        executor_options: Keyword arguments of ``DaskExecutor`` for ``executor="dask"``
+            (``address``, ``cluster_kwargs``, ``join_timeout``, ``idle_timeout``, ...).
 
     Example:
         ```python
@@ -100,7 +105,8 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         use_plan: bool = True,
         spot_retries: int = 2,
         provisioners: Mapping[str, Provisioner] | None = None,
-        executor: Executor | None = None,
+        executor: Executor | str | None = None,
+        executor_options: Mapping[str, Any] | None = None,
     ) -> None:
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
@@ -120,7 +126,9 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             spot_retries=spot_retries,
             provisioners=dict(provisioners or {}),
             executor=executor,
+            executor_options=dict(executor_options or {}),
         )
+        _make_executor(executor, self._config["executor_options"])  # fail fast on bad options
         self.records: list[PlacementRecord] = []
         self._run: _RunContext | None = None
 
@@ -230,9 +238,8 @@ class _RunContext:
         if config["use_plan"]:
             for key, count in _plan_reservations(ledger).items():
                 reserved[key] = reserved.get(key, 0) + count
-        executor = config["executor"] or LocalExecutor()
-        executor.start()
-        return cls(
+        executor = _make_executor(config["executor"], config["executor_options"])
+        context = cls(
             catalog=load_catalog(config["catalog_path"]),
             policy=resolve_policy(config["policy"]),
             ledger=ledger,
@@ -242,6 +249,8 @@ class _RunContext:
             executor=executor,
             logger=logger,
         )
+        executor.start()  # last: nothing after it can fail and leak a cluster
+        return context
 
     def decide(self, needs: TaskNeeds, *, submitted_at: datetime) -> Decision:
         return decide(
@@ -306,6 +315,21 @@ def resolve_policy(policy: PolicyConfig | Any | str | None) -> PolicyConfig:
             f"got {type(policy).__name__}"
         )
     return to_config()
+
+
+def _make_executor(spec: Executor | str | None, options: Mapping[str, Any]) -> Executor:
+    """The executor for one flow run: new for the string forms, the given one otherwise."""
+    if spec == "dask":
+        from prefect_cloudsched.execute.dask import DaskExecutor
+
+        return DaskExecutor(**options)
+    if options:
+        raise ValueError('executor_options apply only to executor="dask"')
+    if spec is None or spec == "local":
+        return LocalExecutor()
+    if isinstance(spec, str):
+        raise ValueError(f'executor must be "local", "dask" or an Executor, got {spec!r}')
+    return spec
 
 
 def _plan_reservations(ledger: Ledger) -> dict[str, int]:
