@@ -49,13 +49,16 @@ _INSTANCE_ID_COMMANDS: dict[str, str] = {
 
 
 def pool_name(offer: Offer) -> str:
-    """The Dask resource naming ``offer``'s pool: cloud, place, instance type, purchase option.
+    """The Dask resource naming ``offer``'s pool: cloud, place, type, GPUs, purchase option.
 
     Spot and on-demand capacity of one type are different pools: a task placed on spot
     must not land on an on-demand worker, or the bill and the interruption risk disagree
-    with the decision.
+    with the decision. The GPUs are part of the name because GCP attaches GPUs to N1 types,
+    so ``n1-highmem-4`` with and without a T4 share an offer key but not a pool.
     """
-    return "pool-" + _UNSAFE.sub("-", offer.key.lower()).strip("-")
+    gpus = f"/{offer.gpu_count}x{offer.gpu_type}" if offer.gpu_count else ""
+    raw = f"{offer.cloud}/{offer.location}/{offer.instance_type}{gpus}/{offer.option.value}"
+    return "pool-" + _UNSAFE.sub("-", raw.lower()).strip("-")
 
 
 def pool_slots(offer: Offer) -> int:

@@ -1,0 +1,439 @@
+"""DaskExecutor: bodies run on the worker of their placement's instance; lost workers retry.
+
+Pure tests check boot scripts and configuration. ``slow`` tests start a real in-process
+scheduler and real workers (one per mocked instance, through ``LocalWorkerLauncher``).
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from prefect_cloudsched.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.errors import ProvisioningError, SpotInterrupted
+from prefect_cloudsched.execute.base import Placement
+from prefect_cloudsched.execute.bootstrap import (
+    BootstrapConfig,
+    WorkerSpec,
+    pool_name,
+    pool_slots,
+    slots_needed,
+    startup_script,
+    worker_requirements,
+)
+from prefect_cloudsched.needs import TaskNeeds
+from prefect_cloudsched.policy import PlacementState, PolicyConfig, decide
+from prefect_cloudsched.provision.base import InstanceHandle
+
+CATALOG = load_catalog()
+
+
+def _offer(cloud: str, gpu_type: str | None, option: PurchaseOption) -> Offer:
+    return next(
+        o
+        for o in CATALOG.offers
+        if o.cloud == cloud and o.gpu_type == gpu_type and o.option is option
+    )
+
+
+def _placement(needs: TaskNeeds, instance_id: str | None, attempt: int = 1) -> Placement:
+    now = datetime.now(UTC)
+    decision = decide(
+        needs, CATALOG, now=now, submitted_at=now, state=PlacementState(), config=PolicyConfig()
+    )
+    return Placement(decision, "run-1", f"task-{instance_id}", attempt, instance_id)
+
+
+def _handle(placement: Placement) -> InstanceHandle:
+    offer = placement.decision.offer
+    assert placement.instance_id is not None
+    return InstanceHandle(
+        offer.cloud,
+        placement.instance_id,
+        offer.key,
+        offer.region,
+        offer.zone,
+        offer.option.value,
+        placement.run_id,
+    )
+
+
+# ---------------------------------------------------------------------- boot scripts (pure)
+def test_pool_names_are_sanitised_and_distinguish_purchase_options() -> None:
+    spot = _offer("aws", "A10G", PurchaseOption.SPOT)
+    on_demand = next(
+        o
+        for o in CATALOG.offers
+        if o.capacity_key == spot.capacity_key and o.option is PurchaseOption.ON_DEMAND
+    )
+    assert pool_name(spot) != pool_name(on_demand)
+    n1 = [o for o in CATALOG.offers if o.key == "gcp/us-central1-a/n1-highmem-4/spot"]
+    assert len(n1) > 1 and len({pool_name(o) for o in n1}) == len(n1)  # GPU variants differ
+    for name in (pool_name(spot), pool_name(on_demand)):
+        assert name.startswith("pool-aws-")
+        assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+        assert spot.instance_type.lower() in name
+    assert pool_slots(spot) == spot.gpu_count
+    cpu = _offer("gcp", None, PurchaseOption.ON_DEMAND)
+    assert pool_slots(cpu) == cpu.vcpus
+
+
+def test_slots_needed_never_exceed_one_instance() -> None:
+    gpu = next(o for o in CATALOG.offers if o.gpu_count >= 4)
+    cpu = next(o for o in CATALOG.offers if o.gpu_count == 0 and o.vcpus == 2)
+    assert slots_needed(TaskNeeds(gpus=2), gpu) == 2
+    assert slots_needed(TaskNeeds(cpus=8), gpu) == 1  # a CPU task holds one GPU slot
+    assert slots_needed(TaskNeeds(cpus=1.5), cpu) == 1.5
+    assert slots_needed(TaskNeeds(cpus=16), cpu) == 2
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_startup_script_is_valid_bash_and_starts_the_pool_worker(cloud: str) -> None:
+    offer = _offer(cloud, "T4", PurchaseOption.SPOT)
+    script = startup_script(
+        offer,
+        scheduler_address="tls://10.0.0.5:8786",
+        run_id="run-42",
+        config=BootstrapConfig(packages=("torch==2.5.1",), extra_env={"HF_HOME": "/mnt/hf"}),
+        extra_worker_args=("--tls-ca-file", "/etc/dask/ca.pem"),
+    )
+    subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+    assert script.startswith("#!/bin/bash\n")
+    worker_line = next(line for line in script.splitlines() if "-m dask worker" in line)
+    assert "tls://10.0.0.5:8786" in worker_line
+    assert f"--resources {pool_name(offer)}={pool_slots(offer)}" in worker_line
+    assert '--name "$WORKER_NAME"' in worker_line
+    assert "--tls-ca-file /etc/dask/ca.pem" in worker_line
+    for requirement in [*worker_requirements(), "torch==2.5.1"]:
+        assert requirement in script
+    assert "export HF_HOME=/mnt/hf" in script
+    assert ("169.254.169.254" in script) == (cloud == "aws")
+    assert ("metadata.google.internal" in script) == (cloud == "gcp")
+    assert script.rstrip().endswith("shutdown -h now")
+
+
+def test_startup_script_without_install_and_power_off() -> None:
+    offer = _offer("aws", None, PurchaseOption.ON_DEMAND)
+    script = startup_script(
+        offer,
+        scheduler_address="tcp://h:8786",
+        run_id="r",
+        config=BootstrapConfig(install=False, power_off_on_exit=False, python="/opt/py/bin/python"),
+    )
+    assert "pip install" not in script and "shutdown" not in script
+    assert "PY=/opt/py/bin/python" in script
+    with pytest.raises(ValueError, match="no worker bootstrap"):
+        startup_script(
+            Offer("azure", "eastus", None, "D2", 2, 8.0, None, 0, PurchaseOption.SPOT, 0.1, 0.2),
+            scheduler_address="tcp://h:8786",
+            run_id="r",
+        )
+
+
+# ---------------------------------------------------------------------- configuration (pure)
+def test_executor_configuration_validates_compares_and_pickles() -> None:
+    from prefect_cloudsched import CloudSchedTaskRunner
+    from prefect_cloudsched.execute.dask import DaskExecutor
+    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+
+    executor = DaskExecutor(launcher=LocalWorkerLauncher(), idle_timeout=5)
+    assert cloudpickle.loads(cloudpickle.dumps(executor)) == executor
+    assert executor != DaskExecutor(idle_timeout=5)
+    with pytest.raises(ValueError, match="either address"):
+        DaskExecutor("tcp://h:8786", cluster_kwargs={"n_workers": 1})
+    with pytest.raises(ValueError, match="join_timeout"):
+        DaskExecutor(join_timeout=0)
+    with pytest.raises(ValueError, match="idle_timeout"):
+        DaskExecutor(idle_timeout=-1)
+    with pytest.raises(RuntimeError, match="not started"):
+        executor.startup_script(_offer("aws", None, PurchaseOption.SPOT), "r")
+
+    runner = CloudSchedTaskRunner(executor="dask", executor_options={"idle_timeout": 3})
+    assert runner.duplicate() == runner
+    assert cloudpickle.loads(cloudpickle.dumps(runner)) == runner
+    assert runner != CloudSchedTaskRunner(executor="dask", executor_options={"idle_timeout": 4})
+    with pytest.raises(ValueError, match='"local", "dask"'):
+        CloudSchedTaskRunner(executor="ray")
+    with pytest.raises(ValueError, match="only to"):
+        CloudSchedTaskRunner(executor="local", executor_options={"idle_timeout": 3})
+    with pytest.raises(TypeError):
+        CloudSchedTaskRunner(executor="dask", executor_options={"idle_timeoutt": 3})
+
+
+# ---------------------------------------------------------------------- real cluster (slow)
+def _who() -> tuple[str, dict[str, float]]:
+    from distributed import get_worker
+
+    worker = get_worker()
+    return str(worker.name), dict(worker.state.total_resources)
+
+
+@pytest.fixture
+def local_executor():
+    from prefect_cloudsched.execute.dask import DaskExecutor
+    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+
+    executor = DaskExecutor(
+        launcher=LocalWorkerLauncher(), idle_timeout=0.3, monitor_interval=0.1, join_timeout=30
+    )
+    executor.start()
+    yield executor
+    executor.stop()
+
+
+@pytest.mark.slow
+def test_bodies_run_on_the_worker_of_their_instance(local_executor) -> None:
+    gpu = _placement(TaskNeeds(gpus=1, gpu_type="T4", spot_ok=True), "i-gpu")
+    cpu = _placement(TaskNeeds(cpus=2), "i-cpu")
+    for placement in (gpu, cpu):
+        local_executor.attach(_handle(placement), placement)
+    assert local_executor.launcher.names == ["i-cpu", "i-gpu"]
+    for placement in (gpu, cpu):
+        name, resources = local_executor.run(_who, placement)
+        assert name == placement.instance_id
+        assert resources == {
+            pool_name(placement.decision.offer): pool_slots(placement.decision.offer)
+        }
+    assert local_executor.run(lambda: sum(range(10)), cpu) == 45
+    with pytest.raises(ZeroDivisionError):  # the task's own errors come back unchanged
+        local_executor.run(lambda: 1 / 0, cpu)
+
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="inputs cannot be pickled"):
+        local_executor.run(lambda: lock.locked(), cpu)
+    with pytest.raises(TypeError, match="returned a lock that cannot be pickled"):
+        local_executor.run(threading.Lock, cpu)
+
+
+@pytest.mark.slow
+def test_idle_workers_are_retired_and_reused_workers_are_not(local_executor) -> None:
+    placement = _placement(TaskNeeds(cpus=1), "i-warm")
+    handle = _handle(placement)
+    local_executor.attach(handle, placement)
+    local_executor.detach(handle)
+    local_executor.attach(handle, placement)  # warm reuse before the idle timeout
+    time.sleep(0.6)
+    assert local_executor.launcher.names == ["i-warm"]  # busy: never retired
+    local_executor.detach(handle)
+    deadline = time.monotonic() + 10
+    while local_executor.launcher.names and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert local_executor.launcher.names == []
+    workers = local_executor.client.scheduler_info(n_workers=-1)["workers"]
+    assert all(w["name"] != "i-warm" for w in workers.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [False, True], ids=["in-process", "subprocess"])
+def test_losing_the_worker_mid_task_raises_spot_interrupted(processes: bool, tmp_path) -> None:
+    from prefect_cloudsched.execute.dask import DaskExecutor
+    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+
+    launcher = LocalWorkerLauncher(processes=processes)
+    executor = DaskExecutor(launcher=launcher, monitor_interval=0.1, join_timeout=60)
+    executor.start()
+    try:
+        placement = _placement(TaskNeeds(cpus=1, spot_ok=True), "i-doomed")
+        executor.attach(_handle(placement), placement)
+        outcome: queue.Queue[BaseException | str] = queue.Queue()
+        flag = tmp_path / "started"
+
+        def hang(path: str = str(flag), seconds: float = 4 if not processes else 60) -> str:
+            import pathlib  # a nested function travels by value, even to a subprocess worker
+            import time
+
+            pathlib.Path(path).touch()
+            time.sleep(seconds)
+            return "finished"
+
+        def body() -> None:
+            try:
+                outcome.put(executor.run(hang, placement))
+            except BaseException as err:
+                outcome.put(err)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        launcher.kill("i-doomed")
+        error = outcome.get(timeout=20)
+        thread.join()
+        assert isinstance(error, SpotInterrupted)
+        assert error.instance_id == "i-doomed"
+        assert error.offer_key == placement.decision.offer.key
+        assert "lost while the task ran" in str(error)
+    finally:
+        executor.stop()
+    assert launcher.names == []
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_joins_is_a_bounded_provisioning_error() -> None:
+    from prefect_cloudsched.execute.dask import DaskExecutor
+
+    executor = DaskExecutor(join_timeout=0.5)  # boot-script launcher: nobody starts a worker
+    executor.start()
+    try:
+        placement = _placement(TaskNeeds(cpus=1), "i-silent")
+        started = time.monotonic()
+        with pytest.raises(ProvisioningError, match="no Dask worker named i-silent"):
+            executor.attach(_handle(placement), placement)
+        assert time.monotonic() - started < 5
+    finally:
+        executor.stop()
+
+
+def test_worker_spec_matches_the_offer() -> None:
+    offer = _offer("gcp", "L4", PurchaseOption.ON_DEMAND)
+    spec = WorkerSpec.for_offer(offer, scheduler_address="tcp://s:8786", name="vm-1")
+    assert spec.resources == {pool_name(offer): float(offer.gpu_count)}
+    assert spec.nthreads == offer.gpu_count
+    args = spec.cli_args()
+    assert args[:3] == ["tcp://s:8786", "--name", "vm-1"]
+
+
+# ---------------------------------------------------------------------- a flow (harness, slow)
+class LocalCloud:
+    """A provisioner whose "instances" are dicts; the executor's launcher gives them workers."""
+
+    def __init__(self, cloud: str) -> None:
+        self.cloud = cloud
+        self.running: dict[str, InstanceHandle] = {}
+        self.started: list[InstanceHandle] = []
+        self.scripts: list[str | None] = []
+
+    def ensure(
+        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
+    ) -> InstanceHandle:
+        handle = InstanceHandle(
+            self.cloud,
+            f"{self.cloud}-{task_name}-{len(self.started)}",
+            offer.key,
+            offer.region,
+            offer.zone,
+            offer.option.value,
+            run_id,
+        )
+        self.started.append(handle)
+        self.running[handle.instance_id] = handle
+        self.scripts.append(startup_script)
+        return handle
+
+    def check(self, handle: InstanceHandle) -> None:
+        """Instances here are never reclaimed by the cloud; losses come from killed workers."""
+
+    def release(self, handle: InstanceHandle) -> None:
+        self.running.pop(handle.instance_id, None)
+
+    def release_run(self, run_id: str) -> int:
+        mine = [i for i, h in self.running.items() if h.run_id == run_id]
+        for instance_id in mine:
+            del self.running[instance_id]
+        return len(mine)
+
+
+ATTEMPTS: Counter[str] = Counter()
+TO_KILL: queue.Queue[str] = queue.Queue()
+RELEASE = threading.Event()
+
+
+def _gpu_body(x: int) -> tuple[str, dict[str, float], int]:
+    name, resources = _who()
+    ATTEMPTS["gpu"] += 1
+    if ATTEMPTS["gpu"] == 1:  # first attempt: its worker is killed under it
+        TO_KILL.put(name)
+        RELEASE.wait(30)
+    return name, resources, x * 2
+
+
+@pytest.mark.slow
+@pytest.mark.harness
+def test_flow_places_each_task_on_its_pool_and_survives_a_worker_kill(
+    prefect_harness, ledger_url
+) -> None:
+    from prefect import flow, task
+
+    from prefect_cloudsched import CloudSchedTaskRunner, Ledger, requires
+    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+
+    launcher = LocalWorkerLauncher()
+    clouds = {"aws": LocalCloud("aws"), "gcp": LocalCloud("gcp")}
+
+    @requires(gpus=1, gpu_type="T4", spot_ok=True, deadline=timedelta(hours=4))
+    @task
+    def gpu_step(x: int) -> tuple[str, dict[str, float], int]:
+        return _gpu_body(x)
+
+    @requires(cpus=2, memory_gib=4)
+    @task
+    def cpu_step() -> tuple[str, dict[str, float]]:
+        return _who()
+
+    @flow(
+        task_runner=CloudSchedTaskRunner(
+            max_workers=4,
+            provisioners=clouds,
+            executor="dask",
+            executor_options={
+                "launcher": launcher,
+                "monitor_interval": 0.1,
+                "join_timeout": 30,
+            },
+        )
+    )
+    def pipeline() -> tuple[Any, Any]:
+        gpu, cpu = gpu_step.submit(21), cpu_step.submit()
+        return gpu.result(), cpu.result()
+
+    def killer() -> None:
+        name = TO_KILL.get(timeout=120)
+        launcher.kill(name)
+        RELEASE.set()
+
+    ATTEMPTS.clear()
+    RELEASE.clear()
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    (gpu_worker, gpu_resources, doubled), (cpu_worker, cpu_resources) = pipeline()
+    thread.join(timeout=5)
+    assert doubled == 42 and ATTEMPTS["gpu"] == 2
+
+    ledger = Ledger(ledger_url)
+    rows = {(r.task_name, r.state): r for r in ledger.placements()}
+    assert set(rows) == {
+        ("gpu_step", "interrupted"),
+        ("gpu_step", "completed"),
+        ("cpu_step", "completed"),
+    }
+    for worker, resources, row in (
+        (gpu_worker, gpu_resources, rows["gpu_step", "completed"]),
+        (cpu_worker, cpu_resources, rows["cpu_step", "completed"]),
+    ):
+        assert worker == row.instance_id  # ran on the worker of its own instance
+        [offer] = [
+            o for o in CATALOG.offers if o.key == row.offer_key and o.gpu_type == row.gpu_type
+        ]
+        assert resources == {pool_name(offer): pool_slots(offer)}
+    assert rows["gpu_step", "completed"].gpu_type == "T4"
+    assert rows["cpu_step", "completed"].gpus == 0
+    interrupted = rows["gpu_step", "interrupted"]
+    assert interrupted.instance_id != gpu_worker and interrupted.wasted_micro > 0
+    [loss] = ledger.interruptions()
+    assert loss["instance_id"] == interrupted.instance_id
+
+    # nothing left behind: no worker, no instance, no monitor thread
+    assert launcher.names == []
+    assert all(not cloud.running for cloud in clouds.values())
+    assert sum(len(c.started) for c in clouds.values()) == 3
+    assert all(script and "dask worker" in script for c in clouds.values() for script in c.scripts)
+    assert not [t for t in threading.enumerate() if t.name == "cloudsched-dask-monitor"]
