@@ -83,6 +83,9 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             ``Executor`` instance.
         executor_options: Keyword arguments of ``DaskExecutor`` for ``executor="dask"``
             (``address``, ``cluster_kwargs``, ``join_timeout``, ``idle_timeout``, ...).
+        label_task_runs: Put one tag naming the choice (``cloudsched:aws-spot``) on each
+            task run. Prefect acquires a concurrency slot per tag per task run (an API round
+            trip), so flows of thousands of tiny tasks may prefer ``False``.
 
     Example:
         ```python
@@ -107,6 +110,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         provisioners: Mapping[str, Provisioner] | None = None,
         executor: Executor | str | None = None,
         executor_options: Mapping[str, Any] | None = None,
+        label_task_runs: bool = True,
     ) -> None:
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
@@ -127,6 +131,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             provisioners=dict(provisioners or {}),
             executor=executor,
             executor_options=dict(executor_options or {}),
+            label_task_runs=label_task_runs,
         )
         _make_executor(executor, self._config["executor_options"])  # fail fast on bad options
         self.records: list[PlacementRecord] = []
@@ -199,6 +204,8 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         if decision.offer.option is PurchaseOption.SPOT and run.spot_retries:
             remote.retries = task.retries + run.spot_retries
             remote.retry_condition_fn = _spot_retry_condition(task.retry_condition_fn, task.retries)
+        if not self._config["label_task_runs"]:
+            return super().submit(remote, parameters, wait_for, dependencies)
         with tags(decision.tag):
             return super().submit(remote, parameters, wait_for, dependencies)
 
