@@ -293,6 +293,26 @@ def test_a_worker_that_never_joins_is_a_bounded_provisioning_error() -> None:
         executor.stop()
 
 
+@pytest.mark.slow
+def test_unplaced_bodies_need_some_worker() -> None:
+    from prefect_cloudsched.execute.dask import DaskExecutor
+
+    unplaced = _placement(TaskNeeds(cpus=1), None)
+    empty = DaskExecutor()
+    empty.start()
+    try:
+        with pytest.raises(ProvisioningError, match="has no provisioner"):
+            empty.run(lambda: 1, unplaced)
+    finally:
+        empty.stop()
+    plain = DaskExecutor(cluster_kwargs={"n_workers": 1, "threads_per_worker": 1})
+    plain.start()
+    try:
+        assert plain.run(lambda: 41 + 1, unplaced) == 42
+    finally:
+        plain.stop()
+
+
 def test_worker_spec_matches_the_offer() -> None:
     offer = _offer("gcp", "L4", PurchaseOption.ON_DEMAND)
     spec = WorkerSpec.for_offer(offer, scheduler_address="tcp://s:8786", name="vm-1")

@@ -345,6 +345,7 @@ class _Session:
         key = f"cloudsched-body-{placement.task_run_id}-{placement.attempt}-{uuid.uuid4().hex[:8]}"
         instance = placement.instance_id
         if instance is None:
+            self._require_some_worker(decision.offer)
             future = self.client.submit(_RUN_BODY, payload, key=key, pure=False)
             return self._result(future, None, placement)
         with self._lock:
@@ -362,6 +363,16 @@ class _Session:
             resources={pool_name(offer): slots_needed(decision.needs, offer)},
         )
         return self._result(future, address, placement)
+
+    def _require_some_worker(self, offer: Offer) -> None:
+        """An unplaced body on our own worker-less scheduler would wait forever: say so."""
+        if self.cluster is not None and not self.cluster.scheduler.workers:
+            raise ProvisioningError(
+                f"no instance was started for this task ({offer.cloud} has no provisioner) "
+                f"and the executor's own Dask scheduler has no workers; pass "
+                f"provisioners={{'{offer.cloud}': ...}} to the runner, or executor_options "
+                f"address= (a cluster with workers) or cluster_kwargs n_workers=N"
+            )
 
     def _result(self, future: Any, address: str | None, placement: Placement) -> Any:
         done = threading.Event()
