@@ -5,6 +5,11 @@ Usage: ``python scripts/build_catalog.py [PATH/TO/prices]`` (default ``../shared
 Keeps the columns the catalog uses, drops rows that fail a sanity check (spot above
 on-demand, non-positive prices) and copies the provenance next to the snapshot so the
 package says where every number came from.
+
+GCP rows whose SkyPilot-catalog on-demand price disagrees with GCP's list price by more than
+5 % (SOURCE.md, caveat 1: mostly a2/a3, up to 2x too cheap) take on-demand, spot and 1-yr CUD
+prices from the list-price source (``gcp_cud.csv``) instead: under-pricing an H100 by half
+would steer real money to the wrong cloud. Their ``source`` says so.
 """
 
 from __future__ import annotations
@@ -39,9 +44,33 @@ def _keep(row: dict[str, str]) -> bool:
     return on_demand > 0 and spot <= on_demand
 
 
+CROSSCHECK_TOLERANCE = 0.05
+
+
+def _use_list_price(row: dict[str, str], cud: dict[tuple[str, str], dict[str, str]]) -> None:
+    listed = row.get("od_crosscheck_usd_per_hour")
+    if row["cloud"] != "gcp" or not listed:
+        return
+    catalog_price, list_price = float(row["ondemand_usd_per_hour"]), float(listed)
+    if abs(catalog_price - list_price) <= CROSSCHECK_TOLERANCE * list_price:
+        return
+    source = cud.get((row["region"], row["instance_type"]))
+    if source is None:
+        return
+    row["ondemand_usd_per_hour"] = source["ondemand_usd_per_hour"]
+    row["spot_usd_per_hour"] = source["spot_usd_per_hour"]
+    row["reserved_1yr_usd_per_hour"] = source["cud_1yr_usd_per_hour"]
+    row["source"] = "S2 (list price; catalog off by >5%)"
+
+
 def main(prices_dir: Path) -> None:
+    with (prices_dir / "gcp_cud.csv").open(newline="") as src:
+        cud = {(r["region"], r["instance_type"]): r for r in csv.DictReader(src)}
     with (prices_dir / "instances.csv").open(newline="") as src:
-        rows = [r for r in csv.DictReader(src) if _keep(r)]
+        rows = list(csv.DictReader(src))
+    for row in rows:
+        _use_list_price(row, cud)
+    rows = [r for r in rows if _keep(r)]
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     with (OUT_DIR / "offers.csv").open("w", newline="") as dst:
         writer = csv.DictWriter(dst, fieldnames=COLUMNS, extrasaction="ignore")
