@@ -156,6 +156,16 @@ class Decision:
             else round(self.runner_up_cost, 6),
             "reasons": list(self.reasons),
             "needs": self.needs.summary(),
+            "task_needs": {
+                "gpus": self.needs.gpus,
+                "gpu_type": self.needs.gpu_type,
+                "cpus": self.needs.cpus,
+                "memory_gib": self.needs.memory_gib,
+                "est_runtime_s": self.needs.est_runtime.total_seconds(),
+                "priority": self.needs.priority.value,
+                "spot_ok": self.needs.spot_ok,
+                "checkpointable": self.needs.checkpointable,
+            },
             "deadline": self.deadline.isoformat() if self.deadline else None,
         }
 
