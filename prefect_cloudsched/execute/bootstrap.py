@@ -15,6 +15,7 @@ Pure module: no Dask import, so scripts can be generated and tested anywhere.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import shlex
@@ -159,9 +160,10 @@ class BootstrapConfig:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
-def worker_requirements() -> list[str]:
+@functools.cache
+def worker_requirements() -> tuple[str, ...]:
     """``distributed`` and ``cloudpickle`` pinned to this process's versions."""
-    return [f"{dist}=={metadata.version(dist)}" for dist in ("distributed", "cloudpickle")]
+    return tuple(f"{dist}=={metadata.version(dist)}" for dist in ("distributed", "cloudpickle"))
 
 
 def startup_script(
