@@ -150,6 +150,7 @@ class BootstrapConfig:
             instance-initiated shutdown behaviour to ``terminate``).
         extra_env: Environment for the worker (``{"HF_HOME": "/mnt/cache"}``). Boot scripts
             are readable in the instance metadata: never put secrets here.
+        log_path: Where the script and the worker write their output on the instance.
     """
 
     python: str = "python3"
@@ -158,6 +159,7 @@ class BootstrapConfig:
     venv: str = "/opt/cloudsched-worker"
     power_off_on_exit: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    log_path: str = WORKER_LOG
 
 
 @functools.cache
@@ -209,7 +211,7 @@ def startup_script(
         "#!/bin/bash",
         f"# prefect-cloudsched: Dask worker for {offer.key} (flow run {run_id})",
         "set -euo pipefail",
-        f"exec >>{WORKER_LOG} 2>&1",
+        f"exec >>{shlex.quote(cfg.log_path)} 2>&1",
         f"HAVE=$({py} -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])')",
         f'if [ "$HAVE" != "{want}" ]; then',
         f'  echo "cloudsched: need Python {want} (the flow\'s), image has $HAVE"',
