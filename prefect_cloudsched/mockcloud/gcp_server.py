@@ -170,12 +170,12 @@ class _Handler(BaseHTTPRequestHandler):
         state.record(
             self.command, path, query, raw.decode(errors="replace") if body is None else body
         )
-        if not isinstance(body, dict):
-            raise GceError(400, "Invalid JSON payload received.", "parseError")
         for verb, pattern, method_id, handler in _ROUTES:
             match = pattern.fullmatch(path)
             if match is None or verb != self.command:
                 continue
+            if not isinstance(body, dict):
+                raise GceError(400, "Invalid JSON payload received.", "parseError")
             if (injected := state.take_failure(method_id)) is not None:
                 raise injected
             params = match.groupdict()
