@@ -107,10 +107,8 @@ def insert(ic: compute_v1.InstancesClient, vm: compute_v1.Instance, zone: str = 
 
 def hook(fake: FakeGcpCompute, path: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{fake.url}/_fake/{path}", data=data, method="GET")
-    if data is not None:
-        req.method = "POST"
-        req.add_header("Content-Type", "application/json")
+    method = "GET" if data is None else "POST"
+    req = urllib.request.Request(f"{fake.url}/_fake/{path}", data=data, method=method)
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
 
@@ -382,9 +380,10 @@ def test_http_hooks_drive_the_fake(fake: FakeGcpCompute, ic, ops) -> None:
     with pytest.raises(urllib.error.HTTPError) as bad:
         hook(fake, "preempt", {"project": PROJECT, "zone": ZONE, "name": "nope"})
     assert bad.value.code == 404
-    with pytest.raises(urllib.error.HTTPError) as bad:
-        hook(fake, "stockout", {"bogus": 1})
-    assert bad.value.code == 400
+    for name, bad_args in [("stockout", {"bogus": 1}), ("fail", {"status": 200})]:
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            hook(fake, name, bad_args)
+        assert bad.value.code == 400
 
     hook(fake, "reset", {})
     assert hook(fake, "instances") == {"items": []}

@@ -357,7 +357,9 @@ class GcpState:
     ) -> None:
         """Make the next ``count`` API calls (of ``method``, e.g. ``instances.insert`` or
         just ``insert``; any if None) answer HTTP ``status`` with GCE's error JSON."""
-        error = GceError(status, message or f"Injected error {status}", reason)
+        if not 400 <= int(status) <= 599:
+            raise ValueError(f"status must be an HTTP error code, not {status!r}")
+        error = GceError(int(status), message or f"Injected error {status}", reason)
         with self.lock:
             self._fail_rules.append(FailRule(error, count, method))
 
