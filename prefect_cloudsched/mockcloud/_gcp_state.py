@@ -361,14 +361,14 @@ class GcpState:
             raise ValueError(f"status must be an HTTP error code, not {status!r}")
         error = GceError(int(status), message or f"Injected error {status}", reason)
         with self.lock:
-            self._fail_rules.append(FailRule(error, count, method))
+            self._fail_rules.append(FailRule(error, int(count), method))
 
     def stockout_next(
         self, count: int = 1, zone: str | None = None, machine_type: str | None = None
     ) -> None:
         """Make the next matching inserts end in a ZONE_RESOURCE_POOL_EXHAUSTED operation."""
         with self.lock:
-            self._insert_rules.append(InsertRule("stockout", count, zone, machine_type))
+            self._insert_rules.append(InsertRule("stockout", int(count), zone, machine_type))
 
     def quota_next(
         self,
@@ -384,7 +384,7 @@ class GcpState:
         ``quota`` defaults to what GCE would name: the GPU quota of the machine
         (``PREEMPTIBLE_`` prefixed for spot) or ``CPUS``; ``region`` to the insert's region.
         """
-        rule = InsertRule("quota", count, zone, machine_type, quota, limit, region)
+        rule = InsertRule("quota", int(count), zone, machine_type, quota, float(limit), region)
         with self.lock:
             self._insert_rules.append(rule)
 
