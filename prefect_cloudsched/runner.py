@@ -41,14 +41,23 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect.context import FlowRunContext, TagsContext, TaskRunContext, tags
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from prefect_cloudsched import visibility
+from prefect_cloudsched.budget import (
+    BudgetExceeded,
+    BudgetPolicy,
+    BudgetTracker,
+    month_start,
+    spend_windows,
+)
 from prefect_cloudsched.catalog import Catalog, PurchaseOption, load_catalog
 from prefect_cloudsched.errors import CapacityError, NoFeasibleOffer, SpotInterrupted
 from prefect_cloudsched.execute.base import Executor, LocalExecutor, Placement
@@ -56,7 +65,7 @@ from prefect_cloudsched.ledger import BufferedWriter, Ledger
 from prefect_cloudsched.needs import TaskNeeds, current_overrides, resolve_needs
 from prefect_cloudsched.policy import Decision, PlacementState, PolicyConfig, cost_of, decide
 from prefect_cloudsched.provision.base import InstanceHandle, Provisioner
-from prefect_cloudsched.records import PlacementRecord, to_micro
+from prefect_cloudsched.records import PlacementRecord, to_micro, to_usd
 
 MAX_FALLBACKS = 6
 
@@ -86,6 +95,15 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         label_task_runs: Put one tag naming the choice (``cloudsched:aws-spot``) on each
             task run. Prefect acquires a concurrency slot per tag per task run (an API round
             trip), so flows of thousands of tiny tasks may prefer ``False``.
+        pools: ``AwsComputePool`` / ``GcpComputePool`` blocks or their saved names
+            (``"aws-main"`` or ``"aws-compute-pool/aws-main"``); each becomes the
+            provisioner of its cloud. Loaded when a flow run starts, never at import.
+        ledger: A ``CloudSchedLedger`` block or its saved name (instead of ``ledger_url``).
+
+    A ``CloudSchedPolicy`` block also brings budget caps (hard: a placement that would
+    cross one fails with ``BudgetExceeded``; soft: it runs and a
+    ``cloudsched.budget.exceeded`` event is emitted), the spot share and a default
+    deadline. At the end of each flow run the runner publishes its cost artifacts.
 
     Example:
         ```python
@@ -111,6 +129,8 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         executor: Executor | str | None = None,
         executor_options: Mapping[str, Any] | None = None,
         label_task_runs: bool = True,
+        pools: Sequence[str | Any] | None = None,
+        ledger: str | Any | None = None,
     ) -> None:
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
@@ -119,6 +139,10 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         bad = {k: v for k, v in (reserved or {}).items() if not isinstance(v, int) or v < 0}
         if bad:
             raise ValueError(f"reserved counts must be whole numbers >= 0: {bad}")
+        if ledger is not None and ledger_url is not None:
+            raise ValueError("give either ledger (a block) or ledger_url, not both")
+        if isinstance(pools, str):
+            raise ValueError(f"pools must be a list of block names or blocks, got {pools!r}")
         super().__init__(max_workers=max_workers)
         self._config: dict[str, Any] = dict(
             max_workers=max_workers,
@@ -132,6 +156,8 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             executor=executor,
             executor_options=dict(executor_options or {}),
             label_task_runs=label_task_runs,
+            pools=tuple(pools or ()),
+            ledger=ledger,
         )
         _make_executor(executor, self._config["executor_options"])  # fail fast on bad options
         self.records: list[PlacementRecord] = []
@@ -166,8 +192,9 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             super().__exit__(*exc_info)  # waits for running tasks first
         finally:
             if self._run is not None:
-                self.records = self._run.close()
-                self._run = None
+                run, self._run = self._run, None
+                self.records = run.close()
+                run.publish(self.records)
 
     @property
     def placement_state(self) -> PlacementState | None:
@@ -188,17 +215,16 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         run = self._run
         context_tags = TagsContext.get().current_tags
         resolved = resolve_needs(task.fn, task.tags, context_tags, current_overrides())
+        needs = run.with_default_deadline(resolved.needs)
         submitted_at = datetime.now(UTC)
         flow_ctx = FlowRunContext.get()
         run_id = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else "no-flow-run"
         flow_name = flow_ctx.flow.name if flow_ctx and flow_ctx.flow else "unknown-flow"
         try:
-            decision = run.decide(resolved.needs, submitted_at=submitted_at)
+            decision = run.decide(needs, submitted_at=submitted_at)
         except NoFeasibleOffer as err:
             return super().submit(_failing_copy(task, err), parameters, wait_for, dependencies)
-        placed = _PlacedTask(
-            run, task.name, resolved.needs, decision, submitted_at, run_id, flow_name
-        )
+        placed = _PlacedTask(run, task.name, needs, decision, submitted_at, run_id, flow_name)
         remote = copy.copy(task)
         remote.fn = placed.wrap(task.fn, is_async=task.isasync)
         if decision.offer.option is PurchaseOption.SPOT and run.spot_retries:
@@ -224,6 +250,8 @@ class _RunContext:
         provisioners: Mapping[str, Provisioner],
         executor: Executor,
         logger: Any,
+        budget: BudgetTracker | None = None,
+        default_slack: timedelta | None = None,
     ) -> None:
         self.catalog = catalog
         self.policy = policy
@@ -236,11 +264,17 @@ class _RunContext:
         self.logger = logger
         self.records: list[PlacementRecord] = []
         self.run_ids: set[str] = set()
+        self.flow_names: dict[str, str] = {}
+        self.budget = budget
+        self.default_slack = default_slack
+        self.refusals: list[str] = []
         self._lock = threading.Lock()
 
     @classmethod
     def open(cls, config: Mapping[str, Any], logger: Any) -> _RunContext:
-        ledger = Ledger(config["ledger_url"])
+        policy, budget_policy, default_slack = _policy_parts(config["policy"])
+        ledger = _open_ledger(config["ledger"], config["ledger_url"])
+        provisioners = _provisioners(config["provisioners"], config["pools"])
         reserved = dict(config["reserved"])
         if config["use_plan"]:
             for key, count in _plan_reservations(ledger).items():
@@ -248,13 +282,15 @@ class _RunContext:
         executor = _make_executor(config["executor"], config["executor_options"])
         context = cls(
             catalog=load_catalog(config["catalog_path"]),
-            policy=resolve_policy(config["policy"]),
+            policy=policy,
             ledger=ledger,
             state=PlacementState(reserved_free=reserved),
             spot_retries=config["spot_retries"],
-            provisioners=config["provisioners"],
+            provisioners=provisioners,
             executor=executor,
             logger=logger,
+            budget=_budget_tracker(budget_policy, ledger),
+            default_slack=default_slack,
         )
         executor.start()  # last: nothing after it can fail and leak a cluster
         return context
@@ -269,10 +305,98 @@ class _RunContext:
             config=self.policy,
         )
 
-    def add(self, record: PlacementRecord) -> None:
+    def with_default_deadline(self, needs: TaskNeeds) -> TaskNeeds:
+        """Give a task without a deadline the policy's: its runtime plus the default slack."""
+        if self.default_slack is None or needs.deadline is not None:
+            return needs
+        return needs.merged({"deadline": needs.est_runtime + self.default_slack})
+
+    def admit(
+        self, decision: Decision, needs: TaskNeeds, placed: _PlacedTask, task_run_id: str
+    ) -> tuple[Decision, int | None]:
+        """Apply the spot share and the budget caps to a decision before it provisions.
+
+        Returns:
+            The decision to run (possibly on-demand instead of spot, or a cheaper fallback)
+            and the budget hold to settle when it ends.
+
+        Raises:
+            BudgetExceeded: a hard cap refuses it (the task fails with this message).
+        """
+        budget = self.budget
+        if budget is None:
+            return decision, None
+        spot_ok = budget.spot_allowed()
+        if decision.offer.option is PurchaseOption.SPOT and not spot_ok:
+            decision = self.decide(
+                needs.merged({"spot_ok": False}), submitted_at=placed.submitted_at
+            )
+            decision = replace(
+                decision,
+                reasons=(
+                    *decision.reasons,
+                    f"spot share cap {budget.policy.spot_max_share:.0%} reached: on-demand",
+                ),
+            )
+        hold, overruns = budget.admit(to_micro(decision.expected_cost))
+        if hold is None and budget.policy.fallback_cheapest:
+            relaxed = needs.merged(
+                {"deadline": None} if spot_ok else {"deadline": None, "spot_ok": False}
+            )
+            cheaper = decide(
+                relaxed,
+                self.catalog,
+                now=datetime.now(UTC),
+                state=self.state,
+                config=replace(self.policy, max_spot_band=None),
+            )
+            if cheaper.expected_cost < decision.expected_cost:
+                hold, fallback_overruns = budget.admit(to_micro(cheaper.expected_cost))
+                if hold is not None:
+                    overruns = fallback_overruns
+                    decision = replace(
+                        cheaper,
+                        reasons=(
+                            *cheaper.reasons,
+                            f"budget: cheapest fallback (deadline risk accepted) instead of "
+                            f"{decision.offer.describe()}",
+                        ),
+                    )
+        ids = dict(task_name=placed.task_name, flow_run_id=placed.run_id, task_run_id=task_run_id)
+        if hold is None:
+            error = BudgetExceeded(placed.task_name, overruns[0])
+            visibility.emit_budget_exceeded(overruns[0], refused=True, decision=decision, **ids)
+            with self._lock:
+                self.refusals.append(str(error))
+            raise error
+        for overrun in budget.first_report(overruns):
+            visibility.emit_budget_exceeded(overrun, refused=False, decision=decision, **ids)
+            _log(f"{placed.task_name}: soft budget cap: {overrun.describe()}", level="warning")
+        budget.count_placement(spot=decision.offer.option is PurchaseOption.SPOT)
+        return decision, hold
+
+    def release_hold(self, hold: int | None) -> None:
+        """Drop a budget hold of a placement that never started."""
+        if self.budget is not None:
+            self.budget.release(hold)
+
+    def add(self, record: PlacementRecord, hold: int | None = None) -> None:
         with self._lock:
             self.records.append(record)
+        if self.budget is not None:
+            self.budget.settle(hold, record.cost_micro)
         self.writer.put(record)
+
+    def publish(self, records: list[PlacementRecord]) -> None:
+        """Cost artifacts of each flow run this runner served (only real, API-backed runs)."""
+        for run_id, flow_name in self.flow_names.items():
+            if visibility.is_run_id(run_id):
+                visibility.publish_cost_artifacts(
+                    [r for r in records if r.flow_run_id == run_id],
+                    flow_run_id=run_id,
+                    flow_name=flow_name,
+                    refusals=self.refusals,
+                )
 
     def close(self) -> list[PlacementRecord]:
         """Release every instance of this run, flush the ledger, stop the executor."""
@@ -324,6 +448,60 @@ def resolve_policy(policy: PolicyConfig | Any | str | None) -> PolicyConfig:
     return to_config()
 
 
+def _policy_parts(
+    spec: PolicyConfig | Any | str | None,
+) -> tuple[PolicyConfig, BudgetPolicy | None, timedelta | None]:
+    """Placement knobs, budget and default deadline slack of a policy (block loaded once)."""
+    if isinstance(spec, str):
+        from prefect_cloudsched.blocks import CloudSchedPolicy
+
+        spec = CloudSchedPolicy.load_named(spec)
+    config = resolve_policy(spec)
+    to_budget = getattr(spec, "to_budget", None)
+    slack = getattr(spec, "default_deadline_slack", None)
+    return config, to_budget() if to_budget else None, slack() if slack else None
+
+
+def _open_ledger(block: str | Any | None, url: str | None) -> Ledger:
+    if block is None:
+        return Ledger(url)
+    if isinstance(block, str):
+        from prefect_cloudsched.blocks import CloudSchedLedger
+
+        block = CloudSchedLedger.load_named(block)
+    return block.get_ledger()
+
+
+def _provisioners(
+    explicit: Mapping[str, Provisioner], pools: Sequence[str | Any]
+) -> dict[str, Provisioner]:
+    """Explicit provisioners plus one per pool block; two for one cloud is an error."""
+    provisioners = dict(explicit)
+    if pools:
+        from prefect_cloudsched.blocks import load_pool
+
+        for spec in pools:
+            pool = load_pool(spec)
+            if pool.cloud in provisioners:
+                raise ValueError(
+                    f"two provisioners for {pool.cloud}: keep one pool per cloud "
+                    "(and no explicit provisioner for a cloud that has a pool)"
+                )
+            provisioners[pool.cloud] = pool.build_provisioner()
+    return provisioners
+
+
+def _budget_tracker(policy: BudgetPolicy | None, ledger: Ledger) -> BudgetTracker | None:
+    """This run's budget view; the ledger's day/month spend is read once, here."""
+    if policy is None or (not policy.caps_micro() and policy.spot_max_share >= 1):
+        return None
+    today = month = 0
+    if policy.needs_history:
+        now = datetime.now(UTC)
+        today, month = spend_windows(ledger.placements(since=month_start(now)), now)
+    return BudgetTracker(policy, spent_today_micro=today, spent_month_micro=month)
+
+
 def _make_executor(spec: Executor | str | None, options: Mapping[str, Any]) -> Executor:
     """The executor for one flow run: new for the string forms, the given one otherwise."""
     if spec == "dask":
@@ -372,6 +550,7 @@ class _PlacedTask:
         self.run_id = run_id
         self.flow_name = flow_name
         run.run_ids.add(run_id)
+        run.flow_names[run_id] = flow_name
 
     def wrap(self, fn: Callable[..., Any], *, is_async: bool) -> Callable[..., Any]:
         if is_async:
@@ -416,9 +595,15 @@ class _PlacedTask:
             else self.run.decide(needs, submitted_at=self.submitted_at)
         )
         for _ in range(MAX_FALLBACKS):
-            handle = self._claim(decision)
+            decision, hold = self.run.admit(decision, needs, self, task_run_id)
+            try:
+                handle = self._claim(decision)
+            except BaseException:
+                self.run.release_hold(hold)
+                raise
             if handle is not False:
                 break
+            self.run.release_hold(hold)
             decision = self.run.decide(needs, submitted_at=self.submitted_at)
         else:
             raise NoFeasibleOffer(
@@ -426,6 +611,13 @@ class _PlacedTask:
                 f"blocked: {sorted(self.run.state.blocked)}"
             )
         _log(f"{self.task_name}: {decision.explanation()}")
+        visibility.emit_decided(
+            decision,
+            task_name=self.task_name,
+            flow_run_id=self.run_id,
+            task_run_id=task_run_id,
+            attempt=number,
+        )
         placement = Placement(
             decision=decision,
             run_id=self.run_id,
@@ -435,7 +627,7 @@ class _PlacedTask:
         )
         if handle is not None:
             self.run.executor.attach(handle, placement)
-        return _Attempt(placement, handle, datetime.now(UTC), time.perf_counter())
+        return _Attempt(placement, handle, datetime.now(UTC), time.perf_counter(), hold)
 
     def _claim(self, decision: Decision) -> InstanceHandle | bool | None:
         """Reserve capacity and start an instance; False means "re-decide"."""
@@ -496,6 +688,14 @@ class _PlacedTask:
                 detail=str(error),
             )
             _log(f"{self.task_name}: {error}; will re-place", level="warning")
+            visibility.emit_interrupted(
+                decision,
+                task_name=self.task_name,
+                flow_run_id=self.run_id,
+                task_run_id=placement.task_run_id,
+                instance_id=placement.instance_id,
+                wasted_usd=float(to_usd(cost)),
+            )
         state = "interrupted" if interrupted else ("failed" if error else "completed")
         self.run.add(
             PlacementRecord(
@@ -525,20 +725,27 @@ class _PlacedTask:
                 instance_id=placement.instance_id,
                 explanation=decision.explanation(),
                 decision_json=json.dumps({**decision.to_dict(), "attempt": placement.attempt}),
-            )
+            ),
+            attempt.hold,
         )
 
 
 class _Attempt:
-    __slots__ = ("handle", "placement", "started_at", "t0")
+    __slots__ = ("handle", "hold", "placement", "started_at", "t0")
 
     def __init__(
-        self, placement: Placement, handle: InstanceHandle | None, started_at: datetime, t0: float
+        self,
+        placement: Placement,
+        handle: InstanceHandle | None,
+        started_at: datetime,
+        t0: float,
+        hold: int | None = None,
     ) -> None:
         self.placement = placement
         self.handle = handle
         self.started_at = started_at
         self.t0 = t0
+        self.hold = hold
 
 
 def _spot_retry_condition(

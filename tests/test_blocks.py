@@ -1,0 +1,208 @@
+"""Blocks: validation, mapping onto the core objects, registration and loading."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import get_args
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from prefect_cloudsched.blocks import (
+    AwsComputePool,
+    CloudSchedLedger,
+    CloudSchedPolicy,
+    GcpComputePool,
+    MissingBlockError,
+    SpotBand,
+    load_pool,
+)
+from prefect_cloudsched.catalog import BAND_ORDER
+from prefect_cloudsched.policy import PolicyConfig
+from prefect_cloudsched.runner import CloudSchedTaskRunner, resolve_policy
+
+
+# --------------------------------------------------------------------------- pure
+@pytest.mark.parametrize(
+    ("block", "kwargs", "field"),
+    [
+        (CloudSchedPolicy, {"budget_per_run_usd": -5}, "budget_per_run_usd"),
+        (CloudSchedPolicy, {"budget_per_month_usd": 0}, "budget_per_month_usd"),
+        (CloudSchedPolicy, {"spot_max_share": 1.2}, "spot_max_share"),
+        (CloudSchedPolicy, {"allowed_regions": ["us-east-1", "mars-north-1"]}, "allowed_regions"),
+        (CloudSchedPolicy, {"allowed_gpu_types": ["Z9000"]}, "allowed_gpu_types"),
+        (CloudSchedPolicy, {"allowed_clouds": ["azure"]}, "allowed_clouds"),
+        (CloudSchedPolicy, {"max_spot_band": "30%"}, "max_spot_band"),
+        (CloudSchedPolicy, {"service_level": 1.0}, "service_level"),
+        (AwsComputePool, {"regions": ["us-central1"]}, "regions"),  # a GCP region
+        (AwsComputePool, {"regions": []}, "regions"),
+        (AwsComputePool, {"owner_id": "Team A"}, "owner_id"),
+        (GcpComputePool, {"zones": ["us-east-1a"]}, "zones"),  # an AWS zone
+        (GcpComputePool, {"service_account_info": "not json"}, "service_account_info"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(block: type, kwargs: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        block(**kwargs)
+    assert info.value.errors()[0]["loc"][0] == field
+    assert field in str(info.value)
+
+
+def test_unknown_region_error_lists_the_known_ones() -> None:
+    with pytest.raises(ValidationError, match="us-west-2"):
+        AwsComputePool(regions=["us-wets-2"])
+
+
+def test_schema_carries_the_bounds_the_ui_form_enforces() -> None:
+    props = CloudSchedPolicy.model_json_schema()["properties"]
+    assert props["spot_max_share"]["minimum"] == 0
+    assert props["spot_max_share"]["maximum"] == 1
+    assert any(
+        option.get("exclusiveMinimum") == 0 for option in props["budget_per_run_usd"]["anyOf"]
+    )
+
+
+def test_spot_bands_match_the_catalog() -> None:
+    assert get_args(SpotBand) == BAND_ORDER
+
+
+def test_policy_maps_onto_policy_config_and_budget() -> None:
+    policy = CloudSchedPolicy(
+        allowed_clouds=["aws"],
+        allowed_regions=["us-east-1", "us-east-1"],
+        allowed_gpu_types=["a10g", "l4"],
+        max_spot_band="<5%",
+        change_over_minutes=5,
+        reserved_first=False,
+        max_usd_per_hour=12.5,
+        budget_per_run_usd=10,
+        budget_per_day_usd=100,
+        budget_enforcement="soft",
+        on_budget="cheapest",
+        spot_max_share=0.25,
+        default_deadline_slack_hours=2,
+    )
+    assert policy.to_policy_config() == PolicyConfig(
+        allowed_clouds=frozenset({"aws"}),
+        allowed_regions=frozenset({"us-east-1"}),
+        allowed_gpu_types=frozenset({"A10G", "L4"}),
+        max_spot_band="<5%",
+        change_over=timedelta(minutes=5),
+        reserved_first=False,
+        max_usd_per_hour=12.5,
+    )
+    budget = policy.to_budget()
+    assert (budget.per_run_usd, budget.per_day_usd, budget.per_month_usd) == (10, 100, None)
+    assert not budget.hard and budget.fallback_cheapest and budget.spot_max_share == 0.25
+    assert policy.default_deadline_slack() == timedelta(hours=2)
+    assert resolve_policy(policy) == policy.to_policy_config()
+
+
+def test_defaults_are_the_core_defaults() -> None:
+    assert CloudSchedPolicy().to_policy_config() == PolicyConfig()
+    assert CloudSchedPolicy().default_deadline_slack() is None
+
+
+def test_plan_options_carry_the_carbon_price_only_for_cost_carbon() -> None:
+    base = CloudSchedPolicy(carbon_usd_per_tonne=80, budget_per_month_usd=500, solver="highs")
+    assert base.plan_options()["carbon_usd_per_tonne"] is None
+    options = base.model_copy(update={"objective": "cost_carbon"}).plan_options()
+    assert options["carbon_usd_per_tonne"] == 80
+    assert options["budget_usd"] == 500 and options["solver"] == "highs"
+
+
+def test_secrets_are_masked_in_repr_and_dumps() -> None:
+    pool = AwsComputePool(aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="s3cr3t-planted")
+    ledger = CloudSchedLedger(url="postgresql+psycopg://u:pw-planted@db/ledger")
+    for text in (repr(pool), str(pool), pool.model_dump_json(), repr(ledger), str(ledger)):
+        assert "s3cr3t-planted" not in text and "pw-planted" not in text
+    assert pool.aws_secret_access_key.get_secret_value() == "s3cr3t-planted"
+
+
+def test_ledger_block_opens_the_ledger(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'team.db'}"
+    ledger = CloudSchedLedger(url=SecretStr(url)).get_ledger()
+    assert ledger.url == url and ledger.placements() == []
+
+
+def test_runner_keeps_block_config_through_duplicate_and_pickle() -> None:
+    import cloudpickle
+
+    policy = CloudSchedPolicy(budget_per_run_usd=3)
+    runner = CloudSchedTaskRunner(policy=policy, pools=["aws-main", "gcp-main"], ledger="team")
+    assert runner.duplicate() == runner
+    assert cloudpickle.loads(cloudpickle.dumps(runner)) == runner
+    assert runner != CloudSchedTaskRunner(policy=policy, pools=["aws-main"], ledger="team")
+
+
+def test_runner_rejects_conflicting_ledger_options() -> None:
+    with pytest.raises(ValueError, match="ledger"):
+        CloudSchedTaskRunner(ledger="team", ledger_url="sqlite:///x.db")
+    with pytest.raises(ValueError, match="pools"):
+        CloudSchedTaskRunner(pools="aws-main")
+
+
+def test_load_pool_rejects_an_unknown_type_slug() -> None:
+    with pytest.raises(ValueError, match="aws-compute-pool/NAME"):
+        load_pool("azure-pool/main")
+
+
+def test_pool_instances_pass_through() -> None:
+    pool = GcpComputePool(project="p", zones=["us-central1-a"])
+    assert load_pool(pool) is pool
+
+
+# --------------------------------------------------------------------------- harness
+@pytest.mark.harness
+def test_fresh_server_lists_our_block_types(prefect_harness: None) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        slugs = {block_type.slug for block_type in client.read_block_types()}
+    assert {
+        "cloudsched-policy",
+        "aws-compute-pool",
+        "gcp-compute-pool",
+        "cloudsched-ledger",
+    } <= slugs
+
+
+@pytest.mark.harness
+def test_save_and_load_round_trip(prefect_harness: None) -> None:
+    policy = CloudSchedPolicy(budget_per_day_usd=42.5, allowed_regions=["us-east-1"])
+    policy.save("roundtrip", overwrite=True)
+    loaded = CloudSchedPolicy.load_named("roundtrip")
+    assert loaded.budget_per_day_usd == 42.5 and loaded.allowed_regions == ["us-east-1"]
+    pool = GcpComputePool(
+        project="p", zones=["us-central1-a"], service_account_info=json.dumps({"k": "v"})
+    )
+    pool.save("gcp-roundtrip", overwrite=True)
+    assert load_pool("gcp-roundtrip").service_account_info.get_secret_value() == '{"k": "v"}'
+    assert load_pool("gcp-compute-pool/gcp-roundtrip").project == "p"
+
+
+@pytest.mark.harness
+def test_missing_block_names_it_and_how_to_create_it(prefect_harness: None) -> None:
+    with pytest.raises(MissingBlockError) as info:
+        CloudSchedPolicy.load_named("does-not-exist")
+    text = str(info.value)
+    assert "\n" not in text and "'does-not-exist'" in text
+    assert "prefect-cloudsched blocks apply" in text and 'CloudSchedPolicy(...).save("does-not-exist")' in text
+    with pytest.raises(MissingBlockError, match="aws-compute-pool and gcp-compute-pool"):
+        load_pool("no-such-pool")
+
+
+@pytest.mark.harness
+def test_load_named_works_inside_an_async_flow(prefect_harness: None) -> None:
+    import asyncio
+
+    from prefect import flow
+
+    CloudSchedPolicy(budget_per_run_usd=7).save("async-flow", overwrite=True)
+
+    @flow
+    async def reads_policy() -> float | None:
+        return CloudSchedPolicy.load_named("async-flow").budget_per_run_usd
+
+    assert asyncio.run(reads_policy()) == 7

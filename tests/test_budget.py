@@ -1,0 +1,194 @@
+"""Budget caps, holds and the spot share (pure: no Prefect runtime)."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prefect_cloudsched.budget import (
+    DAY_CAP,
+    MONTH_CAP,
+    RUN_CAP,
+    BudgetExceeded,
+    BudgetPolicy,
+    BudgetTracker,
+    month_start,
+    spend_windows,
+)
+from prefect_cloudsched.records import PlacementRecord, to_micro
+
+NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
+
+
+def _record(started: datetime, cost_usd: float) -> PlacementRecord:
+    return PlacementRecord(
+        flow_run_id="r",
+        flow_name="f",
+        task_run_id="t",
+        task_name="t",
+        cloud="aws",
+        region="us-east-1",
+        zone=None,
+        instance_type="m5.large",
+        option="on-demand",
+        offer_key="k",
+        gpu_type=None,
+        gpus=0,
+        price_micro_per_hour=1,
+        started_at=started,
+        ended_at=started,
+        runtime_s=1.0,
+        cost_micro=to_micro(cost_usd),
+        baseline_micro=to_micro(cost_usd),
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"per_run_usd": -1.0}, "per_run_usd"),
+        ({"per_day_usd": 0.0}, "per_day_usd"),
+        ({"spot_max_share": 1.5}, "spot_max_share"),
+        ({"spot_max_share": -0.1}, "spot_max_share"),
+    ],
+)
+def test_policy_rejects_bad_values_naming_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        BudgetPolicy(**kwargs)
+
+
+def test_hard_cap_refuses_the_placement_that_would_cross_it() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    first, overruns = tracker.admit(to_micro(0.6))
+    assert first is not None and overruns == []
+    refused, overruns = tracker.admit(to_micro(0.5))  # 0.6 held + 0.5 > 1.0
+    assert refused is None
+    assert [o.cap for o in overruns] == [RUN_CAP]
+    assert overruns[0].total_micro == to_micro(1.1)
+    tracker.settle(first, to_micro(0.3))  # it really cost less than expected
+    second, overruns = tracker.admit(to_micro(0.5))
+    assert second is not None and overruns == []
+    assert tracker.spent_micro == to_micro(0.3)
+    assert tracker.in_flight_micro == to_micro(0.5)
+
+
+def test_exactly_reaching_a_cap_is_allowed() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    assert tracker.admit(to_micro(1.0))[0] is not None
+    assert tracker.admit(1)[0] is None
+
+
+def test_day_and_month_caps_count_the_ledger_history() -> None:
+    policy = BudgetPolicy(per_day_usd=10.0, per_month_usd=100.0)
+    tracker = BudgetTracker(
+        policy, spent_today_micro=to_micro(9.5), spent_month_micro=to_micro(20.0)
+    )
+    hold, overruns = tracker.admit(to_micro(1.0))
+    assert hold is None
+    assert [o.cap for o in overruns] == [DAY_CAP]
+    assert overruns[0].committed_micro == to_micro(9.5)
+    tracker = BudgetTracker(
+        policy, spent_today_micro=to_micro(1.0), spent_month_micro=to_micro(99.5)
+    )
+    assert [o.cap for o in tracker.check(to_micro(1.0))] == [MONTH_CAP]
+
+
+def test_soft_cap_admits_and_reports_each_cap_once() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0, hard=False))
+    tracker.admit(to_micro(0.9))
+    hold, overruns = tracker.admit(to_micro(0.5))
+    assert hold is not None and [o.cap for o in overruns] == [RUN_CAP]
+    assert tracker.first_report(overruns) == overruns
+    _, again = tracker.admit(to_micro(0.5))
+    assert again and tracker.first_report(again) == []
+
+
+def test_release_drops_a_hold_without_spending() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    hold, _ = tracker.admit(to_micro(0.8))
+    tracker.release(hold)
+    assert tracker.in_flight_micro == 0 and tracker.spent_micro == 0
+    assert tracker.admit(to_micro(0.8))[0] is not None
+
+
+def test_concurrent_admissions_never_exceed_a_hard_cap() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    admitted: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(50):
+            hold, _ = tracker.admit(to_micro(0.03))
+            if hold is not None:
+                with lock:
+                    admitted.append(hold)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(admitted) == 33  # floor(1.00 / 0.03)
+    assert tracker.in_flight_micro <= to_micro(1.0)
+
+
+def test_budget_exceeded_is_one_line_naming_cap_numbers_and_fix() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=2.0))
+    tracker.settle(None, to_micro(1.5))
+    _, overruns = tracker.admit(to_micro(0.75))
+    error = BudgetExceeded("train", overruns[0])
+    text = str(error)
+    assert "\n" not in text
+    for part in ("train", "budget_per_run_usd", "$2.00", "$1.5000", "$0.7500", "$2.2500"):
+        assert part in text
+    assert "budget_enforcement=soft" in text
+    assert str(pickle.loads(pickle.dumps(error))) == text
+
+
+@pytest.mark.parametrize(
+    ("share", "expected_spot"),
+    [(0.0, 0), (0.5, 5), (0.3, 3), (1.0, 10)],
+)
+def test_spot_share_cap(share: float, expected_spot: int) -> None:
+    tracker = BudgetTracker(BudgetPolicy(spot_max_share=share))
+    spot = 0
+    for _ in range(10):
+        allowed = tracker.spot_allowed()
+        tracker.count_placement(spot=allowed)
+        spot += allowed
+    assert spot == expected_spot
+
+
+@given(
+    share=st.floats(0, 1),
+    wants=st.lists(st.booleans(), min_size=1, max_size=60),
+)
+def test_spot_share_never_exceeded(share: float, wants: list[bool]) -> None:
+    tracker = BudgetTracker(BudgetPolicy(spot_max_share=share))
+    spot = total = 0
+    for want in wants:
+        use = want and tracker.spot_allowed()
+        tracker.count_placement(spot=use)
+        spot, total = spot + use, total + 1
+        assert spot <= share * total + 1e-9
+
+
+def test_spend_windows_split_day_and_month() -> None:
+    records = [
+        _record(NOW - timedelta(hours=1), 1.0),  # today
+        _record(NOW - timedelta(days=3), 2.0),  # this month
+        _record(NOW - timedelta(days=40), 4.0),  # last month
+    ]
+    assert spend_windows(records, NOW) == (to_micro(1.0), to_micro(3.0))
+    assert month_start(NOW) == datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_caps_micro_lists_only_set_caps() -> None:
+    assert BudgetPolicy(per_month_usd=12.5).caps_micro() == {MONTH_CAP: 12_500_000}
+    assert not BudgetPolicy().needs_history
+    assert BudgetPolicy(per_day_usd=1).needs_history
