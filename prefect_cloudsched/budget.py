@@ -85,9 +85,9 @@ class Overrun:
     def describe(self) -> str:
         """One line naming the cap and the numbers."""
         return (
-            f"{self.cap} ${to_usd(self.limit_micro):.2f} would be crossed: "
-            f"${to_usd(self.committed_micro):.4f} spent or in flight + "
-            f"${to_usd(self.expected_micro):.4f} expected = ${to_usd(self.total_micro):.4f}"
+            f"{self.cap} {_usd(self.limit_micro)} would be crossed: "
+            f"{_usd(self.committed_micro)} spent or in flight + "
+            f"{_usd(self.expected_micro)} expected = {_usd(self.total_micro)}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +99,15 @@ class Overrun:
             "expected_usd": float(to_usd(self.expected_micro)),
             "total_usd": float(to_usd(self.total_micro)),
         }
+
+
+def _usd(micro: int) -> str:
+    """Cents for dollar amounts; fractions of a cent stay visible (short tasks cost those)."""
+    value = to_usd(micro)
+    if abs(value) >= 1:
+        return f"${value:.2f}"
+    text = f"{value:.6f}".rstrip("0")
+    return f"${text}0" if len(text.split(".")[1]) < 2 else f"${text}"
 
 
 class BudgetExceeded(CloudSchedError):

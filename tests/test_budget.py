@@ -144,7 +144,7 @@ def test_budget_exceeded_is_one_line_naming_cap_numbers_and_fix() -> None:
     error = BudgetExceeded("train", overruns[0])
     text = str(error)
     assert "\n" not in text
-    for part in ("train", "budget_per_run_usd", "$2.00", "$1.5000", "$0.7500", "$2.2500"):
+    for part in ("train", "budget_per_run_usd", "$2.00", "$1.50", "$0.75 expected", "$2.25"):
         assert part in text
     assert "budget_enforcement=soft" in text
     assert str(pickle.loads(pickle.dumps(error))) == text
@@ -186,6 +186,13 @@ def test_spend_windows_split_day_and_month() -> None:
     ]
     assert spend_windows(records, NOW) == (to_micro(1.0), to_micro(3.0))
     assert month_start(NOW) == datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_small_amounts_keep_their_fractions_of_a_cent() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=0.0021))
+    _, overruns = tracker.admit(to_micro(0.0035))
+    assert "$0.0021 would be crossed" in overruns[0].describe()
+    assert "$0.0035 expected" in overruns[0].describe()
 
 
 def test_caps_micro_lists_only_set_caps() -> None:
