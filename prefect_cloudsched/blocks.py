@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -30,6 +31,7 @@ from prefect_cloudsched.policy import PolicyConfig
 if TYPE_CHECKING:  # pragma: no cover
     from prefect_cloudsched.ledger import Ledger
     from prefect_cloudsched.provision.base import Provisioner
+    from prefect_cloudsched.provision.settings import AwsSettings, GcpSettings
 
 try:  # optional extras: prefect-aws / prefect-gcp credentials blocks
     from prefect_aws import AwsCredentials
@@ -311,6 +313,9 @@ class AwsComputePool(_LoadNamed, Block):
     aws_secret_access_key: SecretStr | None = Field(
         default=None, description="Secret access key that goes with the access key id."
     )
+    aws_session_token: SecretStr | None = Field(
+        default=None, description="Session token of temporary credentials (optional)."
+    )
     regions: list[str] = Field(
         default_factory=lambda: ["us-east-1"],
         min_length=1,
@@ -342,6 +347,19 @@ class AwsComputePool(_LoadNamed, Block):
         default="prefect-cloudsched",
         description="Owner tag on everything started; the reaper only touches this owner.",
     )
+    reservations: dict[str, int] = Field(
+        default_factory=dict,
+        description="Reserved instances you own, e.g. {'aws/us-east-1/g5.xlarge': 2}.",
+    )
+    warm_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Keep a released instance idle this long for the next task (0 = terminate).",
+    )
+    launch_timeout_seconds: float = Field(
+        default=600.0, gt=0, le=3600, description="Longest wait for an instance to run."
+    )
 
     @field_validator("regions")
     @classmethod
@@ -353,15 +371,17 @@ class AwsComputePool(_LoadNamed, Block):
     def _tag_safe_owner(cls, value: str) -> str:
         return _check_owner(value)
 
-    def to_settings(self) -> Any:
+    def to_settings(self) -> AwsSettings:
         """The provisioner's ``AwsSettings`` (secrets stay ``SecretStr``)."""
-        from prefect_cloudsched.provision.aws import AwsSettings
+        from prefect_cloudsched.provision.settings import AwsSettings
 
         key_id, secret = self.aws_access_key_id, self.aws_secret_access_key
+        token = self.aws_session_token
         credentials = getattr(self, "aws_credentials", None)
         if credentials is not None:
             key_id = credentials.aws_access_key_id
             secret = credentials.aws_secret_access_key
+            token = credentials.aws_session_token
         return AwsSettings(
             regions=tuple(self.regions),
             allowed_families=None
@@ -375,14 +395,18 @@ class AwsComputePool(_LoadNamed, Block):
             endpoint_url=self.endpoint_url,
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,
+            aws_session_token=token,
             owner_id=self.owner_id,
+            reservations=dict(self.reservations),
+            warm_seconds=self.warm_seconds,
+            launch_timeout_seconds=self.launch_timeout_seconds,
         )
 
-    def build_provisioner(self) -> Provisioner:
-        """A ready AWS provisioner for these settings."""
+    def build_provisioner(self, ledger_url: str | None = None) -> Provisioner:
+        """A ready AWS provisioner; ``ledger_url`` is where it records instance rows."""
         from prefect_cloudsched.provision.factory import build_provisioner
 
-        return build_provisioner(self.to_settings())
+        return build_provisioner(replace(self.to_settings(), ledger_url=ledger_url))
 
 
 class GcpComputePool(_LoadNamed, Block):
@@ -444,6 +468,24 @@ class GcpComputePool(_LoadNamed, Block):
         default="prefect-cloudsched",
         description="Owner label on everything started; the reaper only touches this owner.",
     )
+    service_account_email: str | None = Field(
+        default=None, description="Service account the VMs run as (empty = none attached)."
+    )
+    reservations: dict[str, int] = Field(
+        default_factory=dict,
+        description="Committed-use VMs you own, e.g. {'gcp/us-central1-a/g2-standard-4': 1}.",
+    )
+    disk_size_gb: int = Field(default=50, ge=10, le=65536, description="Boot disk size in GB.")
+    external_ip: bool = Field(default=True, description="Give each VM an ephemeral external IP.")
+    warm_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Keep a released VM idle this long for the next task (0 = delete).",
+    )
+    launch_timeout_seconds: float = Field(
+        default=600.0, gt=0, le=3600, description="Longest wait for a VM to run."
+    )
 
     @field_validator("zones")
     @classmethod
@@ -469,9 +511,9 @@ class GcpComputePool(_LoadNamed, Block):
             raise ValueError("must be the JSON text of a service-account key (an object)")
         return value
 
-    def to_settings(self) -> Any:
+    def to_settings(self) -> GcpSettings:
         """The provisioner's ``GcpSettings`` (the key stays ``SecretStr``)."""
-        from prefect_cloudsched.provision.gcp import GcpSettings
+        from prefect_cloudsched.provision.settings import GcpSettings
 
         info = self.service_account_info
         credentials = getattr(self, "gcp_credentials", None)
@@ -486,13 +528,19 @@ class GcpComputePool(_LoadNamed, Block):
             endpoint=self.endpoint,
             service_account_info=info,
             owner_id=self.owner_id,
+            service_account_email=self.service_account_email,
+            reservations=dict(self.reservations),
+            disk_size_gb=self.disk_size_gb,
+            external_ip=self.external_ip,
+            warm_seconds=self.warm_seconds,
+            launch_timeout_seconds=self.launch_timeout_seconds,
         )
 
-    def build_provisioner(self) -> Provisioner:
-        """A ready GCP provisioner for these settings."""
+    def build_provisioner(self, ledger_url: str | None = None) -> Provisioner:
+        """A ready GCP provisioner; ``ledger_url`` is where it records instance rows."""
         from prefect_cloudsched.provision.factory import build_provisioner
 
-        return build_provisioner(self.to_settings())
+        return build_provisioner(replace(self.to_settings(), ledger_url=ledger_url))
 
 
 class CloudSchedLedger(_LoadNamed, Block):

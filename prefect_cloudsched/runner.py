@@ -274,7 +274,7 @@ class _RunContext:
     def open(cls, config: Mapping[str, Any], logger: Any) -> _RunContext:
         policy, budget_policy, default_slack = _policy_parts(config["policy"])
         ledger = _open_ledger(config["ledger"], config["ledger_url"])
-        provisioners = _provisioners(config["provisioners"], config["pools"])
+        provisioners = _provisioners(config["provisioners"], config["pools"], ledger.url)
         reserved = dict(config["reserved"])
         if config["use_plan"]:
             for key, count in _plan_reservations(ledger).items():
@@ -473,9 +473,12 @@ def _open_ledger(block: str | Any | None, url: str | None) -> Ledger:
 
 
 def _provisioners(
-    explicit: Mapping[str, Provisioner], pools: Sequence[str | Any]
+    explicit: Mapping[str, Provisioner], pools: Sequence[str | Any], ledger_url: str
 ) -> dict[str, Provisioner]:
-    """Explicit provisioners plus one per pool block; two for one cloud is an error."""
+    """Explicit provisioners plus one per pool block; two for one cloud is an error.
+
+    Pool provisioners record their instance rows in the run's ledger.
+    """
     provisioners = dict(explicit)
     if pools:
         from prefect_cloudsched.blocks import load_pool
@@ -487,7 +490,7 @@ def _provisioners(
                     f"two provisioners for {pool.cloud}: keep one pool per cloud "
                     "(and no explicit provisioner for a cloud that has a pool)"
                 )
-            provisioners[pool.cloud] = pool.build_provisioner()
+            provisioners[pool.cloud] = pool.build_provisioner(ledger_url=ledger_url)
     return provisioners
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -188,7 +189,10 @@ def test_missing_block_names_it_and_how_to_create_it(prefect_harness: None) -> N
         CloudSchedPolicy.load_named("does-not-exist")
     text = str(info.value)
     assert "\n" not in text and "'does-not-exist'" in text
-    assert "prefect-cloudsched blocks apply" in text and 'CloudSchedPolicy(...).save("does-not-exist")' in text
+    assert (
+        "prefect-cloudsched blocks apply" in text
+        and 'CloudSchedPolicy(...).save("does-not-exist")' in text
+    )
     with pytest.raises(MissingBlockError, match="aws-compute-pool and gcp-compute-pool"):
         load_pool("no-such-pool")
 
@@ -206,3 +210,82 @@ def test_load_named_works_inside_an_async_flow(prefect_harness: None) -> None:
         return CloudSchedPolicy.load_named("async-flow").budget_per_run_usd
 
     assert asyncio.run(reads_policy()) == 7
+
+
+def test_pools_map_onto_the_provisioner_settings() -> None:
+    aws = AwsComputePool(
+        regions=["us-east-1", "us-west-2"],
+        allowed_families=["g5"],
+        ami_per_region={"us-east-1": "ami-1"},
+        subnet_per_region={"us-east-1": "subnet-1"},
+        security_group_ids=["sg-1"],
+        extra_tags={"team": "ml"},
+        endpoint_url="http://127.0.0.1:5000",
+        aws_access_key_id="AKIA",
+        aws_secret_access_key="planted-aws",
+        owner_id="team-ml",
+        reservations={"aws/us-east-1/g5.xlarge": 2},
+    ).to_settings()
+    assert aws.regions == ("us-east-1", "us-west-2") and aws.allowed_families == ("g5",)
+    assert aws.subnet_id == {"us-east-1": "subnet-1"} and aws.security_group_ids == ("sg-1",)
+    assert aws.aws_secret_access_key.get_secret_value() == "planted-aws"
+    assert "planted-aws" not in repr(aws)
+    assert aws.owner_id == "team-ml" and aws.reservations == {"aws/us-east-1/g5.xlarge": 2}
+    gcp = GcpComputePool(
+        project="p1",
+        zones=["europe-west4-a"],
+        network="vpc",
+        endpoint="http://127.0.0.1:9",
+        extra_labels={"team": "ml"},
+        service_account_info='{"type": "service_account"}',
+        external_ip=False,
+    ).to_settings()
+    assert (gcp.project, gcp.zones, gcp.network, gcp.external_ip) == (
+        "p1",
+        ("europe-west4-a",),
+        "vpc",
+        False,
+    )
+    assert gcp.service_account_info.get_secret_value() == '{"type": "service_account"}'
+
+
+@pytest.mark.harness
+def test_runner_provisions_through_a_saved_pool_block(prefect_harness, ledger_url) -> None:
+    import boto3
+    from prefect import flow, task
+
+    from prefect_cloudsched import Ledger, requires
+    from prefect_cloudsched.mockcloud.aws import MOCK_AMI, moto_server
+
+    planted = "PLANTEDaws5521"
+
+    @requires(gpus=1, gpu_type="A10G", est_runtime=timedelta(minutes=5))
+    @task
+    def train() -> str:
+        return "trained"
+
+    with moto_server() as url:
+        AwsComputePool(
+            endpoint_url=url,
+            regions=["us-east-1"],
+            ami_per_region={"us-east-1": MOCK_AMI},
+            aws_access_key_id="testing",
+            aws_secret_access_key=planted,
+            owner_id="block-test",
+        ).save("aws-moto", overwrite=True)
+        policy = CloudSchedPolicy(allowed_clouds=["aws"], allowed_regions=["us-east-1"])
+
+        @flow(task_runner=CloudSchedTaskRunner(policy=policy, pools=["aws-moto"]))
+        def pooled() -> str:
+            return train.submit().result()
+
+        assert pooled() == "trained"
+        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url)
+        instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert len(instances) == 1 and instances[0]["State"]["Name"] == "terminated"
+    tags = {t["Key"]: t["Value"] for t in instances[0]["Tags"]}
+    assert tags["cloudsched-owner"] == "block-test"
+    [row] = Ledger(ledger_url).placements()
+    assert row.instance_id == instances[0]["InstanceId"] and row.cloud == "aws"
+    database = Path(ledger_url.removeprefix("sqlite:///")).read_bytes()
+    assert planted.encode() not in database
