@@ -16,13 +16,18 @@ from prefect_cloudsched.planning.capacity import (
     demand_from_forecast,
     plan_capacity,
 )
+from prefect_cloudsched.planning.packing import PackedBin, PackingResult, PackTask, pack_tasks
 from prefect_cloudsched.planning.replay import ReplayResult, replay_plan
 
 __all__ = [
     "CapacityPlan",
+    "PackTask",
+    "PackedBin",
+    "PackingResult",
     "ReplayResult",
     "ReservedItem",
     "demand_from_forecast",
+    "pack_tasks",
     "plan_capacity",
     "replay_plan",
 ]
