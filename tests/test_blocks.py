@@ -289,3 +289,103 @@ def test_runner_provisions_through_a_saved_pool_block(prefect_harness, ledger_ur
     assert row.instance_id == instances[0]["InstanceId"] and row.cloud == "aws"
     database = Path(ledger_url.removeprefix("sqlite:///")).read_bytes()
     assert planted.encode() not in database
+
+
+# --------------------------------------------------------------------------- blocks apply
+REPO_BLOCKS = Path(__file__).resolve().parents[1] / "blocks"
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_documents_parse_and_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect_cloudsched.cli.blocks_cmd import build_block, read_documents
+
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    documents = read_documents(REPO_BLOCKS)
+    assert {d.slug for d in documents} == {
+        "cloudsched-policy",
+        "aws-compute-pool",
+        "gcp-compute-pool",
+        "cloudsched-ledger",
+    }
+    built = {d.slug: build_block(d) for d in documents}
+    assert built["aws-compute-pool"].aws_secret_access_key.get_secret_value() == "testing"
+    assert built["cloudsched-ledger"].url.get_secret_value().endswith("/ledger.db")
+    assert "${" not in built["cloudsched-ledger"].url.get_secret_value()
+
+
+def test_substitution_reads_the_environment_and_defaults() -> None:
+    from prefect_cloudsched.cli.blocks_cmd import substitute
+    from prefect_cloudsched.errors import InputError
+
+    env = {"A": "1"}
+    assert substitute({"x": ["${A}-${B:-two}", 3]}, "f", env) == {"x": ["1-two", 3]}
+    with pytest.raises(InputError, match=r"f.key uses \$\{MISSING\}, which is not set"):
+        substitute({"key": "${MISSING}"}, "f", env)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("type: nope\nname: a\n", "type 'nope' is not one of"),
+        ("type: cloudsched-policy\nname: Bad_Name\n", "name 'Bad_Name' must be lowercase"),
+        ("type: cloudsched-policy\nname: a\nvalues: {spot_max_share: 2}\n", "spot_max_share"),
+        ("type: cloudsched-policy\nname: a\nvalues: {allowed_regions: [mars]}\n", "mars"),
+        ("type: [unclosed\n", "cannot be read as a block document"),
+        ("type: cloudsched-policy\nname: a\nextra: 1\n", "expected the keys type, name"),
+    ],
+)
+def test_bad_documents_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    from prefect_cloudsched.cli import main
+
+    _write(tmp_path, "doc.yaml", text)
+    assert main(["blocks", "apply", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and "doc.yaml" in err and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_duplicate_documents_are_rejected(tmp_path: Path) -> None:
+    from prefect_cloudsched.cli.blocks_cmd import read_documents
+    from prefect_cloudsched.errors import InputError
+
+    _write(tmp_path, "a.yaml", "type: cloudsched-policy\nname: same\n")
+    _write(tmp_path, "b.json", '{"type": "cloudsched-policy", "name": "same"}')
+    with pytest.raises(InputError, match="also defined in"):
+        read_documents(tmp_path)
+
+
+@pytest.mark.harness
+def test_blocks_apply_is_idempotent(
+    prefect_harness: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect_cloudsched.cli import main
+
+    folder = tmp_path / "blocks"
+    for source in REPO_BLOCKS.glob("*.yaml"):
+        _write(folder, source.name, source.read_text().replace("name: ", "name: idem-", 1))
+    args = ["blocks", "apply", "--dir", str(folder)]
+    assert main(args) == 0
+    assert "4 created" in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 unchanged: nothing to do" in out and "created" not in out
+    assert CloudSchedPolicy.load_named("idem-dev").budget_per_run_usd == 5.0
+
+    policy = folder / "policy-dev.yaml"
+    policy.write_text(
+        policy.read_text().replace("budget_per_run_usd: 5.0", "budget_per_run_usd: 7.5")
+    )
+    assert main(args) == 1
+    assert "differs   cloudsched-policy/idem-dev (kept: pass --overwrite" in capsys.readouterr().out
+    assert CloudSchedPolicy.load_named("idem-dev").budget_per_run_usd == 5.0
+    assert main([*args, "--overwrite"]) == 0
+    assert "updated   cloudsched-policy/idem-dev" in capsys.readouterr().out
+    assert CloudSchedPolicy.load_named("idem-dev").budget_per_run_usd == 7.5

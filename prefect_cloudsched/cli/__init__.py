@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "prices_cmd",
     "report_cmd",
     "forecast_cmd",
+    "blocks_cmd",
 )
 
 for _name in _COMMAND_MODULES:
@@ -34,7 +35,7 @@ for _name in _COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 failure, 2 bad input)."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # click returns Exit codes here
     except CloudSchedError as err:
         typer.echo(f"Error: {err}", err=True)
         return 2
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except typer.Exit as exit_:
         return int(exit_.exit_code or 0)
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def _entry() -> None:  # pragma: no cover - console script shim
