@@ -1,0 +1,127 @@
+"""Tables and plots of a comparison: Markdown, CSV and PNG (for ``simulate --out`` and bench)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from prefect_cloudsched.simulate.compare import Comparison
+
+#: Columns of the Markdown table and the CSV, in order.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("policy", "policy"),
+    ("capacity_model", "capacity"),
+    ("cost", "cost $"),
+    ("cost_vs_ondemand", "÷ on-demand"),
+    ("cost_vs_bound", "÷ bound"),
+    ("deadline_miss_rate", "misses"),
+    ("mean_completion_s", "mean completion s"),
+    ("p95_completion_s", "p95 completion s"),
+    ("makespan_s", "makespan h"),
+    ("utilisation", "held-capacity util."),
+    ("energy_kwh", "energy kWh"),
+    ("co2_kg", "CO2 kg"),
+    ("interruptions", "interruptions"),
+    ("decision_latency_mean_us", "decide µs/job"),
+    ("jobs_per_s", "jobs/s"),
+)
+
+
+def rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """One JSON-ready dict per policy, with the bound's total alongside."""
+    out = []
+    for result in comparison.results:
+        row = result.to_dict()
+        row["bound_cost"] = round(comparison.bound.over(result.placed), 6)
+        out.append(row)
+    return out
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if key == "deadline_miss_rate":
+        return f"{100 * value:.2f}%"
+    if key == "makespan_s":
+        return f"{value / 3600:.1f}"
+    if key in ("cost_vs_ondemand", "cost_vs_bound", "utilisation"):
+        return f"{value:.3f}"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 1e6 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown_table(comparison: Comparison) -> str:
+    """The per-policy table in Markdown, bound and reservation noted below it."""
+    lines = [
+        "| " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in rows(comparison):
+        lines.append("| " + " | ".join(_cell(k, row[k]) for k, _ in COLUMNS) + " |")
+    lines.append("")
+    lines.append(f"Omniscient lower bound: ${comparison.bound.total:,.2f}; all on-demand: "
+                 f"${comparison.ondemand_cost:,.2f}.")  # fmt: skip
+    lines.extend(comparison.notes)
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(comparison: Comparison, out: Path, stem: str = "simulate") -> list[Path]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and two PNG plots into ``out``; return the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = rows(comparison)
+    md = out / f"{stem}.md"
+    md.write_text(markdown_table(comparison))
+    table = out / f"{stem}.csv"
+    fields = [k for k, _ in COLUMNS] + ["bound_cost", "deadline_misses", "jobs", "unplaceable"]
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(data)
+    return [md, table, *plot(comparison, out, stem)]
+
+
+def plot(comparison: Comparison, out: Path, stem: str = "simulate") -> list[Path]:
+    """Cost vs deadline misses, and cost broken down by purchase option."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = rows(comparison)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in data:
+        ax.scatter(100 * row["deadline_miss_rate"], row["cost"], s=40)
+        ax.annotate(row["policy"], (100 * row["deadline_miss_rate"], row["cost"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+    ax.axhline(comparison.bound.total, linestyle="--", color="grey", label="omniscient bound")
+    ax.set_xlabel("deadline misses (%)")
+    ax.set_ylabel("total cost (USD)")
+    ax.set_title("Cost vs deadline misses")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    scatter = out / f"{stem}_cost_vs_misses.png"
+    fig.savefig(scatter, dpi=110)
+    plt.close(fig)
+
+    options = ("reserved", "on-demand", "spot")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bottom = [0.0] * len(data)
+    names = [row["policy"] for row in data]
+    for option in options:
+        values = [row["cost_by_option"].get(option, 0.0) for row in data]
+        ax.bar(names, values, bottom=bottom, label=option)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel("cost (USD)")
+    ax.set_title("Cost by purchase option")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    bars = out / f"{stem}_cost_breakdown.png"
+    fig.savefig(bars, dpi=110)
+    plt.close(fig)
+    return [scatter, bars]
+
+
+__all__ = ["COLUMNS", "markdown_table", "plot", "rows", "write_outputs"]
