@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "report_cmd",
     "forecast_cmd",
     "blocks_cmd",
+    "simulate_cmd",
 )
 
 for _name in _COMMAND_MODULES:
