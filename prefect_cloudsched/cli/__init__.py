@@ -25,6 +25,8 @@ _COMMAND_MODULES = (
     "report_cmd",
     "forecast_cmd",
     "blocks_cmd",
+    "plan_cmd",
+    "reap_cmd",
     "simulate_cmd",
 )
 

@@ -20,6 +20,7 @@ See ``docs/provisioning.md`` ("The mock clouds") for every hook.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -39,6 +40,9 @@ def moto_server() -> Iterator[str]:
     """
     from moto.server import ThreadedMotoServer
 
+    access_log = logging.getLogger("werkzeug")  # one line per request otherwise
+    level = access_log.level
+    access_log.setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -46,6 +50,7 @@ def moto_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+        access_log.setLevel(level)
 
 
 @dataclass
@@ -90,7 +95,6 @@ class MotoControl:
         self.spot_prices: dict[tuple[str, str], float] = {}
         self.launched: dict[str, str] = {}
         self.token_hits = 0
-        self.on_launch: list[Any] = []
         self._faults: list[_Fault] = []
         self._tokens: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -216,9 +220,6 @@ class MotoControl:
                 self._tokens[key] = reservation
             for instance in getattr(reservation, "instances", []):
                 self.launched[instance.id] = response.region
-        for callback in list(self.on_launch):
-            for instance in getattr(reservation, "instances", []):
-                callback(instance.id, response.region)
         return result
 
     def _spot_price_history(self) -> Any:

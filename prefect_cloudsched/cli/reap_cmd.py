@@ -1,0 +1,202 @@
+"""``prefect-cloudsched reap``: terminate instances of ours whose flow run is gone."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.errors import InputError
+
+_MOCK_PROJECT = "cloudsched-demo"
+
+
+class Cloud(StrEnum):
+    """Clouds the reaper can scan."""
+
+    AWS = "aws"
+    GCP = "gcp"
+
+
+@app.command("reap")
+def reap_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be terminated; change nothing.")
+    ] = False,
+    owner: Annotated[
+        str, typer.Option("--owner", help="Owner id whose instances may be reaped.")
+    ] = "prefect-cloudsched",
+    heartbeat_ttl: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-ttl", help="Seconds without a heartbeat before an instance is stale."
+        ),
+    ] = 900.0,
+    cloud: Annotated[
+        list[Cloud] | None, typer.Option("--cloud", help="aws or gcp (repeat; default: both).")
+    ] = None,
+    region: Annotated[
+        list[str] | None,
+        typer.Option("--region", help="AWS region to scan (repeat; default: the catalog's)."),
+    ] = None,
+    gcp_project: Annotated[
+        str | None, typer.Option("--gcp-project", help="GCP project to scan (needed for GCP).")
+    ] = None,
+    pool: Annotated[
+        list[str] | None,
+        typer.Option("--pool", help="Scan with a saved compute pool block's settings (repeat)."),
+    ] = None,
+    mock: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mock",
+            help="aws=URL or gcp=URL: a local moto / fake GCE endpoint with dummy credentials.",
+        ),
+    ] = None,
+    ledger_url: Annotated[
+        str | None, typer.Option("--ledger-url", help="Ledger to read and update (default: usual).")
+    ] = None,
+) -> None:
+    """Find instances tagged with our owner id whose heartbeat expired (their process died)
+    or that the ledger says were ended, and terminate them. Never touches another owner's."""
+    if heartbeat_ttl <= 0:
+        raise InputError("--heartbeat-ttl must be > 0 seconds")
+    from prefect_cloudsched.ledger import Ledger
+    from prefect_cloudsched.provision.reaper import reap
+
+    provisioners = _provisioners(
+        owner=owner,
+        clouds={c.value for c in cloud} if cloud else None,
+        regions=region,
+        gcp_project=gcp_project,
+        pools=pool or [],
+        mocks=_parse_mocks(mock or []),
+        ledger_url=ledger_url,
+    )
+    actions = reap(
+        provisioners, heartbeat_ttl=heartbeat_ttl, ledger=Ledger(ledger_url), dry_run=dry_run
+    )
+    _print(actions, owner=owner, dry_run=dry_run)
+
+
+def _parse_mocks(values: list[str]) -> dict[str, str]:
+    mocks: dict[str, str] = {}
+    for value in values:
+        name, _, url = value.partition("=")
+        if name not in ("aws", "gcp") or not url.startswith(("http://", "https://")):
+            raise InputError(
+                f"--mock {value!r}: write aws=http://HOST:PORT or gcp=http://HOST:PORT"
+            )
+        mocks[name] = url
+    return mocks
+
+
+def _provisioners(
+    *,
+    owner: str,
+    clouds: set[str] | None,
+    regions: list[str] | None,
+    gcp_project: str | None,
+    pools: list[str],
+    mocks: dict[str, str],
+    ledger_url: str | None,
+) -> list[Any]:
+    from dataclasses import replace
+
+    from prefect_cloudsched.catalog import load_catalog
+    from prefect_cloudsched.provision.factory import build_provisioner
+    from prefect_cloudsched.provision.settings import AwsSettings, GcpSettings
+
+    if pools:
+        from prefect_cloudsched.blocks import load_pool
+
+        chosen = []
+        for name in pools:
+            try:
+                settings = load_pool(name).to_settings()
+            except Exception as err:
+                raise InputError(f"--pool {name!r}: {err}") from None
+            chosen.append(build_provisioner(replace(settings, ledger_url=ledger_url)))
+        return [p for p in chosen if clouds is None or p.cloud in clouds]
+    wanted = clouds or ({"aws", "gcp"} if gcp_project or "gcp" in mocks else {"aws"})
+    found: list[Any] = []
+    if "aws" in wanted:
+        aws_regions = tuple(
+            regions or sorted({o.region for o in load_catalog().offers if o.cloud == "aws"})
+        )
+        keys = (
+            {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+            if "aws" in mocks
+            else {}
+        )
+        found.append(
+            build_provisioner(
+                AwsSettings(
+                    regions=aws_regions,
+                    owner_id=owner,
+                    endpoint_url=mocks.get("aws"),
+                    ledger_url=ledger_url,
+                    heartbeat_seconds=0,
+                    **keys,
+                )
+            )
+        )
+    if "gcp" in wanted:
+        project = gcp_project or (_MOCK_PROJECT if "gcp" in mocks else None)
+        if project is None:
+            raise InputError("--gcp-project is required to reap GCP (or --mock gcp=URL)")
+        found.append(
+            build_provisioner(
+                GcpSettings(
+                    project=project,
+                    owner_id=owner,
+                    endpoint=mocks.get("gcp"),
+                    ledger_url=ledger_url,
+                    heartbeat_seconds=0,
+                )
+            )
+        )
+    return found
+
+
+def _print(actions: list[Any], *, owner: str, dry_run: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(title=f"Instances of owner {owner!r}")
+    for column in ("cloud", "instance", "where", "type", "run", "heartbeat", "action", "why"):
+        table.add_column(column)
+    for action in actions:
+        inst = action.instance
+        beat = f"{now - inst.heartbeat:.0f} s ago" if inst.heartbeat else "none"
+        if not action.reap:
+            verb = "kept"
+        elif dry_run:
+            verb = "would terminate"
+        else:
+            verb = "terminated" if action.done else "skipped"
+        table.add_row(
+            inst.cloud,
+            inst.instance_id,
+            inst.zone or inst.region,
+            inst.instance_type,
+            inst.run_id,
+            beat,
+            verb,
+            action.reason,
+        )
+    console = Console()
+    if actions:
+        console.print(table)
+    stale = sum(a.reap for a in actions)
+    done = sum(a.done for a in actions)
+    verb = "would be terminated" if dry_run else "terminated"
+    count = stale if dry_run else done
+    console.print(
+        f"{len(actions)} instance(s) of owner {owner!r} found; {count} {verb}; "
+        f"{len(actions) - stale} alive."
+    )

@@ -1,0 +1,292 @@
+"""The reaper (library and CLI) and the runner's own exit path, against ``MockClouds``.
+
+One ``MockClouds`` (moto server + fake GCE) per module; each test uses its own owner id, so
+tests never see each other's instances. Foreign instances are planted to prove the reaper
+and ``release_run`` never touch what we did not start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prefect import flow, task
+
+from prefect_cloudsched import CloudSchedTaskRunner, requires
+from prefect_cloudsched.catalog import PurchaseOption, load_catalog
+from prefect_cloudsched.cli import main
+from prefect_cloudsched.ledger import Ledger
+from prefect_cloudsched.mockcloud.clouds import MockClouds
+from prefect_cloudsched.policy import PolicyConfig
+from prefect_cloudsched.provision.aws import AwsProvisioner
+from prefect_cloudsched.provision.base import HEARTBEAT_TAG, OWNER_TAG
+from prefect_cloudsched.provision.gcp import GcpProvisioner
+from prefect_cloudsched.provision.lifecycle import OwnedInstance
+from prefect_cloudsched.provision.reaper import reap, stale_reason
+
+AWS_OD = "aws/us-east-1/m5.large/on-demand"
+
+
+@pytest.fixture(scope="module")
+def clouds() -> Iterator[MockClouds]:
+    with MockClouds(owner_id="reaper-tests", heartbeat_seconds=0, record_instances=False) as mc:
+        yield mc
+
+
+def gcp_offer():
+    return next(
+        o
+        for o in load_catalog().offers
+        if o.cloud == "gcp"
+        and o.zone == "us-central1-a"
+        and o.instance_type == "e2-small"
+        and o.option is PurchaseOption.ON_DEMAND
+    )
+
+
+def pair(clouds: MockClouds, owner: str, ledger_url: str) -> tuple[AwsProvisioner, GcpProvisioner]:
+    aws = AwsProvisioner(
+        replace(
+            clouds.aws_settings,
+            owner_id=owner,
+            regions=("us-east-1",),
+            ledger_url=ledger_url,
+            record_instances=True,
+            heartbeat_seconds=0,
+        )
+    )
+    gcp = GcpProvisioner(
+        replace(
+            clouds.gcp_settings,
+            owner_id=owner,
+            ledger_url=ledger_url,
+            record_instances=True,
+            heartbeat_seconds=0,
+        )
+    )
+    return aws, gcp
+
+
+def age_heartbeat(clouds: MockClouds, cloud: str, instance_id: str, seconds: float) -> None:
+    """Make an instance look as if its process died ``seconds`` ago."""
+    stamp = str(int(time.time() - seconds))
+    if cloud == "aws":
+        clouds.moto.backend("us-east-1").create_tags([instance_id], {HEARTBEAT_TAG: stamp})
+        return
+    for vm in clouds.gcp.state.instances(clouds.project):
+        if vm["name"] == instance_id:
+            zone = vm["zone"].rsplit("/", 1)[-1]
+    from google.cloud import compute_v1
+
+    client = compute_v1.InstancesClient(**clouds.gcp.client_kwargs())
+    vm = client.get(project=clouds.project, zone=zone, instance=instance_id)
+    client.set_labels_unary(
+        project=clouds.project,
+        zone=zone,
+        instance=instance_id,
+        instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
+            labels={**dict(vm.labels), HEARTBEAT_TAG: stamp},
+            label_fingerprint=vm.label_fingerprint,
+        ),
+    )
+
+
+def live_ids(clouds: MockClouds, owner: str | None = None) -> set[str]:
+    return {i["instance_id"] for i in clouds.running_instances(owner_id=owner)}
+
+
+def owned(heartbeat: float | None, launched_ago: float | None = None) -> OwnedInstance:
+    launched = (
+        datetime.now(UTC) - timedelta(seconds=launched_ago) if launched_ago is not None else None
+    )
+    return OwnedInstance(
+        "aws",
+        "i-1",
+        "us-east-1",
+        None,
+        "m5.large",
+        "running",
+        "o",
+        "r",
+        "t",
+        "spot",
+        True,
+        heartbeat,
+        launched,
+    )
+
+
+def test_stale_reason_rules() -> None:
+    now = time.time()
+    assert stale_reason(owned(now - 10), now=now, heartbeat_ttl=60) is None
+    assert "heartbeat 120 s old" in stale_reason(owned(now - 120), now=now, heartbeat_ttl=60)
+    assert stale_reason(owned(None, launched_ago=10), now=now, heartbeat_ttl=60) is None
+    assert "no heartbeat" in stale_reason(owned(None, launched_ago=600), now=now, heartbeat_ttl=60)
+    assert "ledger" in stale_reason(owned(now), now=now, heartbeat_ttl=60, ended_ids={"i-1"})
+    with pytest.raises(ValueError, match="heartbeat_ttl"):
+        reap([], heartbeat_ttl=0)
+
+
+def test_reap_only_stale_instances_of_our_owner(clouds: MockClouds, tmp_path: Path) -> None:
+    ledger_url = f"sqlite:///{tmp_path / 'l.db'}"
+    aws, gcp = pair(clouds, "owner-a", ledger_url)
+    od = load_catalog().find(AWS_OD)
+    fresh_aws = aws.ensure(od, run_id="alive", task_name="t")
+    dead_aws = aws.ensure(od, run_id="dead", task_name="t")
+    fresh_gcp = gcp.ensure(gcp_offer(), run_id="alive", task_name="t")
+    dead_gcp = gcp.ensure(gcp_offer(), run_id="dead", task_name="t")
+    for cloud, handle in (("aws", dead_aws), ("gcp", dead_gcp)):
+        age_heartbeat(clouds, cloud, handle.instance_id, 3600)
+    foreign = {
+        clouds.plant_foreign_instance("aws", owner_id="someone-else", run_id="dead"),
+        clouds.plant_foreign_instance("aws"),
+        clouds.plant_foreign_instance("gcp", owner_id="someone-else"),
+        clouds.plant_foreign_instance("gcp"),
+    }
+    before = live_ids(clouds)
+
+    dry = reap([aws, gcp], heartbeat_ttl=600, dry_run=True)
+    assert {a.instance.instance_id for a in dry if a.reap} == {
+        dead_aws.instance_id,
+        dead_gcp.instance_id,
+    }
+    assert not any(a.done for a in dry) and live_ids(clouds) == before
+
+    actions = reap([aws, gcp], heartbeat_ttl=600, ledger=Ledger(ledger_url))
+    assert {a.instance.instance_id for a in actions if a.done} == {
+        dead_aws.instance_id,
+        dead_gcp.instance_id,
+    }
+    assert live_ids(clouds) == before - {dead_aws.instance_id, dead_gcp.instance_id}
+    assert foreign <= live_ids(clouds)
+    assert {fresh_aws.instance_id, fresh_gcp.instance_id} <= live_ids(clouds, "owner-a")
+    rows = {r["instance_id"]: r["state"] for r in Ledger(ledger_url).instances()}
+    assert rows[dead_aws.instance_id] == rows[dead_gcp.instance_id] == "reaped"
+    aws.release_run("alive")
+    gcp.release_run("alive")
+    assert live_ids(clouds, "owner-a") == set()
+
+
+def test_instance_ended_in_the_ledger_but_running_is_reaped(
+    clouds: MockClouds, tmp_path: Path
+) -> None:
+    ledger_url = f"sqlite:///{tmp_path / 'l.db'}"
+    aws, _ = pair(clouds, "owner-b", ledger_url)
+    handle = aws.ensure(load_catalog().find(AWS_OD), run_id="r", task_name="t")
+    Ledger(ledger_url).upsert_instance(instance_id=handle.instance_id, state="terminated")
+    actions = reap([aws], heartbeat_ttl=3600, ledger=Ledger(ledger_url))
+    assert [(a.instance.instance_id, a.done) for a in actions] == [(handle.instance_id, True)]
+    assert live_ids(clouds, "owner-b") == set()
+
+
+def test_owner_changed_between_list_and_terminate_is_spared(
+    clouds: MockClouds, tmp_path: Path
+) -> None:
+    aws, _ = pair(clouds, "owner-c", f"sqlite:///{tmp_path / 'l.db'}")
+    handle = aws.ensure(load_catalog().find(AWS_OD), run_id="r", task_name="t")
+    [instance] = aws.list_owned()
+    clouds.moto.backend("us-east-1").create_tags([handle.instance_id], {OWNER_TAG: "new-owner"})
+    assert aws.terminate_owned(instance) is False
+    assert handle.instance_id in live_ids(clouds, "new-owner")
+
+
+def test_reap_cli(clouds: MockClouds, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ledger_url = f"sqlite:///{tmp_path / 'l.db'}"
+    aws, gcp = pair(clouds, "owner-d", ledger_url)
+    dead = aws.ensure(load_catalog().find(AWS_OD), run_id="dead", task_name="t")
+    dead_vm = gcp.ensure(gcp_offer(), run_id="dead", task_name="t")
+    age_heartbeat(clouds, "aws", dead.instance_id, 3600)
+    age_heartbeat(clouds, "gcp", dead_vm.instance_id, 3600)
+    foreign = clouds.plant_foreign_instance("aws", owner_id="other")
+    args = [
+        "reap",
+        "--owner", "owner-d",
+        "--mock", f"aws={clouds.aws_url}",
+        "--mock", f"gcp={clouds.gcp_url}",
+        "--region", "us-east-1",
+        "--heartbeat-ttl", "600",
+        "--ledger-url", ledger_url,
+    ]  # fmt: skip
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 would be terminated" in out
+    assert {dead.instance_id, dead_vm.instance_id} <= live_ids(clouds)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 terminated" in out
+    assert live_ids(clouds, "owner-d") == set() and foreign in live_ids(clouds)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--mock", "aws"], "--mock 'aws'"),
+        (["--heartbeat-ttl", "0"], "--heartbeat-ttl"),
+        (["--cloud", "gcp"], "--gcp-project is required"),
+    ],
+)
+def test_reap_cli_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["reap", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------- the runner's exit path
+def _flow_runner(clouds: MockClouds, owner: str) -> CloudSchedTaskRunner:
+    aws = AwsProvisioner(
+        replace(
+            clouds.aws_settings,
+            owner_id=owner,
+            warm_seconds=300,
+            record_instances=True,
+            ledger_url=None,  # the runner's ledger ($PREFECT_CLOUDSCHED_LEDGER_URL)
+        )
+    )
+    return CloudSchedTaskRunner(
+        provisioners={"aws": aws},
+        policy=PolicyConfig(
+            allowed_clouds=frozenset({"aws"}), allowed_regions=frozenset({"us-east-1"})
+        ),
+        label_task_runs=False,
+    )
+
+
+@requires(cpus=2, memory_gib=4, est_runtime=timedelta(minutes=5), spot_ok=False)
+@task
+def small_step(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.harness
+def test_runner_releases_its_instances_when_the_flow_fails(
+    prefect_harness, ledger_url, clouds: MockClouds
+) -> None:
+    @flow(task_runner=_flow_runner(clouds, "exit-fail"))
+    def failing() -> None:
+        small_step.submit(1).result()  # its instance stays warm (warm_seconds=300) ...
+        raise RuntimeError("boom")  # ... until the runner's exit path ends it
+
+    with pytest.raises(RuntimeError, match="boom"):
+        failing()
+    started = [i for i in Ledger(ledger_url).instances() if i["owner_id"] == "exit-fail"]
+    assert started, "the task ran on a mock instance"
+    assert live_ids(clouds, "exit-fail") == set()
+
+
+@pytest.mark.harness
+def test_runner_releases_its_instances_when_the_flow_crashes(
+    prefect_harness, ledger_url, clouds: MockClouds
+) -> None:
+    @flow(task_runner=_flow_runner(clouds, "exit-crash"))
+    def crashing() -> None:
+        small_step.submit(1).result()
+        raise SystemExit(3)  # a crash (as on a cancellation signal), not a Python error
+
+    with pytest.raises(SystemExit):
+        crashing()
+    assert [i for i in Ledger(ledger_url).instances() if i["owner_id"] == "exit-crash"]
+    assert live_ids(clouds, "exit-crash") == set()
