@@ -225,6 +225,8 @@ def test_plan_json_is_what_the_runner_and_ledger_read(tmp_path) -> None:
             "offer_key": "aws/r1/g1.x/reserved",
             "count": 2,
             "usd_per_hour": 0.6,
+            "gpu_type": "A100",
+            "gpu_count": 1,
         }
     ]
     ledger = Ledger(f"sqlite:///{tmp_path}/l.db")

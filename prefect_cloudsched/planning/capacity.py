@@ -47,11 +47,17 @@ from prefect_cloudsched.planning.candidates import (
     NO_SPOT,
     ON_DEMAND_ONLY,
     VCPU,
+    Candidate,
     Quota,
     parse_quotas,
     select_candidates,
 )
-from prefect_cloudsched.planning.program import SOLVERS, solution_costs, solve_program
+from prefect_cloudsched.planning.program import (
+    SOLVERS,
+    Solution,
+    solution_costs,
+    solve_program,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +69,17 @@ class ReservedItem:
         capacity_key: Shape and place, what the task runner's ``reserved=`` counts.
         count: Instances to hold.
         usd_per_hour: Amortised 1-yr price of one instance.
+        gpu_type: GPU model of the instance (GCP N1 hosts share a key across GPU models,
+            so ``plan apply`` needs it spelled out).
+        gpu_count: GPUs per instance.
     """
 
     offer_key: str
     capacity_key: str
     count: int
     usd_per_hour: float
+    gpu_type: str | None = None
+    gpu_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form read by the runner (``capacity_key``, ``count``) and ``plan apply``."""
@@ -77,6 +88,8 @@ class ReservedItem:
             "offer_key": self.offer_key,
             "count": self.count,
             "usd_per_hour": round(self.usd_per_hour, 6),
+            "gpu_type": self.gpu_type,
+            "gpu_count": self.gpu_count,
         }
 
 
@@ -100,6 +113,8 @@ class CapacityPlan:
         carbon_tonnes: Estimated tCO2e, when a carbon price was given.
         candidates: Offers that entered the model.
         solver: ``cbc`` or ``highs``.
+        supplied: Per class and purchase option, the units held in each hour (what the
+            ``--plot`` stack draws).
     """
 
     status: str
@@ -117,6 +132,7 @@ class CapacityPlan:
     carbon_tonnes: float | None = None
     candidates: int = 0
     solver: str = "cbc"
+    supplied: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     @property
     def hours(self) -> int:
@@ -153,6 +169,10 @@ class CapacityPlan:
             "solve_seconds": round(self.solve_seconds, 3),
             "solver": self.solver,
             "candidates": self.candidates,
+            "supplied": {
+                k: {option: [round(v, 4) for v in vs] for option, vs in by_option.items()}
+                for k, by_option in self.supplied.items()
+            },
             "binding": list(self.binding),
             "demand": {k: [round(v, 4) for v in vs] for k, vs in self.demand.items()},
             "ondemand": self.ondemand,
@@ -419,9 +439,17 @@ def plan_capacity(
         return empty
 
     reserved_cost, od_cost, spot_cost, tonnes = solution_costs(solution, candidates, hours)
+    supplied = _supplied(solution, candidates, list(series), hours)
     by_key = {c.offer.key: c.offer for c in candidates}
     reserved = [
-        ReservedItem(key, by_key[key].capacity_key, count, by_key[key].usd_per_hour)
+        ReservedItem(
+            key,
+            by_key[key].capacity_key,
+            count,
+            by_key[key].usd_per_hour,
+            by_key[key].gpu_type,
+            by_key[key].gpu_count,
+        )
         for key, count in sorted(solution.reserved.items())
     ]
     return CapacityPlan(
@@ -439,7 +467,27 @@ def plan_capacity(
         carbon_tonnes=tonnes if carbon_usd_per_tonne else None,
         candidates=len(candidates),
         solver=solver,
+        supplied=supplied,
     )
+
+
+def _supplied(
+    solution: Solution, candidates: Sequence[Candidate], classes: Sequence[str], hours: int
+) -> dict[str, dict[str, list[float]]]:
+    units = {c.offer.key: dict(c.units) for c in candidates}
+    out = {k: {option.value: [0.0] * hours for option in PurchaseOption} for k in classes}
+    for key, count in solution.reserved.items():
+        for k, u in units[key].items():
+            out[k][PurchaseOption.RESERVED.value] = [u * count + v for v in out[k]["reserved"]]
+    for option, mixes in (
+        (PurchaseOption.ON_DEMAND, solution.ondemand),
+        (PurchaseOption.SPOT, solution.spot),
+    ):
+        for h, mix in enumerate(mixes):
+            for key, count in mix.items():
+                for k, u in units[key].items():
+                    out[k][option.value][h] += u * count
+    return out
 
 
 def check_options(

@@ -1,0 +1,485 @@
+"""``prefect-cloudsched plan``: forecast a demand series, plan capacity, buy the reservations.
+
+``plan SERIES.csv ...`` is the planner (``plan run`` spelled out); ``plan apply`` shows, and
+with ``--yes`` buys, the reservations of a stored plan. A click group that sends an unknown
+first word to ``run`` gives both spellings one ``--help`` each.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import click
+
+    from prefect_cloudsched.catalog import Catalog
+    from prefect_cloudsched.planning import CapacityPlan
+
+_DEFAULT_COMMAND = "run"
+
+
+class _PlanGroup(TyperGroup):
+    """Routes ``plan SERIES.csv ...`` (and ``plan --json SERIES.csv``) to ``plan run``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help",):
+            args = [_DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+
+plan_app = typer.Typer(
+    cls=_PlanGroup,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="""Plan reserved / on-demand / spot capacity from a demand forecast, and buy it.
+
+Usage: `prefect-cloudsched plan SERIES.csv [OPTIONS]` (same as `plan run`) or
+`prefect-cloudsched plan apply [OPTIONS]`.
+
+Examples:
+
+* `prefect-cloudsched plan gpu_hours.csv --gpu-type A100 --horizon 168`
+* `prefect-cloudsched plan gpu_hours.csv --gpu-type A100 --json --save`
+* `prefect-cloudsched plan apply` (dry run: shows what the latest plan would buy)
+* `prefect-cloudsched plan apply --plan-id 3 --yes`
+""",
+)
+app.add_typer(plan_app, name="plan")
+
+
+def _say(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+@plan_app.command(_DEFAULT_COMMAND)
+def run(
+    series: Annotated[Path, typer.Argument(help="CSV with an `hour` column and a demand column.")],
+    column: Annotated[str, typer.Option(help="Demand column (GPUs busy per hour).")] = "gpu_hours",
+    gpu_type: Annotated[
+        str | None, typer.Option("--gpu-type", help="GPU model the demand is for, e.g. A100.")
+    ] = None,
+    horizon: Annotated[int, typer.Option(help="Hours to plan (and forecast).")] = 168,
+    service_level: Annotated[
+        float,
+        typer.Option(
+            "--service-level", help="Forecast quantile to cover: 0.5, 0.9 (80% upper), 0.975."
+        ),
+    ] = 0.9,
+    spot_max_share: Annotated[
+        float, typer.Option("--spot-max-share", help="Most of each hour's demand on spot.")
+    ] = 0.5,
+    budget: Annotated[
+        float | None, typer.Option(help="Highest expected USD over the horizon.")
+    ] = None,
+    cloud: Annotated[
+        list[str] | None, typer.Option("--cloud", help="Only this cloud (repeatable).")
+    ] = None,
+    region: Annotated[
+        list[str] | None, typer.Option("--region", help="Only this region (repeatable).")
+    ] = None,
+    solver: Annotated[str, typer.Option(help="cbc (bundled) or highs.")] = "cbc",
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", help="Solver time limit, seconds.")
+    ] = 60.0,
+    gap: Annotated[float, typer.Option(help="Relative optimality gap.")] = 0.01,
+    forecast_model: Annotated[
+        str,
+        typer.Option(
+            "--forecast-model",
+            help="arima (SARIMAX chosen by AIC) or seasonal-naive (last day repeated; fast).",
+        ),
+    ] = "arima",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of the hourly mix against the forecast.")
+    ] = None,
+    save: Annotated[bool, typer.Option(help="Store the plan in the ledger.")] = False,
+    ledger_url: Annotated[
+        str | None, typer.Option("--ledger", help="Ledger URL (default: the local ledger).")
+    ] = None,
+    catalog_path: Annotated[
+        str | None, typer.Option("--catalog", help="A catalog CSV instead of the shipped one.")
+    ] = None,
+) -> None:
+    """Forecast SERIES.csv and plan capacity for it (the default of `plan`).
+
+    Prints the reservations to hold, the hourly on-demand/spot mix, the expected cost, the
+    all-on-demand cost and the saving. Progress goes to stderr.
+
+    Examples:
+
+    * `prefect-cloudsched plan bench/data/alibaba_gpu2023_hourly.csv --gpu-type A100`
+    * `prefect-cloudsched plan demand.csv --column gpu_hours --gpu-type H100 --horizon 720
+      --service-level 0.975 --spot-max-share 0.3 --budget 250000 --json`
+    * `prefect-cloudsched plan demand.csv --gpu-type A10G --cloud aws --plot mix.png --save`
+    """
+    from prefect_cloudsched.catalog import load_catalog
+    from prefect_cloudsched.forecast import load_series_csv
+    from prefect_cloudsched.planning import demand_from_forecast, plan_capacity
+
+    if horizon < 1:
+        raise InputError(f"--horizon must be >= 1 hour, got {horizon}")
+    if not 0 < service_level < 1:
+        raise InputError(f"--service-level must be in (0, 1), e.g. 0.9; got {service_level}")
+    if forecast_model not in _FORECAST_MODELS:
+        raise InputError(
+            f"--forecast-model {forecast_model!r}: use {' or '.join(_FORECAST_MODELS)}"
+        )
+    catalog = load_catalog(catalog_path)
+    gpu = _gpu_type(gpu_type, catalog)
+    clouds = _clouds(cloud, catalog)
+    regions = _regions(region, catalog)
+    history = load_series_csv(series, column)
+    _say(f"forecasting {horizon} h of {series.name}:{column} ({forecast_model})")
+    forecast = _forecast(history, horizon, forecast_model)
+    _say(f"forecast: {forecast.model}")
+    demand = {f"gpu:{gpu}": demand_from_forecast(forecast, service_level)}
+    plan = plan_capacity(
+        demand,
+        catalog,
+        service_level=service_level,
+        spot_max_share=spot_max_share,
+        budget_usd=budget,
+        clouds=clouds,
+        regions=regions,
+        solver=solver,
+        time_limit_s=time_limit,
+        gap=gap,
+        progress=_say,
+    )
+    plan_id = None
+    if save:
+        plan_id = _save(plan, f"{series.name}:{column}:{gpu}", ledger_url)
+    if plot is not None:
+        _plot(plan, forecast.frame["point"].tolist(), f"gpu:{gpu}", plot)
+        _say(f"wrote {plot}")
+    if as_json:
+        import json
+
+        payload: dict[str, Any] = {
+            **plan.to_dict(),
+            "series": str(series),
+            "column": column,
+            "gpu_type": gpu,
+            "forecast": {"method": forecast.method, "model": forecast.model},
+            "plan_id": plan_id,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        _print_plan(plan, gpu, forecast.model, plan_id)
+    if plan.status == "infeasible":
+        raise typer.Exit(1)
+
+
+_FORECAST_MODELS = ("arima", "seasonal-naive")
+
+
+def _forecast(history: Any, horizon: int, model: str) -> Any:
+    """The forecaster's SARIMAX, or its seasonal-naive baseline when speed matters more."""
+    from prefect_cloudsched.forecast import (
+        DAY,
+        Forecast,
+        fit_forecast,
+        lag_forecast,
+        prepare_series,
+    )
+
+    if model == "arima":
+        return fit_forecast(history, horizon, progress=lambda label: _say(f"  fitting {label}"))
+    frame = lag_forecast(prepare_series(history), horizon, DAY)
+    return Forecast(frame, "seasonal_naive", "seasonal-naive(24)")
+
+
+def _gpu_type(name: str | None, catalog: Catalog) -> str:
+    known = {g.lower(): g for g in catalog.gpu_types}
+    if name is None:
+        raise InputError(f"--gpu-type is required; one of: {', '.join(catalog.gpu_types)}")
+    found = known.get(name.strip().lower())
+    if found is None:
+        raise InputError(
+            f"--gpu-type {name!r} is unknown; the catalog has: {', '.join(catalog.gpu_types)}"
+        )
+    return found
+
+
+def _clouds(values: list[str] | None, catalog: Catalog) -> list[str] | None:
+    for value in values or []:
+        if value.lower() not in catalog.clouds:
+            raise InputError(f"--cloud {value!r} is unknown; use: {', '.join(catalog.clouds)}")
+    return [v.lower() for v in values] if values else None
+
+
+def _regions(values: list[str] | None, catalog: Catalog) -> list[str] | None:
+    places = set(catalog.regions) | {o.zone for o in catalog.offers if o.zone}
+    for value in values or []:
+        if value not in places:
+            raise InputError(
+                f"--region {value!r} is not in the catalog; regions: {', '.join(catalog.regions)}"
+            )
+    return list(values) if values else None
+
+
+def _save(plan: CapacityPlan, name: str, ledger_url: str | None) -> int | None:
+    from prefect_cloudsched.ledger import Ledger
+    from prefect_cloudsched.records import to_micro
+
+    if plan.status == "infeasible":
+        _say("not saved: the plan is infeasible (the task runner would read it as no capacity)")
+        return None
+    plan_id = Ledger(ledger_url).record_plan(
+        name=name,
+        status=plan.status,
+        expected_micro=to_micro(plan.expected_cost),
+        ondemand_micro=to_micro(plan.ondemand_cost),
+        plan=plan.to_dict(),
+    )
+    _say(f"saved as plan {plan_id}")
+    return plan_id
+
+
+def _print_plan(plan: CapacityPlan, gpu: str, model: str, plan_id: int | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"Capacity plan for {gpu} GPUs over {plan.hours} h at service level "
+        f"{plan.service_level:g} (forecast: {model})"
+    )
+    console.print(
+        f"status: {plan.status}; {plan.candidates} candidate offers; "
+        f"solved in {plan.solve_seconds:.2f} s with {plan.solver.upper()}"
+    )
+    if plan.status == "infeasible":
+        for line in plan.binding:
+            console.print(f"  binding: {line}", markup=False)
+        return
+    table = Table(title="Reservations to hold (1-yr, amortised)")
+    for name in ("capacity key", "count", "GPUs each", "$/h each", f"$ over {plan.hours} h"):
+        table.add_column(name, justify="left" if name == "capacity key" else "right")
+    for item in plan.reserved:
+        table.add_row(
+            item.capacity_key,
+            str(item.count),
+            str(item.gpu_count),
+            f"{item.usd_per_hour:.4f}",
+            f"{item.usd_per_hour * item.count * plan.hours:,.2f}",
+        )
+    if plan.reserved:
+        console.print(table)
+    else:
+        console.print("Reservations to hold: none (on-demand and spot are cheaper here)")
+    supplied = plan.supplied.get(f"gpu:{gpu}", {})
+    parts = []
+    for option in ("reserved", "on-demand", "spot"):
+        series = supplied.get(option, [])
+        if series:
+            parts.append(f"{option} {sum(series):,.0f} GPU-h (peak {max(series):g} GPUs)")
+    console.print("Hourly mix: " + "; ".join(parts))
+    share = plan.saving / plan.ondemand_cost if plan.ondemand_cost else 0.0
+    console.print(
+        f"Expected cost ${plan.expected_cost:,.2f}  all on-demand ${plan.ondemand_cost:,.2f}"
+        f"  saving ${plan.saving:,.2f} ({share:.1%})"
+    )
+    if plan_id is not None:
+        console.print(
+            f"Saved as plan {plan_id}: `prefect-cloudsched plan apply` shows its purchase"
+        )
+
+
+def _plot(plan: CapacityPlan, point: list[float], klass: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    supplied = plan.supplied.get(klass, {})
+    hours = list(range(plan.hours))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    layers = [(o, supplied.get(o, [0.0] * plan.hours)) for o in ("reserved", "on-demand", "spot")]
+    ax.stackplot(
+        hours, *[v for _, v in layers], labels=[o for o, _ in layers], alpha=0.7, step="post"
+    )
+    ax.plot(hours, point, color="black", lw=1, label="forecast (point)")
+    ax.plot(
+        hours,
+        plan.demand.get(klass, []),
+        color="black",
+        lw=1,
+        ls="--",
+        label=f"demand at service level {plan.service_level:g}",
+    )
+    ax.set_xlabel("hour of the horizon")
+    ax.set_ylabel(f"{klass.removeprefix('gpu:')} GPUs")
+    ax.set_title(
+        f"Planned mix: \\${plan.expected_cost:,.0f} vs \\${plan.ondemand_cost:,.0f} all on-demand"
+    )
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise InputError(f"cannot write --plot {path}: {err.strerror}") from None
+    finally:
+        plt.close(fig)
+
+
+@plan_app.command("apply")
+def apply(
+    plan_id: Annotated[
+        int | None, typer.Option("--plan-id", help="Stored plan to buy (default: the latest).")
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Really buy. Without it nothing is bought.")
+    ] = False,
+    gcp_project: Annotated[
+        str | None,
+        typer.Option("--gcp-project", help="GCP project for commitments ($GOOGLE_CLOUD_PROJECT)."),
+    ] = None,
+    aws_offering_type: Annotated[
+        str,
+        typer.Option(
+            "--aws-offering-type", help="No Upfront (the catalog's rate), Partial/All Upfront."
+        ),
+    ] = "No Upfront",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the items as JSON.")] = False,
+    ledger_url: Annotated[
+        str | None, typer.Option("--ledger", help="Ledger URL (default: the local ledger).")
+    ] = None,
+    catalog_path: Annotated[
+        str | None, typer.Option("--catalog", help="A catalog CSV instead of the shipped one.")
+    ] = None,
+) -> None:
+    """Show, and with --yes buy, the reservations of a stored plan. Dry run by default.
+
+    AWS: Reserved Instances (standard, 1 year) through `describe_reserved_instances_offerings`
+    and `purchase_reserved_instances_offering`; a quote more than 10% over the plan's rate is
+    refused. GCP: a 12-month commitment with an attached reservation in the plan's zone.
+
+    Examples:
+
+    * `prefect-cloudsched plan apply`
+    * `prefect-cloudsched plan apply --plan-id 3 --json`
+    * `prefect-cloudsched plan apply --plan-id 3 --yes --gcp-project my-project`
+    """
+    from prefect_cloudsched.catalog import load_catalog
+    from prefect_cloudsched.ledger import Ledger
+    from prefect_cloudsched.planning.purchase import (
+        AwsReservedInstances,
+        GcpCommitments,
+        buy,
+        purchase_items,
+    )
+
+    if aws_offering_type not in ("No Upfront", "Partial Upfront", "All Upfront"):
+        raise InputError(
+            f"--aws-offering-type {aws_offering_type!r}: use No Upfront, Partial Upfront "
+            "or All Upfront"
+        )
+    ledger = Ledger(ledger_url)
+    stored = _stored_plan(ledger, plan_id)
+    if stored["status"] == "infeasible":
+        raise InputError(f"plan {stored['id']} is infeasible; there is nothing to buy")
+    items = purchase_items(stored, load_catalog(catalog_path))
+    if as_json:
+        import json
+
+        typer.echo(
+            json.dumps(
+                {
+                    "plan_id": stored["id"],
+                    "dry_run": not yes,
+                    "items": [i.to_dict() for i in items],
+                },
+                indent=2,
+            )
+        )
+    else:
+        _print_items(stored, items)
+    if not items:
+        return
+    if not yes:
+        _say("dry run: nothing was bought; re-run with --yes to buy these reservations")
+        return
+    clouds = {i.cloud for i in items}
+    project = gcp_project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if "gcp" in clouds and not project:
+        raise InputError(
+            "the plan has GCP commitments; pass --gcp-project or set GOOGLE_CLOUD_PROJECT"
+        )
+    receipts = buy(
+        items,
+        confirm=True,
+        aws=AwsReservedInstances(offering_type=aws_offering_type) if "aws" in clouds else None,
+        gcp=GcpCommitments(project or "") if "gcp" in clouds else None,
+    )
+    for receipt in receipts:
+        item = receipt.item
+        _say(f"bought {item.count} x {item.capacity_key}: {receipt.reference} ({receipt.detail})")
+
+
+def _stored_plan(ledger: Any, plan_id: int | None) -> dict[str, Any]:
+    import json
+
+    import sqlalchemy as sa
+
+    from prefect_cloudsched.ledger import plans
+
+    if plan_id is None:
+        latest = ledger.latest_plan()
+        if latest is None:
+            raise InputError(
+                "the ledger has no plan; make one with: prefect-cloudsched plan SERIES.csv --save"
+            )
+        return latest
+    with ledger.engine.connect() as conn:
+        row = conn.execute(sa.select(plans).where(plans.c.id == plan_id)).mappings().first()
+    if row is None:
+        raise InputError(f"--plan-id {plan_id}: no such plan in the ledger")
+    return {
+        **json.loads(row["plan_json"]),
+        "id": row["id"],
+        "name": row["name"],
+        "status": row["status"],
+    }
+
+
+def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not items:
+        console.print(
+            f"Plan {stored['id']} ({stored['name']}) holds no reservations; nothing to buy"
+        )
+        return
+    table = Table(title=f"Plan {stored['id']} ({stored['name']}): reservations to buy")
+    for name in ("cloud", "region", "zone", "type", "GPUs", "count", "$/h (all)", "1-yr total $"):
+        table.add_column(
+            name, justify="right" if "$" in name or name in ("count", "GPUs") else "left"
+        )
+    for i in items:
+        table.add_row(
+            i.cloud,
+            i.region,
+            i.zone or "-",
+            i.instance_type,
+            f"{i.gpu_count}x{i.gpu_type}" if i.gpu_count else "-",
+            str(i.count),
+            f"{i.hourly_usd:,.4f}",
+            f"{i.term_usd:,.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"Commitment: ${sum(i.term_usd for i in items):,.2f} over one year "
+        f"(${sum(i.hourly_usd for i in items):,.4f}/h, billed whether used or not)"
+    )

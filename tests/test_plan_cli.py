@@ -1,0 +1,295 @@
+"""``prefect-cloudsched plan`` and ``plan apply``: output shape, bad input, dry run, purchases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from prefect_cloudsched.catalog import PurchaseOption, load_catalog
+from prefect_cloudsched.cli import main
+from prefect_cloudsched.ledger import Ledger
+from prefect_cloudsched.planning import purchase
+from prefect_cloudsched.planning.purchase import (
+    AwsReservedInstances,
+    GcpCommitments,
+    PurchaseItem,
+)
+
+FAST = ["--forecast-model", "seasonal-naive"]
+
+
+def write_series(path: Path, values: list[float], column: str = "gpu_hours") -> Path:
+    path.write_text(f"hour,{column}\n" + "".join(f"{h},{v}\n" for h, v in enumerate(values)))
+    return path
+
+
+@pytest.fixture
+def series(tmp_path: Path) -> Path:
+    daily = [4.0 + (3.0 if 8 <= h % 24 < 20 else 0.0) for h in range(72)]
+    return write_series(tmp_path / "demand.csv", daily)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_json_has_the_documented_shape(series, capsys, ledger_url) -> None:
+    code, out, err = run(
+        capsys, "plan", str(series), "--gpu-type", "a100", "--horizon", "24", "--json", *FAST
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    for key in ("expected_cost", "ondemand_cost", "reserved", "solve_seconds", "status"):
+        assert key in data
+    assert data["status"] in ("optimal", "feasible")
+    assert data["gpu_type"] == "A100" and data["hours"] == 24
+    assert 0 < data["expected_cost"] <= data["ondemand_cost"]
+    for item in data["reserved"]:
+        assert {"capacity_key", "offer_key", "count", "usd_per_hour"} <= set(item)
+    # Demand at the 0.9 service level is at least the point forecast every hour.
+    assert min(data["demand"]["gpu:A100"]) >= 4.0
+    assert "forecasting" in err  # progress on stderr, not in the JSON
+
+
+def test_plan_run_spelled_out_and_text_output(series, capsys, ledger_url, tmp_path) -> None:
+    png = tmp_path / "mix.png"
+    code, out, _ = run(
+        capsys, "plan", "run", str(series), "--gpu-type", "A100", "--horizon", "12",
+        "--plot", str(png), "--save", *FAST,
+    )  # fmt: skip
+    assert code == 0
+    assert "Expected cost $" in out and "all on-demand $" in out and "saving $" in out
+    assert png.stat().st_size > 1000
+    stored = Ledger(ledger_url).latest_plan()
+    assert stored is not None and stored["name"] == "demand.csv:gpu_hours:A100"
+
+
+def test_help_of_the_group_the_default_command_and_apply(capsys) -> None:
+    for argv in (["plan", "--help"], ["plan", "run", "--help"], ["plan", "apply", "--help"]):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0
+        assert "Examples" in out
+    code, out, _ = run(capsys, "plan", "some.csv", "--help")
+    assert code == 0 and "--gpu-type" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "fragment"),
+    [
+        ('hour,gpu_hours\n0,1\n1,"2\n', [], "not a valid CSV"),
+        ("hour,other\n0,1\n", [], "no column 'gpu_hours'"),
+        ("hour,gpu_hours\n0,1\n1,-3\n", [], "negative"),
+        ("hour,gpu_hours\n0,1\n1,abc\n", [], "not a number"),
+        ("hour,gpu_hours\n0,1\n", ["--horizon", "0"], "--horizon"),
+        ("hour,gpu_hours\n0,1\n", ["--gpu-type", "Z80"], "the catalog has: A100"),
+        ("hour,gpu_hours\n0,1\n", ["--service-level", "1.5"], "--service-level"),
+        ("hour,gpu_hours\n0,1\n", ["--cloud", "azure"], "--cloud"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, args, fragment) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    argv = ["plan", str(path), "--gpu-type", "A100", *FAST, *args]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err
+    assert out == ""
+
+
+def test_missing_file_is_exit_2(tmp_path, capsys) -> None:
+    code, _, err = run(capsys, "plan", str(tmp_path / "nope.csv"), "--gpu-type", "A100")
+    assert code == 2 and "does not exist" in err
+
+
+# --------------------------------------------------------------------------- apply
+def aws_reserved_offer():
+    return next(
+        o
+        for o in load_catalog().offers
+        if o.cloud == "aws" and o.option is PurchaseOption.RESERVED and o.gpu_type == "A10G"
+    )
+
+
+def gcp_reserved_offer():
+    return next(
+        o
+        for o in load_catalog().offers
+        if o.cloud == "gcp"
+        and o.option is PurchaseOption.RESERVED
+        and o.instance_type.startswith("a2-")
+    )
+
+
+def store_plan(ledger_url: str, *offers_counts) -> int:
+    reserved = [
+        {
+            "capacity_key": o.capacity_key,
+            "offer_key": o.key,
+            "count": n,
+            "usd_per_hour": o.usd_per_hour,
+            "gpu_type": o.gpu_type,
+            "gpu_count": o.gpu_count,
+        }
+        for o, n in offers_counts
+    ]
+    return Ledger(ledger_url).record_plan(
+        name="t", status="optimal", expected_micro=1, ondemand_micro=2, plan={"reserved": reserved}
+    )
+
+
+def test_apply_is_a_dry_run_by_default(capsys, ledger_url, monkeypatch) -> None:
+    offer = aws_reserved_offer()
+    plan_id = store_plan(ledger_url, (offer, 2))
+    bought = mock.Mock(side_effect=AssertionError("must not buy on a dry run"))
+    monkeypatch.setattr(purchase.AwsReservedInstances, "purchase", bought)
+    code, out, err = run(capsys, "plan", "apply", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["plan_id"] == plan_id and data["dry_run"] is True
+    assert data["items"][0]["instance_type"] == offer.instance_type
+    assert data["items"][0]["count"] == 2
+    assert data["items"][0]["term_usd"] == pytest.approx(2 * offer.usd_per_hour * 8760, 0.01)
+    assert "dry run" in err
+    bought.assert_not_called()
+
+
+def test_apply_without_a_plan_or_with_a_missing_id_is_exit_2(capsys, ledger_url) -> None:
+    code, _, err = run(capsys, "plan", "apply")
+    assert code == 2 and "no plan" in err
+    store_plan(ledger_url, (aws_reserved_offer(), 1))
+    code, _, err = run(capsys, "plan", "apply", "--plan-id", "99")
+    assert code == 2 and "no such plan" in err
+
+
+def stubbed_ec2(offer, *, fixed: float, hourly: float, purchase_expected: bool) -> object:
+    client = boto3.client("ec2", region_name=offer.region)
+    stub = Stubber(client)
+    stub.add_response(
+        "describe_reserved_instances_offerings",
+        {
+            "ReservedInstancesOfferings": [
+                {
+                    "ReservedInstancesOfferingId": "ri-off-cheap",
+                    "InstanceType": offer.instance_type,
+                    "Duration": 31_536_000,
+                    "FixedPrice": fixed,
+                    "UsagePrice": 0.0,
+                    "RecurringCharges": [{"Amount": hourly, "Frequency": "Hourly"}],
+                    "OfferingType": "No Upfront",
+                    "Scope": "Region",
+                },
+                {
+                    "ReservedInstancesOfferingId": "ri-off-zonal",
+                    "InstanceType": offer.instance_type,
+                    "Duration": 31_536_000,
+                    "FixedPrice": 0.0,
+                    "UsagePrice": 0.0,
+                    "RecurringCharges": [{"Amount": hourly / 2, "Frequency": "Hourly"}],
+                    "OfferingType": "No Upfront",
+                    "Scope": "Availability Zone",
+                    "AvailabilityZone": f"{offer.region}a",
+                },
+            ]
+        },
+        {
+            "Filters": [
+                {"Name": "instance-type", "Values": [offer.instance_type]},
+                {"Name": "product-description", "Values": ["Linux/UNIX"]},
+            ],
+            "OfferingClass": "standard",
+            "OfferingType": "No Upfront",
+            "InstanceTenancy": "default",
+            "IncludeMarketplace": False,
+            "MinDuration": 31_536_000,
+            "MaxDuration": 31_536_000,
+        },
+    )
+    if purchase_expected:
+        stub.add_response(
+            "purchase_reserved_instances_offering",
+            {"ReservedInstancesId": "ri-123"},
+            {"ReservedInstancesOfferingId": "ri-off-cheap", "InstanceCount": 2},
+        )
+    stub.activate()
+    return client
+
+
+def test_apply_yes_buys_the_aws_offering(capsys, ledger_url, monkeypatch) -> None:
+    offer = aws_reserved_offer()
+    store_plan(ledger_url, (offer, 2))
+    client = stubbed_ec2(offer, fixed=0.0, hourly=offer.usd_per_hour, purchase_expected=True)
+    monkeypatch.setattr(purchase, "_boto3_client", lambda region: client)
+    code, _, err = run(capsys, "plan", "apply", "--yes")
+    assert code == 0, err
+    assert "ri-123" in err and offer.capacity_key in err
+
+
+def test_apply_refuses_a_quote_dearer_than_the_plan(capsys, ledger_url, monkeypatch) -> None:
+    offer = aws_reserved_offer()
+    store_plan(ledger_url, (offer, 2))
+    client = stubbed_ec2(offer, fixed=0.0, hourly=offer.usd_per_hour * 1.5, purchase_expected=False)
+    monkeypatch.setattr(purchase, "_boto3_client", lambda region: client)
+    code, _, err = run(capsys, "plan", "apply", "--yes")
+    assert code == 2
+    assert "re-plan" in err and "Traceback" not in err
+
+
+def test_apply_yes_inserts_a_gcp_commitment_with_a_reservation(capsys, ledger_url) -> None:
+    offer = gcp_reserved_offer()
+    store_plan(ledger_url, (offer, 3))
+    with mock.patch("google.cloud.compute_v1.RegionCommitmentsClient") as client_cls:
+        code, _, err = run(capsys, "plan", "apply", "--yes")
+        assert code == 2 and "--gcp-project" in err
+        code, _, err = run(capsys, "plan", "apply", "--yes", "--gcp-project", "proj-1")
+    assert code == 0, err
+    request = client_cls.return_value.insert.call_args.kwargs["request"]
+    assert request.project == "proj-1" and request.region == offer.region
+    commitment = request.commitment_resource
+    assert commitment.plan == "TWELVE_MONTH" and commitment.type_ == "ACCELERATOR_OPTIMIZED"
+    amounts = {r.type_: r.amount for r in commitment.resources}
+    assert amounts["VCPU"] == offer.vcpus * 3
+    assert amounts["ACCELERATOR"] == offer.gpu_count * 3
+    reservation = commitment.reservations[0]
+    assert reservation.zone == offer.zone
+    assert reservation.specific_reservation.count == 3
+    assert reservation.specific_reservation.instance_properties.machine_type == (
+        offer.instance_type
+    )
+
+
+def test_n1_commitment_attaches_the_gpus() -> None:
+    item = PurchaseItem(
+        "gcp", "us-central1", "us-central1-a", "n1-standard-8", 2, 1.0,
+        "gcp/us-central1-a/n1-standard-8", 8, 30.0, "T4", 1,
+    )  # fmt: skip
+    request = GcpCommitments("p").request(item)
+    props = request.commitment_resource.reservations[0].specific_reservation.instance_properties
+    assert props.guest_accelerators[0].accelerator_type == "nvidia-tesla-t4"
+    assert request.commitment_resource.type_ == "GENERAL_PURPOSE"
+
+
+def test_aws_quote_against_moto_takes_the_cheapest_regional_offering() -> None:
+    item = PurchaseItem(
+        "aws", "us-east-1", None, "m5.large", 1, 1.0, "aws/us-east-1/m5.large", 2, 8.0, None, 0
+    )
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        quote = AwsReservedInstances(lambda region: ec2).quote(item)
+        offerings = ec2.describe_reserved_instances_offerings(
+            Filters=[{"Name": "instance-type", "Values": ["m5.large"]}]
+        )["ReservedInstancesOfferings"]
+    regional = [
+        o for o in offerings if not o.get("AvailabilityZone") and o["OfferingType"] == "No Upfront"
+    ]
+    ids = {o["ReservedInstancesOfferingId"] for o in regional}
+    assert quote.offering_id in ids
+    assert quote.offering_type == "No Upfront"
