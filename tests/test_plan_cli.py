@@ -293,3 +293,31 @@ def test_aws_quote_against_moto_takes_the_cheapest_regional_offering() -> None:
     ids = {o["ReservedInstancesOfferingId"] for o in regional}
     assert quote.offering_id in ids
     assert quote.offering_type == "No Upfront"
+
+
+# --------------------------------------------------------------------------- flow
+@pytest.mark.harness
+def test_capacity_planning_flow_stores_the_plan_and_an_artifact(
+    prefect_harness, series, ledger_url
+) -> None:
+    import importlib.util
+
+    from prefect.artifacts import Artifact
+
+    path = Path(__file__).resolve().parents[1] / "flows" / "capacity_planning.py"
+    spec = importlib.util.spec_from_file_location("capacity_planning_flow", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    result = module.capacity_planning(
+        series=str(series), horizon=24, forecast_model="seasonal-naive", ledger_url=ledger_url
+    )
+    stored = Ledger(ledger_url).latest_plan()
+    assert stored is not None and stored["id"] == result["plan_id"]
+    assert stored["reserved"] == result["reserved"]
+    artifact = Artifact.get(module.ARTIFACT_KEY)
+    assert artifact is not None and artifact.type == "table"
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert rows[-3]["item"] == "expected cost"
+    assert rows[-3]["usd_over_horizon"] == pytest.approx(result["expected_cost"], abs=0.01)

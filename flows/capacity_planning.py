@@ -1,0 +1,193 @@
+"""Daily capacity planning: forecast GPU demand → plan reserved/on-demand/spot → ledger → artifact.
+
+Demand comes from a CSV (``hour,gpu_hours``, like the trace files) or, without one, from the
+ledger's own placements (GPU-hours per hour of one GPU model). The stored plan is what
+``CloudSchedTaskRunner`` reads to use reserved capacity first, and what
+``prefect-cloudsched plan apply`` buys. The plan is also a table artifact
+(``cloudsched-capacity-plan``) on the flow run.
+
+Run it once: ``python flows/capacity_planning.py --series bench/data/alibaba_gpu2023_hourly.csv``.
+Serve it daily at 06:00: ``python flows/capacity_planning.py --serve`` (see docs/planning.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+ARTIFACT_KEY = "cloudsched-capacity-plan"
+
+
+@task
+def load_demand(series: str | None, column: str, gpu_type: str, ledger_url: str | None) -> Any:
+    """The hourly demand history: a CSV, or the ledger's GPU-hours of ``gpu_type``."""
+    from prefect_cloudsched.demand import hourly_demand
+    from prefect_cloudsched.errors import InputError
+    from prefect_cloudsched.forecast import load_series_csv
+    from prefect_cloudsched.ledger import Ledger
+
+    if series is not None:
+        return load_series_csv(series, column)
+    frame = hourly_demand(Ledger(ledger_url).placements(), gpu_type=gpu_type)
+    if frame.empty:
+        raise InputError("the ledger has no placements yet; pass --series with a demand CSV")
+    return frame["gpu_hours"]
+
+
+@task
+def forecast_demand(history: Any, horizon: int, model: str) -> Any:
+    """SARIMAX chosen by AIC, or the seasonal-naive baseline (fast)."""
+    from prefect_cloudsched.forecast import (
+        DAY,
+        Forecast,
+        fit_forecast,
+        lag_forecast,
+        prepare_series,
+    )
+
+    if model == "arima":
+        return fit_forecast(history, horizon)
+    return Forecast(lag_forecast(prepare_series(history), horizon, DAY), "seasonal_naive",
+                    "seasonal-naive(24)")  # fmt: skip
+
+
+@task
+def make_plan(
+    forecast: Any,
+    gpu_type: str,
+    service_level: float,
+    spot_max_share: float,
+    budget_usd: float | None,
+) -> Any:
+    """The capacity plan for the forecast at the service level."""
+    from prefect_cloudsched.catalog import load_catalog
+    from prefect_cloudsched.planning import demand_from_forecast, plan_capacity
+
+    demand = {f"gpu:{gpu_type}": demand_from_forecast(forecast, service_level)}
+    return plan_capacity(
+        demand,
+        load_catalog(),
+        service_level=service_level,
+        spot_max_share=spot_max_share,
+        budget_usd=budget_usd,
+        progress=get_run_logger().info,
+    )
+
+
+@task
+def store_plan(plan: Any, name: str, ledger_url: str | None) -> int | None:
+    """Record a feasible plan in the ledger (an infeasible one would read as no capacity)."""
+    from prefect_cloudsched.ledger import Ledger
+    from prefect_cloudsched.records import to_micro
+
+    if plan.status == "infeasible":
+        get_run_logger().warning("plan infeasible, not stored: %s", "; ".join(plan.binding))
+        return None
+    return Ledger(ledger_url).record_plan(
+        name=name,
+        status=plan.status,
+        expected_micro=to_micro(plan.expected_cost),
+        ondemand_micro=to_micro(plan.ondemand_cost),
+        plan=plan.to_dict(),
+    )
+
+
+def plan_table(plan: Any) -> list[dict[str, Any]]:
+    """Rows of the artifact: one per reservation, then the cost summary."""
+    rows: list[dict[str, Any]] = [
+        {
+            "item": f"reserve {r.count} x {r.capacity_key}",
+            "usd_per_hour": round(r.usd_per_hour * r.count, 4),
+            "usd_over_horizon": round(r.usd_per_hour * r.count * plan.hours, 2),
+        }
+        for r in plan.reserved
+    ]
+    rows += [
+        {"item": "expected cost", "usd_per_hour": None,
+         "usd_over_horizon": round(plan.expected_cost, 2)},
+        {"item": "all on-demand", "usd_per_hour": None,
+         "usd_over_horizon": round(plan.ondemand_cost, 2)},
+        {"item": "saving", "usd_per_hour": None, "usd_over_horizon": round(plan.saving, 2)},
+    ]  # fmt: skip
+    return rows
+
+
+@flow(name="capacity-planning", log_prints=True)
+def capacity_planning(
+    series: str | None = None,
+    column: str = "gpu_hours",
+    gpu_type: str = "A100",
+    horizon: int = 168,
+    service_level: float = 0.9,
+    spot_max_share: float = 0.5,
+    budget_usd: float | None = None,
+    forecast_model: str = "arima",
+    ledger_url: str | None = None,
+) -> dict[str, Any]:
+    """Forecast demand, plan capacity, store the plan, publish it as a table artifact.
+
+    Args:
+        series: Demand CSV (``hour,<column>``); ``None`` reads the ledger's GPU-hours.
+        column: Demand column of the CSV.
+        gpu_type: GPU model the demand is for.
+        horizon: Hours to plan.
+        service_level: Forecast quantile to cover (0.9 = upper 80 % bound).
+        spot_max_share: Most of each hour's demand on spot.
+        budget_usd: Highest expected USD over the horizon.
+        forecast_model: ``arima`` or ``seasonal-naive``.
+        ledger_url: Ledger URL (default: the local ledger).
+    """
+    history = load_demand(series, column, gpu_type, ledger_url)
+    forecast = forecast_demand(history, horizon, forecast_model)
+    plan = make_plan(forecast, gpu_type, service_level, spot_max_share, budget_usd)
+    plan_id = store_plan(plan, f"capacity-planning:{series or 'ledger'}:{gpu_type}", ledger_url)
+    create_table_artifact(
+        plan_table(plan),
+        key=ARTIFACT_KEY,
+        description=(
+            f"Capacity plan {plan_id} for {gpu_type} over {plan.hours} h "
+            f"(service level {service_level:g}, forecast {forecast.model}): status {plan.status}"
+            + ("; binding: " + "; ".join(plan.binding) if plan.binding else "")
+        ),
+    )
+    print(
+        f"plan {plan_id}: {plan.status}; expected ${plan.expected_cost:,.2f} vs all on-demand "
+        f"${plan.ondemand_cost:,.2f}; reserve {plan.reserved_capacity()}"
+    )
+    return {"plan_id": plan_id, **plan.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Command-line entry: run once on embedded defaults, or serve daily with ``--serve``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", help="demand CSV (default: the ledger's GPU-hours)")
+    parser.add_argument("--column", default="gpu_hours")
+    parser.add_argument("--gpu-type", default="A100")
+    parser.add_argument("--horizon", type=int, default=168)
+    parser.add_argument("--service-level", type=float, default=0.9)
+    parser.add_argument("--forecast-model", choices=("arima", "seasonal-naive"), default="arima")
+    parser.add_argument("--serve", action="store_true", help="serve daily at 06:00 UTC")
+    args = parser.parse_args(argv)
+    if args.horizon < 1:
+        parser.error("--horizon must be >= 1")
+    if not 0 < args.service_level < 1:
+        parser.error("--service-level must be in (0, 1)")
+    parameters = {
+        "series": args.series,
+        "column": args.column,
+        "gpu_type": args.gpu_type,
+        "horizon": args.horizon,
+        "service_level": args.service_level,
+        "forecast_model": args.forecast_model,
+    }
+    if args.serve:
+        capacity_planning.serve(name="daily-capacity-plan", cron="0 6 * * *", parameters=parameters)
+        return None
+    return capacity_planning(**parameters)
+
+
+if __name__ == "__main__":
+    main()
