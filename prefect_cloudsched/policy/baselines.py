@@ -21,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prefect_cloudsched.needs import Priority
-from prefect_cloudsched.simulate.jobs import Job
+
+if TYPE_CHECKING:
+    from prefect_cloudsched.simulate.jobs import Job
 
 PRIORITY_RANK = {Priority.REALTIME: 0, Priority.HIGH: 1, Priority.BATCH: 2}
 

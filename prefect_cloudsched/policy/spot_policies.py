@@ -33,6 +33,8 @@ from prefect_cloudsched.catalog import Offer, PurchaseOption
 from prefect_cloudsched.simulate.engine import Action, Context, JobRun
 
 INF = math.inf
+#: Seconds of slack treated as none (float noise at the last safe moment).
+EPS = 1e-3
 #: How many regions the hybrid tries per decision before it falls back to the progress rule.
 MAX_FAILOVER = 4
 
@@ -87,7 +89,7 @@ class Greedy:
             return _od(run, now, ctx)
         margin = ctx.change_over_s
         slack = _slack(run, now)
-        if slack <= margin:
+        if slack <= margin + EPS:
             return _od(run, now, ctx)
         if run.option is PurchaseOption.SPOT:
             return Action(run.offer)
@@ -112,7 +114,7 @@ class UniformProgress:
             return self.no_spot(run, now, ctx)
         margin = ctx.change_over_s
         slack = _slack(run, now)
-        if slack <= margin:
+        if slack <= margin + EPS:
             return _od(run, now, ctx)
         if run.option is PurchaseOption.SPOT or run.option is PurchaseOption.RESERVED:
             return Action(run.offer)

@@ -11,24 +11,32 @@ clock; there is no simulation-only copy of the placement policy. See ``docs/simu
 * :mod:`.metrics` — per-policy figures; :mod:`.compare` — all of it on one replay.
 """
 
-from prefect_cloudsched.simulate.compare import (
-    POLICY_NAMES,
-    Comparison,
-    compare_policies,
-    parse_policies,
-)
-from prefect_cloudsched.simulate.jobs import Job, load_jobs, parse_slack, tile_jobs
-from prefect_cloudsched.simulate.spot import SpotModel, load_spot_trace
+from __future__ import annotations
 
-__all__ = [
-    "POLICY_NAMES",
-    "Comparison",
-    "Job",
-    "SpotModel",
-    "compare_policies",
-    "load_jobs",
-    "load_spot_trace",
-    "parse_policies",
-    "parse_slack",
-    "tile_jobs",
-]
+import importlib
+from typing import Any
+
+# Lazy re-exports: the policy modules import the engine, and the engine package must not
+# import them back at import time.
+_EXPORTS = {
+    "POLICY_NAMES": "compare",
+    "Comparison": "compare",
+    "compare_policies": "compare",
+    "parse_policies": "compare",
+    "Job": "jobs",
+    "load_jobs": "jobs",
+    "parse_slack": "jobs",
+    "tile_jobs": "jobs",
+    "SpotModel": "spot",
+    "load_spot_trace": "spot",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+__all__ = sorted(_EXPORTS)
