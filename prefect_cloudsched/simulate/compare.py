@@ -93,7 +93,7 @@ def plan_reservation(
     """Forecast → capacity plan → reserved instances per capacity key (module docstring)."""
     import pandas as pd
 
-    from prefect_cloudsched.forecast import fit_forecast
+    from prefect_cloudsched.forecast import ForecastConfig, fit_forecast
     from prefect_cloudsched.planning import demand_from_forecast, plan_capacity
 
     end = max(j.submit_s + j.duration_s for j in jobs)
@@ -131,10 +131,9 @@ def plan_reservation(
         forecast = fit_forecast(
             history,
             horizon=min(history_hours, hours - history_hours),
-            orders=(FORECAST_ORDER,),
-            transform="none",
-            weekly_fourier=0,
-            calibrate=False,
+            config=ForecastConfig(
+                orders=(FORECAST_ORDER,), transform="none", weekly_fourier=0, calibrate=False
+            ),
         )
         demand[name] = [*history.tolist(), *demand_from_forecast(forecast, 0.5)]
     # Only those shapes, with their GPU model: GCP N1 offers with different attached GPUs

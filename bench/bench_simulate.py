@@ -1,0 +1,126 @@
+"""Trace replay: every policy side by side on the real traces, plus throughput at scale.
+
+Scenarios (all with the shipped catalog, deadline = submit + 1.5 × duration, seed 0):
+
+1. ``gpu2023`` — Alibaba PAI GPU trace (7,255 jobs), parametric spot model.
+2. ``genai2026`` — Alibaba GenAI serving trace (26,823 requests), parametric spot model.
+3. ``gpu2023-v100-trace`` — the PAI trace with GPU jobs pinned to V100 in the three AWS
+   regions of the real 45-day p3.2xlarge availability trace, replayed from that trace
+   (p3.2xlarge offers; larger V100 types fall back to the parametric model).
+4. ``scaling`` — the GenAI trace tiled back to back to 10k and 100k jobs, every policy
+   timed; 1M jobs for the on-demand policy only (memory on the shared machine).
+
+Writes ``bench/results/simulate.json`` and ``.md`` and plots ``simulate_<scenario>_*.png``.
+Run: ``.venv/bin/python bench/bench_simulate.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, isolate, write
+
+DATA = Path(__file__).resolve().parent / "data"
+TRACE_REGIONS = frozenset({"us-east-1", "us-east-2", "us-west-2"})
+
+
+def main() -> None:
+    """Run every scenario and write the results."""
+    isolate()
+    from prefect_cloudsched.catalog import load_catalog
+    from prefect_cloudsched.policy import DEFAULT_POLICY
+    from prefect_cloudsched.simulate import (
+        POLICY_NAMES,
+        SpotModel,
+        compare_policies,
+        load_jobs,
+        load_spot_trace,
+        tile_jobs,
+    )
+    from prefect_cloudsched.simulate.output import markdown_table, plot, rows
+
+    catalog = load_catalog()
+    say = print
+    scenarios: dict[str, dict] = {}
+    md = ["# Trace replay (`bench/bench_simulate.py`)", ""]
+
+    def record(name: str, title: str, comparison, extra: dict) -> None:
+        scenarios[name] = {
+            **extra,
+            "bound_usd": round(comparison.bound.total, 4),
+            "bound_seconds": round(comparison.bound_seconds, 3),
+            "ondemand_usd": round(comparison.ondemand_cost, 4),
+            "reserved": comparison.reserved,
+            "notes": comparison.notes,
+            "policies": rows(comparison),
+        }
+        plot(comparison, RESULTS, f"simulate_{name}")
+        md.extend([f"## {title}", "", markdown_table(comparison), ""])
+
+    gpu = load_jobs(DATA / "alibaba_gpu2023_jobs.csv")
+    record("gpu2023", "Alibaba PAI GPU 2023, parametric spot",
+           compare_policies(gpu, POLICY_NAMES, catalog=catalog, spot=SpotModel(seed=0),
+                            progress=say),
+           {"jobs": len(gpu), "spot": "parametric"})  # fmt: skip
+
+    genai = load_jobs(DATA / "alibaba_genai2026_jobs.csv")
+    record("genai2026", "Alibaba GenAI 2026 serving, parametric spot",
+           compare_policies(genai, POLICY_NAMES, catalog=catalog, spot=SpotModel(seed=0),
+                            progress=say),
+           {"jobs": len(genai), "spot": "parametric"})  # fmt: skip
+
+    v100 = load_jobs(DATA / "alibaba_gpu2023_jobs.csv", gpu_type="V100")
+    trace = load_spot_trace(DATA / "aws_p3.2xlarge_avail_2023-02-15.csv")
+    config = replace(
+        DEFAULT_POLICY, allowed_regions=TRACE_REGIONS, allowed_clouds=frozenset({"aws"})
+    )
+    record("gpu2023-v100-trace",
+           "Alibaba PAI GPU 2023, V100 on AWS, real p3.2xlarge spot trace (45 days, 8 zones)",
+           compare_policies(v100, POLICY_NAMES, catalog=catalog, config=config,
+                            spot=SpotModel(trace=trace, seed=0), progress=say),
+           {"jobs": len(v100), "spot": "trace: aws_p3.2xlarge_avail_2023-02-15.csv",
+            "regions": sorted(TRACE_REGIONS)})  # fmt: skip
+
+    scaling: list[dict] = []
+    for count, names in (
+        (10_000, POLICY_NAMES),
+        (100_000, POLICY_NAMES),
+        (1_000_000, ("on-demand",)),
+    ):
+        jobs = tile_jobs(genai, count)
+        started = time.perf_counter()
+        comparison = compare_policies(jobs, list(names), catalog=catalog, spot=SpotModel(seed=0),
+                                      progress=say)  # fmt: skip
+        total = time.perf_counter() - started
+        for row in rows(comparison):
+            scaling.append({"jobs": count, "policy": row["policy"], "wall_s": row["wall_s"],
+                            "jobs_per_s": row["jobs_per_s"],
+                            "decide_calls": row["decide_calls"],
+                            "decision_latency_mean_us": row["decision_latency_mean_us"],
+                            "decision_latency_p99_us": row["decision_latency_p99_us"]})  # fmt: skip
+        scaling.append({"jobs": count, "policy": "(whole comparison incl. planning and bound)",
+                        "wall_s": round(total, 3)})  # fmt: skip
+        del jobs, comparison
+    md.extend([
+        "## Throughput (GenAI trace tiled; every policy replays the same jobs)", "",
+        "| jobs | policy | replay s | jobs/s | decide() calls | decide µs/job mean | p99 |",
+        "|---|---|---|---|---|---|---|",
+    ])  # fmt: skip
+    for row in scaling:
+        if "jobs_per_s" not in row:
+            md.append(f"| {row['jobs']:,} | {row['policy']} | {row['wall_s']:.1f} | | | | |")
+            continue
+        md.append(f"| {row['jobs']:,} | {row['policy']} | {row['wall_s']:.2f} | "
+                  f"{row['jobs_per_s']:,.0f} | {row['decide_calls']:,} | "
+                  f"{row['decision_latency_mean_us']:.1f} | "
+                  f"{row['decision_latency_p99_us']:.1f} |")  # fmt: skip
+    write("simulate", {"scenarios": scenarios, "scaling": scaling}, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
