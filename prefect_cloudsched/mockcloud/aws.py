@@ -84,6 +84,7 @@ class MotoControl:
         launched: ``{instance_id: region}`` of every instance started while installed.
         token_hits: How many ``RunInstances`` calls were answered from an earlier
             ``ClientToken`` (a retried launch that did not start a second instance).
+        faults_fired: How many injected faults were raised so far.
     """
 
     ACTIONS = ("run_instances", "terminate_instances", "describe_instances", "create_tags")
@@ -95,6 +96,7 @@ class MotoControl:
         self.spot_prices: dict[tuple[str, str], float] = {}
         self.launched: dict[str, str] = {}
         self.token_hits = 0
+        self.faults_fired = 0
         self._faults: list[_Fault] = []
         self._tokens: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -175,6 +177,7 @@ class MotoControl:
             for fault in self._faults:
                 if fault.matches(action, region, instance_type):
                     fault.remaining -= 1
+                    self.faults_fired += 1
                     return fault
         return None
 

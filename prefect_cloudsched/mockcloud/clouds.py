@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 from prefect_cloudsched.catalog import Offer, PurchaseOption, load_catalog
@@ -159,9 +160,20 @@ class MockClouds:
                 self.moto.spot_prices[(offer.instance_type, f"{offer.region}a")] = (
                     offer.usd_per_hour
                 )
-        self.provisioners = {
-            "aws": _Interrupting(AwsProvisioner(self.aws_settings), self),
-            "gcp": _Interrupting(GcpProvisioner(self.gcp_settings), self),
+        self.provisioners = self.provisioners_for(self.owner_id)
+
+    def provisioners_for(self, owner_id: str, **changes: Any) -> dict[str, Any]:
+        """A fresh pair of provisioners for another owner id (same mocks, same faults).
+
+        ``changes`` override settings fields of both (e.g. ``heartbeat_seconds=0.5``).
+        """
+        if self.aws_settings is None or self.gcp_settings is None:
+            raise RuntimeError("MockClouds is not running; use it as a context manager")
+        aws = replace(self.aws_settings, owner_id=owner_id, **changes)
+        gcp = replace(self.gcp_settings, owner_id=owner_id, **changes)
+        return {
+            "aws": _Interrupting(AwsProvisioner(aws), self),
+            "gcp": _Interrupting(GcpProvisioner(gcp), self),
         }
 
     # ------------------------------------------------------------------ faults
@@ -169,6 +181,11 @@ class MockClouds:
         """Interrupt the next ``count`` spot instances started (on ``cloud``, or either)."""
         with self._lock:
             self._armed[cloud] = self._armed.get(cloud, 0) + count
+
+    def disarm(self) -> None:
+        """Forget every armed interruption (``interrupt_first_spot`` included)."""
+        with self._lock:
+            self._armed.clear()
 
     def _take_arm(self, cloud: str) -> bool:
         with self._lock:
