@@ -78,3 +78,52 @@ def test_sigkilled_flow_is_reaped(prefect_harness, clouds: MockClouds, tmp_path:
     outcome = fault_suite.sigkill(clouds, tmp_path)
     assert outcome.ok, outcome
     assert outcome.detail.startswith("2 orphaned by the kill, 2 reaped")
+
+
+@pytest.mark.harness
+def test_checkpointable_task_resumes_after_interruption(
+    prefect_harness, clouds: MockClouds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from prefect import flow, task
+
+    from prefect_cloudsched import CloudSchedTaskRunner, checkpoint, requires
+
+    monkeypatch.setenv(checkpoint.DIR_ENV, str(tmp_path / "ckpt"))
+    monkeypatch.setenv("PREFECT_CLOUDSCHED_LEDGER_URL", f"sqlite:///{tmp_path / 'l.db'}")
+    ran: list[int] = []
+
+    @requires(gpus=1, est_runtime=timedelta(minutes=20), spot_ok=True, checkpointable=True)
+    @task
+    def train(epochs: int) -> int:
+        state = checkpoint.load(default={"epoch": 0})
+        for epoch in range(state["epoch"], epochs):
+            ran.append(epoch)
+            state = {"epoch": epoch + 1}
+            checkpoint.save(state)
+        return state["epoch"]
+
+    clouds.interrupt_next_spot(count=1)
+    runner = CloudSchedTaskRunner(
+        provisioners=clouds.provisioners_for("ckpt-tests"), label_task_runs=False
+    )
+
+    @flow(task_runner=runner)
+    def f() -> int:
+        return train.submit(5).result()
+
+    try:
+        assert f() == 5
+    finally:
+        clouds.disarm()
+    states = [r.state for r in Ledger(f"sqlite:///{tmp_path / 'l.db'}").placements()]
+    assert states == ["interrupted", "completed"]
+    assert ran == [0, 1, 2, 3, 4]  # the retry resumed from the checkpoint: no epoch twice
+    with pytest.raises(RuntimeError, match="no Prefect task run"):
+        checkpoint.load()
+    assert checkpoint.load(default="none", key="other") == "none"
+    checkpoint.save({"x": 1}, key="other")
+    assert checkpoint.load(key="other") == {"x": 1}
+    checkpoint.clear(key="other")
+    assert checkpoint.load(key="other") is None
