@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -279,3 +280,13 @@ def test_same_seed_same_results() -> None:
         return [{k: v for k, v in r.to_dict().items() if k not in skip} for r in comparison.results]
 
     assert figures() == figures()
+
+
+def test_reservations_are_cut_to_what_pays_per_second() -> None:
+    from prefect_cloudsched.simulate.compare import worth_reserving
+
+    reserved = offer("us-east-1", PurchaseOption.RESERVED, RES)  # 0.6 of on-demand
+    steady = np.array([2.5] * 100)
+    assert worth_reserving(steady, 5, reserved) == 2  # the third is busy only half the time
+    assert worth_reserving(np.array([0.4] * 100), 1, reserved) == 0
+    assert worth_reserving(steady, 1, reserved) == 1  # never more than the plan

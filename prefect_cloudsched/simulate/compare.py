@@ -148,14 +148,34 @@ def plan_reservation(
         regions=sorted(config.allowed_regions) if config.allowed_regions else None,
         time_limit_s=time_limit_s,
     )
-    reserved = {
-        item.capacity_key: (sub.find(item.offer_key), item.count)
-        for item in plan.reserved
-        if item.count > 0
+    busy = {
+        capacity_key: np.asarray(demand[name]) / units[(name, capacity_key, gpu)]
+        for name, (_, capacity_key, gpu) in dominant.items()
     }
+    reserved: dict[str, tuple[Offer, int]] = {}
+    for item in plan.reserved:
+        offer = sub.find(item.offer_key)
+        count = worth_reserving(busy[item.capacity_key], item.count, offer)
+        if count > 0:
+            reserved[item.capacity_key] = (offer, count)
     notes = [f"reservation planned ({plan.status}, {plan.solve_seconds:.1f} s): "
              + (", ".join(f"{n}x {k}" for k, (_, n) in reserved.items()) or "none")]  # fmt: skip
     return reserved, notes
+
+
+def worth_reserving(busy: np.ndarray, planned: int, offer: Offer) -> int:
+    """The planned count, cut to the instances that pay under per-second billing.
+
+    The planner counts whole instances per hour; the replay bills on-demand per second, so
+    a reservation covering a mean of 0.4 busy instances loses money. The ``k``-th reserved
+    instance is kept while its expected utilisation (mean over hours of
+    ``clip(busy − (k − 1), 0, 1)``) exceeds reserved ÷ on-demand price.
+    """
+    ratio = offer.usd_per_hour / offer.ondemand_usd_per_hour
+    count = 0
+    while count < planned and np.clip(busy - count, 0.0, 1.0).mean() > ratio:
+        count += 1
+    return count
 
 
 def compare_policies(
@@ -247,4 +267,5 @@ __all__ = [
     "hourly_load",
     "parse_policies",
     "plan_reservation",
+    "worth_reserving",
 ]
