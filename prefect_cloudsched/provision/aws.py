@@ -29,6 +29,12 @@ from typing import Any
 
 from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
+from prefect_cloudsched.provision.aws_errors import (
+    AUTH_CODES,
+    error_code,
+    is_throttle,
+    launch_error,
+)
 from prefect_cloudsched.provision.base import (
     HEARTBEAT_TAG,
     OPTION_TAG,
@@ -50,62 +56,9 @@ __all__ = ("AwsProvisioner", "AwsSettings", "refresh_spot_prices")
 
 LIVE_SOURCE = "live:aws-spot-price-history"
 
-#: The cloud said "not now" for this offer: the runner falls back to the next one.
-CAPACITY_CODES = frozenset(
-    [
-        "InsufficientInstanceCapacity",
-        "InsufficientHostCapacity",
-        "InsufficientReservedInstanceCapacity",
-        "InstanceLimitExceeded",
-        "VcpuLimitExceeded",
-        "SpotMaxPriceTooLow",
-        "MaxSpotInstanceCountExceeded",
-        "RequestLimitExceeded",
-        "Unsupported",
-        "UnsupportedOperation",
-    ]
-)
-#: Retried with backoff first; a capacity refusal once the budget is spent.
-THROTTLE_CODES = frozenset(
-    [
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "RequestThrottled",
-        "ServiceUnavailable",
-        "Unavailable",
-        "InternalError",
-    ]
-)
-_AUTH_CODES = frozenset(
-    [
-        "AuthFailure",
-        "UnauthorizedOperation",
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "OptInRequired",
-        "Blocked",
-        "ExpiredToken",
-        "AccessDenied",
-    ]
-)
 _GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 _LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 SPOT_TERMINATION = "Server.SpotInstanceTermination"
-
-
-def _code(err: BaseException) -> str:
-    response = getattr(err, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def _message(err: BaseException) -> str:
-    response = getattr(err, "response", None) or {}
-    return str(response.get("Error", {}).get("Message", "")) or str(err)
-
-
-def _is_throttle(err: BaseException) -> bool:
-    return _code(err) in THROTTLE_CODES
 
 
 def _tags(item: Mapping[str, Any]) -> dict[str, str]:
@@ -212,7 +165,7 @@ class AwsProvisioner:
         client = self.client(region)
         try:
             return self.settings.backoff.call(
-                lambda: getattr(client, operation)(**kwargs), _is_throttle
+                lambda: getattr(client, operation)(**kwargs), is_throttle
             )
         except (NoCredentialsError, PartialCredentialsError):
             raise ProvisioningError(
@@ -225,11 +178,11 @@ class AwsProvisioner:
                 f"({err.kwargs.get('endpoint_url')}); check the endpoint and the network"
             ) from None
         except ClientError as err:
-            if _code(err) in _AUTH_CODES:
+            if error_code(err) in AUTH_CODES:
                 raise ProvisioningError(
                     f"AwsSettings.aws_access_key_id/aws_secret_access_key: AWS refused the "
-                    f"credentials for {operation} in {region} ({_code(err)}); check the keys and "
-                    "the IAM policy in docs/provisioning.md"
+                    f"credentials for {operation} in {region} ({error_code(err)}); check the "
+                    "keys and the IAM policy in docs/provisioning.md"
                 ) from None
             raise
 
@@ -322,7 +275,7 @@ class AwsProvisioner:
         try:
             self._call(region, "describe_subnets", SubnetIds=[subnet])
         except ClientError as err:
-            if _code(err).startswith("InvalidSubnetID"):
+            if error_code(err).startswith("InvalidSubnetID"):
                 raise ProvisioningError(
                     f"{setting}: subnet {subnet} does not exist in {region}; give a subnet of "
                     "that region (or none for the default VPC)"
@@ -383,30 +336,8 @@ class AwsProvisioner:
         try:
             response = self._call(offer.region, "run_instances", **request)
         except ClientError as err:
-            raise self._launch_error(offer, err, image) from None
+            raise launch_error(offer, err, image) from None
         return response["Instances"][0]
-
-    def _launch_error(self, offer: Offer, err: Exception, image: str) -> Exception:
-        code, message = _code(err), _message(err)
-        if code in CAPACITY_CODES:
-            return CapacityError(offer.key, code, message)
-        region = offer.region
-        if code.startswith("InvalidAMIID"):
-            return ProvisioningError(
-                f"AwsSettings.ami_per_region[{region!r}]: AMI {image} is not usable in {region} "
-                f"({code}); give an AMI id of that region"
-            )
-        if code.startswith("InvalidSubnetID") or code == "InvalidSubnet":
-            return ProvisioningError(
-                f"AwsSettings.subnet_id: the subnet is not usable in {region} ({code}); give a "
-                "subnet of that region"
-            )
-        if code.startswith("InvalidGroup") or code == "InvalidSecurityGroupID.NotFound":
-            return ProvisioningError(
-                f"AwsSettings.security_group_ids: {message} ({code}); give groups of the "
-                "subnet's VPC"
-            )
-        return ProvisioningError(f"EC2 refused to start {offer.key}: {code}: {message}")
 
     def _replayed_dead(self, region: str, launched: dict[str, Any], called: datetime) -> bool:
         """Whether EC2 answered the token with an instance of an earlier process, now ended.
@@ -431,7 +362,7 @@ class AwsProvisioner:
         try:
             reservations = self._call(region, "describe_instances", InstanceIds=[instance_id])
         except ClientError as err:
-            if _code(err) == "InvalidInstanceID.NotFound":
+            if error_code(err) == "InvalidInstanceID.NotFound":
                 return None
             raise
         for reservation in reservations.get("Reservations", []):
@@ -525,7 +456,7 @@ class AwsProvisioner:
         try:
             self._call(region, "terminate_instances", InstanceIds=instance_ids)
         except ClientError as err:
-            if _code(err) != "InvalidInstanceID.NotFound":
+            if error_code(err) != "InvalidInstanceID.NotFound":
                 raise
             if len(instance_ids) > 1:  # EC2 fails the whole call: end the others one by one
                 for instance_id in instance_ids:
@@ -562,7 +493,7 @@ class AwsProvisioner:
         paginator = client.get_paginator("describe_instances")
         found = []
         pages = self.settings.backoff.call(
-            lambda: list(paginator.paginate(Filters=filters)), _is_throttle
+            lambda: list(paginator.paginate(Filters=filters)), is_throttle
         )
         for page in pages:
             for reservation in page.get("Reservations", []):
@@ -636,7 +567,7 @@ class AwsProvisioner:
                     StartTime=datetime.now(UTC),
                 )
             ),
-            _is_throttle,
+            is_throttle,
         )
         for page in pages:
             for row in page.get("SpotPriceHistory", []):
