@@ -52,22 +52,22 @@ def cost_table(records: Iterable[PlacementRecord]) -> list[dict[str, Any]]:
     rows = []
     for r in sorted(records, key=lambda r: r.started_at):
         rows.append(
-            {
+            {  # what a reader scans first comes first; ids last
                 "task": r.task_name,
-                "task_run_id": r.task_run_id,
-                "state": r.state,
+                "option": r.option,
                 "cloud": r.cloud,
                 "region": r.zone or r.region,
                 "instance_type": r.instance_type,
                 "gpus": f"{r.gpus}x{r.gpu_type}" if r.gpus else "",
-                "option": r.option,
-                "usd_per_hour": float(to_usd(r.price_micro_per_hour)),
                 "runtime_s": round(r.runtime_s, 3),
                 "cost_usd": float(to_usd(r.cost_micro)),
                 "baseline_usd": float(to_usd(r.baseline_micro)),
                 "saving_usd": float(to_usd(r.baseline_micro - r.cost_micro)),
+                "usd_per_hour": float(to_usd(r.price_micro_per_hour)),
+                "state": r.state,
                 "interrupted": bool(r.interruptions),
                 "instance_id": r.instance_id or "",
+                "task_run_id": r.task_run_id,
             }
         )
     return rows
