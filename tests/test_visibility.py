@@ -363,3 +363,48 @@ def test_secrets_never_reach_logs_artifacts_events_or_ledger(
     assert db.exists() and Ledger(f"sqlite:///{db}").placements()
     texts.append(db.read_bytes().decode("latin-1"))
     assert all(planted not in text for text in texts)
+
+
+@pytest.mark.harness
+def test_budget_automation_from_the_docs_fires(prefect_harness, ledger_url) -> None:
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import DoNothing
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    automation = Automation(
+        name="cloudsched-budget-overrun",
+        trigger=EventTrigger(
+            expect={"cloudsched.budget.exceeded"},
+            match={"prefect.resource.id": "cloudsched.budget.*"},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[DoNothing()],
+    ).create()
+    policy = CloudSchedPolicy(
+        budget_per_run_usd=_cheapest_cpu_cost() / 2, budget_enforcement="soft"
+    )
+
+    @flow(name="automation-demo", task_runner=CloudSchedTaskRunner(policy=policy))
+    def overrun() -> int:
+        return add.submit(1).result()
+
+    overrun()
+    deadline = time.monotonic() + 45
+    fired: list = []
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline and not fired:
+            response = client._client.post(
+                "/events/filter",
+                json={
+                    "filter": {
+                        "event": {"prefix": ["prefect.automation.triggered"]},
+                        "resource": {"id": [f"prefect.automation.{automation.id}"]},
+                    },
+                    "limit": 5,
+                },
+            )
+            fired = response.json()["events"]
+            time.sleep(1)
+    assert fired, "the budget automation did not fire"
