@@ -141,8 +141,13 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             raise ValueError(f"reserved counts must be whole numbers >= 0: {bad}")
         if ledger is not None and ledger_url is not None:
             raise ValueError("give either ledger (a block) or ledger_url, not both")
-        if isinstance(pools, str):
-            raise ValueError(f"pools must be a list of block names or blocks, got {pools!r}")
+        if isinstance(pools, str) or any(
+            not isinstance(p, str) and not hasattr(p, "build_provisioner") for p in pools or ()
+        ):
+            raise ValueError(
+                f"pools must be a list of pool block names or AwsComputePool/GcpComputePool "
+                f"blocks, got {pools!r}"
+            )
         super().__init__(max_workers=max_workers)
         self._config: dict[str, Any] = dict(
             max_workers=max_workers,

@@ -142,6 +142,8 @@ def test_runner_rejects_conflicting_ledger_options() -> None:
         CloudSchedTaskRunner(ledger="team", ledger_url="sqlite:///x.db")
     with pytest.raises(ValueError, match="pools"):
         CloudSchedTaskRunner(pools="aws-main")
+    with pytest.raises(ValueError, match="pools"):
+        CloudSchedTaskRunner(pools=[42])
 
 
 def test_load_pool_rejects_an_unknown_type_slug() -> None:
