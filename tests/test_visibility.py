@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -177,7 +178,7 @@ def test_flow_publishes_cost_artifacts_and_decision_events(prefect_harness, ledg
         artifacts["cloudsched-cost-summary-visibility-demo"],
     )
     assert table.type == "table" and summary.type == "markdown"
-    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    rows = table.data if isinstance(table.data, list) else json.loads(table.data)
     assert sorted(r["task"] for r in rows) == ["add", "add", "add"]
     ledger_cost = sum(r.cost_micro for r in Ledger(ledger_url).placements(flow_run_id=run_id))
     assert sum(to_micro(r["cost_usd"]) for r in rows) == pytest.approx(ledger_cost, abs=3)
@@ -408,3 +409,77 @@ def test_budget_automation_from_the_docs_fires(prefect_harness, ledger_url) -> N
             fired = response.json()["events"]
             time.sleep(1)
     assert fired, "the budget automation did not fire"
+
+
+class _InterruptFirstSpot:
+    """A provisioner stand-in: the first spot instance is reclaimed, everything else runs."""
+
+    cloud = "aws"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def ensure(self, offer: Any, *, run_id: str, task_name: str, startup_script: Any = None):
+        from prefect_cloudsched.provision.base import InstanceHandle
+
+        self.count += 1
+        return InstanceHandle(
+            "aws",
+            f"i-{self.count}",
+            offer.key,
+            offer.region,
+            offer.zone,
+            offer.option.value,
+            run_id,
+        )
+
+    def check(self, handle: Any) -> None:
+        from prefect_cloudsched.errors import SpotInterrupted
+
+        if handle.option == "spot" and handle.instance_id == "i-1":
+            raise SpotInterrupted(handle.instance_id, handle.offer_key)
+
+    def release(self, handle: Any) -> None:
+        pass
+
+    def release_run(self, run_id: str) -> int:
+        return 0
+
+
+@pytest.mark.harness
+def test_spot_interruption_emits_an_event_and_shows_in_the_table(
+    prefect_harness, ledger_url
+) -> None:
+    from prefect_cloudsched.policy import PolicyConfig
+    from prefect_cloudsched.visibility import EVENT_INTERRUPTED
+
+    @requires(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=3))
+    @task
+    def train() -> str:
+        time.sleep(0.2)
+        return "ok"
+
+    runner = CloudSchedTaskRunner(
+        provisioners={"aws": _InterruptFirstSpot()},
+        policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+    )
+
+    @flow(name="interrupted-demo", task_runner=runner)
+    def interrupted() -> str:
+        return train.submit().result()
+
+    state = interrupted(return_state=True)
+    assert state.result() == "ok"
+    run_id = str(state.state_details.flow_run_id)
+    events = _read_events([EVENT_INTERRUPTED], run_id, lambda found: len(found) >= 1)
+    assert len(events) == 1
+    payload = events[0]["payload"]
+    assert payload["instance_id"] == "i-1" and payload["wasted_usd"] > 0
+    assert payload["offer"].endswith("/spot") and payload["task"] == "train"
+    roles = {r["prefect.resource.role"] for r in events[0]["related"]}
+    assert {"flow-run", "task-run"} <= roles
+    decided = _read_events([EVENT_DECIDED], run_id, lambda found: len(found) >= 2)
+    assert sorted(e["payload"]["attempt"] for e in decided) == [1, 2]
+    table = _artifacts(run_id)["cloudsched-cost-interrupted-demo"].data
+    rows = table if isinstance(table, list) else json.loads(table)
+    assert [r["interrupted"] for r in rows] == [True, False]
