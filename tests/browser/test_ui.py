@@ -126,4 +126,6 @@ def test_flow_run_page_shows_the_cost_artifacts(
     page.get_by_text("cloudsched-cost-summary-ui-cost-demo", exact=True).click()
     page.get_by_text("Cost of").first.wait_for()
     assert "saved" in page.inner_text("body")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)  # let the page's fade-in finish before the docs screenshot
     page.screenshot(path=str(screenshots / "ui-cost-summary.png"))
