@@ -364,3 +364,18 @@ def test_plan_covers_every_hour_and_never_costs_more_than_on_demand(
     replay = replay_plan(plan, {"gpu:A100": [float(d) for d in demand]}, catalog, gap=0,
                          spot_max_share=share)  # fmt: skip
     assert replay.cost <= plan.expected_cost * 1.01 + 1e-6
+
+
+def test_replay_picks_the_reserved_offer_of_the_right_gpu_when_keys_collide() -> None:
+    # GCP N1 hosts with different attached GPUs share one offer key in the catalog.
+    def n1(gpu: str, price: float) -> Offer:
+        return Offer("gcp", "r1", "r1-a", "n1-standard-8", 8, 30.0, gpu, 1, RES, price, 1.0)
+
+    catalog = Catalog([n1("T4", 0.2), n1("A100", 0.6), offer("g1.x", OD, 1.0)])
+    plan = plan_capacity({"gpu:A100": [1.0] * 4}, catalog, spot_max_share=0)
+    assert plan.reserved[0].gpu_type == "A100"
+    result = replay_plan(plan, {"gpu:A100": [1.0] * 4}, catalog, spot_max_share=0)
+    assert result.cost == pytest.approx(0.6 * 4)
+    assert result.reserved_utilization["gpu:A100"] == pytest.approx(1.0)
+    by_demand = replay_plan({"gcp/r1-a/n1-standard-8": 1}, {"gpu:A100": [1.0] * 4}, catalog)
+    assert by_demand.ondemand_cost == 0.0

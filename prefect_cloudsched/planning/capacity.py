@@ -413,8 +413,18 @@ def plan_capacity(
         quotas=parsed_quotas,
         budget_usd=budget_usd,
         elastic=False,
+        start=baseline if baseline.status != "infeasible" else None,
         **solve,
     )
+    if solution.status == "infeasible" and not solution.proven_infeasible:
+        empty.ondemand_cost = ondemand_cost
+        empty.candidates = len(candidates)
+        empty.binding = [
+            f"no plan found within the {time_limit_s:g} s time limit; raise the time limit, "
+            "lower max_candidates or try the other solver"
+        ]
+        empty.solve_seconds = time.perf_counter() - started
+        return empty
     if solution.status == "infeasible":
         say("infeasible: re-solving with slack to find the binding constraints")
         relaxed, needed = solve_program(

@@ -36,14 +36,17 @@ class Solution:
     spot: list[dict[str, int]]
     unmet: dict[str, list[float]]
     seconds: float
+    proven_infeasible: bool = False
 
 
-def make_solver(name: str, time_limit_s: float, gap: float) -> Any:
+def make_solver(name: str, time_limit_s: float, gap: float, warm_start: bool = False) -> Any:
     """A PuLP solver object; one thread, as the planner shares the machine with the flows."""
     import pulp
 
     if name == "cbc":
-        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap, threads=1)
+        return pulp.PULP_CBC_CMD(
+            msg=False, timeLimit=time_limit_s, gapRel=gap, threads=1, warmStart=warm_start
+        )
     if name == "highs":
         return pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap, threads=1)
     raise InputError(f"solver {name!r} is unknown; use one of: {', '.join(SOLVERS)}")
@@ -93,13 +96,16 @@ def solve_program(
     solver: str,
     time_limit_s: float,
     gap: float,
+    start: Solution | None = None,
 ) -> tuple[Solution, dict[str, float]]:
     """Build and solve the program; ``elastic`` adds slack to spot, quota and budget rows.
 
     Hours are independent once the reservations are fixed, so hours with the same demand
     (in whole units) of every coupled class share one set of hourly variables weighted by how
     often that demand occurs. This is exact, and turns 720 hourly copies into the number of
-    distinct demand levels (tens, for one GPU class).
+    distinct demand levels (tens, for one GPU class). ``start`` (e.g. the all-on-demand
+    solution) is handed to CBC as a first incumbent, so a time-limited solve returns a plan
+    no worse than it.
     """
     import pulp
 
@@ -149,6 +155,11 @@ def solve_program(
                     bound = max(math.ceil(need[k] / u) for k, u in served)
                     var = pulp.LpVariable(f"h{len(hourly_vars)}", 0, bound, cat="Integer")
                     hourly_vars.append((at, c, var))
+                    if start is not None:
+                        mix = (
+                            start.spot if c.offer.option is PurchaseOption.SPOT else start.ondemand
+                        )
+                        var.setInitialValue(mix[at[0]].get(c.offer.key, 0))
                     cost_terms.append(weight * c.hourly_cost * var)
                     money_terms.append(weight * c.money_per_hour * var)
                     if c.offer.option is PurchaseOption.SPOT:
@@ -197,10 +208,15 @@ def solve_program(
         else:
             prob += money <= budget_usd
     prob += pulp.lpSum(cost_terms) + pulp.lpSum(penalty_terms)
-    prob.solve(make_solver(solver, time_limit_s, gap))
+    if start is not None:
+        for key, var in reserved_vars.items():
+            if not isinstance(var, int):
+                var.setInitialValue(start.reserved.get(key, 0))
+    prob.solve(make_solver(solver, time_limit_s, gap, warm_start=start is not None))
 
     status = {1: "optimal", 2: "feasible"}.get(prob.sol_status, "infeasible")
     solution = Solution(status, {}, [{} for _ in range(hours)], [{} for _ in range(hours)], {}, 0)
+    solution.proven_infeasible = prob.status == pulp.LpStatusInfeasible
     needed: dict[str, float] = {}
     if status != "infeasible":
         for key, var in reserved_vars.items():

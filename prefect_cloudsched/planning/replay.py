@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from prefect_cloudsched.catalog import Catalog, PurchaseOption
+from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.planning.candidates import (
     NO_SPOT,
@@ -97,10 +97,10 @@ def replay_plan(
         time_limit_s: As in :func:`plan_capacity`.
         gap: As in :func:`plan_capacity`.
     """
-    held = (
-        plan_reserved.reserved_capacity()
+    held: list[tuple[str, int, tuple[str | None, int] | None]] = (
+        [(r.capacity_key, r.count, (r.gpu_type, r.gpu_count)) for r in plan_reserved.reserved]
         if isinstance(plan_reserved, CapacityPlan)
-        else dict(plan_reserved)
+        else [(key, int(count), None) for key, count in plan_reserved.items()]
     )
     series = validate_demand(actual_demand, catalog, 0.5)
     check_options(spot_max_share, None, max_candidates, time_limit_s, gap, solver)
@@ -122,14 +122,9 @@ def replay_plan(
         power_kw=None,
     )
     fixed: dict[str, int] = {}
-    for capacity_key, count in held.items():
-        offer_key = f"{capacity_key}/{PurchaseOption.RESERVED.value}"
-        try:
-            offer = catalog.find(offer_key)
-        except KeyError:
-            raise InputError(
-                f"reservation {capacity_key!r} has no reserved offer in the catalog"
-            ) from None
+    for capacity_key, count, gpu in held:
+        offer = _reserved_offer(catalog, capacity_key, list(series), gpu)
+        offer_key = offer.key
         units = units_of(offer, list(series))
         scopes = tuple((q.key, u) for q in parsed_quotas if (u := q.usage(offer)) > 0)
         candidates.append(
@@ -172,6 +167,24 @@ def replay_plan(
         reserved_utilization=utilization,
         status=solution.status,
     )
+
+
+def _reserved_offer(
+    catalog: Catalog, capacity_key: str, classes: list[str], gpu: tuple[str | None, int] | None
+) -> Offer:
+    """The RESERVED offer of a capacity key.
+
+    GCP N1 hosts with different attached GPUs share one key, so the GPU model and count the
+    plan recorded (or, failing that, the demand classes) pick the right one.
+    """
+    key = f"{capacity_key}/{PurchaseOption.RESERVED.value}"
+    matches = [o for o in catalog.offers if o.key == key]
+    if gpu is not None:
+        matches = [o for o in matches if (o.gpu_type, o.gpu_count) == gpu] or matches
+    serving = [o for o in matches if units_of(o, classes)]
+    if not matches:
+        raise InputError(f"reservation {capacity_key!r} has no reserved offer in the catalog")
+    return (serving or matches)[0]
 
 
 __all__ = ["ReplayResult", "replay_plan"]
