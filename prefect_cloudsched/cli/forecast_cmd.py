@@ -139,10 +139,11 @@ def _show_backtest(result: BacktestResult, as_json: bool) -> None:
 
     out = Console()
     table = Table(
-        title=f"Backtest: {len(result.origins)} origins, {result.horizon} h ahead, "
-        f"{result.window} h window"
+        title=f"Backtest, {result.horizon} h ahead from {len(result.origins)} daily origins "
+        f"(window {result.window} h)",
+        caption="cov80/cov95: share of actuals inside the 80%/95% intervals",
     )
-    for name in ("model", "MASE", "sMAPE %", "cover 80%", "cover 95%", "fit s", "fallbacks"):
+    for name in ("model", "MASE", "sMAPE%", "cov80", "cov95", "fit s", "fallbacks"):
         table.add_column(name, justify="left" if name == "model" else "right", no_wrap=True)
     for s in result.scores:
         table.add_row(s.model, f"{s.mase:.3f}", f"{s.smape:.1f}", f"{s.coverage80:.0%}",
