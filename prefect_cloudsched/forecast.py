@@ -714,7 +714,7 @@ def _fallback(y: pd.Series, horizon: int, reason: str, started: float) -> Foreca
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
-            raise InputError(f"{name} must be at least 1 hour (got {value})")
+            raise InputError(f"{name} must be at least 1 (got {value})")
 
 
 # --------------------------------------------------------------------------- backtest

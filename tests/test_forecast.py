@@ -229,7 +229,7 @@ def test_datetime_index_continues_hourly_timestamps_in_json() -> None:
 
 
 def test_horizon_must_be_positive() -> None:
-    with pytest.raises(InputError, match="horizon must be at least 1"):
+    with pytest.raises(InputError, match="horizon must be at least 1 "):
         fc.fit_forecast(daily_series(days=3), 0)
 
 
