@@ -104,6 +104,28 @@ def test_catalog_rejects_bad_rows(tmp_path) -> None:
         load_catalog(tmp_path / "missing.csv")
 
 
+def test_offer_keys_are_unique_and_name_attached_gpus() -> None:
+    catalog = load_catalog()
+    keys = [o.key for o in catalog.offers]
+    assert len(set(keys)) == len(keys)
+    n1 = [o for o in catalog.offers if o.instance_type.startswith("n1-") and o.gpu_count]
+    assert n1, "the snapshot should carry GCP N1 hosts with attached GPUs"
+    for o in n1[:50]:
+        assert o.shape == f"{o.instance_type}+{o.gpu_count}x{o.gpu_type}"
+        assert catalog.find(o.key) == o
+    g5 = offer("g5.xlarge", OD, 1.0, 1.0)
+    assert g5.key == "aws/us-east-1/g5.xlarge/on-demand"
+
+
+def test_baseline_without_on_demand_rows_uses_list_price() -> None:
+    spot_only = Catalog([offer("g5.xlarge", SPOT, 0.3, 1.0), offer("g5.2xlarge", SPOT, 0.5, 1.4)])
+    needs = TaskNeeds(gpus=1, est_runtime=timedelta(hours=2), spot_ok=True)
+    decision = decide(needs, spot_only, now=NOW)
+    assert decision.offer.option is SPOT
+    assert decision.baseline_offer.instance_type == "g5.xlarge"
+    assert decision.baseline_cost == pytest.approx(2.0)
+
+
 def test_band_hazard_matches_monthly_midpoint() -> None:
     lam = band_hazard_per_hour("<5%")
     assert math.isclose(1 - math.exp(-lam * 730), 0.025)

@@ -76,14 +76,25 @@ class Offer:
         return self.zone or self.region
 
     @property
+    def shape(self) -> str:
+        """The instance type, plus the attached GPUs where the type alone does not fix them.
+
+        A GCP N1 machine type takes 0 to 8 GPUs of several models, so ``n1-highmem-16`` names
+        many different hosts; ``n1-highmem-16+2xP4`` names one. Other types carry fixed GPUs.
+        """
+        if self.cloud == "gcp" and self.instance_type.startswith("n1-") and self.gpu_count:
+            return f"{self.instance_type}+{self.gpu_count}x{self.gpu_type}"
+        return self.instance_type
+
+    @property
     def key(self) -> str:
-        """Stable identifier: ``cloud/location/instance_type/option``."""
-        return f"{self.cloud}/{self.location}/{self.instance_type}/{self.option.value}"
+        """Stable unique identifier: ``cloud/location/shape/option``."""
+        return f"{self.cloud}/{self.location}/{self.shape}/{self.option.value}"
 
     @property
     def capacity_key(self) -> str:
         """Identifies the instance shape and place, independent of purchase option."""
-        return f"{self.cloud}/{self.location}/{self.instance_type}"
+        return f"{self.cloud}/{self.location}/{self.shape}"
 
     @property
     def hazard_per_hour(self) -> float:

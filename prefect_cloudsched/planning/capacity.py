@@ -69,8 +69,7 @@ class ReservedItem:
         capacity_key: Shape and place, what the task runner's ``reserved=`` counts.
         count: Instances to hold.
         usd_per_hour: Amortised 1-yr price of one instance.
-        gpu_type: GPU model of the instance (GCP N1 hosts share a key across GPU models,
-            so ``plan apply`` needs it spelled out).
+        gpu_type: GPU model of the instance, spelled out for readers of the plan JSON.
         gpu_count: GPUs per instance.
     """
 

@@ -97,10 +97,10 @@ def replay_plan(
         time_limit_s: As in :func:`plan_capacity`.
         gap: As in :func:`plan_capacity`.
     """
-    held: list[tuple[str, int, tuple[str | None, int] | None]] = (
-        [(r.capacity_key, r.count, (r.gpu_type, r.gpu_count)) for r in plan_reserved.reserved]
+    held: list[tuple[str, int]] = (
+        [(r.capacity_key, r.count) for r in plan_reserved.reserved]
         if isinstance(plan_reserved, CapacityPlan)
-        else [(key, int(count), None) for key, count in plan_reserved.items()]
+        else [(key, int(count)) for key, count in plan_reserved.items()]
     )
     series = validate_demand(actual_demand, catalog, 0.5)
     check_options(spot_max_share, None, max_candidates, time_limit_s, gap, solver)
@@ -122,8 +122,8 @@ def replay_plan(
         power_kw=None,
     )
     fixed: dict[str, int] = {}
-    for capacity_key, count, gpu in held:
-        offer = _reserved_offer(catalog, capacity_key, list(series), gpu)
+    for capacity_key, count in held:
+        offer = _reserved_offer(catalog, capacity_key)
         offer_key = offer.key
         units = units_of(offer, list(series))
         scopes = tuple((q.key, u) for q in parsed_quotas if (u := q.usage(offer)) > 0)
@@ -169,22 +169,14 @@ def replay_plan(
     )
 
 
-def _reserved_offer(
-    catalog: Catalog, capacity_key: str, classes: list[str], gpu: tuple[str | None, int] | None
-) -> Offer:
-    """The RESERVED offer of a capacity key.
-
-    GCP N1 hosts with different attached GPUs share one key, so the GPU model and count the
-    plan recorded (or, failing that, the demand classes) pick the right one.
-    """
-    key = f"{capacity_key}/{PurchaseOption.RESERVED.value}"
-    matches = [o for o in catalog.offers if o.key == key]
-    if gpu is not None:
-        matches = [o for o in matches if (o.gpu_type, o.gpu_count) == gpu] or matches
-    serving = [o for o in matches if units_of(o, classes)]
-    if not matches:
-        raise InputError(f"reservation {capacity_key!r} has no reserved offer in the catalog")
-    return (serving or matches)[0]
+def _reserved_offer(catalog: Catalog, capacity_key: str) -> Offer:
+    """The RESERVED offer of a capacity key (keys name attached GPUs, so it is unique)."""
+    try:
+        return catalog.find(f"{capacity_key}/{PurchaseOption.RESERVED.value}")
+    except KeyError:
+        raise InputError(
+            f"reservation {capacity_key!r} has no reserved offer in the catalog; re-plan"
+        ) from None
 
 
 __all__ = ["ReplayResult", "replay_plan"]

@@ -341,7 +341,10 @@ def decide(
 
     od_allowed = np.flatnonzero(allowed & is_od)
     pool = od_allowed if od_allowed.size else np.flatnonzero(fits & is_od)
-    baseline_costs = catalog.a_price[pool] * hours
+    baseline_price = catalog.a_price
+    if not pool.size:  # a catalog without on-demand rows: price the fitting shapes at list
+        pool, baseline_price = np.flatnonzero(fits), catalog.a_od_price
+    baseline_costs = baseline_price[pool] * hours
     if needs.data_region and needs.input_gib > 0:
         baseline_costs = (
             baseline_costs + needs.input_gib * _egress_vector(catalog, needs.data_region)[pool]
