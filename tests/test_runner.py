@@ -181,3 +181,102 @@ def test_async_tasks_and_call_site_tags(prefect_harness, ledger_url) -> None:
     assert asyncio.run(f()) == [2, 3]
     rows = Ledger(ledger_url).placements()
     assert {r.gpu_type for r in rows} == {"L4"}
+
+
+def test_label_mode_validated() -> None:
+    assert CloudSchedTaskRunner(label_task_runs=True) == CloudSchedTaskRunner(label_task_runs="all")
+    with pytest.raises(ValueError, match="label_task_runs"):
+        CloudSchedTaskRunner(label_task_runs="some")
+
+
+def _tags_by_task(flow_run_id: object) -> dict[str, set[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name.rsplit("-", 1)[0]: set(r.tags) for r in runs}
+
+
+@pytest.mark.harness
+@pytest.mark.parametrize("mode", ["declared", "all", "none"])
+def test_decision_tag_goes_where_the_mode_says(prefect_harness, ledger_url, mode: str) -> None:
+    from prefect.runtime import flow_run
+
+    @requires(gpus=1)
+    @task
+    def gpu_step() -> int:
+        return 1
+
+    @task
+    def plain_step() -> int:
+        return 2
+
+    @flow(task_runner=CloudSchedTaskRunner(label_task_runs=mode))
+    def f() -> str:
+        gpu_step.submit().result()
+        plain_step.submit().result()
+        return flow_run.id
+
+    tags_of = _tags_by_task(f())
+    choice = {
+        r.task_name: f"cloudsched:{r.cloud}-{r.option}" for r in Ledger(ledger_url).placements()
+    }
+    gpu_tag = {t for t in tags_of["gpu_step"] if t.startswith("cloudsched:")}
+    plain_tag = {t for t in tags_of["plain_step"] if t.startswith("cloudsched:")}
+    assert gpu_tag == (set() if mode == "none" else {choice["gpu_step"]})
+    assert plain_tag == ({choice["plain_step"]} if mode == "all" else set())
+    assert set(choice) == {"gpu_step", "plain_step"}  # both in the ledger either way
+
+
+class _BrokenAttachExecutor:
+    """An executor whose attach fails after the instance has started."""
+
+    name = "broken"
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def startup_script(self, offer: Offer, run_id: str) -> str | None:
+        return None
+
+    def attach(self, handle: InstanceHandle, placement: object) -> None:
+        raise RuntimeError("worker never joined")
+
+    def detach(self, handle: InstanceHandle) -> None:
+        raise AssertionError("detach without attach")
+
+    def run(self, call, placement):
+        return call()
+
+
+@pytest.mark.harness
+def test_failed_attach_releases_the_started_instance(prefect_harness, ledger_url) -> None:
+    provisioner = FlakyProvisioner()
+
+    @requires(gpus=1, gpu_type="A10G", spot_ok=False)
+    @task
+    def train() -> str:
+        return "never"
+
+    @flow(
+        task_runner=CloudSchedTaskRunner(
+            provisioners={"aws": provisioner},
+            executor=_BrokenAttachExecutor(),
+            policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+        )
+    )
+    def f() -> tuple[bool, str]:
+        future = train.submit()
+        future.wait()
+        return future.state.is_failed(), str(future.state.message)
+
+    failed, message = f()
+    assert failed and "worker never joined" in message
+    assert provisioner.started, "the instance should have been started"
+    assert sorted(provisioner.released) == sorted(h.instance_id for h in provisioner.started)
+    rows = Ledger(ledger_url).placements()
+    assert [r.state for r in rows] == ["failed"]

@@ -1,0 +1,333 @@
+"""One flow run's scheduling context: catalog, policy, ledger writer, provisioners, executor.
+
+Built when the runner starts (the engine enters a fresh duplicate per flow run) and closed when
+it exits: closing releases every instance the run still holds, flushes the ledger and stops
+the executor, so nothing outlives the flow run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from prefect_cloudsched import visibility
+from prefect_cloudsched.budget import (
+    BudgetExceeded,
+    BudgetPolicy,
+    BudgetTracker,
+    month_start,
+    spend_windows,
+)
+from prefect_cloudsched.catalog import Catalog, PurchaseOption, load_catalog
+from prefect_cloudsched.execute.base import Executor, LocalExecutor
+from prefect_cloudsched.ledger import BufferedWriter, Ledger
+from prefect_cloudsched.needs import TaskNeeds
+from prefect_cloudsched.policy import Decision, PlacementState, PolicyConfig, decide
+from prefect_cloudsched.provision.base import Provisioner
+from prefect_cloudsched.records import PlacementRecord, to_micro
+from prefect_cloudsched.run_log import log
+
+if TYPE_CHECKING:
+    from prefect_cloudsched.placed_task import PlacedTask
+
+
+class RunContext:
+    """Everything one flow run's runner owns: ledger writer, state, provisioners, executor."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        policy: PolicyConfig,
+        ledger: Ledger,
+        state: PlacementState,
+        spot_retries: int,
+        provisioners: Mapping[str, Provisioner],
+        executor: Executor,
+        logger: Any,
+        budget: BudgetTracker | None = None,
+        default_slack: timedelta | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.policy = policy
+        self.ledger = ledger
+        self.writer = BufferedWriter(ledger)
+        self.state = state
+        self.spot_retries = spot_retries
+        self.provisioners = dict(provisioners)
+        self.executor = executor
+        self.logger = logger
+        self.records: list[PlacementRecord] = []
+        self.run_ids: set[str] = set()
+        self.flow_names: dict[str, str] = {}
+        self.budget = budget
+        self.default_slack = default_slack
+        self.refusals: list[str] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, config: Mapping[str, Any], logger: Any) -> RunContext:
+        policy, budget_policy, default_slack = _policy_parts(config["policy"])
+        ledger = _open_ledger(config["ledger"], config["ledger_url"])
+        provisioners = _provisioners(config["provisioners"], config["pools"], ledger.url)
+        reserved = dict(config["reserved"])
+        if config["use_plan"]:
+            for key, count in _plan_reservations(ledger).items():
+                reserved[key] = reserved.get(key, 0) + count
+        executor = make_executor(config["executor"], config["executor_options"])
+        context = cls(
+            catalog=load_catalog(config["catalog_path"]),
+            policy=policy,
+            ledger=ledger,
+            state=PlacementState(reserved_free=reserved),
+            spot_retries=config["spot_retries"],
+            provisioners=provisioners,
+            executor=executor,
+            logger=logger,
+            budget=_budget_tracker(budget_policy, ledger),
+            default_slack=default_slack,
+        )
+        executor.start()  # last: nothing after it can fail and leak a cluster
+        return context
+
+    def decide(self, needs: TaskNeeds, *, submitted_at: datetime) -> Decision:
+        return decide(
+            needs,
+            self.catalog,
+            now=datetime.now(UTC),
+            submitted_at=submitted_at,
+            state=self.state,
+            config=self.policy,
+        )
+
+    def with_default_deadline(self, needs: TaskNeeds) -> TaskNeeds:
+        """Give a task without a deadline the policy's: its runtime plus the default slack."""
+        if self.default_slack is None or needs.deadline is not None:
+            return needs
+        return needs.merged({"deadline": needs.est_runtime + self.default_slack})
+
+    def admit(
+        self, decision: Decision, needs: TaskNeeds, placed: PlacedTask, task_run_id: str
+    ) -> tuple[Decision, int | None]:
+        """Apply the spot share and the budget caps to a decision before it provisions.
+
+        Returns:
+            The decision to run (possibly on-demand instead of spot, or a cheaper fallback)
+            and the budget hold to settle when it ends.
+
+        Raises:
+            BudgetExceeded: a hard cap refuses it (the task fails with this message).
+        """
+        budget = self.budget
+        if budget is None:
+            return decision, None
+        spot_ok = budget.spot_allowed()
+        if decision.offer.option is PurchaseOption.SPOT and not spot_ok:
+            decision = self.decide(
+                needs.merged({"spot_ok": False}), submitted_at=placed.submitted_at
+            )
+            decision = replace(
+                decision,
+                reasons=(
+                    *decision.reasons,
+                    f"spot share cap {budget.policy.spot_max_share:.0%} reached: on-demand",
+                ),
+            )
+        hold, overruns = budget.admit(to_micro(decision.expected_cost))
+        if hold is None and budget.policy.fallback_cheapest:
+            relaxed = needs.merged(
+                {"deadline": None} if spot_ok else {"deadline": None, "spot_ok": False}
+            )
+            cheaper = decide(
+                relaxed,
+                self.catalog,
+                now=datetime.now(UTC),
+                state=self.state,
+                config=replace(self.policy, max_spot_band=None),
+            )
+            if cheaper.expected_cost < decision.expected_cost:
+                hold, fallback_overruns = budget.admit(to_micro(cheaper.expected_cost))
+                if hold is not None:
+                    overruns = fallback_overruns
+                    decision = replace(
+                        cheaper,
+                        reasons=(
+                            *cheaper.reasons,
+                            f"budget: cheapest fallback (deadline risk accepted) instead of "
+                            f"{decision.offer.describe()}",
+                        ),
+                    )
+        ids = dict(task_name=placed.task_name, flow_run_id=placed.run_id, task_run_id=task_run_id)
+        if hold is None:
+            error = BudgetExceeded(placed.task_name, overruns[0])
+            visibility.emit_budget_exceeded(overruns[0], refused=True, decision=decision, **ids)
+            with self._lock:
+                self.refusals.append(str(error))
+            raise error
+        for overrun in budget.first_report(overruns):
+            visibility.emit_budget_exceeded(overrun, refused=False, decision=decision, **ids)
+            log(f"{placed.task_name}: soft budget cap: {overrun.describe()}", level="warning")
+        budget.count_placement(spot=decision.offer.option is PurchaseOption.SPOT)
+        return decision, hold
+
+    def release_hold(self, hold: int | None) -> None:
+        """Drop a budget hold of a placement that never started."""
+        if self.budget is not None:
+            self.budget.release(hold)
+
+    def add(self, record: PlacementRecord, hold: int | None = None) -> None:
+        with self._lock:
+            self.records.append(record)
+        if self.budget is not None:
+            self.budget.settle(hold, record.cost_micro)
+        self.writer.put(record)
+
+    def publish(self, records: list[PlacementRecord]) -> None:
+        """Cost artifacts of each flow run this runner served (only real, API-backed runs)."""
+        for run_id, flow_name in self.flow_names.items():
+            if visibility.is_run_id(run_id):
+                visibility.publish_cost_artifacts(
+                    [r for r in records if r.flow_run_id == run_id],
+                    flow_run_id=run_id,
+                    flow_name=flow_name,
+                    refusals=self.refusals,
+                )
+
+    def close(self) -> list[PlacementRecord]:
+        """Release every instance of this run, flush the ledger, stop the executor."""
+        try:
+            for provisioner in self.provisioners.values():
+                for run_id in self.run_ids:
+                    try:
+                        released = provisioner.release_run(run_id)
+                    except Exception as err:  # keep closing the others; the reaper is backup
+                        self.logger.error(
+                            "could not release %s instances of run %s: %s (run "
+                            "`prefect-cloudsched reap`)",
+                            provisioner.cloud,
+                            run_id,
+                            err,
+                        )
+                    else:
+                        if released:
+                            self.logger.info(
+                                "released %d leftover %s instance(s) of run %s",
+                                released,
+                                provisioner.cloud,
+                                run_id,
+                            )
+        finally:
+            self.executor.stop()
+            self.writer.close()
+            for error in self.writer.errors:
+                self.logger.error(error)
+        return list(self.records)
+
+
+def resolve_policy(policy: PolicyConfig | Any | str | None) -> PolicyConfig:
+    """Accept a ``PolicyConfig``, a ``CloudSchedPolicy`` block, or a saved block's name."""
+    if policy is None:
+        return PolicyConfig()
+    if isinstance(policy, PolicyConfig):
+        return policy
+    if isinstance(policy, str):
+        from prefect_cloudsched.blocks import CloudSchedPolicy
+
+        policy = CloudSchedPolicy.load_named(policy)
+    to_config = getattr(policy, "to_policy_config", None)
+    if to_config is None:
+        raise TypeError(
+            f"policy must be a PolicyConfig, a CloudSchedPolicy or a block name; "
+            f"got {type(policy).__name__}"
+        )
+    return to_config()
+
+
+def _policy_parts(
+    spec: PolicyConfig | Any | str | None,
+) -> tuple[PolicyConfig, BudgetPolicy | None, timedelta | None]:
+    """Placement knobs, budget and default deadline slack of a policy (block loaded once)."""
+    if isinstance(spec, str):
+        from prefect_cloudsched.blocks import CloudSchedPolicy
+
+        spec = CloudSchedPolicy.load_named(spec)
+    config = resolve_policy(spec)
+    to_budget = getattr(spec, "to_budget", None)
+    slack = getattr(spec, "default_deadline_slack", None)
+    return config, to_budget() if to_budget else None, slack() if slack else None
+
+
+def _open_ledger(block: str | Any | None, url: str | None) -> Ledger:
+    if block is None:
+        return Ledger(url)
+    if isinstance(block, str):
+        from prefect_cloudsched.blocks import CloudSchedLedger
+
+        block = CloudSchedLedger.load_named(block)
+    return block.get_ledger()
+
+
+def _provisioners(
+    explicit: Mapping[str, Provisioner], pools: Sequence[str | Any], ledger_url: str
+) -> dict[str, Provisioner]:
+    """Explicit provisioners plus one per pool block; two for one cloud is an error.
+
+    Pool provisioners record their instance rows in the run's ledger.
+    """
+    provisioners = dict(explicit)
+    if pools:
+        from prefect_cloudsched.blocks import load_pool
+
+        for spec in pools:
+            pool = load_pool(spec)
+            if pool.cloud in provisioners:
+                raise ValueError(
+                    f"two provisioners for {pool.cloud}: keep one pool per cloud "
+                    "(and no explicit provisioner for a cloud that has a pool)"
+                )
+            provisioners[pool.cloud] = pool.build_provisioner(ledger_url=ledger_url)
+    return provisioners
+
+
+def _budget_tracker(policy: BudgetPolicy | None, ledger: Ledger) -> BudgetTracker | None:
+    """This run's budget view; the ledger's day/month spend is read once, here."""
+    if policy is None or (not policy.caps_micro() and policy.spot_max_share >= 1):
+        return None
+    today = month = 0
+    if policy.needs_history:
+        now = datetime.now(UTC)
+        today, month = spend_windows(ledger.placements(since=month_start(now)), now)
+    return BudgetTracker(policy, spent_today_micro=today, spent_month_micro=month)
+
+
+def make_executor(spec: Executor | str | None, options: Mapping[str, Any]) -> Executor:
+    """The executor for one flow run: new for the string forms, the given one otherwise."""
+    if spec == "dask":
+        from prefect_cloudsched.execute.dask import DaskExecutor
+
+        return DaskExecutor(**options)
+    if options:
+        raise ValueError('executor_options apply only to executor="dask"')
+    if spec is None or spec == "local":
+        return LocalExecutor()
+    if isinstance(spec, str):
+        raise ValueError(f'executor must be "local", "dask" or an Executor, got {spec!r}')
+    return spec
+
+
+def _plan_reservations(ledger: Ledger) -> dict[str, int]:
+    plan = ledger.latest_plan()
+    if not plan:
+        return {}
+    reserved: dict[str, int] = {}
+    for item in plan.get("reserved", []):
+        key, count = item.get("capacity_key"), int(item.get("count", 0))
+        if key and count > 0:
+            reserved[key] = reserved.get(key, 0) + count
+    return reserved
+
+
+__all__ = ["RunContext", "make_executor", "resolve_policy"]
