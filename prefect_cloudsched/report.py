@@ -128,14 +128,15 @@ def _money(value: Decimal) -> str:
     return f"${value.quantize(Decimal('0.000001'))}"
 
 
+#: Short headers: a task-grouped table fits a 100-column terminal without wrapping.
 COLUMNS = (
     "tasks",
     "runtime",
     "spend",
-    "on-demand baseline",
-    "savings",
-    "savings %",
-    "interruptions",
+    "on-demand",
+    "saved",
+    "saved %",
+    "interrupted",
 )
 
 
@@ -180,10 +181,10 @@ def render_rich(report: CostReport, title: str = "prefect-cloudsched cost report
     """A ``rich.table.Table`` (imported lazily: only the CLI needs rich)."""
     from rich.table import Table
 
-    table = Table(title=title, show_footer=False)
-    table.add_column(report.group_by, style="bold")
+    table = Table(title=title, show_footer=False, show_edge=False, pad_edge=False)
+    table.add_column(report.group_by, style="bold", overflow="fold", min_width=10)
     for name in COLUMNS:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for row in report.rows:
         table.add_row(row.group, *_cells(row))
     table.add_section()

@@ -193,6 +193,18 @@ def test_report_cli_formats_and_errors(ledger: Ledger, capsys) -> None:
         assert err[0].startswith("Error: ") and "Traceback" not in "\n".join(err)
 
 
+def test_report_last_run_keeps_only_the_latest_flow_run(ledger: Ledger, capsys) -> None:
+    from dataclasses import replace
+
+    old = record("a", cost=0.5)
+    new = replace(record("b", cost=0.2, start=T0 + timedelta(hours=1)), flow_run_id="fr-2")
+    ledger.record([old, new])
+    assert main(["report", "--ledger", ledger.url, "-g", "task", "-f", "json", "--last-run"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["group"] for r in data["rows"]] == ["b"]
+    assert data["total"]["spend_usd"] == "0.2"
+
+
 def test_prices_cli(capsys) -> None:
     assert (
         main(

@@ -280,3 +280,23 @@ def test_failed_attach_releases_the_started_instance(prefect_harness, ledger_url
     assert sorted(provisioner.released) == sorted(h.instance_id for h in provisioner.started)
     rows = Ledger(ledger_url).placements()
     assert [r.state for r in rows] == ["failed"]
+
+
+@pytest.mark.harness
+def test_demo_provisions_on_mock_clouds_and_leaves_nothing(
+    prefect_harness, ledger_url, capsys
+) -> None:
+    """The README's main command: real SDK calls on the mocks, one injected interruption."""
+    from flows.ml_pipeline import main
+
+    result = main(["--chunks", "2"])
+    assert result["test_accuracy"] > 0.9
+    out = capsys.readouterr().out
+    assert "spot interruptions injected: 1; still running: 0" in out
+    ledger = Ledger(ledger_url)
+    instances = ledger.instances()
+    placed = [r for r in ledger.placements() if r.instance_id]
+    assert instances and {i["instance_id"] for i in instances} == {r.instance_id for r in placed}
+    assert all(i["terminated_at"] is not None for i in instances)
+    assert [r.state for r in ledger.placements()].count("interrupted") == 1
+    assert len(ledger.interruptions()) == 1

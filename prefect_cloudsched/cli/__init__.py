@@ -7,7 +7,6 @@ turns our own input errors into one line on stderr and exit code 2, never a trac
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 import typer
@@ -30,9 +29,8 @@ _COMMAND_MODULES = (
     "simulate_cmd",
 )
 
-for _name in _COMMAND_MODULES:
-    if importlib.util.find_spec(f"prefect_cloudsched.cli.{_name}") is not None:  # TODO-LEAD: strict
-        importlib.import_module(f"prefect_cloudsched.cli.{_name}")
+for _name in _COMMAND_MODULES:  # each registers its commands; heavy imports stay inside them
+    importlib.import_module(f"prefect_cloudsched.cli.{_name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,9 @@ def report(
         str | None, typer.Option(help="End (exclusive), same forms as --since.")
     ] = None,
     flow: Annotated[str | None, typer.Option("--flow", help="Only this flow name.")] = None,
+    last_run: Annotated[
+        bool, typer.Option("--last-run", help="Only the most recent flow run (after filters).")
+    ] = False,
     output: Annotated[
         ReportFormat, typer.Option("--format", "-f", help="table, csv, json or markdown.")
     ] = ReportFormat.TABLE,
@@ -75,7 +78,7 @@ def report(
     Examples:
 
     * `prefect-cloudsched report`
-    * `prefect-cloudsched report --group-by task --flow ml-pipeline`
+    * `prefect-cloudsched report --group-by task --flow ml-pipeline --last-run`
     * `prefect-cloudsched report -g day --since 7d -f csv > spend.csv`
     * `prefect-cloudsched report -g option -f json`
     """
@@ -88,6 +91,9 @@ def report(
         raise InputError("--until must be later than --since")
     ledger = Ledger(ledger_url)
     records = ledger.placements(since=start, until=end, flow_name=flow)
+    if last_run and records:
+        latest = max(records, key=lambda r: r.started_at).flow_run_id
+        records = [r for r in records if r.flow_run_id == latest]
     result = build_report(records, group_by.value)
     if output is ReportFormat.JSON:
         typer.echo(render_json(result))
@@ -101,6 +107,8 @@ def report(
         from prefect_cloudsched.report import render_rich
 
         console = Console()
+        if not console.is_terminal:  # piped or captured: no terminal width to respect
+            console = Console(width=120)
         console.print(render_rich(result))
         if not records:
             console.print(
