@@ -127,12 +127,20 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+#: Query parameters that carry credentials in common drivers' URLs (psycopg, asyncpg, pymysql).
+_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "sslpassword", "key")
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password hidden, safe for logs and errors."""
+    """The URL with its password — in the userinfo or the query string — hidden."""
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
         return "<unparseable database URL>"
+    hidden = {
+        k: "redacted" for k in parsed.query if any(s in k.lower() for s in _SECRET_QUERY_KEYS)
+    }
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 class Ledger:

@@ -240,3 +240,13 @@ def test_prices_cli(capsys) -> None:
     ):
         assert main(bad) == 2
         assert capsys.readouterr().err.startswith("Error: ")
+
+
+def test_redact_url_hides_userinfo_and_query_secrets() -> None:
+    from prefect_cloudsched.ledger import redact_url
+
+    shown = redact_url("postgresql+psycopg://bob:hunter2@db/ledger?sslmode=require&password=s3cr")
+    assert "hunter2" not in shown and "s3cr" not in shown
+    assert "sslmode=require" in shown and "bob" in shown
+    assert redact_url("sqlite:///x/ledger.db") == "sqlite:///x/ledger.db"
+    assert redact_url("::nonsense::") == "<unparseable database URL>"
