@@ -5,10 +5,10 @@ GCP ``startup-script`` metadata). The script installs ``distributed`` (pinned to
 version, so pickles and the wire protocol agree), reads the instance's own id from the cloud
 metadata server (the worker's name is the instance id, which is how the executor recognises
 the worker of a placement), and starts ``dask worker`` advertising one resource: the pool
-(``pool-<cloud>-<zone>-<type>-<option>``) with as many slots as the instance has GPUs (or
-vCPUs when it has none). When the worker exits (retired when idle, or the scheduler gone for
-``death_timeout``) the instance powers itself off, so a lost flow process cannot leave a
-worker instance burning money even before the reaper runs.
+(``pool-<cloud>-<location>-<type>[-<n>x<gpu>]-<option>``) with as many slots as the instance
+has GPUs (or vCPUs when it has none). When the worker exits (retired when idle, or the
+scheduler gone for ``death_timeout``) the instance powers itself off, so a lost flow process
+cannot leave a worker instance burning money even before the reaper runs.
 
 Pure module: no Dask import, so scripts can be generated and tested anywhere.
 """
@@ -41,7 +41,10 @@ _INSTANCE_ID_COMMANDS: dict[str, str] = {
         'curl -sf -m 5 -H "X-aws-ec2-metadata-token: $TOKEN" '
         '"http://169.254.169.254/latest/meta-data/instance-id"'
     ),
-    # GCP instances are addressed by name (unique per project and zone).
+    # GCP: the VM *name*, because GcpProvisioner's InstanceHandle.instance_id is the name it
+    # inserts (``cs-<task>-<digest>``), never GCE's numeric ``instance/id``; every other call
+    # (get, delete, setLabels) addresses the VM by that name too. tests/test_dask_mockclouds.py
+    # checks that the worker of each fake-GCE VM carries the VM's name.
     "gcp": (
         'curl -sf -m 5 -H "Metadata-Flavor: Google" '
         '"http://metadata.google.internal/computeMetadata/v1/instance/name"'
@@ -55,7 +58,7 @@ def pool_name(offer: Offer) -> str:
     Spot and on-demand capacity of one type are different pools: a task placed on spot
     must not land on an on-demand worker, or the bill and the interruption risk disagree
     with the decision. The GPUs are part of the name because GCP attaches GPUs to N1 types,
-    so ``n1-highmem-4`` with and without a T4 share an offer key but not a pool.
+    so ``n1-highmem-4`` with and without a T4 share an instance type but not a pool.
     """
     gpus = f"/{offer.gpu_count}x{offer.gpu_type}" if offer.gpu_count else ""
     raw = f"{offer.cloud}/{offer.location}/{offer.instance_type}{gpus}/{offer.option.value}"
