@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -237,7 +238,7 @@ ALL = ("fcfs", "round-robin", "priority", "sjn", "edf", "wlb", "on-demand", "spo
 @given(
     specs=st.lists(
         st.tuples(
-            st.floats(0, 5 * H), st.floats(60, 3 * H), st.sampled_from([1.2, 1.5, 3.0]),
+            st.floats(0, 5 * H), st.floats(1, 3 * H), st.sampled_from([1.2, 1.5, 3.0]),
             st.booleans(), st.booleans(),
         ),
         min_size=1,
@@ -290,3 +291,78 @@ def test_reservations_are_cut_to_what_pays_per_second() -> None:
     assert worth_reserving(steady, 5, reserved) == 2  # the third is busy only half the time
     assert worth_reserving(np.array([0.4] * 100), 1, reserved) == 0
     assert worth_reserving(steady, 1, reserved) == 1  # never more than the plan
+
+
+def _reserved(cat: Catalog, instance_type: str = "g.x") -> Offer:
+    return next(
+        o for o in cat.offers
+        if o.option is PurchaseOption.RESERVED and o.instance_type == instance_type
+    )  # fmt: skip
+
+
+def test_hybrid_leaves_the_reservation_to_work_that_may_not_use_spot() -> None:
+    cat = catalog("us-east-1")
+    res = _reserved(cat)
+    jobs = [job(0, H, 3.0, name="spot-ok"), job(10, H, 1.0, spot=False, name="no-spot",
+                                                priority=Priority.HIGH)]  # fmt: skip
+    out = replay(Hybrid(), jobs, spot=world({"us-east-1": [(0.0, 1e9)]}), cat=cat,
+                 reserved={res.capacity_key: (res, 1)})  # fmt: skip
+    tolerant, strict = sorted(out.runs, key=lambda r: r.job.submit_s)
+    assert set(tolerant.seconds_by_option) == {"spot"}
+    assert strict.seconds_by_option == {"reserved": H} and strict.cost == 0.0
+
+
+def test_hybrid_waits_for_a_reserved_instance_when_the_slack_allows() -> None:
+    cat = catalog("us-east-1")
+    res = _reserved(cat)
+    for priority, waits in ((Priority.HIGH, True), (Priority.REALTIME, False)):
+        jobs = [
+            job(0, H, spot=False, priority=Priority.HIGH, name="a"),
+            job(5, 4 * H, 3.0, name="long-spot-ok"),  # later work: waiting stretches nothing
+            job(10, H, 3.0, spot=False, priority=priority, name="b"),
+        ]
+        out = replay(Hybrid(), jobs, cat=cat, reserved={res.capacity_key: (res, 1)})
+        b = next(r for r in out.runs if r.job.job_id == "b")
+        assert b.finish <= b.job.deadline_s
+        if waits:
+            assert b.seconds_by_option == {"reserved": H} and b.finish == pytest.approx(2 * H)
+        else:
+            assert b.cost_by_option == {"on-demand": pytest.approx(OD)}
+
+
+def test_hybrid_takes_the_cheapest_idle_reservation_that_fits() -> None:
+    def shaped(option: PurchaseOption, price: float, gpus: int) -> Offer:
+        return Offer(cloud="aws", region="us-east-1", zone=None, instance_type=f"g.{gpus}x",
+                     vcpus=4 * gpus, memory_gib=16 * gpus, gpu_type="T4", gpu_count=gpus,
+                     option=option, usd_per_hour=price * gpus, ondemand_usd_per_hour=OD * gpus,
+                     interruption_band=None)  # fmt: skip
+
+    # The two-GPU host is listed first, as GCP's n1-highmem-16+2xP4 is before the 8+1xP4.
+    cat = Catalog(
+        shaped(option, price, gpus)
+        for gpus in (2, 1)
+        for option, price in ((PurchaseOption.ON_DEMAND, OD), (PurchaseOption.RESERVED, RES))
+    )
+    big, small = _reserved(cat, "g.2x"), _reserved(cat, "g.1x")
+    one = job(0, H, spot=False, priority=Priority.REALTIME, name="one-gpu")
+    two_needs = replace(one.needs, gpus=2)
+    two = Job("two-gpu", 10, H, 10 + H, "test", two_needs)
+    out = replay(Hybrid(), [one, two], cat=cat,
+                 reserved={big.capacity_key: (big, 1), small.capacity_key: (small, 1)})  # fmt: skip
+    assert all(r.cost == 0.0 for r in out.runs)  # each on its own reservation
+    assert out.reserved_busy_s == 2 * H
+
+
+def test_the_bound_pays_minimum_bills_and_reservations_for_the_whole_replay() -> None:
+    # Ten 20-s requests an hour apart: a reservation held for 9 h to save ten minimum bills
+    # never pays, so nothing can beat on-demand with its 60-s minimum.
+    jobs = [job(i * H, 20.0, 1.5, spot=False, priority=Priority.REALTIME, name=f"r{i}")
+            for i in range(10)]  # fmt: skip
+    comparison = compare_policies(jobs, ["on-demand", "hybrid"], catalog=catalog("us-east-1"),
+                                  config=CONFIG, spot=world(GAP), plan=False)  # fmt: skip
+    bound = comparison.bound
+    assert bound.per_second_total == pytest.approx(10 * 20 * RES / H)
+    assert bound.held_total == pytest.approx(10 * 60 * OD / H)
+    assert bound.total == bound.held_total
+    for result in comparison.results:
+        assert result.cost == pytest.approx(bound.total)

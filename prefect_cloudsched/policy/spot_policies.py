@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 from prefect_cloudsched.catalog import Offer, PurchaseOption
+from prefect_cloudsched.needs import Priority
 from prefect_cloudsched.simulate.engine import Action, Context, JobRun
 
 INF = math.inf
@@ -162,23 +163,50 @@ class Hybrid(UniformProgress):
     name = "hybrid"
 
     def no_spot(self, run: JobRun, now: float, ctx: Context) -> Action:
-        """The runner's placement: idle reserved first, else the cheapest on-demand."""
+        """The runner's placement: idle reserved first, else wait for one, else on-demand.
+
+        When ``decide()`` answers on-demand because the reservation that fits is busy, a
+        job that is not realtime waits for the first reserved instance to free up, as long
+        as it could still start on-demand then and meet its deadline with one change-over
+        to spare, and end before the work already submitted ends (the reservation is paid
+        to the end of the replay); otherwise, or at that last moment, it takes
+        ``decide()``'s answer.
+        """
         if run.offer is not None:
             return Action(run.offer)
-        return Action(ctx.decide(run, now, "exact"), INF)
+        offer = ctx.decide(run, now, "exact")
+        if offer is None or offer.option is not PurchaseOption.ON_DEMAND:
+            return Action(offer, INF)
+        if run.job.needs.priority is Priority.REALTIME:
+            return Action(offer, INF)
+        remaining = run.remaining_at(now)
+        latest = run.job.deadline_s - remaining - ctx.change_over_s
+        # Waiting must not stretch the replay, which the reservation is paid for: only
+        # while a start at the release would end before work already submitted ends.
+        latest = min(latest, ctx.seen_end_s - remaining)
+        release = max(ctx.next_reserved_release(run, now), now + 1.0)
+        if release <= latest:
+            return Action(None, release)
+        return Action(offer, INF)
 
     def fallback(self, run: JobRun, now: float, ctx: Context) -> Offer | None:
         """Reserved if idle (``decide()`` prices it at zero), else on-demand."""
         return ctx.decide(run, now, "od")
 
     def spot_offer(self, run: JobRun, now: float, ctx: Context) -> tuple[Offer | None, float]:
-        """``decide()``'s cheapest spot/reserved choice; a failed launch moves region."""
+        """``decide()``'s cheapest spot choice; a failed launch moves region.
+
+        Asked with the reservation hidden (variant ``unreserved``): a spot-tolerant job that
+        takes an idle reserved instance pays nothing now, but the next job that may not use
+        spot then pays on-demand, while this one could have run on spot. It gets reserved
+        capacity only through :meth:`fallback`, instead of on-demand.
+        """
         back = INF
         for _ in range(MAX_FAILOVER):
-            offer = ctx.decide(run, now, "free")
-            if offer is None or offer.option is PurchaseOption.ON_DEMAND:
+            offer = ctx.decide(run, now, "unreserved")
+            if offer is None or offer.option is not PurchaseOption.SPOT:
                 break
-            if offer.option is PurchaseOption.RESERVED or ctx.spot_up(offer, now):
+            if ctx.spot_up(offer, now):
                 return offer, now
             back = min(back, ctx.next_spot_up(offer, now))
             ctx.block(offer, now)

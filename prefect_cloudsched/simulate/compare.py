@@ -1,13 +1,15 @@
 """Run several policies on the same jobs and the same spot world, plus the omniscient bound.
 
-The hybrid's reservation comes from the project's own static layer, as in production: the
-hourly demand of the first ``history_hours`` of the replay (per GPU model, and vCPUs for
-CPU jobs, of the instance types ``decide()`` picks on-demand) is forecast for the rest of the
-replay with :func:`prefect_cloudsched.forecast.fit_forecast` (median, the next
-``history_hours``), and :func:`prefect_cloudsched.planning.plan_capacity` sizes the
-reservation over history + forecast. The reservation is then held for the whole replay
-(its first week included) and charged in full. Replays shorter than ``history_hours`` + 1
-day plan no reservation.
+The hybrid's reservation comes from the project's own static layer, as in production. For
+each instance shape ``decide()`` buys on-demand for work that may not use spot (the work
+the hybrid keeps its reservation for), the hourly number of such jobs running in the first
+``history_hours`` of the replay is forecast for the next ``history_hours`` with
+:func:`prefect_cloudsched.forecast.fit_forecast` (median), and
+:func:`prefect_cloudsched.planning.plan_capacity` sizes that shape's reservation over
+history + forecast; :func:`worth_reserving` then cuts it to the instances that pay under
+per-second billing. The reservation is held for the whole replay (its first week
+included) and charged in full. Replays shorter than ``history_hours`` + 1 day plan no
+reservation.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from prefect_cloudsched.catalog import Catalog, Offer, load_catalog
+from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.energy import EnergyModel
 from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.policy import DEFAULT_POLICY, PlacementState, PolicyConfig
@@ -36,6 +38,10 @@ HISTORY_HOURS = 168
 #: One seasonal-AR spec instead of the forecaster's full grid: ~3 s per series here, against
 #: about a minute for the grid on the shared 2-core machine.
 FORECAST_ORDER = ((1, 0, 0), (0, 1, 1, 24))
+#: Shapes planned per replay (busiest first) and the least mean busy instances in the
+#: history week for a shape to be planned at all (below it not even one instance pays).
+MAX_SHAPES = 8
+MIN_MEAN_BUSY = 0.25
 
 
 @dataclass
@@ -89,6 +95,7 @@ def plan_reservation(
     *,
     history_hours: int = HISTORY_HOURS,
     time_limit_s: float = 30.0,
+    max_shapes: int = MAX_SHAPES,
 ) -> tuple[dict[str, tuple[Offer, int]], list[str]]:
     """Forecast → capacity plan → reserved instances per capacity key (module docstring)."""
     import pandas as pd
@@ -101,33 +108,40 @@ def plan_reservation(
     if hours < history_hours + 24:
         return {}, [f"no reservation: the replay spans {hours} h < {history_hours + 24} h"]
     cache = DecisionCache(catalog, config, PlacementState())
-    # One job per instance: per resource class, the shape most work runs on is the one the
-    # plan may reserve, and its demand counts whole instances (× their units), so a reserved
-    # instance is exactly one job's worth of capacity.
-    rows: dict[tuple[str, str, str | None], list[tuple[float, float]]] = {}
-    units: dict[tuple[str, str, str | None], float] = {}
-    work: dict[tuple[str, str, str | None], float] = {}
-    spot_work = total_work = 0.0
+    # The hybrid keeps its reservation for work that may not use spot (spot-tolerant jobs
+    # take it only instead of on-demand), and runs one job per instance. So the demand is,
+    # per instance shape ``decide()`` picks on-demand for that work, the number of such jobs
+    # running (× the shape's units): a reserved instance is exactly one job's worth of
+    # capacity, and a job is never planned onto a larger shape than the one it would buy.
+    rows: dict[str, list[tuple[float, float]]] = {}
+    offers: dict[str, Offer] = {}
     for i, job in enumerate(jobs):
+        if job.needs.allows_spot:
+            continue
         offer = cache.decide(JobRun(i, job, cache.class_of(job.needs)), job.submit_s, "od")
         if offer is None:
             continue
+        rows.setdefault(offer.capacity_key, []).append(
+            (job.submit_s, job.submit_s + job.duration_s)
+        )
+        offers[offer.capacity_key] = offer
+    busy_all: dict[str, np.ndarray] = {}
+    for key, spans in rows.items():
+        arr = np.asarray(spans)
+        busy_all[key] = hourly_load(arr[:, 0], arr[:, 1], np.ones(len(arr)), hours)
+    # Shapes busy enough in the history week to be worth forecasting, busiest first.
+    shapes = sorted(
+        (k for k, b in busy_all.items() if b[:history_hours].mean() >= MIN_MEAN_BUSY),
+        key=lambda k: -busy_all[k][:history_hours].mean(),
+    )[:max_shapes]
+    reserved: dict[str, tuple[Offer, int]] = {}
+    statuses: list[str] = []
+    solve_s = 0.0
+    for key in shapes:
+        offer = offers[key]
         name = f"gpu:{offer.gpu_type}" if offer.gpu_count else "vcpu"
-        shape = (name, offer.capacity_key, offer.gpu_type)
-        rows.setdefault(shape, []).append((job.submit_s, job.submit_s + job.duration_s))
-        units[shape] = float(offer.gpu_count or offer.vcpus)
-        work[shape] = work.get(shape, 0.0) + job.duration_s
-        if job.submit_s < history_hours * 3600:
-            total_work += job.duration_s
-            spot_work += job.duration_s if job.needs.allows_spot else 0.0
-    dominant: dict[str, tuple[str, str, str | None]] = {}
-    for shape in sorted(work, key=lambda k: -work[k]):
-        dominant.setdefault(shape[0], shape)
-    demand: dict[str, list[float]] = {}
-    for name, shape in dominant.items():
-        arr = np.asarray(rows[shape])
-        series = hourly_load(arr[:, 0], arr[:, 1], np.full(len(arr), units[shape]), hours)
-        history = pd.Series(series[:history_hours])
+        units = float(offer.gpu_count or offer.vcpus)
+        history = pd.Series(busy_all[key][:history_hours] * units)
         forecast = fit_forecast(
             history,
             horizon=min(history_hours, hours - history_hours),
@@ -135,30 +149,29 @@ def plan_reservation(
                 orders=(FORECAST_ORDER,), transform="none", weekly_fourier=0, calibrate=False
             ),
         )
-        demand[name] = [*history.tolist(), *demand_from_forecast(forecast, 0.5)]
-    # Only those shapes, with their GPU model: GCP N1 offers with different attached GPUs
-    # share an offer key, and the planner keys candidates by offer key.
-    keep = {(capacity_key, gpu) for _, capacity_key, gpu in dominant.values()}
-    sub = Catalog(o for o in catalog.offers if (o.capacity_key, o.gpu_type) in keep)
-    plan = plan_capacity(
-        demand,
-        sub,
-        spot_max_share=min(0.9, spot_work / total_work) if total_work else 0.0,
-        clouds=sorted(config.allowed_clouds) if config.allowed_clouds else None,
-        regions=sorted(config.allowed_regions) if config.allowed_regions else None,
-        time_limit_s=time_limit_s,
-    )
-    busy = {
-        capacity_key: np.asarray(demand[name]) / units[(name, capacity_key, gpu)]
-        for name, (_, capacity_key, gpu) in dominant.items()
-    }
-    reserved: dict[str, tuple[Offer, int]] = {}
-    for item in plan.reserved:
-        offer = sub.find(item.offer_key)
-        count = worth_reserving(busy[item.capacity_key], item.count, offer)
-        if count > 0:
-            reserved[item.capacity_key] = (offer, count)
-    notes = [f"reservation planned ({plan.status}, {plan.solve_seconds:.1f} s): "
+        demand = np.asarray([*history.tolist(), *demand_from_forecast(forecast, 0.5)])
+        sub = Catalog(
+            o
+            for o in catalog.offers
+            if o.capacity_key == key and o.option is not PurchaseOption.SPOT
+        )
+        plan = plan_capacity(
+            {name: demand.tolist()},
+            sub,
+            spot_max_share=0.0,
+            clouds=sorted(config.allowed_clouds) if config.allowed_clouds else None,
+            regions=sorted(config.allowed_regions) if config.allowed_regions else None,
+            time_limit_s=time_limit_s,
+        )
+        statuses.append(plan.status)
+        solve_s += plan.solve_seconds
+        for item in plan.reserved:
+            res = sub.find(item.offer_key)
+            count = worth_reserving(demand / units, item.count, res)
+            if count > 0:
+                reserved[item.capacity_key] = (res, count)
+    status = ",".join(sorted(set(statuses))) or "nothing to plan"
+    notes = [f"reservation planned ({status}, {solve_s:.1f} s, {len(shapes)} shape(s)): "
              + (", ".join(f"{n}x {k}" for k, (_, n) in reserved.items()) or "none")]  # fmt: skip
     return reserved, notes
 

@@ -57,8 +57,10 @@ DONE_EPS = 1e-6
 #: Decision variants a policy can ask for (needs/catalog variants of the same ``decide()``).
 #: ``exact``: the task's needs as the runner sees them; ``od``: spot disallowed; ``free``:
 #: the deadline left to the caller's own progress control; ``spot``: like ``free``, but only a
-#: spot answer counts (None when ``decide()`` prefers anything else).
-VARIANTS = ("exact", "od", "free", "spot")
+#: spot answer counts (None when ``decide()`` prefers anything else); ``unreserved``: like
+#: ``free``, but asked as if every reserved pool were busy (the hybrid keeps its reservation
+#: for work that may not use spot, and asks this before it would take a reserved instance).
+VARIANTS = ("exact", "od", "free", "spot", "unreserved")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +137,13 @@ class Context(Protocol):
     """What the engine offers a policy."""
 
     change_over_s: float
+    seen_end_s: float
 
     def decide(self, run: JobRun, now: float, variant: str) -> Offer | None: ...
     def spot_up(self, offer: Offer, now: float) -> bool: ...
     def next_spot_up(self, offer: Offer, now: float) -> float: ...
     def block(self, offer: Offer, now: float) -> None: ...
+    def next_reserved_release(self, run: JobRun, now: float) -> float: ...
 
 
 class ElasticPolicy(Protocol):
@@ -193,6 +197,12 @@ class DecisionCache:
         self.requests = 0
         self._memo: dict[tuple, Offer | None] = {}
         self._classes: dict[tuple, int] = {}
+        # The same interruptions and blocks (shared objects), no idle reservation.
+        self._pool_views: dict[str, PlacementState] = {}
+        self._rates: dict[str, float] = {}
+        self._unreserved = PlacementState(
+            reserved_free={}, interruptions=state.interruptions, blocked=state.blocked
+        )
 
     def class_of(self, needs: TaskNeeds) -> int:
         """A small integer per distinct needs class (cheap memo keys)."""
@@ -210,6 +220,42 @@ class DecisionCache:
     def _open_pools(self) -> tuple[str, ...]:
         return tuple(sorted(k for k, n in self.state.reserved_free.items() if n > 0))
 
+    def _views(self, variant: str) -> list[PlacementState]:
+        """The states ``decide()`` is asked with, in turn, until it answers reserved.
+
+        ``decide()`` takes the first idle reserved pool that fits in catalog order, so a
+        one-GPU job can take a two-GPU host while a one-GPU pool sits idle, and the next
+        two-GPU job pays on-demand. With several pools open, each is shown alone, cheapest
+        amortised rate first: the answer is what ``decide()`` would give if it took the
+        cheapest fitting idle reservation (an answer that is not reserved is the same for
+        every view, the reservation being the only difference).
+        """
+        if variant == "unreserved":
+            return [self._unreserved]
+        if len(self.reserved_open) <= 1:
+            return [self.state]
+        views = []
+        for key in sorted(self.reserved_open, key=self._pool_rate):
+            view = self._pool_views.get(key)
+            if view is None:
+                view = self._pool_views[key] = PlacementState(
+                    reserved_free={key: 1},
+                    interruptions=self.state.interruptions,
+                    blocked=self.state.blocked,
+                )
+            views.append(view)
+        return views
+
+    def _pool_rate(self, capacity_key: str) -> tuple[float, str]:
+        rate = self._rates.get(capacity_key)
+        if rate is None:
+            try:
+                offer = self.catalog.find(f"{capacity_key}/{PurchaseOption.RESERVED.value}")
+                rate = self._rates[capacity_key] = offer.usd_per_hour
+            except KeyError:
+                rate = self._rates[capacity_key] = math.inf
+        return rate, capacity_key
+
     def decide(self, run: JobRun, now: float, variant: str) -> Offer | None:
         """The offer ``decide()`` picks for ``run``'s remaining work; None if nothing fits."""
         self.requests += 1
@@ -223,7 +269,7 @@ class DecisionCache:
             run.needs_class,
             round(4 * math.log2(remaining)),
             slack_ok,
-            self.reserved_open,
+            () if variant == "unreserved" else self.reserved_open,
         )
         if self.memoise and key in self._memo:
             return self._memo[key]
@@ -231,23 +277,27 @@ class DecisionCache:
         changes: dict = {"est_runtime": timedelta(seconds=remaining)}
         if variant == "od":
             changes["spot_ok"] = False
-        if variant in ("free", "spot"):
+        if variant in ("free", "spot", "unreserved"):
             changes["deadline"] = None
         else:
             changes["deadline"] = EPOCH + timedelta(seconds=job.deadline_s)
         needs = replace(needs, **changes)
-        self.calls += 1
-        try:
-            offer: Offer | None = placement.decide(
-                needs,
-                self.catalog,
-                now=EPOCH + timedelta(seconds=now),
-                submitted_at=EPOCH + timedelta(seconds=job.submit_s),
-                state=self.state,
-                config=self.config,
-            ).offer
-        except NoFeasibleOffer:
-            offer = None
+        offer: Offer | None = None
+        for state in self._views(variant):
+            self.calls += 1
+            try:
+                offer = placement.decide(
+                    needs,
+                    self.catalog,
+                    now=EPOCH + timedelta(seconds=now),
+                    submitted_at=EPOCH + timedelta(seconds=job.submit_s),
+                    state=state,
+                    config=self.config,
+                ).offer
+            except NoFeasibleOffer:
+                offer = None
+            if offer is None or offer.option is PurchaseOption.RESERVED:
+                break
         if variant == "spot" and offer is not None and offer.option is not PurchaseOption.SPOT:
             offer = None
         if self.memoise:
@@ -315,6 +365,10 @@ class ElasticSimulator:
         self._interruptions: deque[tuple[float, str]] = deque()
         self._blocks: deque[tuple[float, str]] = deque()
         self.reserved_busy_s = 0.0
+        self._on_pool: dict[str, dict[int, JobRun]] = {k: {} for k in self.reserved}
+        #: Latest submit + duration among the jobs submitted so far (no replay ends earlier).
+        self.seen_end_s = 0.0
+        self._fits_pool: dict[tuple[int, str], bool] = {}
 
     # ----------------------------------------------------------------- Context for policies
 
@@ -339,6 +393,36 @@ class ElasticSimulator:
         self.state.block(offer.key, "no spot capacity in the replayed trace")
         self._blocks.append((now + self.block_s, offer.key))
         self.cache.bump()
+
+    def next_reserved_release(self, run: JobRun, now: float) -> float:
+        """When the first busy reserved instance that fits ``run`` frees up (inf: none).
+
+        A job on a reserved instance is never preempted, so its finish is known: the time
+        its remaining work ends. Other jobs may be waiting for the same instance.
+        """
+        soonest = INF
+        for key, occupants in self._on_pool.items():
+            if not self._fits(run, key):
+                continue
+            if self.state.reserved_free.get(key, 0) > 0:
+                continue  # idle, yet decide() did not take it: not usable for this job
+            for other in occupants.values():
+                soonest = min(soonest, other.work_from + other.job.duration_s - other.base_progress)
+        return soonest
+
+    def _fits(self, run: JobRun, pool: str) -> bool:
+        known = self._fits_pool.get((run.needs_class, pool))
+        if known is None:
+            offer = self.reserved[pool][0]
+            needs = run.job.needs
+            known = (
+                offer.vcpus >= needs.cpus
+                and offer.memory_gib >= needs.memory_gib
+                and (offer.gpu_count >= needs.gpus if needs.gpus else offer.gpu_count == 0)
+                and (not needs.gpus or not needs.gpu_type or offer.gpu_type == needs.gpu_type)
+            )
+            self._fits_pool[(run.needs_class, pool)] = known
+        return known
 
     # ----------------------------------------------------------------- the event loop
 
@@ -393,6 +477,7 @@ class ElasticSimulator:
             self.cache.bump()
 
     def _step(self, run: JobRun, t: float) -> None:
+        self.seen_end_s = max(self.seen_end_s, run.job.submit_s + run.job.duration_s)
         if run.offer is not None:
             if run.progress_at(t) >= run.job.duration_s - DONE_EPS:
                 self._close(run, t)
@@ -433,6 +518,7 @@ class ElasticSimulator:
         elif offer.option is PurchaseOption.RESERVED:
             if not self.state.take_reserved(offer.capacity_key):
                 raise RuntimeError(f"policy {self.policy.name} took a busy reservation")
+            self._on_pool.setdefault(offer.capacity_key, {})[run.index] = run
             if self.state.reserved_free[offer.capacity_key] == 0:
                 self.cache.pools_changed()
         delay = self.change_over_s if run.launched else 0.0
@@ -453,6 +539,7 @@ class ElasticSimulator:
         option = offer.option.value
         if offer.option is PurchaseOption.RESERVED:
             self.state.release_reserved(offer.capacity_key)
+            self._on_pool.get(offer.capacity_key, {}).pop(run.index, None)
             if self.state.reserved_free[offer.capacity_key] == 1:
                 self.cache.pools_changed()
             self.reserved_busy_s += elapsed
