@@ -136,9 +136,27 @@ class PlacedTask:
             if handle is not None:
                 self.run.executor.attach(handle, placement)
         except BaseException as err:  # the instance is running: never leave it behind
-            self._end(attempt, err, attached=False)
+            lost = self._interrupted(handle)  # reclaimed before its worker joined?
+            self._end(attempt, lost or err, attached=False)
+            if lost is not None:
+                raise lost from err  # a spot loss: retried and re-placed like any other
             raise
         return attempt
+
+    def _interrupted(self, handle: InstanceHandle | None) -> SpotInterrupted | None:
+        """The interruption that explains a failed attach, if the cloud reports one."""
+        if handle is None:
+            return None
+        provisioner = self.run.provisioners.get(handle.cloud)
+        if provisioner is None:
+            return None
+        try:
+            provisioner.check(handle)
+        except SpotInterrupted as err:
+            return err
+        except Exception:  # the check itself failed: keep the original error
+            return None
+        return None
 
     def _claim(self, decision: Decision) -> InstanceHandle | bool | None:
         """Reserve capacity and start an instance; False means "re-decide"."""

@@ -74,12 +74,18 @@ class RunContext:
         ledger = _open_ledger(config["ledger"], config["ledger_url"])
         provisioners = _provisioners(config["provisioners"], config["pools"], ledger.url)
         reserved = dict(config["reserved"])
+        held = [_owned_reservations(provisioners, logger)]
         if config["use_plan"]:
-            for key, count in _plan_reservations(ledger).items():
+            held.append(_plan_reservations(ledger))
+        for source in held:
+            for key, count in source.items():
                 reserved[key] = reserved.get(key, 0) + count
+        catalog = load_catalog(config["catalog_path"])
+        if config["live_prices"]:
+            catalog = _with_live_prices(catalog, provisioners, logger)
         executor = make_executor(config["executor"], config["executor_options"])
         context = cls(
-            catalog=load_catalog(config["catalog_path"]),
+            catalog=catalog,
             policy=policy,
             ledger=ledger,
             state=PlacementState(reserved_free=reserved),
@@ -316,6 +322,44 @@ def make_executor(spec: Executor | str | None, options: Mapping[str, Any]) -> Ex
     if isinstance(spec, str):
         raise ValueError(f'executor must be "local", "dask" or an Executor, got {spec!r}')
     return spec
+
+
+def _owned_reservations(provisioners: Mapping[str, Provisioner], logger: Any) -> dict[str, int]:
+    """Reservations / committed use the clouds (or the pool settings) say we own."""
+    owned: dict[str, int] = {}
+    for cloud, provisioner in provisioners.items():
+        read = getattr(provisioner, "owned_reservations", None)
+        if read is None:
+            continue
+        try:
+            found = read()
+        except Exception as err:  # a planning aid, never a reason to fail the flow
+            logger.warning("could not read %s reservations (%s); assuming none", cloud, err)
+            continue
+        for key, count in found.items():
+            owned[key] = owned.get(key, 0) + int(count)
+    if owned:
+        logger.info("owned reservations used first: %s", owned)
+    return owned
+
+
+def _with_live_prices(
+    catalog: Catalog, provisioners: Mapping[str, Provisioner], logger: Any
+) -> Catalog:
+    """AWS spot prices re-read from ``describe_spot_price_history`` when it answers.
+
+    Re-priced offers carry ``source="live:..."``, which every decision records; offers the
+    API did not price keep the snapshot's price and source.
+    """
+    aws = provisioners.get("aws")
+    if aws is None or not hasattr(aws, "spot_prices"):
+        return catalog
+    from prefect_cloudsched.provision.aws import LIVE_SOURCE, refresh_spot_prices
+
+    refreshed = refresh_spot_prices(catalog, aws)  # type: ignore[arg-type]
+    live = sum(o.source == LIVE_SOURCE for o in refreshed.offers)
+    logger.info("live AWS spot prices for %d offers; the rest from the snapshot", live)
+    return refreshed
 
 
 def _plan_reservations(ledger: Ledger) -> dict[str, int]:

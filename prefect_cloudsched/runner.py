@@ -83,6 +83,10 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             ``False``) none. Prefect takes a concurrency slot per tag per task run, an API
             round trip that doubles the wall time of trivial tasks (docs/benchmarks.md), so
             tasks without needs run exactly as before: untagged, but still in the ledger.
+        live_prices: With an AWS provisioner, re-read AWS spot prices from
+            ``describe_spot_price_history`` when a flow run starts (the snapshot where it does
+            not answer); each decision records its price source. Reservations the
+            provisioners report (``owned_reservations``) are always used first.
         pools: ``AwsComputePool`` / ``GcpComputePool`` blocks or their saved names
             (``"aws-main"`` or ``"aws-compute-pool/aws-main"``); each becomes the
             provisioner of its cloud. Loaded when a flow run starts, never at import.
@@ -117,6 +121,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         executor: Executor | str | None = None,
         executor_options: Mapping[str, Any] | None = None,
         label_task_runs: bool | str = "declared",
+        live_prices: bool = True,
         pools: Sequence[str | Any] | None = None,
         ledger: str | Any | None = None,
     ) -> None:
@@ -150,6 +155,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             executor=executor,
             executor_options=dict(executor_options or {}),
             label_task_runs=label_mode,
+            live_prices=live_prices,
             pools=tuple(pools or ()),
             ledger=ledger,
         )

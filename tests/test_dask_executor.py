@@ -75,7 +75,12 @@ def test_pool_names_are_sanitised_and_distinguish_purchase_options() -> None:
         if o.capacity_key == spot.capacity_key and o.option is PurchaseOption.ON_DEMAND
     )
     assert pool_name(spot) != pool_name(on_demand)
-    n1 = [o for o in CATALOG.offers if o.key == "gcp/us-central1-a/n1-highmem-4/spot"]
+    n1 = [
+        o
+        for o in CATALOG.offers
+        if (o.cloud, o.location, o.instance_type, o.option)
+        == ("gcp", "us-central1-a", "n1-highmem-4", PurchaseOption.SPOT)
+    ]
     assert len(n1) > 1 and len({pool_name(o) for o in n1}) == len(n1)  # GPU variants differ
     for name in (pool_name(spot), pool_name(on_demand)):
         assert name.startswith("pool-aws-")

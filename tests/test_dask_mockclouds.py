@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 
 from prefect_cloudsched.catalog import Offer, load_catalog
-from prefect_cloudsched.errors import ProvisioningError
 from prefect_cloudsched.execute.bootstrap import pool_name, pool_slots
 from prefect_cloudsched.mockcloud.clouds import MockClouds
 
@@ -276,13 +275,6 @@ def _booting_launcher() -> Any:
 
 @pytest.mark.slow
 @pytest.mark.harness
-@pytest.mark.xfail(
-    raises=ProvisioningError,
-    strict=True,
-    reason="runner: a spot instance reclaimed before its Dask worker joined ends in the "
-    "executor's join-timeout ProvisioningError (not retried) instead of SpotInterrupted; "
-    "the attach-failure path should ask provisioner.check(handle) first",
-)
 def test_spot_reclaimed_before_its_worker_joins_is_retried(
     prefect_harness: None, clouds: MockClouds, ledger_url: str
 ) -> None:

@@ -300,3 +300,59 @@ def test_demo_provisions_on_mock_clouds_and_leaves_nothing(
     assert all(i["terminated_at"] is not None for i in instances)
     assert [r.state for r in ledger.placements()].count("interrupted") == 1
     assert len(ledger.interruptions()) == 1
+
+
+class PricedProvisioner(FlakyProvisioner):
+    """Answers spot-price and reservation queries like the AWS provisioner does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.settings = SimpleNamespace(regions=("us-east-1",))
+
+    def check(self, handle: InstanceHandle) -> None:
+        return None
+
+    def spot_prices(self, region: str, instance_types: object) -> dict[str, float]:
+        return {"g5.xlarge": 0.01}
+
+    def owned_reservations(self) -> dict[str, int]:
+        return {"aws/us-east-1/g5.2xlarge": 1}
+
+
+@pytest.mark.harness
+def test_live_spot_prices_and_owned_reservations_reach_decisions(
+    prefect_harness, ledger_url
+) -> None:
+    import json
+
+    @requires(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=3))
+    @task
+    def train() -> str:
+        time.sleep(1.0)  # both tasks hold their instance at the same time
+        return "ok"
+
+    def run(live: bool) -> list:
+        @flow(
+            task_runner=CloudSchedTaskRunner(
+                provisioners={"aws": PricedProvisioner()},
+                policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+                live_prices=live,
+            )
+        )
+        def f() -> list:
+            futures = [train.submit(), train.submit()]  # both in flight at once
+            return [fut.result() for fut in futures]
+
+        f()
+        rows = Ledger(ledger_url).placements()[-2:]
+        return sorted((r.offer_key, json.loads(r.decision_json)["price_source"]) for r in rows)
+
+    reserved, spot = run(live=True)
+    # the owned reservation is idle capacity: one task takes it at zero marginal cost ...
+    assert reserved[0] == "aws/us-east-1/g5.2xlarge/reserved"
+    # ... the other finds it busy, and the live spot price (far below the snapshot's) wins
+    assert spot == ("aws/us-east-1/g5.xlarge/spot", "live:aws-spot-price-history")
+    snapshot_rows = run(live=False)
+    assert all(source != "live:aws-spot-price-history" for _, source in snapshot_rows)

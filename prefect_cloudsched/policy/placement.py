@@ -146,6 +146,8 @@ class Decision:
         """JSON-ready form (for the ledger, artifacts and events)."""
         return {
             "offer": self.offer.key,
+            "price_usd_per_hour": self.offer.usd_per_hour,
+            "price_source": self.offer.source or "snapshot",
             "expected_cost": round(self.expected_cost, 6),
             "baseline_offer": self.baseline_offer.key,
             "baseline_cost": round(self.baseline_cost, 6),

@@ -607,10 +607,15 @@ def refresh_spot_prices(catalog: Catalog, provisioner: AwsProvisioner) -> Catalo
         spot = offer.cloud == "aws" and offer.option is PurchaseOption.SPOT
         if spot and offer.region in provisioner.settings.regions:
             wanted[offer.region].add(offer.instance_type)
+    from botocore.exceptions import ConnectionError as EndpointUnreachable
+
     live: dict[tuple[str, str], float] = {}
     for region, types in wanted.items():
         try:
             prices = provisioner.spot_prices(region, types)
+        except EndpointUnreachable as err:  # offline: do not wait out a timeout per region
+            logger.warning("AWS unreachable (%s); spot prices from the snapshot", err)
+            break
         except Exception as err:
             logger.warning(
                 "live spot prices unavailable in %s (%s); using the snapshot", region, err
