@@ -366,3 +366,20 @@ def test_the_bound_pays_minimum_bills_and_reservations_for_the_whole_replay() ->
     assert bound.total == bound.held_total
     for result in comparison.results:
         assert result.cost == pytest.approx(bound.total)
+
+
+def test_the_gap_breakdown_adds_up_to_cost_minus_bound() -> None:
+    cat = catalog("us-east-1")
+    res = _reserved(cat)
+    jobs = [job(i * 900.0, H * (1 + i % 3), (1.2, 1.5, 3.0)[i % 3], spot=i % 2 == 0,
+                checkpointable=i % 4 != 1, priority=Priority.HIGH, name=f"j{i}")
+            for i in range(12)] + [job(4 * H, 20.0, 1.5, spot=False, name="short")]  # fmt: skip
+    comparison = compare_policies(
+        jobs, ["uniform-progress", "hybrid"], catalog=cat, config=CONFIG, spot=world(GAP),
+        reserved={res.capacity_key: (res, 2)}, breakdown=["uniform-progress", "hybrid"],
+    )  # fmt: skip
+    for result in comparison.results:
+        parts = comparison.gaps[result.policy]
+        assert sum(parts.values()) == pytest.approx(result.cost - comparison.bound.total)
+        assert parts["minimum 60-s bills"] >= 0 and parts["change-overs and lost work"] >= 0
+    assert comparison.gaps["hybrid"]["reservation idle"] > 0

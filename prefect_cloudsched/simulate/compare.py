@@ -29,6 +29,7 @@ from prefect_cloudsched.policy.spot_policies import ELASTIC_POLICIES
 from prefect_cloudsched.simulate.bound import BoundResult, omniscient_bound
 from prefect_cloudsched.simulate.engine import DecisionCache, ElasticSimulator, JobRun
 from prefect_cloudsched.simulate.fleet import DEFAULT_HEADROOM, FleetSimulator
+from prefect_cloudsched.simulate.gap import gap_breakdown
 from prefect_cloudsched.simulate.jobs import Job
 from prefect_cloudsched.simulate.metrics import PolicyResult, summarise_elastic, summarise_fleet
 from prefect_cloudsched.simulate.spot import SpotModel
@@ -54,6 +55,7 @@ class Comparison:
     reserved: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     bound_seconds: float = 0.0
+    gaps: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def parse_policies(text: str | Sequence[str] | None) -> list[str]:
@@ -88,6 +90,55 @@ def hourly_load(
     return np.diff(integral(starts) - integral(ends)) / 3600.0
 
 
+def no_spot_busy(
+    jobs: Sequence[Job], catalog: Catalog, config: PolicyConfig, hours: int
+) -> tuple[dict[str, np.ndarray], dict[str, Offer]]:
+    """Hourly mean jobs running per instance shape, for the work that may not use spot.
+
+    The hybrid keeps its reservation for that work (spot-tolerant jobs take it only instead
+    of on-demand) and runs one job per instance, so per shape ``decide()`` buys on-demand
+    for it, a reserved instance is exactly one job's worth of capacity, and a job is never
+    planned onto a larger shape than the one it would buy.
+    """
+    cache = DecisionCache(catalog, config, PlacementState())
+    rows: dict[str, list[tuple[float, float]]] = {}
+    offers: dict[str, Offer] = {}
+    for i, job in enumerate(jobs):
+        if job.needs.allows_spot:
+            continue
+        offer = cache.decide(JobRun(i, job, cache.class_of(job.needs)), job.submit_s, "od")
+        if offer is None:
+            continue
+        rows.setdefault(offer.capacity_key, []).append(
+            (job.submit_s, job.submit_s + job.duration_s)
+        )
+        offers[offer.capacity_key] = offer
+    busy: dict[str, np.ndarray] = {}
+    for key, spans in rows.items():
+        arr = np.asarray(spans)
+        busy[key] = hourly_load(arr[:, 0], arr[:, 1], np.ones(len(arr)), hours)
+    return busy, offers
+
+
+def hindsight_reservation(
+    jobs: Sequence[Job], catalog: Catalog, config: PolicyConfig = DEFAULT_POLICY
+) -> dict[str, tuple[Offer, int]]:
+    """The reservation :func:`worth_reserving` keeps on the *actual* load of the whole
+    replay (not a forecast): what perfect foresight of the demand would have bought."""
+    end = max(j.submit_s + j.duration_s for j in jobs)
+    busy_all, _ = no_spot_busy(jobs, catalog, config, max(int(end // 3600), 1))
+    reserved: dict[str, tuple[Offer, int]] = {}
+    for key, busy in busy_all.items():
+        try:
+            res = catalog.find(f"{key}/{PurchaseOption.RESERVED.value}")
+        except KeyError:
+            continue
+        count = worth_reserving(busy, 10**6, res)
+        if count:
+            reserved[key] = (res, count)
+    return reserved
+
+
 def plan_reservation(
     jobs: Sequence[Job],
     catalog: Catalog,
@@ -107,28 +158,7 @@ def plan_reservation(
     hours = int(end // 3600)
     if hours < history_hours + 24:
         return {}, [f"no reservation: the replay spans {hours} h < {history_hours + 24} h"]
-    cache = DecisionCache(catalog, config, PlacementState())
-    # The hybrid keeps its reservation for work that may not use spot (spot-tolerant jobs
-    # take it only instead of on-demand), and runs one job per instance. So the demand is,
-    # per instance shape ``decide()`` picks on-demand for that work, the number of such jobs
-    # running (× the shape's units): a reserved instance is exactly one job's worth of
-    # capacity, and a job is never planned onto a larger shape than the one it would buy.
-    rows: dict[str, list[tuple[float, float]]] = {}
-    offers: dict[str, Offer] = {}
-    for i, job in enumerate(jobs):
-        if job.needs.allows_spot:
-            continue
-        offer = cache.decide(JobRun(i, job, cache.class_of(job.needs)), job.submit_s, "od")
-        if offer is None:
-            continue
-        rows.setdefault(offer.capacity_key, []).append(
-            (job.submit_s, job.submit_s + job.duration_s)
-        )
-        offers[offer.capacity_key] = offer
-    busy_all: dict[str, np.ndarray] = {}
-    for key, spans in rows.items():
-        arr = np.asarray(spans)
-        busy_all[key] = hourly_load(arr[:, 0], arr[:, 1], np.ones(len(arr)), hours)
+    busy_all, offers = no_spot_busy(jobs, catalog, config, hours)
     # Shapes busy enough in the history week to be worth forecasting, busiest first.
     shapes = sorted(
         (k for k, b in busy_all.items() if b[:history_hours].mean() >= MIN_MEAN_BUSY),
@@ -204,6 +234,7 @@ def compare_policies(
     energy: EnergyModel | None = None,
     memoise: bool = True,
     progress=None,
+    breakdown: Sequence[str] = (),
 ) -> Comparison:
     """Replay ``jobs`` under each policy; add the bound and the ratios.
 
@@ -219,6 +250,8 @@ def compare_policies(
         energy: Power/carbon model.
         memoise: Memoise ``decide()`` per needs class and state version.
         progress: Called with one line per stage.
+        breakdown: Elastic policies whose cost − bound is split by cause
+            (:func:`prefect_cloudsched.simulate.gap.gap_breakdown`, in ``gaps``).
     """
     if not jobs:
         raise InputError("no jobs to replay")
@@ -238,6 +271,7 @@ def compare_policies(
     bound = omniscient_bound(jobs, catalog, spot, config)
     bound_seconds = time.perf_counter() - started
     results: dict[str, PolicyResult] = {}
+    gaps: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(["on-demand", *policies]):
         say(f"replaying {len(jobs)} jobs under {name}")
         if name in DISCIPLINES:
@@ -255,8 +289,14 @@ def compare_policies(
                 reserved=reserved if name == "hybrid" else None,
                 energy=energy,
                 memoise=memoise,
+                record_segments=name in breakdown,
             )
-            results[name] = summarise_elastic(name, sim.run())
+            outcome = sim.run()
+            results[name] = summarise_elastic(name, outcome)
+            if name in breakdown:
+                gaps[name] = gap_breakdown(
+                    outcome.runs, bound, outcome.reserved, results[name].makespan_s
+                )
     ondemand = results["on-demand"].cost
     for result in results.values():
         result.cost_vs_ondemand = result.cost / ondemand if ondemand else None
@@ -269,6 +309,7 @@ def compare_policies(
         reserved={k: n for k, (_, n) in (reserved or {}).items()},
         notes=notes,
         bound_seconds=bound_seconds,
+        gaps=gaps,
     )
 
 
@@ -277,7 +318,9 @@ __all__ = [
     "POLICY_NAMES",
     "Comparison",
     "compare_policies",
+    "hindsight_reservation",
     "hourly_load",
+    "no_spot_busy",
     "parse_policies",
     "plan_reservation",
     "worth_reserving",

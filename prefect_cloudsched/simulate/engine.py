@@ -92,6 +92,7 @@ class JobRun:
         "progress",
         "seconds_by_option",
         "seg_start",
+        "segments",
         "wake",
         "work_from",
     )
@@ -116,6 +117,8 @@ class JobRun:
         self.decide_s = 0.0
         self.kwh = 0.0
         self.co2_g = 0.0
+        #: (offer, elapsed s, work s) per closed instance segment, when the replay records them.
+        self.segments: list[tuple[Offer, float, float]] | None = None
 
     def progress_at(self, t: float) -> float:
         """Work done by ``t`` (seconds of the job's duration)."""
@@ -333,6 +336,7 @@ class ElasticSimulator:
         interruption_memory_s: How long an interruption raises its capacity's hazard.
         block_s: How long a failed spot launch keeps its offer blocked.
         memoise: Memoise ``decide()`` per needs class and state version.
+        record_segments: Keep every job's instance segments (for the gap breakdown).
     """
 
     def __init__(
@@ -349,8 +353,10 @@ class ElasticSimulator:
         interruption_memory_s: float = 86400.0,
         block_s: float = 1800.0,
         memoise: bool = True,
+        record_segments: bool = False,
     ) -> None:
         self.jobs = jobs
+        self.record_segments = record_segments
         self.policy = policy
         self.spot = spot
         self.config = config
@@ -434,6 +440,8 @@ class ElasticSimulator:
         heap: list[tuple[float, int]] = []
         for job in self.jobs:
             run = JobRun(len(runs), job, self.cache.class_of(job.needs))
+            if self.record_segments:
+                run.segments = []
             runs.append(run)
             heap.append((job.submit_s, run.index))
         heapq.heapify(heap)
@@ -536,6 +544,8 @@ class ElasticSimulator:
         assert offer is not None
         elapsed = t - run.seg_start
         run.progress = min(run.progress_at(t), run.job.duration_s)
+        if run.segments is not None:
+            run.segments.append((offer, elapsed, max(0.0, run.progress - run.base_progress)))
         option = offer.option.value
         if offer.option is PurchaseOption.RESERVED:
             self.state.release_reserved(offer.capacity_key)

@@ -61,9 +61,17 @@ def markdown_table(comparison: Comparison) -> str:
     for row in rows(comparison):
         lines.append("| " + " | ".join(_cell(k, row[k]) for k, _ in COLUMNS) + " |")
     lines.append("")
-    lines.append(f"Omniscient lower bound: ${comparison.bound.total:,.2f}; all on-demand: "
-                 f"${comparison.ondemand_cost:,.2f}.")  # fmt: skip
+    bound = comparison.bound
+    which = "held-capacity" if bound.held_total > bound.per_second_total else "per-second"
+    lines.append(f"Omniscient lower bound: ${bound.total:,.2f} ({which}; per-second "
+                 f"${bound.per_second_total:,.2f}, held-capacity ${bound.held_total:,.2f}); "
+                 f"all on-demand: ${comparison.ondemand_cost:,.2f}.")  # fmt: skip
     lines.extend(comparison.notes)
+    for policy, parts in comparison.gaps.items():
+        lines.extend(["", f"Cost above the bound, {policy} (USD):", "",
+                      "| cause | USD |", "|---|---|"])  # fmt: skip
+        lines.extend(f"| {cause} | {usd:,.2f} |" for cause, usd in parts.items() if abs(usd) > 5e-3)
+        lines.append(f"| **total** | **{sum(parts.values()):,.2f}** |")
     return "\n".join(lines) + "\n"
 
 
