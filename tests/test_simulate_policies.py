@@ -383,3 +383,13 @@ def test_the_gap_breakdown_adds_up_to_cost_minus_bound() -> None:
         assert sum(parts.values()) == pytest.approx(result.cost - comparison.bound.total)
         assert parts["minimum 60-s bills"] >= 0 and parts["change-overs and lost work"] >= 0
     assert comparison.gaps["hybrid"]["reservation idle"] > 0
+
+
+def test_hybrid_restarts_on_spot_only_with_two_change_overs_of_slack() -> None:
+    # Preempted at 300 s with 300 s of slack: a restart on us-west-2 spot would spend one
+    # change-over, lose that spot at 600 s and miss; the hybrid finishes on on-demand.
+    cat = catalog("us-east-1", "us-west-2", spot_prices=(0.2, 0.3))
+    spot = world({"us-east-1": [(0.0, 300.0)], "us-west-2": [(0.0, 600.0)]})
+    (run,) = replay(Hybrid(), [job(0, 1000.0, 1.3)], spot=spot, cat=cat).runs
+    assert run.finish <= run.job.deadline_s
+    assert run.seconds_by_option["spot"] == pytest.approx(300.0)

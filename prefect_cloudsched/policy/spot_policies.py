@@ -199,8 +199,14 @@ class Hybrid(UniformProgress):
         Asked with the reservation hidden (variant ``unreserved``): a spot-tolerant job that
         takes an idle reserved instance pays nothing now, but the next job that may not use
         spot then pays on-demand, while this one could have run on spot. It gets reserved
-        capacity only through :meth:`fallback`, instead of on-demand.
+        capacity only through :meth:`fallback`, instead of on-demand. A restart on spot
+        needs two change-overs of slack (UP's safety net allows for only one, so a spot
+        start that spends it and is then lost misses the deadline).
         """
+        if run.launched and _slack(run, now) <= 2 * ctx.change_over_s + EPS:
+            # A new spot start spends one change-over; after it, another must remain for
+            # the on-demand fallback should this spot be lost too. Otherwise stay put.
+            return None, INF
         back = INF
         for _ in range(MAX_FAILOVER):
             offer = ctx.decide(run, now, "unreserved")
