@@ -29,6 +29,7 @@ from prefect_cloudsched.records import PlacementRecord, to_micro, to_usd
 from prefect_cloudsched.run_log import log
 
 if TYPE_CHECKING:
+    from prefect_cloudsched.map_packing import MapBatch, SharedInstance
     from prefect_cloudsched.run_context import RunContext
 
 #: Offers tried per attempt before giving up (each failed start blocks its offer).
@@ -47,8 +48,11 @@ class PlacedTask:
         submitted_at: datetime,
         run_id: str,
         flow_name: str,
+        batch: MapBatch | None = None,
     ) -> None:
         self.run = run
+        self.batch = batch
+        self.batch_index = batch.add(needs, submitted_at) if batch is not None else -1
         self.task_name = task_name
         self.needs = needs
         self.first_decision = decision
@@ -100,7 +104,13 @@ class PlacedTask:
             if number <= 1
             else self.run.decide(needs, submitted_at=self.submitted_at)
         )
-        for _ in range(MAX_FALLBACKS):
+        shared = self.batch.instance_for(self.batch_index) if self.batch and number <= 1 else None
+        if shared is not None:
+            decision = shared.decision_for(self.first_decision)
+            handle, hold = shared.claim(lambda: self._claim(decision)), None
+            if handle is False:  # the shared instance could not start: go alone
+                shared, decision = None, self.first_decision
+        for _ in range(0 if shared else MAX_FALLBACKS):
             decision, hold = self.run.admit(decision, needs, self, task_run_id)
             try:
                 handle = self._claim(decision)
@@ -112,10 +122,11 @@ class PlacedTask:
             self.run.release_hold(hold)
             decision = self.run.decide(needs, submitted_at=self.submitted_at)
         else:
-            raise NoFeasibleOffer(
-                f"{self.task_name}: every fallback offer failed to start; "
-                f"blocked: {sorted(self.run.state.blocked)}"
-            )
+            if not shared:
+                raise NoFeasibleOffer(
+                    f"{self.task_name}: every fallback offer failed to start; "
+                    f"blocked: {sorted(self.run.state.blocked)}"
+                )
         placement = Placement(
             decision=decision,
             run_id=self.run_id,
@@ -123,7 +134,7 @@ class PlacedTask:
             attempt=number,
             instance_id=handle.instance_id if handle else None,
         )
-        attempt = Attempt(placement, handle, datetime.now(UTC), time.perf_counter(), hold)
+        attempt = Attempt(placement, handle, datetime.now(UTC), time.perf_counter(), hold, shared)
         try:
             log(f"{self.task_name}: {decision.explanation()}")
             visibility.emit_decided(
@@ -194,20 +205,24 @@ class PlacedTask:
             raise
         finally:
             runtime = time.perf_counter() - attempt.t0
-            if handle is not None and provisioner is not None:
-                try:
-                    if attached:
-                        self.run.executor.detach(handle)
-                finally:
+            cost, last = to_micro(cost_of(decision.offer, runtime)), True
+            if attempt.shared is not None:  # the last member out releases the instance
+                cost, last = attempt.shared.leave(self.needs, runtime)
+            try:
+                if handle is not None and provisioner is not None and attached:
+                    self.run.executor.detach(handle)
+            finally:
+                if handle is not None and provisioner is not None and last:
                     provisioner.release(handle)
-            if decision.offer.option is PurchaseOption.RESERVED:
-                self.run.state.release_reserved(decision.offer.capacity_key)
-            self._record(attempt, runtime, error)
+                if decision.offer.option is PurchaseOption.RESERVED and last:
+                    self.run.state.release_reserved(decision.offer.capacity_key)
+                self._record(attempt, runtime, error, cost)
 
-    def _record(self, attempt: Attempt, runtime: float, error: BaseException | None) -> None:
+    def _record(
+        self, attempt: Attempt, runtime: float, error: BaseException | None, cost: int
+    ) -> None:
         decision, placement = attempt.placement.decision, attempt.placement
         offer = decision.offer
-        cost = to_micro(cost_of(offer, runtime))
         interrupted = isinstance(error, SpotInterrupted)
         if interrupted:
             self.run.state.record_interruption(offer.capacity_key)
@@ -264,7 +279,9 @@ class PlacedTask:
 
 
 class Attempt:
-    __slots__ = ("handle", "hold", "placement", "started_at", "t0")
+    """One run of a task body on one placement (a Prefect retry is a new attempt)."""
+
+    __slots__ = ("handle", "hold", "placement", "shared", "started_at", "t0")
 
     def __init__(
         self,
@@ -273,12 +290,14 @@ class Attempt:
         started_at: datetime,
         t0: float,
         hold: int | None = None,
+        shared: SharedInstance | None = None,
     ) -> None:
         self.placement = placement
         self.handle = handle
         self.started_at = started_at
         self.t0 = t0
         self.hold = hold
+        self.shared = shared
 
 
 def spot_retry_condition(

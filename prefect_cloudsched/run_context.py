@@ -30,6 +30,9 @@ from prefect_cloudsched.provision.base import Provisioner
 from prefect_cloudsched.records import PlacementRecord, to_micro
 from prefect_cloudsched.run_log import log
 
+#: Solver time limit of the online packing program (the first mapped task waits for it).
+PACK_TIME_LIMIT_S = 2.0
+
 if TYPE_CHECKING:
     from prefect_cloudsched.placed_task import PlacedTask
 
@@ -108,6 +111,27 @@ class RunContext:
             state=self.state,
             config=self.policy,
         )
+
+    def pack(self, tasks: Sequence[Any]) -> Any:
+        """Pack a ``.map()``'s tasks onto instances (idle reserved capacity first)."""
+        from prefect_cloudsched.planning.packing import pack_tasks
+
+        result = pack_tasks(
+            tasks,
+            self.catalog,
+            reserved_free=self.state.idle_reserved(),
+            config=self.policy,
+            time_limit_s=PACK_TIME_LIMIT_S,
+        )
+        self.logger.info(
+            "packing %d mapped tasks: %s, expected $%.4f vs $%.4f one instance each (%.2f s)",
+            len(tasks),
+            result.status,
+            result.cost,
+            result.alone_cost,
+            result.solve_seconds,
+        )
+        return result
 
     def with_default_deadline(self, needs: TaskNeeds) -> TaskNeeds:
         """Give a task without a deadline the policy's: its runtime plus the default slack."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_cloudsched.catalog import PurchaseOption
 from prefect_cloudsched.errors import NoFeasibleOffer
 from prefect_cloudsched.execute.base import Executor
+from prefect_cloudsched.map_packing import MapBatch
 from prefect_cloudsched.needs import current_overrides, resolve_needs
 from prefect_cloudsched.placed_task import PlacedTask, failing_copy, spot_retry_condition
 from prefect_cloudsched.policy import PlacementState, PolicyConfig
@@ -87,6 +89,10 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             ``describe_spot_price_history`` when a flow run starts (the snapshot where it does
             not answer); each decision records its price source. Reservations the
             provisioners report (``owned_reservations``) are always used first.
+        pack_maps: Pack the GPU tasks of one ``.map()`` onto shared instances (e.g. four
+            1-GPU tasks on one 4-GPU instance, or an idle reserved host) when that is cheaper
+            than one instance each; each member is billed its share. Off when the policy has
+            a budget (budgets are admitted per task).
         pools: ``AwsComputePool`` / ``GcpComputePool`` blocks or their saved names
             (``"aws-main"`` or ``"aws-compute-pool/aws-main"``); each becomes the
             provisioner of its cloud. Loaded when a flow run starts, never at import.
@@ -122,6 +128,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         executor_options: Mapping[str, Any] | None = None,
         label_task_runs: bool | str = "declared",
         live_prices: bool = True,
+        pack_maps: bool = True,
         pools: Sequence[str | Any] | None = None,
         ledger: str | Any | None = None,
     ) -> None:
@@ -156,6 +163,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             executor_options=dict(executor_options or {}),
             label_task_runs=label_mode,
             live_prices=live_prices,
+            pack_maps=pack_maps,
             pools=tuple(pools or ()),
             ledger=ledger,
         )
@@ -202,6 +210,24 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         return self._run.state if self._run else None
 
     # ------------------------------------------------------------------ submit
+    def map(  # type: ignore[override]
+        self,
+        task: Any,
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+    ) -> Any:
+        """Submit one task per item; GPU tasks of the map may be packed onto shared instances."""
+        run = self._run
+        if run is None or not self._config["pack_maps"] or run.budget is not None:
+            return super().map(task, parameters, wait_for)
+        batch = MapBatch(run.pack)
+        token = _MAP_BATCH.set(batch)
+        try:
+            return super().map(task, parameters, wait_for)
+        finally:
+            _MAP_BATCH.reset(token)
+            batch.close()
+
     def submit(  # type: ignore[override]
         self,
         task: Any,
@@ -224,7 +250,10 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             decision = run.decide(needs, submitted_at=submitted_at)
         except NoFeasibleOffer as err:
             return super().submit(failing_copy(task, err), parameters, wait_for, dependencies)
-        placed = PlacedTask(run, task.name, needs, decision, submitted_at, run_id, flow_name)
+        batch = _MAP_BATCH.get() if needs.gpus else None
+        placed = PlacedTask(
+            run, task.name, needs, decision, submitted_at, run_id, flow_name, batch=batch
+        )
         remote = copy.copy(task)
         remote.fn = placed.wrap(task.fn, is_async=task.isasync)
         if decision.offer.option is PurchaseOption.SPOT and run.spot_retries:
@@ -235,6 +264,10 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             return super().submit(remote, parameters, wait_for, dependencies)
         with tags(decision.tag):
             return super().submit(remote, parameters, wait_for, dependencies)
+
+
+#: The ``.map()`` call being submitted in this context, whose members may share instances.
+_MAP_BATCH: ContextVar[MapBatch | None] = ContextVar("cloudsched_map_batch", default=None)
 
 
 def _label_mode(value: bool | str) -> str:

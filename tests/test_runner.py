@@ -356,3 +356,56 @@ def test_live_spot_prices_and_owned_reservations_reach_decisions(
     assert spot == ("aws/us-east-1/g5.xlarge/spot", "live:aws-spot-price-history")
     snapshot_rows = run(live=False)
     assert all(source != "live:aws-spot-price-history" for _, source in snapshot_rows)
+
+
+class QuietProvisioner(FlakyProvisioner):
+    """Starts everything it is asked to, never interrupts."""
+
+    def check(self, handle: InstanceHandle) -> None:
+        return None
+
+
+@pytest.mark.harness
+def test_mapped_gpu_tasks_share_one_idle_reserved_host(prefect_harness, ledger_url) -> None:
+    import json
+
+    provisioner = QuietProvisioner()
+
+    @requires(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=4))
+    @task
+    def shard(i: int) -> int:
+        time.sleep(0.3)
+        return i
+
+    def run(pack: bool) -> list:
+        @flow(
+            task_runner=CloudSchedTaskRunner(
+                max_workers=4,
+                provisioners={"aws": provisioner},
+                reserved={"aws/us-east-1/g5.12xlarge": 1},
+                policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+                pack_maps=pack,
+            )
+        )
+        def f() -> list[int]:
+            return shard.map(range(4)).result()
+
+        assert f() == [0, 1, 2, 3]
+        return Ledger(ledger_url).placements()[-4:]
+
+    rows = run(pack=True)
+    # one 4-GPU reserved host for the four 1-GPU tasks, started once and released once
+    assert len(provisioner.started) == 1 and provisioner.released == ["i-0"]
+    assert {r.offer_key for r in rows} == {"aws/us-east-1/g5.12xlarge/reserved"}
+    assert {r.instance_id for r in rows} == {"i-0"}
+    assert all("packed: shares one" in json.loads(r.decision_json)["reasons"][-1] for r in rows)
+    # each member pays a quarter of the host for its own runtime; the last also pays the rest
+    price = rows[0].price_micro_per_hour
+    shares = sorted(r.cost_micro - round(price * r.runtime_s / 3600 / 4) for r in rows)
+    assert all(abs(x) <= 1 for x in shares[:3]) and shares[3] >= 0
+    assert sum(r.baseline_micro for r in rows) > sum(r.cost_micro for r in rows)
+
+    rows = run(pack=False)  # one instance per task: the reserved host serves one of them
+    assert len(provisioner.started) == 5
+    assert sum(r.offer_key.endswith("/reserved") for r in rows) >= 1
+    assert len({r.instance_id for r in rows}) == 4

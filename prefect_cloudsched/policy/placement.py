@@ -90,6 +90,11 @@ class PlacementState:
             self.reserved_free[capacity_key] -= 1
             return True
 
+    def idle_reserved(self) -> dict[str, int]:
+        """A snapshot of the idle reserved instances."""
+        with self._lock:
+            return {k: n for k, n in self.reserved_free.items() if n > 0}
+
     def release_reserved(self, capacity_key: str) -> None:
         """Give a reserved instance back when its task ends."""
         with self._lock:
