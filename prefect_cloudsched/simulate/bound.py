@@ -238,7 +238,13 @@ def omniscient_bound(
         prices_of.append(prices)
         per_job.append(job_bound(job, prices, spot))
     per_second = float(sum(v for v in per_job if v is not None))
-    held, rate = held_capacity_bound(jobs, prices_of, spot, min_billed_s=min_billed_s)
+    placeable = [i for i, v in enumerate(per_job) if v is not None]  # nothing fits the rest
+    held, rate = held_capacity_bound(
+        [jobs[i] for i in placeable],
+        [prices_of[i] for i in placeable],
+        spot,
+        min_billed_s=min_billed_s,
+    )
     if held is None or held <= per_second:
         return BoundResult(per_second, tuple(per_job), per_second, held or 0.0, rate)
     scale = held / per_second if per_second > 0 else 1.0

@@ -63,8 +63,9 @@ def markdown_table(comparison: Comparison) -> str:
     lines.append("")
     bound = comparison.bound
     which = "held-capacity" if bound.held_total > bound.per_second_total else "per-second"
+    held = f"${bound.held_total:,.2f}" if bound.held_total > 0 else "n/a"
     lines.append(f"Omniscient lower bound: ${bound.total:,.2f} ({which}; per-second "
-                 f"${bound.per_second_total:,.2f}, held-capacity ${bound.held_total:,.2f}); "
+                 f"${bound.per_second_total:,.2f}, held-capacity {held}); "
                  f"all on-demand: ${comparison.ondemand_cost:,.2f}.")  # fmt: skip
     lines.extend(comparison.notes)
     for policy, parts in comparison.gaps.items():
