@@ -160,13 +160,82 @@ def test_daily_fourier_candidate_carries_the_cycle_for_a_non_seasonal_order() ->
 def test_aic_picks_differencing_for_a_walk_and_levels_for_a_stationary_ar() -> None:
     rng = np.random.default_rng(3)
     grid = (((1, 0, 0), (0, 0, 0, 0)), ((0, 1, 1), (0, 0, 0, 0)))
-    walk = fc.select_model(random_walk(300), fc.ForecastConfig(orders=grid, **FAST))
+    config = fc.ForecastConfig(orders=grid, selection="aic", **FAST)
+    walk = fc.select_model(random_walk(300), config)
     ar = np.zeros(300)
     for t in range(1, 300):
         ar[t] = 0.5 * ar[t - 1] + rng.normal()
-    stationary = fc.select_model(pd.Series(ar + 100), fc.ForecastConfig(orders=grid, **FAST))
+    stationary = fc.select_model(pd.Series(ar + 100), config)
     assert walk is not None and walk.spec.order == (0, 1, 1)
     assert stationary is not None and stationary.spec.order == (1, 0, 0)
+
+
+def test_dynamic_points_equal_statsmodels_dynamic_predictions() -> None:
+    y = daily_series(days=8)
+    y.iloc[60:66] = np.nan
+    specs = [fc.ModelSpec((1, 0, 1), (0, 1, 1, 24), log1p=True),
+             fc.ModelSpec((1, 1, 1), daily=2), fc.ModelSpec((2, 0, 1))]  # fmt: skip
+    starts = [len(y) - 24, len(y) - 48, 100]
+    for spec in specs:
+        res = fc.fit_sarimax(y, spec)
+        got = fc.dynamic_points(res, starts, 24)
+        for row, start in zip(got, starts, strict=True):
+            pred = res.get_prediction(start=start, end=start + 23, dynamic=True)
+            np.testing.assert_allclose(row, np.asarray(pred.predicted_mean), atol=1e-8)
+
+
+def test_validation_mae_scores_recent_day_boundaries_on_the_original_scale() -> None:
+    y = daily_series(days=8)
+    spec = fc.ModelSpec((1, 0, 0), (0, 1, 1, 24), log1p=True)
+    res = fc.fit_sarimax(y, spec)
+    starts = [len(y) - 24, len(y) - 48]
+    points = np.expm1(fc.dynamic_points(res, starts, 24))
+    manual = np.mean([np.abs(y.to_numpy()[s : s + 24] - p).mean()
+                      for s, p in zip(starts, points, strict=True)])  # fmt: skip
+    assert fc.validation_mae(res, y, spec, 24, days=2) == pytest.approx(manual)
+    assert math.isnan(fc.validation_mae(res, y.iloc[:40], spec, 24, days=2, burn=25))
+
+
+def test_validation_selection_keeps_aic_within_a_family_and_picks_the_family_by_error() -> None:
+    grid = (((1, 0, 0), (0, 0, 0, 0)), ((2, 0, 1), (0, 0, 0, 0)), ((0, 1, 1), (0, 0, 0, 0)),
+            ((1, 1, 1), (0, 0, 0, 0)), ((1, 0, 0), (0, 1, 1, 24)))  # fmt: skip
+    y = random_walk(400) + daily_series(days=17).to_numpy()[:400] - 50
+    config = fc.ForecastConfig(orders=grid, **FAST)
+    chosen = fc.select_model(y, config)
+    assert chosen is not None and chosen.validation_mae is not None
+    burn = 24
+    winners: dict[tuple[int, int], tuple[float, fc.ModelSpec, object]] = {}
+    for order, seasonal in grid:
+        spec = fc.ModelSpec(order, seasonal)
+        res = fc.fit_sarimax(y, spec)
+        aic = fc.comparable_aic(res, y, spec, burn)
+        family = (order[1], seasonal[1])
+        if family not in winners or aic < winners[family][0]:
+            winners[family] = (aic, spec, res)
+    maes = {spec: fc.validation_mae(res, y, spec, 24, 14, burn)
+            for _, spec, res in winners.values()}  # fmt: skip
+    assert chosen.spec == min(maes, key=maes.__getitem__)
+    assert chosen.validation_mae == pytest.approx(maes[chosen.spec])
+    by_aic = fc.select_model(y, fc.ForecastConfig(orders=grid, selection="aic", **FAST))
+    assert by_aic is not None and by_aic.validation_mae is None
+    assert by_aic.aic == min(aic for aic, _, _ in winners.values())
+
+
+def test_ols_fourier_gives_the_joint_ml_likelihood_faster() -> None:
+    y = daily_series(days=10) + random_walk(240).to_numpy() - 200
+    for order in ((1, 0, 0), (1, 1, 1)):
+        spec = fc.ModelSpec(order, daily=2)
+        joint = fc.fit_sarimax(y, spec, ols_fourier=False)
+        ols = fc.fit_sarimax(y, spec, ols_fourier=True)
+        assert ols.llf == pytest.approx(joint.llf, abs=0.5)
+        assert len(ols.params) == len(joint.params)
+
+
+def test_config_rejects_unknown_selection() -> None:
+    with pytest.raises(InputError, match="selection 'bic' is unknown"):
+        fc.ForecastConfig(selection="bic")
+    with pytest.raises(InputError, match="validation_days"):
+        fc.ForecastConfig(validation_days=0)
 
 
 def test_auto_transform_chooses_log1p_for_multiplicative_spiky_counts() -> None:
@@ -226,6 +295,7 @@ def test_datetime_index_continues_hourly_timestamps_in_json() -> None:
     payload = json.loads(json.dumps(result.to_dict()))
     assert payload["rows"][0]["hour"] == "2025-01-04T00:00:00"
     assert payload["method"] == "sarimax" and payload["order"] == [1, 0, 0]
+    assert "validation_mae" in payload
 
 
 def test_horizon_must_be_positive() -> None:

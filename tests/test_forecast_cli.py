@@ -38,6 +38,18 @@ def test_forecast_json_has_rows_and_model_info(series_csv: Path, capsys) -> None
         assert row["lo95"] <= row["lo80"] <= row["point"] <= row["hi80"] <= row["hi95"]
 
 
+def test_selection_option_switches_between_validation_and_plain_aic(
+    series_csv: Path, capsys
+) -> None:
+    assert main(["forecast", str(series_csv), "--horizon", "6", "--json", *FAST]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["validation_mae"] > 0
+    args = ["forecast", str(series_csv), "--horizon", "6", "--json", "--selection", "aic"]
+    assert main([*args, *FAST]) == 0
+    assert json.loads(capsys.readouterr().out)["validation_mae"] is None
+    assert main(["forecast", str(series_csv), "--selection", "bic", *FAST]) == 2
+
+
 def test_forecast_table_names_the_model_and_lists_the_hours(series_csv: Path, capsys) -> None:
     assert main(["forecast", str(series_csv), "--horizon", "3", *FAST]) == 0
     out = capsys.readouterr().out

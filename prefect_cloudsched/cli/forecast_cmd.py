@@ -30,6 +30,13 @@ class Transform(StrEnum):
     LOG1P = "log1p"
 
 
+class Selection(StrEnum):
+    """How the SARIMAX candidate is chosen."""
+
+    VALIDATION = "validation"
+    AIC = "aic"
+
+
 @app.command("forecast")
 def forecast(
     series: Annotated[str, typer.Argument(help="Hourly CSV with an `hour` column.")],
@@ -48,12 +55,19 @@ def forecast(
     weekly_fourier: Annotated[
         int, typer.Option("--weekly-fourier", help="Weekly Fourier pairs offered (0 = off).")
     ] = 2,
+    selection: Annotated[
+        Selection,
+        typer.Option(
+            help="validation (AIC within each differencing family, family by recent "
+            "multi-step error) or aic (lowest AIC overall)."
+        ),
+    ] = Selection.VALIDATION,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     plot: Annotated[
         str | None, typer.Option(help="Write a PNG of history, forecast and intervals.")
     ] = None,
 ) -> None:
-    """Forecast hourly demand with SARIMAX (AIC-chosen, daily season) and 80/95% intervals.
+    """Forecast hourly demand with SARIMAX (daily season) and 80/95% intervals.
 
     Falls back to seasonal-naive(24), with a warning, when history is under two days or
     no SARIMAX candidate fits. See docs/forecast.md.
@@ -74,7 +88,8 @@ def forecast(
 
     from prefect_cloudsched import forecast as fc
 
-    options = {"transform": transform.value, "weekly_fourier": weekly_fourier}
+    options = {"transform": transform.value, "weekly_fourier": weekly_fourier,
+               "selection": selection.value}  # fmt: skip
     config = fc.ForecastConfig(**options, **({"window": window} if window else {}))
     data = fc.load_series_csv(series, column)
     err = Console(stderr=True)
@@ -124,6 +139,8 @@ def _model_line(prediction: Forecast) -> str:
     if prediction.method != "sarimax":
         return f"Model: {prediction.model} (fallback: {prediction.fallback_reason})"
     line = f"Model: {prediction.model}, AIC {prediction.aic:.1f}"
+    if prediction.validation_mae is not None:
+        line += f", recent {len(prediction.frame)} h-ahead MAE {prediction.validation_mae:.3g}"
     if prediction.interval_scale:
         c80, c95 = prediction.interval_scale
         line += f", intervals scaled x{c80:.2f} (80%) / x{c95:.2f} (95%) to recent errors"
