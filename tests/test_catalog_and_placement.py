@@ -275,3 +275,21 @@ def test_decisions_on_shipped_catalog_are_sound(
         assert d.offer.option is OD
     if d.offer.option is OD:
         assert d.expected_cost >= d.baseline_cost - 1e-9  # the baseline is the cheapest OD
+
+
+def test_cheapest_idle_reservation_that_fits_is_taken() -> None:
+    catalog = Catalog(
+        [
+            offer("g5.12xlarge", RES, 3.0, 5.0, gpus=4, vcpus=48, mem=192),
+            offer("g5.xlarge", RES, 0.6, 1.0),
+            offer("g5.xlarge", OD, 1.0, 1.0),
+        ]
+    )
+    state = PlacementState(
+        reserved_free={"aws/us-east-1/g5.12xlarge": 1, "aws/us-east-1/g5.xlarge": 1}
+    )
+    needs = TaskNeeds(gpus=1, gpu_type="A10G", est_runtime=timedelta(hours=1))
+    for reserved_first in (True, False):
+        config = PolicyConfig(reserved_first=reserved_first)
+        chosen = decide(needs, catalog, now=NOW, state=state, config=config).offer
+        assert chosen.key == "aws/us-east-1/g5.xlarge/reserved"

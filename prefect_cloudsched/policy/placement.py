@@ -331,7 +331,7 @@ def decide(
         )
 
     ranked = np.flatnonzero(candidates)
-    order = ranked[np.lexsort((probability[ranked], cost[ranked]))]
+    order = ranked[np.lexsort((catalog.a_price[ranked], probability[ranked], cost[ranked]))]
     best = order[0]
     if config.reserved_first and reserved_idx is not None and reserved_idx.size:
         best = reserved_idx[0]
@@ -380,7 +380,8 @@ def _idle_reserved(
         return None
     free = [k for k, n in state.reserved_free.items() if n > 0]
     hits = np.flatnonzero(mask & _mask_in(catalog.a_capacity_key, free))
-    return hits if hits.size else None
+    # cheapest reservation first: a 1-GPU task belongs on the idle 1-GPU host, not the 2-GPU one
+    return hits[np.argsort(catalog.a_price[hits], kind="stable")] if hits.size else None
 
 
 _EGRESS_CACHE: dict[tuple[int, str], np.ndarray] = {}
