@@ -30,6 +30,8 @@ from prefect_cloudsched.provision.base import Provisioner
 from prefect_cloudsched.records import PlacementRecord, to_micro
 from prefect_cloudsched.run_log import log
 
+#: Decisions remembered per run for identical needs (see ``RunContext.decide_new``).
+MEMO_SIZE = 1024
 #: Solver time limit of the online packing program (the first mapped task waits for it).
 PACK_TIME_LIMIT_S = 2.0
 
@@ -69,6 +71,7 @@ class RunContext:
         self.budget = budget
         self.default_slack = default_slack
         self.refusals: list[str] = []
+        self._memo: dict[tuple[TaskNeeds, int], Decision] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -101,6 +104,27 @@ class RunContext:
         )
         executor.start()  # last: nothing after it can fail and leak a cluster
         return context
+
+    def decide_new(self, needs: TaskNeeds, *, submitted_at: datetime) -> Decision:
+        """The decision for a fresh submission, reused for identical needs.
+
+        A ``.map()`` submits many tasks with the same needs; while this run's state (idle
+        reservations, interruptions, blocked offers) is unchanged and the deadline is
+        relative to submission, ``decide()`` would return the same choice for each, so it
+        runs once. An absolute deadline depends on the clock and is always decided afresh.
+        """
+        if isinstance(needs.deadline, datetime):
+            return self.decide(needs, submitted_at=submitted_at)
+        key = (needs, self.state.version)
+        cached = self._memo.get(key)
+        if cached is None:
+            cached = self.decide(needs, submitted_at=submitted_at)
+            with self._lock:
+                if len(self._memo) >= MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[key] = cached
+            return cached
+        return replace(cached, decided_at=submitted_at, deadline=needs.deadline_at(submitted_at))
 
     def decide(self, needs: TaskNeeds, *, submitted_at: datetime) -> Decision:
         return decide(

@@ -247,7 +247,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         run_id = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else "no-flow-run"
         flow_name = flow_ctx.flow.name if flow_ctx and flow_ctx.flow else "unknown-flow"
         try:
-            decision = run.decide(needs, submitted_at=submitted_at)
+            decision = run.decide_new(needs, submitted_at=submitted_at)
         except NoFeasibleOffer as err:
             return super().submit(failing_copy(task, err), parameters, wait_for, dependencies)
         batch = _MAP_BATCH.get() if needs.gpus else None

@@ -409,3 +409,43 @@ def test_mapped_gpu_tasks_share_one_idle_reserved_host(prefect_harness, ledger_u
     assert len(provisioner.started) == 5
     assert sum(r.offer_key.endswith("/reserved") for r in rows) >= 1
     assert len({r.instance_id for r in rows}) == 4
+
+
+def test_submit_decisions_are_reused_only_while_state_and_clock_allow(tmp_path) -> None:
+    import logging
+    from datetime import UTC, datetime
+
+    from prefect_cloudsched.catalog import load_catalog
+    from prefect_cloudsched.execute.base import LocalExecutor
+    from prefect_cloudsched.needs import TaskNeeds
+    from prefect_cloudsched.policy import PlacementState
+    from prefect_cloudsched.run_context import RunContext
+
+    catalog = load_catalog()
+    ctx = RunContext(
+        catalog=catalog,
+        policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+        ledger=Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
+        state=PlacementState(),
+        spot_retries=1,
+        provisioners={},
+        executor=LocalExecutor(),
+        logger=logging.getLogger("test"),
+    )
+    try:
+        needs = TaskNeeds(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=4))
+        t0 = datetime.now(UTC)
+        first = ctx.decide_new(needs, submitted_at=t0)
+        again = ctx.decide_new(needs, submitted_at=t0 + timedelta(seconds=5))
+        assert again.offer == first.offer and again.decided_at == t0 + timedelta(seconds=5)
+        assert again.deadline == t0 + timedelta(hours=4, seconds=5)
+        # a blocked offer changes the state: the next decision is made afresh
+        ctx.state.block(first.offer.key, "InsufficientInstanceCapacity")
+        after = ctx.decide_new(needs, submitted_at=t0)
+        assert after.offer != first.offer
+        # an absolute deadline is never served from memory
+        absolute = needs.merged({"deadline": t0 + timedelta(minutes=20)})
+        tight = ctx.decide_new(absolute, submitted_at=t0)
+        assert tight.offer.option.value == "on-demand"
+    finally:
+        ctx.writer.close()

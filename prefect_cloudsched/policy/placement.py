@@ -80,6 +80,8 @@ class PlacementState:
     reserved_free: dict[str, int] = field(default_factory=dict)
     interruptions: Counter[str] = field(default_factory=Counter)
     blocked: dict[str, str] = field(default_factory=dict)
+    #: Bumped by every change, so a decision can be reused while it is unchanged.
+    version: int = field(default=0, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take_reserved(self, capacity_key: str) -> bool:
@@ -88,6 +90,7 @@ class PlacementState:
             if self.reserved_free.get(capacity_key, 0) <= 0:
                 return False
             self.reserved_free[capacity_key] -= 1
+            self.version += 1
             return True
 
     def idle_reserved(self) -> dict[str, int]:
@@ -99,16 +102,19 @@ class PlacementState:
         """Give a reserved instance back when its task ends."""
         with self._lock:
             self.reserved_free[capacity_key] = self.reserved_free.get(capacity_key, 0) + 1
+            self.version += 1
 
     def record_interruption(self, capacity_key: str) -> None:
         """Remember a spot loss so the next decision prices the higher risk."""
         with self._lock:
             self.interruptions[capacity_key] += 1
+            self.version += 1
 
     def block(self, offer_key: str, reason: str) -> None:
         """Exclude an offer for the rest of the run (e.g. after a capacity error)."""
         with self._lock:
             self.blocked[offer_key] = reason
+            self.version += 1
 
 
 @dataclass(frozen=True, slots=True)
