@@ -366,16 +366,102 @@ def test_plan_covers_every_hour_and_never_costs_more_than_on_demand(
     assert replay.cost <= plan.expected_cost * 1.01 + 1e-6
 
 
-def test_replay_picks_the_reserved_offer_of_the_right_gpu_when_keys_collide() -> None:
-    # GCP N1 hosts with different attached GPUs share one offer key in the catalog.
+def test_replay_picks_the_reserved_offer_of_the_right_gpu_on_shared_n1_hosts() -> None:
+    # GCP N1 hosts with different attached GPUs share a machine type; their keys (Offer.shape)
+    # name the GPUs, so a reservation of one never resolves to the other.
     def n1(gpu: str, price: float) -> Offer:
         return Offer("gcp", "r1", "r1-a", "n1-standard-8", 8, 30.0, gpu, 1, RES, price, 1.0)
 
     catalog = Catalog([n1("T4", 0.2), n1("A100", 0.6), offer("g1.x", OD, 1.0)])
     plan = plan_capacity({"gpu:A100": [1.0] * 4}, catalog, spot_max_share=0)
     assert plan.reserved[0].gpu_type == "A100"
+    assert plan.reserved[0].capacity_key == "gcp/r1-a/n1-standard-8+1xA100"
     result = replay_plan(plan, {"gpu:A100": [1.0] * 4}, catalog, spot_max_share=0)
     assert result.cost == pytest.approx(0.6 * 4)
     assert result.reserved_utilization["gpu:A100"] == pytest.approx(1.0)
-    by_demand = replay_plan({"gcp/r1-a/n1-standard-8": 1}, {"gpu:A100": [1.0] * 4}, catalog)
+    by_demand = replay_plan({"gcp/r1-a/n1-standard-8+1xA100": 1}, {"gpu:A100": [1.0] * 4}, catalog)
     assert by_demand.ondemand_cost == 0.0
+
+
+def _random_catalog(rng) -> Catalog:
+    """Two regions, two GPU models, sizes 1/2/4/8, all three options at random prices."""
+    offers = []
+    for region in ("r1", "r2"):
+        for gpu in ("A100", "V100"):
+            for gpus in (1, 2, 4, 8):
+                od = gpus * rng.uniform(0.8, 1.2)
+                name = f"{gpu.lower()}.{gpus}x"
+                offers.append(offer(name, OD, od, gpus=gpus, gpu=gpu, region=region))
+                offers.append(
+                    offer(name, RES, od * rng.uniform(0.5, 0.8), gpus=gpus, gpu=gpu,
+                          region=region, od=od)
+                )  # fmt: skip
+                band = rng.choice(["<5%", "10-15%", ">20%"])
+                offers.append(
+                    offer(name, SPOT, od * rng.uniform(0.2, 0.5), gpus=gpus, gpu=gpu,
+                          region=region, od=od, band=band)
+                )  # fmt: skip
+    return Catalog(offers)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_staged_solve_reaches_the_direct_optimum_within_the_gap(monkeypatch, seed) -> None:
+    # The staged route (LP bound, rounded reservations and hours, then the warm-started
+    # MILP) only runs on large programs; forced on small random ones it must land within
+    # the requested gap of the optimum that a direct solve proves at gap 0.
+    import random
+
+    from prefect_cloudsched.planning import program
+
+    rng = random.Random(seed)
+    catalog = _random_catalog(rng)
+    hours = 36
+    demand = {
+        "gpu:A100": [rng.choice([0, 3, 5, 9, 12, 17]) + rng.random() for _ in range(hours)],
+        "gpu:V100": [rng.choice([1, 2, 6, 10]) * 1.0 for _ in range(hours)],
+    }
+    quotas = {"aws/r1": 1e6, "aws/r2/gpu:V100": 24}  # couples the classes in r1
+    kwargs = dict(spot_max_share=0.5, quotas=quotas, max_candidates=2, time_limit_s=60)
+    direct = plan_capacity(demand, catalog, gap=0.0, **kwargs)
+    monkeypatch.setattr(program, "STAGED_MIN_HOURLY_VARS", 0)
+    staged = plan_capacity(demand, catalog, gap=0.01, **kwargs)
+    assert direct.status == staged.status == "optimal"
+    assert staged.stages[0].startswith("lp ")
+    assert staged.expected_cost >= direct.expected_cost - 1e-6
+    assert staged.expected_cost <= direct.expected_cost / (1 - 0.01) + 1e-6
+    for h in range(hours):
+        for gpu in ("A100", "V100"):
+            assert supplied(staged, catalog, h, gpu) >= math.ceil(demand[f"gpu:{gpu}"][h] - 1e-6)
+
+
+def test_staged_solve_with_a_budget_that_rounding_breaks_still_finds_the_optimum(
+    monkeypatch,
+) -> None:
+    # A budget just above the optimum: rounded reservations may overshoot it; the staged
+    # solve must then fall through to the full MILP rather than report infeasible.
+    from prefect_cloudsched.planning import program
+
+    demand = {"gpu:A100": [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 4.0, 4.0, 1.0]}
+    direct = plan_capacity(demand, one_gpu_catalog(), spot_max_share=0.5, gap=0.0)
+    monkeypatch.setattr(program, "STAGED_MIN_HOURLY_VARS", 0)
+    staged = plan_capacity(
+        demand, one_gpu_catalog(), spot_max_share=0.5, gap=0.0,
+        budget_usd=direct.expected_cost + 0.01,
+    )  # fmt: skip
+    assert staged.status == "optimal"
+    assert staged.expected_cost == pytest.approx(direct.expected_cost, abs=1e-6)
+    assert staged.expected_cost == pytest.approx(11.30, abs=0.01)
+
+
+def test_staged_solve_stops_at_the_lp_bound_when_rounding_is_exact(monkeypatch) -> None:
+    # Flat demand, no spot: the LP optimum is integral (two reservations), so the rounded
+    # incumbent meets the LP bound and no MILP is run at all.
+    from prefect_cloudsched.planning import program
+
+    monkeypatch.setattr(program, "STAGED_MIN_HOURLY_VARS", 0)
+    plan = plan_capacity({"gpu:A100": [2.0] * 10}, one_gpu_catalog(), spot_max_share=0)
+    assert plan.status == "optimal"
+    assert [s.split()[0] for s in plan.stages] == ["lp", "round"]
+    assert plan.lp_gap == pytest.approx(0.0, abs=1e-9)
+    assert plan.reserved_capacity() == {"aws/r1/g1.x": 2}
+    assert plan.expected_cost == pytest.approx(0.6 * 2 * 10)

@@ -114,6 +114,11 @@ class CapacityPlan:
         solver: ``cbc`` or ``highs``.
         supplied: Per class and purchase option, the units held in each hour (what the
             ``--plot`` stack draws).
+        build_seconds: Part of ``solve_seconds`` spent building the plan's PuLP model.
+        solver_seconds: Part spent in solver calls for the plan (model files included).
+        lp_gap: For a plan solved in stages, its relative distance from the LP-relaxation
+            bound (an upper bound on its distance from the optimum); None otherwise.
+        stages: Solver calls made for the plan, with their wall time.
     """
 
     status: str
@@ -132,6 +137,10 @@ class CapacityPlan:
     candidates: int = 0
     solver: str = "cbc"
     supplied: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    build_seconds: float = 0.0
+    solver_seconds: float = 0.0
+    lp_gap: float | None = None
+    stages: list[str] = field(default_factory=list)
 
     @property
     def hours(self) -> int:
@@ -322,6 +331,7 @@ def plan_capacity(
     time_limit_s: float = 60,
     gap: float = 0.01,
     progress: Callable[[str], None] | None = None,
+    threads: int = 2,
 ) -> CapacityPlan:
     """Plan reserved capacity and the hourly on-demand/spot mix for a demand forecast.
 
@@ -352,6 +362,7 @@ def plan_capacity(
             ``feasible``.
         gap: Relative optimality gap at which the solver stops.
         progress: Called with one line per stage (the CLI prints them on stderr).
+        threads: Solver threads (default 2, the shared 2-core machine the benchmark runs on).
 
     Returns:
         The plan; ``status == "infeasible"`` plans name the binding constraints.
@@ -397,7 +408,12 @@ def plan_capacity(
 
     od_only = select_candidates(list(series), catalog, options=ON_DEMAND_ONLY, quotas=(), **select)
     solve = dict(
-        allow_unmet=False, fixed_reserved=None, solver=solver, time_limit_s=time_limit_s, gap=gap
+        allow_unmet=False,
+        fixed_reserved=None,
+        solver=solver,
+        time_limit_s=time_limit_s,
+        gap=gap,
+        threads=threads,
     )
     say(f"solving the all-on-demand baseline with {solver.upper()}")
     baseline, _ = solve_program(
@@ -477,6 +493,10 @@ def plan_capacity(
         candidates=len(candidates),
         solver=solver,
         supplied=supplied,
+        build_seconds=solution.build_seconds,
+        solver_seconds=solution.solver_seconds,
+        lp_gap=solution.lp_gap,
+        stages=solution.stages,
     )
 
 
