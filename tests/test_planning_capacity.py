@@ -465,3 +465,25 @@ def test_staged_solve_stops_at_the_lp_bound_when_rounding_is_exact(monkeypatch) 
     assert plan.lp_gap == pytest.approx(0.0, abs=1e-9)
     assert plan.reserved_capacity() == {"aws/r1/g1.x": 2}
     assert plan.expected_cost == pytest.approx(0.6 * 2 * 10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spot_cap_and_quota_bounds_on_hourly_counts_keep_the_optimum(monkeypatch, seed) -> None:
+    # _cap_bound caps each hourly count at what the spot cap or a quota allows for that offer
+    # alone. It must cut off no integer plan: the optimum with and without it is the same.
+    import random
+
+    from prefect_cloudsched.planning import program
+
+    rng = random.Random(100 + seed)
+    catalog = _random_catalog(rng)
+    demand = {
+        "gpu:A100": [rng.choice([1, 2, 3, 7, 9, 15]) * 1.0 for _ in range(24)],
+        "gpu:V100": [rng.choice([0, 1, 4, 5]) * 1.0 for _ in range(24)],
+    }
+    kwargs = dict(spot_max_share=0.4, quotas={"aws/r1/gpu:A100": 6}, max_candidates=3, gap=0.0)
+    bounded = plan_capacity(demand, catalog, **kwargs)
+    monkeypatch.setattr(program, "_cap_bound", lambda *_: 2**31)
+    unbounded = plan_capacity(demand, catalog, **kwargs)
+    assert bounded.status == unbounded.status == "optimal"
+    assert bounded.expected_cost == pytest.approx(unbounded.expected_cost, rel=1e-9, abs=1e-6)

@@ -103,8 +103,11 @@ def make_solver(
             options=cbc_options,
         )
     if name == "highs":
+        # One thread whatever is asked: HiGHS keeps one thread pool per process, and a later
+        # solve asking for a different count fails (the packing program, after a 2-thread
+        # capacity plan, came back without a solution).
         return pulp.HiGHS(
-            msg=False, timeLimit=max(time_limit_s, 0.1), gapRel=gap, threads=threads, mip=mip
+            msg=False, timeLimit=max(time_limit_s, 0.1), gapRel=gap, threads=1, mip=mip
         )
     raise InputError(f"solver {name!r} is unknown; use one of: {', '.join(SOLVERS)}")
 
@@ -256,6 +259,8 @@ def _build(
                     if not served:
                         continue
                     bound = max(math.ceil(need[k] / u) for k, u in served)
+                    if not elastic:
+                        bound = min(bound, _cap_bound(c, need, spot_max_share, limits))
                     var = pulp.LpVariable(f"h{len(hourly_vars)}", 0, bound, cat="Integer")
                     hourly_vars.append((at, c, var))
                     record.hourly.append((c, var))
@@ -307,6 +312,26 @@ def _build(
     return _Model(
         prob, reserved_vars, hourly_vars, unmet_vars, slack, records, limits, spot_max_share
     )
+
+
+def _cap_bound(
+    c: Candidate, need: Mapping[str, float], share: float, limits: Mapping[str, float]
+) -> int:
+    """Most instances of an hourly offer that the spot cap and the quotas allow on their own.
+
+    Exact, not a heuristic: every other term of a spot-cap or quota row is >= 0, so an
+    integer plan can never hold more than ``floor(cap / units)`` of one offer. Stated as the
+    variable's bound it keeps the LP from buying, say, 0.24 of a 1.9 TB spot machine whose
+    single instance is over the cap — the LP bound rises and nothing feasible is cut off.
+    """
+    most = math.inf
+    if c.offer.option is PurchaseOption.SPOT:
+        for k, u in c.units:
+            if need.get(k, 0) > 0:
+                most = min(most, math.floor(share * need[k] / (c.weight * u) + 1e-9))
+    for scope, u in c.scopes:
+        most = min(most, math.floor(limits[scope] / u + 1e-9))
+    return int(min(most, 2**31))
 
 
 def solve_program(
@@ -400,10 +425,10 @@ def _run(
 def _set_start(model: _Model, start: Solution) -> None:
     for key, var in model.reserved_vars.items():
         if not isinstance(var, int):
-            var.setInitialValue(start.reserved.get(key, 0))
+            var.setInitialValue(start.reserved.get(key, 0), check=False)
     for at, c, var in model.hourly_vars:
         mix = start.spot if c.offer.option is PurchaseOption.SPOT else start.ondemand
-        var.setInitialValue(mix[at[0]].get(c.offer.key, 0))
+        var.setInitialValue(mix[at[0]].get(c.offer.key, 0), check=False)
     for v in model.prob.variables():
         if v.varValue is None:
             v.setInitialValue(0)
