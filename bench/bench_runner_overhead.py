@@ -13,12 +13,15 @@ time of each is compared (target ratio ≤ 1.10). Three arms:
 
 The local Prefect server records task-run events in the background; a run that starts while
 it still drains the previous run's backlog is slowed for reasons that are not the runner's,
-so each run waits ``SETTLE_S`` first. Writes ``bench/results/runner_overhead.*``.
+so before each run the script waits until the server process is idle (its CPU time grows by
+under ``IDLE_CPU_S`` per ``IDLE_WINDOW_S`` window, twice in a row; at most ``SETTLE_MAX_S``).
+Writes ``bench/results/runner_overhead.*``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -33,7 +36,36 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from prefect_cloudsched import CloudSchedTaskRunner, Ledger, requires  # noqa: E402
 
 MAX_WORKERS = 8
-SETTLE_S = 10.0
+IDLE_WINDOW_S = 0.5
+IDLE_CPU_S = 0.02
+SETTLE_MAX_S = 90.0
+
+
+def _children_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's children (the Prefect server)."""
+    me, total = os.getpid(), 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def settle() -> float:
+    """Wait until the server has drained the previous run's backlog; returns seconds waited."""
+    started, quiet, last = time.perf_counter(), 0, _children_cpu_seconds()
+    while quiet < 2 and time.perf_counter() - started < SETTLE_MAX_S:
+        time.sleep(IDLE_WINDOW_S)
+        now = _children_cpu_seconds()
+        quiet = quiet + 1 if now - last < IDLE_CPU_S else 0
+        last = now
+    return time.perf_counter() - started
 
 
 @task
@@ -76,11 +108,14 @@ def main() -> None:
         for i in range(args.runs):
             order = list(flows) if i % 2 == 0 else list(reversed(flows))
             for name in order:
-                time.sleep(SETTLE_S)  # let the server drain the last run's events first
+                waited = settle()
                 t0 = time.perf_counter()
                 assert flows[name](args.tasks) == sum(range(1, args.tasks + 1))
                 times[name].append(time.perf_counter() - t0)
-                print(f"run {i + 1} {name}: {times[name][-1]:.2f}s", flush=True)
+                print(
+                    f"run {i + 1} {name}: {times[name][-1]:.2f}s (settled {waited:.1f}s)",
+                    flush=True,
+                )
         rows = len(Ledger().placements(flow_name="bench-cloudsched"))
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["cloudsched"] / med["threadpool"]

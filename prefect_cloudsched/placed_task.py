@@ -49,9 +49,11 @@ class PlacedTask:
         run_id: str,
         flow_name: str,
         batch: MapBatch | None = None,
+        announce: bool = True,
     ) -> None:
         self.run = run
         self.batch = batch
+        self.announce = announce
         self.batch_index = batch.add(needs, submitted_at) if batch is not None else -1
         self.task_name = task_name
         self.needs = needs
@@ -136,14 +138,15 @@ class PlacedTask:
         )
         attempt = Attempt(placement, handle, datetime.now(UTC), time.perf_counter(), hold, shared)
         try:
-            log(f"{self.task_name}: {decision.explanation()}")
-            visibility.emit_decided(
-                decision,
-                task_name=self.task_name,
-                flow_run_id=self.run_id,
-                task_run_id=task_run_id,
-                attempt=number,
-            )
+            if self.announce or number > 1 or handle is not None:
+                log(f"{self.task_name}: {decision.explanation()}")
+                visibility.emit_decided(
+                    decision,
+                    task_name=self.task_name,
+                    flow_run_id=self.run_id,
+                    task_run_id=task_run_id,
+                    attempt=number,
+                )
             if handle is not None:
                 self.run.executor.attach(handle, placement)
         except BaseException as err:  # the instance is running: never leave it behind

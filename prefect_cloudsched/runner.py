@@ -82,9 +82,10 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         label_task_runs: Which task runs get one tag naming the choice
             (``cloudsched:aws-spot``): ``"declared"`` (default) the tasks that declared needs
             (``@requires`` or need tags), ``"all"`` (or ``True``) every task, ``"none"`` (or
-            ``False``) none. Prefect takes a concurrency slot per tag per task run, an API
-            round trip that doubles the wall time of trivial tasks (docs/benchmarks.md), so
-            tasks without needs run exactly as before: untagged, but still in the ledger.
+            ``False``) none. Tasks without needs run exactly as before — no tag, ``chose``
+            log line or decision event (``"all"`` announces them too) — but are still in
+            the ledger: a tag costs Prefect an API round trip per task run and every log
+            line and event loads the API server (docs/benchmarks.md).
         live_prices: With an AWS provisioner, re-read AWS spot prices from
             ``describe_spot_price_history`` when a flow run starts (the snapshot where it does
             not answer); each decision records its price source. Reservations the
@@ -251,16 +252,26 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         except NoFeasibleOffer as err:
             return super().submit(failing_copy(task, err), parameters, wait_for, dependencies)
         batch = _MAP_BATCH.get() if needs.gpus else None
+        label = self._config["label_task_runs"]
+        # tasks that declared nothing "run as before": no tag, event or log line; a ledger row
+        announce = label == "all" or resolved.declared
         placed = PlacedTask(
-            run, task.name, needs, decision, submitted_at, run_id, flow_name, batch=batch
+            run,
+            task.name,
+            needs,
+            decision,
+            submitted_at,
+            run_id,
+            flow_name,
+            batch=batch,
+            announce=announce,
         )
         remote = copy.copy(task)
         remote.fn = placed.wrap(task.fn, is_async=task.isasync)
         if decision.offer.option is PurchaseOption.SPOT and run.spot_retries:
             remote.retries = task.retries + run.spot_retries
             remote.retry_condition_fn = spot_retry_condition(task.retry_condition_fn, task.retries)
-        label = self._config["label_task_runs"]
-        if label == "none" or (label == "declared" and not resolved.declared):
+        if label == "none" or not announce:
             return super().submit(remote, parameters, wait_for, dependencies)
         with tags(decision.tag):
             return super().submit(remote, parameters, wait_for, dependencies)

@@ -136,11 +136,13 @@ def _artifacts(flow_run_id: str) -> dict[str, Any]:
     return {a.key: a for a in found}
 
 
+@requires(cpus=1)  # declared needs: its decisions are announced (events, log lines, tag)
 @task
 def add(x: int) -> int:
     return x + 1
 
 
+@requires(cpus=1)
 @task
 def slow_add(x: int) -> int:
     time.sleep(1.0)  # keeps its budget hold while the other task is admitted
@@ -165,8 +167,13 @@ def _cheapest_cpu_cost() -> float:
 # --------------------------------------------------------------------------- harness
 @pytest.mark.harness
 def test_flow_publishes_cost_artifacts_and_decision_events(prefect_harness, ledger_url) -> None:
+    @task
+    def undeclared(x: int) -> int:
+        return x
+
     @flow(name="Visibility Demo", task_runner=CloudSchedTaskRunner(max_workers=2))
     def demo() -> list[int]:
+        undeclared.submit(0).result()  # runs as before: a ledger row, no event
         return [f.result() for f in add.map([1, 2, 3])]
 
     state = demo(return_state=True)
@@ -179,13 +186,13 @@ def test_flow_publishes_cost_artifacts_and_decision_events(prefect_harness, ledg
     )
     assert table.type == "table" and summary.type == "markdown"
     rows = table.data if isinstance(table.data, list) else json.loads(table.data)
-    assert sorted(r["task"] for r in rows) == ["add", "add", "add"]
+    assert sorted(r["task"] for r in rows) == ["add", "add", "add", "undeclared"]
     ledger_cost = sum(r.cost_micro for r in Ledger(ledger_url).placements(flow_run_id=run_id))
     assert sum(to_micro(r["cost_usd"]) for r in rows) == pytest.approx(ledger_cost, abs=3)
     assert "Cost of `Visibility Demo`" in summary.data and "saved" in summary.data
 
     events = _read_events([EVENT_DECIDED], run_id, lambda found: len(found) >= 3)
-    assert len(events) == 3
+    assert len(events) == 3 and {e["payload"]["task"] for e in events} == {"add"}
     event = events[0]
     roles = {r["prefect.resource.role"] for r in event["related"]}
     assert {"flow-run", "task-run"} <= roles
