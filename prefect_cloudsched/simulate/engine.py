@@ -201,8 +201,6 @@ class DecisionCache:
         self._memo: dict[tuple, Offer | None] = {}
         self._classes: dict[tuple, int] = {}
         # The same interruptions and blocks (shared objects), no idle reservation.
-        self._pool_views: dict[str, PlacementState] = {}
-        self._rates: dict[str, float] = {}
         self._unreserved = PlacementState(
             reserved_free={}, interruptions=state.interruptions, blocked=state.blocked
         )
@@ -222,42 +220,6 @@ class DecisionCache:
 
     def _open_pools(self) -> tuple[str, ...]:
         return tuple(sorted(k for k, n in self.state.reserved_free.items() if n > 0))
-
-    def _views(self, variant: str) -> list[PlacementState]:
-        """The states ``decide()`` is asked with, in turn, until it answers reserved.
-
-        ``decide()`` takes the first idle reserved pool that fits in catalog order, so a
-        one-GPU job can take a two-GPU host while a one-GPU pool sits idle, and the next
-        two-GPU job pays on-demand. With several pools open, each is shown alone, cheapest
-        amortised rate first: the answer is what ``decide()`` would give if it took the
-        cheapest fitting idle reservation (an answer that is not reserved is the same for
-        every view, the reservation being the only difference).
-        """
-        if variant == "unreserved":
-            return [self._unreserved]
-        if len(self.reserved_open) <= 1:
-            return [self.state]
-        views = []
-        for key in sorted(self.reserved_open, key=self._pool_rate):
-            view = self._pool_views.get(key)
-            if view is None:
-                view = self._pool_views[key] = PlacementState(
-                    reserved_free={key: 1},
-                    interruptions=self.state.interruptions,
-                    blocked=self.state.blocked,
-                )
-            views.append(view)
-        return views
-
-    def _pool_rate(self, capacity_key: str) -> tuple[float, str]:
-        rate = self._rates.get(capacity_key)
-        if rate is None:
-            try:
-                offer = self.catalog.find(f"{capacity_key}/{PurchaseOption.RESERVED.value}")
-                rate = self._rates[capacity_key] = offer.usd_per_hour
-            except KeyError:
-                rate = self._rates[capacity_key] = math.inf
-        return rate, capacity_key
 
     def decide(self, run: JobRun, now: float, variant: str) -> Offer | None:
         """The offer ``decide()`` picks for ``run``'s remaining work; None if nothing fits."""
@@ -285,22 +247,18 @@ class DecisionCache:
         else:
             changes["deadline"] = EPOCH + timedelta(seconds=job.deadline_s)
         needs = replace(needs, **changes)
-        offer: Offer | None = None
-        for state in self._views(variant):
-            self.calls += 1
-            try:
-                offer = placement.decide(
-                    needs,
-                    self.catalog,
-                    now=EPOCH + timedelta(seconds=now),
-                    submitted_at=EPOCH + timedelta(seconds=job.submit_s),
-                    state=state,
-                    config=self.config,
-                ).offer
-            except NoFeasibleOffer:
-                offer = None
-            if offer is None or offer.option is PurchaseOption.RESERVED:
-                break
+        self.calls += 1
+        try:
+            offer: Offer | None = placement.decide(
+                needs,
+                self.catalog,
+                now=EPOCH + timedelta(seconds=now),
+                submitted_at=EPOCH + timedelta(seconds=job.submit_s),
+                state=self._unreserved if variant == "unreserved" else self.state,
+                config=self.config,
+            ).offer
+        except NoFeasibleOffer:
+            offer = None
         if variant == "spot" and offer is not None and offer.option is not PurchaseOption.SPOT:
             offer = None
         if self.memoise:
