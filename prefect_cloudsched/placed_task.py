@@ -13,6 +13,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -107,28 +108,16 @@ class PlacedTask:
             else self.run.decide(needs, submitted_at=self.submitted_at)
         )
         shared = self.batch.instance_for(self.batch_index) if self.batch and number <= 1 else None
+        hold: int | None = None
         if shared is not None:
-            decision = shared.decision_for(self.first_decision)
-            handle, hold = shared.claim(lambda: self._claim(decision)), None
+            shared_decision = shared.decision_for(self.first_decision)
+            handle = shared.claim(lambda: self._claim(shared_decision))
             if handle is False:  # the shared instance could not start: go alone
-                shared, decision = None, self.first_decision
-        for _ in range(0 if shared else MAX_FALLBACKS):
-            decision, hold = self.run.admit(decision, needs, self, task_run_id)
-            try:
-                handle = self._claim(decision)
-            except BaseException:
-                self.run.release_hold(hold)
-                raise
-            if handle is not False:
-                break
-            self.run.release_hold(hold)
-            decision = self.run.decide(needs, submitted_at=self.submitted_at)
-        else:
-            if not shared:
-                raise NoFeasibleOffer(
-                    f"{self.task_name}: every fallback offer failed to start; "
-                    f"blocked: {sorted(self.run.state.blocked)}"
-                )
+                shared = None
+            else:
+                decision = shared_decision
+        if shared is None:
+            decision, handle, hold = self._start_alone(decision, needs, task_run_id)
         placement = Placement(
             decision=decision,
             run_id=self.run_id,
@@ -156,6 +145,31 @@ class PlacedTask:
                 raise lost from err  # a spot loss: retried and re-placed like any other
             raise
         return attempt
+
+    def _start_alone(
+        self, decision: Decision, needs: TaskNeeds, task_run_id: str
+    ) -> tuple[Decision, InstanceHandle | None, int | None]:
+        """Admit and start ``decision``, falling back to the next offer on capacity errors.
+
+        Returns:
+            The decision that started, its instance (``None`` without a provisioner) and
+            its budget hold.
+        """
+        for _ in range(MAX_FALLBACKS):
+            decision, hold = self.run.admit(decision, needs, self, task_run_id)
+            try:
+                handle = self._claim(decision)
+            except BaseException:
+                self.run.release_hold(hold)
+                raise
+            if handle is not False:
+                return decision, handle, hold
+            self.run.release_hold(hold)
+            decision = self.run.decide(needs, submitted_at=self.submitted_at)
+        raise NoFeasibleOffer(
+            f"{self.task_name}: every fallback offer failed to start; "
+            f"blocked: {sorted(self.run.state.blocked)}"
+        )
 
     def _interrupted(self, handle: InstanceHandle | None) -> SpotInterrupted | None:
         """The interruption that explains a failed attach, if the cloud reports one."""
@@ -281,26 +295,16 @@ class PlacedTask:
         )
 
 
+@dataclass(slots=True)
 class Attempt:
     """One run of a task body on one placement (a Prefect retry is a new attempt)."""
 
-    __slots__ = ("handle", "hold", "placement", "shared", "started_at", "t0")
-
-    def __init__(
-        self,
-        placement: Placement,
-        handle: InstanceHandle | None,
-        started_at: datetime,
-        t0: float,
-        hold: int | None = None,
-        shared: SharedInstance | None = None,
-    ) -> None:
-        self.placement = placement
-        self.handle = handle
-        self.started_at = started_at
-        self.t0 = t0
-        self.hold = hold
-        self.shared = shared
+    placement: Placement
+    handle: InstanceHandle | None
+    started_at: datetime
+    t0: float
+    hold: int | None = None
+    shared: SharedInstance | None = None
 
 
 def spot_retry_condition(
