@@ -88,8 +88,11 @@ def forecast(
 
     from prefect_cloudsched import forecast as fc
 
-    options = {"transform": transform.value, "weekly_fourier": weekly_fourier,
-               "selection": selection.value}  # fmt: skip
+    options = {
+        "transform": transform.value,
+        "weekly_fourier": weekly_fourier,
+        "selection": selection.value,
+    }
     config = fc.ForecastConfig(**options, **({"window": window} if window else {}))
     data = fc.load_series_csv(series, column)
     err = Console(stderr=True)
