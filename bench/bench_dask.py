@@ -30,13 +30,13 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 
 from prefect_cloudsched import CloudSchedTaskRunner, Ledger  # noqa: E402
-from prefect_cloudsched.catalog import load_catalog  # noqa: E402
-from prefect_cloudsched.execute.base import Placement  # noqa: E402
-from prefect_cloudsched.execute.dask import DaskExecutor  # noqa: E402
-from prefect_cloudsched.execute.launcher import LocalWorkerLauncher  # noqa: E402
-from prefect_cloudsched.needs import TaskNeeds  # noqa: E402
-from prefect_cloudsched.policy import PlacementState, PolicyConfig, decide  # noqa: E402
-from prefect_cloudsched.provision.base import InstanceHandle  # noqa: E402
+from prefect_cloudsched.adapters.execute.base import Placement  # noqa: E402
+from prefect_cloudsched.adapters.execute.dask import DaskExecutor  # noqa: E402
+from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher  # noqa: E402
+from prefect_cloudsched.adapters.provision.base import InstanceHandle  # noqa: E402
+from prefect_cloudsched.core.catalog import load_catalog  # noqa: E402
+from prefect_cloudsched.core.needs import TaskNeeds  # noqa: E402
+from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide  # noqa: E402
 
 TARGET = 1.15
 MAX_WORKERS = 8  # local engine threads of the CloudSched runner (as in runner_overhead)

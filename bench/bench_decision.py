@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 from _common import write
 
-from prefect_cloudsched.catalog import load_catalog
-from prefect_cloudsched.needs import Priority, TaskNeeds
-from prefect_cloudsched.policy import PlacementState, decide
+from prefect_cloudsched.core.catalog import load_catalog
+from prefect_cloudsched.core.needs import Priority, TaskNeeds
+from prefect_cloudsched.core.policy import PlacementState, decide
 
 DECISIONS = 20_000
 

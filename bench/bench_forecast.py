@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/bench_forecast.py`` (about 3 minutes on 2 cores).
 
 For every hourly series in ``bench/data/`` (see its SOURCE.md) the backtest of
-:func:`prefect_cloudsched.forecast.backtest` runs twice with the default ``ForecastConfig``:
+:func:`prefect_cloudsched.core.forecast.backtest` runs twice with the default ``ForecastConfig``:
 
 * **held-out**: the last 14 daily origins (the last 14 days of the series). This is the
   reported result; nothing was tuned on it.
@@ -26,7 +26,7 @@ from typing import Any
 
 from _common import write
 
-from prefect_cloudsched.forecast import (
+from prefect_cloudsched.core.forecast import (
     DAY,
     MODELS,
     ForecastConfig,

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from _common import RESULTS, write
 
-from prefect_cloudsched.catalog import load_catalog
-from prefect_cloudsched.forecast import (
+from prefect_cloudsched.core.catalog import load_catalog
+from prefect_cloudsched.core.forecast import (
     DAY,
     Forecast,
     fit_forecast,
@@ -40,8 +40,8 @@ from prefect_cloudsched.forecast import (
     load_series_csv,
     prepare_series,
 )
-from prefect_cloudsched.needs import TaskNeeds
-from prefect_cloudsched.planning import (
+from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.planning import (
     PackTask,
     demand_from_forecast,
     pack_tasks,

@@ -36,8 +36,8 @@ TRACE_REGIONS = frozenset({"us-east-1", "us-east-2", "us-west-2"})
 def main() -> None:
     """Run every scenario and write the results."""
     isolate()
-    from prefect_cloudsched.catalog import load_catalog
-    from prefect_cloudsched.policy import DEFAULT_POLICY
+    from prefect_cloudsched.core.catalog import load_catalog
+    from prefect_cloudsched.core.policy import DEFAULT_POLICY
     from prefect_cloudsched.simulate import (
         POLICY_NAMES,
         SpotModel,

@@ -73,7 +73,7 @@ def _fresh_ledger(tmp: Path) -> str:
 
 def _runner(provisioners: dict[str, Any], **policy: Any) -> Any:
     from prefect_cloudsched import CloudSchedTaskRunner
-    from prefect_cloudsched.policy import PolicyConfig
+    from prefect_cloudsched.core.policy import PolicyConfig
 
     return CloudSchedTaskRunner(
         max_workers=4,
@@ -103,7 +103,7 @@ def _work_flow(runner: Any, tasks: int, *, spot_ok: bool) -> Any:
 
 
 def _rows(ledger_url: str) -> list[Any]:
-    from prefect_cloudsched.ledger import Ledger
+    from prefect_cloudsched.adapters.ledger import Ledger
 
     return Ledger(ledger_url).placements()
 
@@ -116,7 +116,7 @@ def _deadlines_met(rows: list[Any]) -> bool:
 
 def storm(clouds: Any, tmp: Path, *, tasks: int = 4, interrupt: int = 10**6) -> Outcome:
     """Every spot instance (up to ``interrupt``) is reclaimed as soon as it starts."""
-    from prefect_cloudsched.ledger import Ledger
+    from prefect_cloudsched.adapters.ledger import Ledger
 
     t0 = time.perf_counter()
     owner = f"storm-{uuid.uuid4().hex[:6]}"
@@ -148,9 +148,9 @@ def storm(clouds: Any, tmp: Path, *, tasks: int = 4, interrupt: int = 10**6) -> 
 
 def capacity(clouds: Any, tmp: Path, *, tasks: int = 3) -> Outcome:
     """The policy's first two choices are out of capacity; the runner falls back."""
-    from prefect_cloudsched.catalog import load_catalog
-    from prefect_cloudsched.needs import TaskNeeds
-    from prefect_cloudsched.policy import PlacementState, PolicyConfig, decide
+    from prefect_cloudsched.core.catalog import load_catalog
+    from prefect_cloudsched.core.needs import TaskNeeds
+    from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide
 
     t0 = time.perf_counter()
     owner = f"capacity-{uuid.uuid4().hex[:6]}"
@@ -231,7 +231,7 @@ def throttle(clouds: Any, tmp: Path, *, tasks: int = 3) -> Outcome:
 
 
 def _launched_by(clouds: Any, owner: str) -> list[str]:
-    from prefect_cloudsched.provision.base import OWNER_TAG
+    from prefect_cloudsched.adapters.provision.base import OWNER_TAG
 
     found = []
     for instance_id, region in clouds.moto.launched.items():
@@ -248,10 +248,10 @@ _KILLED_FLOW = textwrap.dedent(
     from datetime import timedelta
     from prefect import flow, task
     from prefect_cloudsched import CloudSchedTaskRunner, requires
-    from prefect_cloudsched.mockcloud.aws import DUMMY_KEYS, MOCK_AMI
-    from prefect_cloudsched.policy import PolicyConfig
-    from prefect_cloudsched.provision.aws import AwsProvisioner, AwsSettings
-    from prefect_cloudsched.provision.gcp import GcpProvisioner, GcpSettings
+    from prefect_cloudsched.testing.aws import DUMMY_KEYS, MOCK_AMI
+    from prefect_cloudsched.core.policy import PolicyConfig
+    from prefect_cloudsched.adapters.provision.aws import AwsProvisioner, AwsSettings
+    from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner, GcpSettings
 
     aws_url, gcp_url, project, owner = sys.argv[1:5]
     aws = AwsProvisioner(AwsSettings(regions=("us-east-1",), ami_per_region={"us-east-1": MOCK_AMI},
@@ -287,7 +287,7 @@ def sigkill(clouds: Any, tmp: Path, *, ttl: float = 2.0, timeout: float = 120.0)
     """SIGKILL a flow process while its instances run; then ``reap`` must end them."""
     from prefect.settings import PREFECT_API_URL
 
-    from prefect_cloudsched.provision.reaper import reap
+    from prefect_cloudsched.adapters.provision.reaper import reap
 
     t0 = time.perf_counter()
     owner = f"sigkill-{uuid.uuid4().hex[:6]}"
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     home = isolate()
     from prefect.testing.utilities import prefect_test_harness
 
-    from prefect_cloudsched.mockcloud.clouds import MockClouds
+    from prefect_cloudsched.testing.clouds import MockClouds
 
     outcomes: list[Outcome] = []
     with (

@@ -24,10 +24,10 @@ ARTIFACT_KEY = "cloudsched-capacity-plan"
 @task
 def load_demand(series: str | None, column: str, gpu_type: str, ledger_url: str | None) -> Any:
     """The hourly demand history: a CSV, or the ledger's GPU-hours of ``gpu_type``."""
-    from prefect_cloudsched.demand import hourly_demand
+    from prefect_cloudsched.adapters.ledger import Ledger
+    from prefect_cloudsched.core.demand import hourly_demand
+    from prefect_cloudsched.core.forecast import load_series_csv
     from prefect_cloudsched.errors import InputError
-    from prefect_cloudsched.forecast import load_series_csv
-    from prefect_cloudsched.ledger import Ledger
 
     if series is not None:
         return load_series_csv(series, column)
@@ -40,7 +40,7 @@ def load_demand(series: str | None, column: str, gpu_type: str, ledger_url: str 
 @task
 def forecast_demand(history: Any, horizon: int, model: str) -> Any:
     """SARIMAX chosen by AIC, or the seasonal-naive baseline (fast)."""
-    from prefect_cloudsched.forecast import (
+    from prefect_cloudsched.core.forecast import (
         DAY,
         Forecast,
         fit_forecast,
@@ -63,8 +63,8 @@ def make_plan(
     budget_usd: float | None,
 ) -> Any:
     """The capacity plan for the forecast at the service level."""
-    from prefect_cloudsched.catalog import load_catalog
-    from prefect_cloudsched.planning import demand_from_forecast, plan_capacity
+    from prefect_cloudsched.core.catalog import load_catalog
+    from prefect_cloudsched.core.planning import demand_from_forecast, plan_capacity
 
     demand = {f"gpu:{gpu_type}": demand_from_forecast(forecast, service_level)}
     return plan_capacity(
@@ -80,8 +80,8 @@ def make_plan(
 @task
 def store_plan(plan: Any, name: str, ledger_url: str | None) -> int | None:
     """Record a feasible plan in the ledger (an infeasible one would read as no capacity)."""
-    from prefect_cloudsched.ledger import Ledger
-    from prefect_cloudsched.records import to_micro
+    from prefect_cloudsched.adapters.ledger import Ledger
+    from prefect_cloudsched.core.records import to_micro
 
     if plan.status == "infeasible":
         get_run_logger().warning("plan infeasible, not stored: %s", "; ".join(plan.binding))

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _run_on_mock_clouds(chunks: int) -> dict[str, Any]:
     """Provision through real SDK calls against moto and the fake GCE server, then check."""
     from prefect_cloudsched import Ledger
-    from prefect_cloudsched.mockcloud.clouds import MockClouds
+    from prefect_cloudsched.testing.clouds import MockClouds
 
     owner = "cloudsched-demo"
     print("starting mocked clouds: moto (AWS EC2) and the fake GCE server (GCP), on loopback")

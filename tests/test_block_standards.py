@@ -10,7 +10,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from prefect.utilities.dispatch import get_registry_for_type
 from prefect.utilities.importtools import to_qualified_name
 
-import prefect_cloudsched.blocks as blocks_module
+import prefect_cloudsched.prefect.blocks as blocks_module
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,9 @@ from typing import get_args
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from prefect_cloudsched.blocks import (
+from prefect_cloudsched.core.catalog import BAND_ORDER
+from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.prefect.blocks import (
     AwsComputePool,
     CloudSchedLedger,
     CloudSchedPolicy,
@@ -19,9 +21,7 @@ from prefect_cloudsched.blocks import (
     SpotBand,
     load_pool,
 )
-from prefect_cloudsched.catalog import BAND_ORDER
-from prefect_cloudsched.policy import PolicyConfig
-from prefect_cloudsched.runner import CloudSchedTaskRunner, resolve_policy
+from prefect_cloudsched.prefect.runner import CloudSchedTaskRunner, resolve_policy
 
 
 # --------------------------------------------------------------------------- pure
@@ -257,7 +257,7 @@ def test_runner_provisions_through_a_saved_pool_block(prefect_harness, ledger_ur
     from prefect import flow, task
 
     from prefect_cloudsched import Ledger, requires
-    from prefect_cloudsched.mockcloud.aws import MOCK_AMI, moto_server
+    from prefect_cloudsched.testing.aws import MOCK_AMI, moto_server
 
     planted = "PLANTEDaws5521"
 

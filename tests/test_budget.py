@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefect_cloudsched.budget import (
+from prefect_cloudsched.core.budget import (
     DAY_CAP,
     MONTH_CAP,
     RUN_CAP,
@@ -20,7 +20,7 @@ from prefect_cloudsched.budget import (
     month_start,
     spend_windows,
 )
-from prefect_cloudsched.records import PlacementRecord, to_micro
+from prefect_cloudsched.core.records import PlacementRecord, to_micro
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 

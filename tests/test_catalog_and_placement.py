@@ -9,22 +9,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_cloudsched.catalog import (
+from prefect_cloudsched.core.catalog import (
     Catalog,
     Offer,
     PurchaseOption,
     band_hazard_per_hour,
     load_catalog,
 )
-from prefect_cloudsched.errors import InputError, NoFeasibleOffer
-from prefect_cloudsched.needs import KNOWN_GPU_TYPES, Priority, TaskNeeds
-from prefect_cloudsched.policy import (
+from prefect_cloudsched.core.needs import KNOWN_GPU_TYPES, Priority, TaskNeeds
+from prefect_cloudsched.core.policy import (
     PlacementState,
     PolicyConfig,
     decide,
     spot_expected_cost,
     spot_slack_needed,
 )
+from prefect_cloudsched.errors import InputError, NoFeasibleOffer
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 OD, SPOT, RES = PurchaseOption.ON_DEMAND, PurchaseOption.SPOT, PurchaseOption.RESERVED
@@ -88,7 +88,7 @@ def test_shipped_catalog_shape_and_provenance() -> None:
     assert options == {OD, SPOT, RES}
     from importlib import resources
 
-    source = resources.files("prefect_cloudsched.catalog") / "data" / "SOURCE.md"
+    source = resources.files("prefect_cloudsched.core.catalog") / "data" / "SOURCE.md"
     assert "instances.csv" in source.read_text()
 
 

@@ -17,10 +17,8 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from prefect_cloudsched.catalog import Offer, PurchaseOption, load_catalog
-from prefect_cloudsched.errors import ProvisioningError, SpotInterrupted
-from prefect_cloudsched.execute.base import Placement
-from prefect_cloudsched.execute.bootstrap import (
+from prefect_cloudsched.adapters.execute.base import Placement
+from prefect_cloudsched.adapters.execute.bootstrap import (
     BootstrapConfig,
     WorkerSpec,
     pool_name,
@@ -29,9 +27,11 @@ from prefect_cloudsched.execute.bootstrap import (
     startup_script,
     worker_requirements,
 )
-from prefect_cloudsched.needs import TaskNeeds
-from prefect_cloudsched.policy import PlacementState, PolicyConfig, decide
-from prefect_cloudsched.provision.base import InstanceHandle
+from prefect_cloudsched.adapters.provision.base import InstanceHandle
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide
+from prefect_cloudsched.errors import ProvisioningError, SpotInterrupted
 
 CATALOG = load_catalog()
 
@@ -146,8 +146,8 @@ def test_startup_script_without_install_and_power_off() -> None:
 # ---------------------------------------------------------------------- configuration (pure)
 def test_executor_configuration_validates_compares_and_pickles() -> None:
     from prefect_cloudsched import CloudSchedTaskRunner
-    from prefect_cloudsched.execute.dask import DaskExecutor
-    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
 
     executor = DaskExecutor(launcher=LocalWorkerLauncher(), idle_timeout=5)
     assert cloudpickle.loads(cloudpickle.dumps(executor)) == executor
@@ -183,8 +183,8 @@ def _who() -> tuple[str, dict[str, float]]:
 
 @pytest.fixture
 def local_executor():
-    from prefect_cloudsched.execute.dask import DaskExecutor
-    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
 
     executor = DaskExecutor(
         launcher=LocalWorkerLauncher(), idle_timeout=0.3, monitor_interval=0.1, join_timeout=30
@@ -239,8 +239,8 @@ def test_idle_workers_are_retired_and_reused_workers_are_not(local_executor) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [False, True], ids=["in-process", "subprocess"])
 def test_losing_the_worker_mid_task_raises_spot_interrupted(processes: bool, tmp_path) -> None:
-    from prefect_cloudsched.execute.dask import DaskExecutor
-    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
 
     launcher = LocalWorkerLauncher(processes=processes)
     executor = DaskExecutor(launcher=launcher, monitor_interval=0.1, join_timeout=60)
@@ -284,7 +284,7 @@ def test_losing_the_worker_mid_task_raises_spot_interrupted(processes: bool, tmp
 
 @pytest.mark.slow
 def test_a_worker_that_never_joins_is_a_bounded_provisioning_error() -> None:
-    from prefect_cloudsched.execute.dask import DaskExecutor
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
 
     executor = DaskExecutor(join_timeout=0.5)  # boot-script launcher: nobody starts a worker
     executor.start()
@@ -300,7 +300,7 @@ def test_a_worker_that_never_joins_is_a_bounded_provisioning_error() -> None:
 
 @pytest.mark.slow
 def test_unplaced_bodies_need_some_worker() -> None:
-    from prefect_cloudsched.execute.dask import DaskExecutor
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
 
     unplaced = _placement(TaskNeeds(cpus=1), None)
     empty = DaskExecutor()
@@ -324,7 +324,7 @@ def test_boot_script_starts_a_worker_that_joins_and_powers_off_when_retired(tmp_
     import os
     import sys
 
-    from prefect_cloudsched.execute.dask import DaskExecutor
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
 
     stubs = tmp_path / "bin"
     stubs.mkdir()
@@ -440,7 +440,7 @@ def test_flow_places_each_task_on_its_pool_and_survives_a_worker_kill(
     from prefect import flow, task
 
     from prefect_cloudsched import CloudSchedTaskRunner, Ledger, requires
-    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
 
     launcher = LocalWorkerLauncher()
     clouds = {"aws": LocalCloud("aws"), "gcp": LocalCloud("gcp")}

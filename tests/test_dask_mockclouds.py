@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from prefect_cloudsched.catalog import Offer, load_catalog
-from prefect_cloudsched.execute.bootstrap import pool_name, pool_slots
-from prefect_cloudsched.mockcloud.clouds import MockClouds
+from prefect_cloudsched.adapters.execute.bootstrap import pool_name, pool_slots
+from prefect_cloudsched.core.catalog import Offer, load_catalog
+from prefect_cloudsched.testing.clouds import MockClouds
 
 OWNER = "dask-e2e"
 CATALOG = load_catalog()
@@ -73,7 +73,7 @@ def _boot_script(instance_id: str) -> str | None:
     if region is not None:  # read back through the EC2 API, as an operator would
         import boto3
 
-        from prefect_cloudsched.mockcloud.aws import DUMMY_KEYS
+        from prefect_cloudsched.testing.aws import DUMMY_KEYS
 
         ec2 = boto3.client("ec2", region_name=region, endpoint_url=clouds.aws_url, **DUMMY_KEYS)
         answer = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
@@ -132,8 +132,8 @@ def test_dask_workers_on_mocked_instances_run_each_task_and_survive_reclaims(
     from prefect.context import FlowRunContext
 
     from prefect_cloudsched import CloudSchedTaskRunner, Ledger, requires
-    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
-    from prefect_cloudsched.provision.lifecycle import label_value
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
+    from prefect_cloudsched.adapters.provision.lifecycle import label_value
 
     launcher = LocalWorkerLauncher()
     spot = {"spot_ok": True, "deadline": timedelta(hours=4)}
@@ -261,8 +261,8 @@ def _booting_launcher() -> Any:
     ``LocalWorkerLauncher`` starts a worker for any name, so a spot instance reclaimed
     before its worker joined would still get one in tests; on a real cloud it never does.
     """
-    from prefect_cloudsched.execute.bootstrap import WorkerSpec
-    from prefect_cloudsched.execute.launcher import LocalWorkerLauncher
+    from prefect_cloudsched.adapters.execute.bootstrap import WorkerSpec
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
 
     class BootingLauncher(LocalWorkerLauncher):
         def launch(self, spec: WorkerSpec) -> None:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from prefect_cloudsched.demand import hourly_demand
-from prefect_cloudsched.records import PlacementRecord
+from prefect_cloudsched.core.demand import hourly_demand
+from prefect_cloudsched.core.records import PlacementRecord
 
 T0 = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
 

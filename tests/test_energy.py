@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_cloudsched.catalog import Offer, PurchaseOption
-from prefect_cloudsched.energy import (
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption
+from prefect_cloudsched.core.energy import (
     GB_PER_GIB,
     EnergyModel,
     cloud_coefficients,

@@ -21,7 +21,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from prefect_cloudsched.mockcloud.gcp_server import FakeGcpCompute, GceError
+from prefect_cloudsched.testing.gcp_server import FakeGcpCompute, GceError
 
 PROJECT = "demo-project"
 ZONE = "us-central1-a"
@@ -411,7 +411,7 @@ def test_standalone_module_serves_until_terminated() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect_cloudsched.mockcloud.gcp_server", "--port", str(port)],
+        [sys.executable, "-m", "prefect_cloudsched.testing.gcp_server", "--port", str(port)],
         stdout=subprocess.PIPE,
         text=True,
     )

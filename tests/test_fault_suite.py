@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from prefect_cloudsched.ledger import Ledger
-from prefect_cloudsched.mockcloud.clouds import MockClouds
+from prefect_cloudsched.adapters.ledger import Ledger
+from prefect_cloudsched.testing.clouds import MockClouds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import fault_suite

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefect_cloudsched import forecast as fc
+from prefect_cloudsched.core import forecast as fc
 from prefect_cloudsched.errors import InputError
 
 DAILY_GRID = (((1, 0, 0), (0, 0, 0, 0)), ((1, 0, 0), (0, 1, 1, 24)))

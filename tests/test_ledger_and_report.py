@@ -11,11 +11,11 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefect_cloudsched.adapters.ledger import SCHEMA_VERSION, BufferedWriter, Ledger, meta_table
 from prefect_cloudsched.cli import main
+from prefect_cloudsched.core.records import PlacementRecord, to_micro, to_usd
+from prefect_cloudsched.core.report import build_report, render_csv, render_markdown
 from prefect_cloudsched.errors import LedgerError
-from prefect_cloudsched.ledger import SCHEMA_VERSION, BufferedWriter, Ledger, meta_table
-from prefect_cloudsched.records import PlacementRecord, to_micro, to_usd
-from prefect_cloudsched.report import build_report, render_csv, render_markdown
 
 T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
 
@@ -243,7 +243,7 @@ def test_prices_cli(capsys) -> None:
 
 
 def test_redact_url_hides_userinfo_and_query_secrets() -> None:
-    from prefect_cloudsched.ledger import redact_url
+    from prefect_cloudsched.adapters.ledger import redact_url
 
     shown = redact_url("postgresql+psycopg://bob:hunter2@db/ledger?sslmode=require&password=s3cr")
     assert "hunter2" not in shown and "s3cr" not in shown

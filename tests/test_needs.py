@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefect_cloudsched.errors import NeedsError
-from prefect_cloudsched.needs import (
+from prefect_cloudsched.core.needs import (
     KNOWN_GPU_TYPES,
     Priority,
     TaskNeeds,
@@ -21,6 +20,7 @@ from prefect_cloudsched.needs import (
     requires,
     resolve_needs,
 )
+from prefect_cloudsched.errors import NeedsError
 
 
 def test_tag_grammar_parses_every_documented_tag() -> None:
@@ -133,7 +133,7 @@ def test_no_needs_declared_gives_defaults() -> None:
 
 
 def test_override_nests_and_restores() -> None:
-    from prefect_cloudsched.needs import current_overrides
+    from prefect_cloudsched.core.needs import current_overrides
 
     with override(gpus=2):
         with override(spot_ok=True, gpus=4):

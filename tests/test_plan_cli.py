@@ -11,15 +11,15 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from prefect_cloudsched.catalog import PurchaseOption, load_catalog
-from prefect_cloudsched.cli import main
-from prefect_cloudsched.ledger import Ledger
-from prefect_cloudsched.planning import purchase
-from prefect_cloudsched.planning.purchase import (
+from prefect_cloudsched.adapters import purchase
+from prefect_cloudsched.adapters.ledger import Ledger
+from prefect_cloudsched.adapters.purchase import (
     AwsReservedInstances,
     GcpCommitments,
     PurchaseItem,
 )
+from prefect_cloudsched.cli import main
+from prefect_cloudsched.core.catalog import PurchaseOption, load_catalog
 
 FAST = ["--forecast-model", "seasonal-naive"]
 

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption
+from prefect_cloudsched.adapters.ledger import Ledger
+from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
+from prefect_cloudsched.core.planning import demand_from_forecast, plan_capacity, replay_plan
+from prefect_cloudsched.core.planning.candidates import risk_weight
+from prefect_cloudsched.core.records import to_micro
 from prefect_cloudsched.errors import InputError
-from prefect_cloudsched.ledger import Ledger
-from prefect_cloudsched.planning import demand_from_forecast, plan_capacity, replay_plan
-from prefect_cloudsched.planning.candidates import risk_weight
-from prefect_cloudsched.records import to_micro
 
 OD, SPOT, RES = PurchaseOption.ON_DEMAND, PurchaseOption.SPOT, PurchaseOption.RESERVED
 
@@ -411,7 +411,7 @@ def test_staged_solve_reaches_the_direct_optimum_within_the_gap(monkeypatch, see
     # the requested gap of the optimum that a direct solve proves at gap 0.
     import random
 
-    from prefect_cloudsched.planning import program
+    from prefect_cloudsched.core.planning import program
 
     rng = random.Random(seed)
     catalog = _random_catalog(rng)
@@ -439,7 +439,7 @@ def test_staged_solve_with_a_budget_that_rounding_breaks_still_finds_the_optimum
 ) -> None:
     # A budget just above the optimum: rounded reservations may overshoot it; the staged
     # solve must then fall through to the full MILP rather than report infeasible.
-    from prefect_cloudsched.planning import program
+    from prefect_cloudsched.core.planning import program
 
     demand = {"gpu:A100": [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 4.0, 4.0, 1.0]}
     direct = plan_capacity(demand, one_gpu_catalog(), spot_max_share=0.5, gap=0.0)
@@ -456,7 +456,7 @@ def test_staged_solve_with_a_budget_that_rounding_breaks_still_finds_the_optimum
 def test_staged_solve_stops_at_the_lp_bound_when_rounding_is_exact(monkeypatch) -> None:
     # Flat demand, no spot: the LP optimum is integral (two reservations), so the rounded
     # incumbent meets the LP bound and no MILP is run at all.
-    from prefect_cloudsched.planning import program
+    from prefect_cloudsched.core.planning import program
 
     monkeypatch.setattr(program, "STAGED_MIN_HOURLY_VARS", 0)
     plan = plan_capacity({"gpu:A100": [2.0] * 10}, one_gpu_catalog(), spot_max_share=0)
@@ -473,7 +473,7 @@ def test_spot_cap_and_quota_bounds_on_hourly_counts_keep_the_optimum(monkeypatch
     # alone. It must cut off no integer plan: the optimum with and without it is the same.
     import random
 
-    from prefect_cloudsched.planning import program
+    from prefect_cloudsched.core.planning import program
 
     rng = random.Random(100 + seed)
     catalog = _random_catalog(rng)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption
+from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
+from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.planning.packing import PackingResult, PackTask, pack_tasks
 from prefect_cloudsched.errors import InputError
-from prefect_cloudsched.needs import TaskNeeds
-from prefect_cloudsched.planning.packing import PackingResult, PackTask, pack_tasks
 
 OD, SPOT, RES = PurchaseOption.ON_DEMAND, PurchaseOption.SPOT, PurchaseOption.RESERVED
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -16,17 +16,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from prefect_cloudsched.catalog import Offer, PurchaseOption, load_catalog
-from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
-from prefect_cloudsched.ledger import Ledger
-from prefect_cloudsched.mockcloud.aws import MOCK_AMI, MotoControl
-from prefect_cloudsched.provision.aws import (
+from prefect_cloudsched.adapters.ledger import Ledger
+from prefect_cloudsched.adapters.provision.aws import (
     LIVE_SOURCE,
     AwsProvisioner,
     AwsSettings,
     refresh_spot_prices,
 )
-from prefect_cloudsched.provision.base import (
+from prefect_cloudsched.adapters.provision.base import (
     HEARTBEAT_TAG,
     OPTION_TAG,
     OWNER_TAG,
@@ -34,8 +31,11 @@ from prefect_cloudsched.provision.base import (
     TASK_TAG,
     Provisioner,
 )
-from prefect_cloudsched.provision.factory import build_provisioner
-from prefect_cloudsched.provision.retry import Backoff
+from prefect_cloudsched.adapters.provision.factory import build_provisioner
+from prefect_cloudsched.adapters.provision.retry import Backoff
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
+from prefect_cloudsched.testing.aws import MOCK_AMI, MotoControl
 
 REGION = "us-east-1"
 FAST = Backoff(attempts=4, base_seconds=0.001, max_seconds=0.01, deadline_seconds=5)

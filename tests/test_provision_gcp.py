@@ -17,10 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_cloudsched.catalog import Offer, PurchaseOption, load_catalog
-from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
-from prefect_cloudsched.mockcloud.gcp_server import FakeGcpCompute
-from prefect_cloudsched.provision.base import (
+from prefect_cloudsched.adapters.provision.base import (
     HEARTBEAT_TAG,
     OPTION_TAG,
     OWNER_TAG,
@@ -28,10 +25,13 @@ from prefect_cloudsched.provision.base import (
     TASK_TAG,
     Provisioner,
 )
-from prefect_cloudsched.provision.factory import build_provisioner
-from prefect_cloudsched.provision.gcp import GcpProvisioner, GcpSettings
-from prefect_cloudsched.provision.lifecycle import label_value
-from prefect_cloudsched.provision.retry import Backoff
+from prefect_cloudsched.adapters.provision.factory import build_provisioner
+from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner, GcpSettings
+from prefect_cloudsched.adapters.provision.lifecycle import label_value
+from prefect_cloudsched.adapters.provision.retry import Backoff
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
+from prefect_cloudsched.testing.gcp_server import FakeGcpCompute
 
 PROJECT = "demo-project"
 ZONE = "us-central1-a"

@@ -17,16 +17,16 @@ import pytest
 from prefect import flow, task
 
 from prefect_cloudsched import CloudSchedTaskRunner, requires
-from prefect_cloudsched.catalog import PurchaseOption, load_catalog
+from prefect_cloudsched.adapters.ledger import Ledger
+from prefect_cloudsched.adapters.provision.aws import AwsProvisioner
+from prefect_cloudsched.adapters.provision.base import HEARTBEAT_TAG, OWNER_TAG
+from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner
+from prefect_cloudsched.adapters.provision.lifecycle import OwnedInstance
+from prefect_cloudsched.adapters.provision.reaper import reap, stale_reason
 from prefect_cloudsched.cli import main
-from prefect_cloudsched.ledger import Ledger
-from prefect_cloudsched.mockcloud.clouds import MockClouds
-from prefect_cloudsched.policy import PolicyConfig
-from prefect_cloudsched.provision.aws import AwsProvisioner
-from prefect_cloudsched.provision.base import HEARTBEAT_TAG, OWNER_TAG
-from prefect_cloudsched.provision.gcp import GcpProvisioner
-from prefect_cloudsched.provision.lifecycle import OwnedInstance
-from prefect_cloudsched.provision.reaper import reap, stale_reason
+from prefect_cloudsched.core.catalog import PurchaseOption, load_catalog
+from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.testing.clouds import MockClouds
 
 AWS_OD = "aws/us-east-1/m5.large/on-demand"
 

@@ -13,11 +13,11 @@ import pytest
 from prefect import flow, task
 
 from prefect_cloudsched import CloudSchedTaskRunner, Ledger, requires
-from prefect_cloudsched.catalog import Offer
+from prefect_cloudsched.adapters.provision.base import InstanceHandle
+from prefect_cloudsched.core.catalog import Offer
+from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.core.report import build_report
 from prefect_cloudsched.errors import CapacityError, SpotInterrupted
-from prefect_cloudsched.policy import PolicyConfig
-from prefect_cloudsched.provision.base import InstanceHandle
-from prefect_cloudsched.report import build_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -415,11 +415,11 @@ def test_submit_decisions_are_reused_only_while_state_and_clock_allow(tmp_path) 
     import logging
     from datetime import UTC, datetime
 
-    from prefect_cloudsched.catalog import load_catalog
-    from prefect_cloudsched.execute.base import LocalExecutor
-    from prefect_cloudsched.needs import TaskNeeds
-    from prefect_cloudsched.policy import PlacementState
-    from prefect_cloudsched.run_context import RunContext
+    from prefect_cloudsched.adapters.execute.base import LocalExecutor
+    from prefect_cloudsched.core.catalog import load_catalog
+    from prefect_cloudsched.core.needs import TaskNeeds
+    from prefect_cloudsched.core.policy import PlacementState
+    from prefect_cloudsched.runtime.session import RunContext
 
     catalog = load_catalog()
     ctx = RunContext(

@@ -10,24 +10,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import prefect_cloudsched.policy as policy_pkg
-from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption
-from prefect_cloudsched.needs import Priority, TaskNeeds
-from prefect_cloudsched.policy import PolicyConfig
-from prefect_cloudsched.policy.baselines import DISCIPLINES
-from prefect_cloudsched.policy.spot_policies import (
+import prefect_cloudsched.core.policy as policy_pkg
+from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
+from prefect_cloudsched.core.needs import Priority, TaskNeeds
+from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.simulate import compare_policies
+from prefect_cloudsched.simulate.baselines import DISCIPLINES
+from prefect_cloudsched.simulate.bound import omniscient_bound
+from prefect_cloudsched.simulate.engine import ElasticSimulator
+from prefect_cloudsched.simulate.fleet import FleetSimulator
+from prefect_cloudsched.simulate.jobs import Job
+from prefect_cloudsched.simulate.spot import Lane, SpotModel, SpotTrace
+from prefect_cloudsched.simulate.spot_policies import (
     Greedy,
     Hybrid,
     OnDemandOnly,
     SpotOnly,
     UniformProgress,
 )
-from prefect_cloudsched.simulate import compare_policies
-from prefect_cloudsched.simulate.bound import omniscient_bound
-from prefect_cloudsched.simulate.engine import ElasticSimulator
-from prefect_cloudsched.simulate.fleet import FleetSimulator
-from prefect_cloudsched.simulate.jobs import Job
-from prefect_cloudsched.simulate.spot import Lane, SpotModel, SpotTrace
 
 OD, SPOT, RES = 1.0, 0.3, 0.6  # USD per hour of the one instance type
 CO = 180.0  # change-over, seconds

@@ -13,12 +13,12 @@ import pytest
 from prefect import flow, task
 
 from prefect_cloudsched import CloudSchedTaskRunner, Ledger, requires
-from prefect_cloudsched.blocks import CloudSchedLedger, CloudSchedPolicy
-from prefect_cloudsched.catalog import load_catalog
-from prefect_cloudsched.needs import TaskNeeds
-from prefect_cloudsched.policy import decide
-from prefect_cloudsched.records import PlacementRecord, to_micro
-from prefect_cloudsched.visibility import (
+from prefect_cloudsched.core.catalog import load_catalog
+from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.policy import decide
+from prefect_cloudsched.core.records import PlacementRecord, to_micro
+from prefect_cloudsched.prefect.blocks import CloudSchedLedger, CloudSchedPolicy
+from prefect_cloudsched.prefect.visibility import (
     EVENT_BUDGET,
     EVENT_DECIDED,
     artifact_keys,
@@ -427,7 +427,7 @@ class _InterruptFirstSpot:
         self.count = 0
 
     def ensure(self, offer: Any, *, run_id: str, task_name: str, startup_script: Any = None):
-        from prefect_cloudsched.provision.base import InstanceHandle
+        from prefect_cloudsched.adapters.provision.base import InstanceHandle
 
         self.count += 1
         return InstanceHandle(
@@ -457,8 +457,8 @@ class _InterruptFirstSpot:
 def test_spot_interruption_emits_an_event_and_shows_in_the_table(
     prefect_harness, ledger_url
 ) -> None:
-    from prefect_cloudsched.policy import PolicyConfig
-    from prefect_cloudsched.visibility import EVENT_INTERRUPTED
+    from prefect_cloudsched.core.policy import PolicyConfig
+    from prefect_cloudsched.prefect.visibility import EVENT_INTERRUPTED
 
     @requires(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=3))
     @task

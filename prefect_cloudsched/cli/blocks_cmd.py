@@ -51,7 +51,7 @@ class BlockDocument:
 
 
 def _block_classes() -> dict[str, type]:
-    from prefect_cloudsched.blocks import (
+    from prefect_cloudsched.prefect.blocks import (
         AwsComputePool,
         CloudSchedLedger,
         CloudSchedPolicy,
@@ -64,7 +64,7 @@ def _block_classes() -> dict[str, type]:
 
 def _defaults() -> dict[str, str]:
     """Variables the package itself defines default to the package's own defaults."""
-    from prefect_cloudsched.ledger import default_home
+    from prefect_cloudsched.adapters.ledger import default_home
 
     return {"PREFECT_CLOUDSCHED_HOME": str(default_home())}
 
@@ -158,7 +158,7 @@ def apply_documents(
         ``(status, "slug/name")`` per document; status is ``created``, ``updated``,
         ``unchanged`` or ``differs`` (kept because ``overwrite`` is off).
     """
-    from prefect_cloudsched.blocks import MissingBlockError
+    from prefect_cloudsched.prefect.blocks import MissingBlockError
 
     outcome: list[tuple[str, str]] = []
     for document, block in blocks:

@@ -19,7 +19,7 @@ from prefect_cloudsched.errors import InputError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from prefect_cloudsched.forecast import BacktestResult, Forecast
+    from prefect_cloudsched.core.forecast import BacktestResult, Forecast
 
 
 class Transform(StrEnum):
@@ -86,7 +86,7 @@ def forecast(
 
     from rich.console import Console
 
-    from prefect_cloudsched import forecast as fc
+    from prefect_cloudsched.core import forecast as fc
 
     options = {
         "transform": transform.value,

@@ -20,8 +20,8 @@ from prefect_cloudsched.errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     import click
 
-    from prefect_cloudsched.catalog import Catalog
-    from prefect_cloudsched.planning import CapacityPlan
+    from prefect_cloudsched.core.catalog import Catalog
+    from prefect_cloudsched.core.planning import CapacityPlan
 
 _DEFAULT_COMMAND = "run"
 
@@ -121,9 +121,9 @@ def run(
       --service-level 0.975 --spot-max-share 0.3 --budget 250000 --json`
     * `prefect-cloudsched plan demand.csv --gpu-type A10G --cloud aws --plot mix.png --save`
     """
-    from prefect_cloudsched.catalog import load_catalog
-    from prefect_cloudsched.forecast import load_series_csv
-    from prefect_cloudsched.planning import demand_from_forecast, plan_capacity
+    from prefect_cloudsched.core.catalog import load_catalog
+    from prefect_cloudsched.core.forecast import load_series_csv
+    from prefect_cloudsched.core.planning import demand_from_forecast, plan_capacity
 
     if horizon < 1:
         raise InputError(f"--horizon must be >= 1 hour, got {horizon}")
@@ -184,7 +184,7 @@ _FORECAST_MODELS = ("arima", "seasonal-naive")
 
 def _forecast(history: Any, horizon: int, model: str) -> Any:
     """The forecaster's SARIMAX, or its seasonal-naive baseline when speed matters more."""
-    from prefect_cloudsched.forecast import (
+    from prefect_cloudsched.core.forecast import (
         DAY,
         Forecast,
         fit_forecast,
@@ -228,8 +228,8 @@ def _regions(values: list[str] | None, catalog: Catalog) -> list[str] | None:
 
 
 def _save(plan: CapacityPlan, name: str, ledger_url: str | None) -> int | None:
-    from prefect_cloudsched.ledger import Ledger
-    from prefect_cloudsched.records import to_micro
+    from prefect_cloudsched.adapters.ledger import Ledger
+    from prefect_cloudsched.core.records import to_micro
 
     if plan.status == "infeasible":
         _say("not saved: the plan is infeasible (the task runner would read it as no capacity)")
@@ -370,14 +370,14 @@ def apply(
     * `prefect-cloudsched plan apply --plan-id 3 --json`
     * `prefect-cloudsched plan apply --plan-id 3 --yes --gcp-project my-project`
     """
-    from prefect_cloudsched.catalog import load_catalog
-    from prefect_cloudsched.ledger import Ledger
-    from prefect_cloudsched.planning.purchase import (
+    from prefect_cloudsched.adapters.ledger import Ledger
+    from prefect_cloudsched.adapters.purchase import (
         AwsReservedInstances,
         GcpCommitments,
         buy,
         purchase_items,
     )
+    from prefect_cloudsched.core.catalog import load_catalog
 
     if aws_offering_type not in ("No Upfront", "Partial Upfront", "All Upfront"):
         raise InputError(
@@ -431,7 +431,7 @@ def _stored_plan(ledger: Any, plan_id: int | None) -> dict[str, Any]:
 
     import sqlalchemy as sa
 
-    from prefect_cloudsched.ledger import plans
+    from prefect_cloudsched.adapters.ledger import plans
 
     if plan_id is None:
         latest = ledger.latest_plan()

@@ -68,8 +68,8 @@ def prices(
     * `prefect-cloudsched prices --cloud gcp --region us-central1 --max-price 1.5 -f csv`
     * `prefect-cloudsched prices --gpu H100 --min-gpus 8 -f json`
     """
-    from prefect_cloudsched.catalog import PurchaseOption, load_catalog
-    from prefect_cloudsched.needs import normalize_gpu_type
+    from prefect_cloudsched.core.catalog import PurchaseOption, load_catalog
+    from prefect_cloudsched.core.needs import normalize_gpu_type
 
     catalog = load_catalog(catalog_path)
     if cloud is not None and cloud.lower() not in catalog.clouds:

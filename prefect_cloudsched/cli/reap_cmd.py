@@ -64,8 +64,8 @@ def reap_command(
     or that the ledger says were ended, and terminate them. Never touches another owner's."""
     if heartbeat_ttl <= 0:
         raise InputError("--heartbeat-ttl must be > 0 seconds")
-    from prefect_cloudsched.ledger import Ledger
-    from prefect_cloudsched.provision.reaper import reap
+    from prefect_cloudsched.adapters.ledger import Ledger
+    from prefect_cloudsched.adapters.provision.reaper import reap
 
     provisioners = _provisioners(
         owner=owner,
@@ -106,12 +106,12 @@ def _provisioners(
 ) -> list[Any]:
     from dataclasses import replace
 
-    from prefect_cloudsched.catalog import load_catalog
-    from prefect_cloudsched.provision.factory import build_provisioner
-    from prefect_cloudsched.provision.settings import AwsSettings, GcpSettings
+    from prefect_cloudsched.adapters.provision.factory import build_provisioner
+    from prefect_cloudsched.adapters.provision.settings import AwsSettings, GcpSettings
+    from prefect_cloudsched.core.catalog import load_catalog
 
     if pools:
-        from prefect_cloudsched.blocks import load_pool
+        from prefect_cloudsched.prefect.blocks import load_pool
 
         chosen = []
         for name in pools:

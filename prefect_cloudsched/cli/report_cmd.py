@@ -34,8 +34,8 @@ class GroupBy(StrEnum):
 
 def parse_when(text: str, option: str) -> datetime:
     """``2026-11-01``, ``2026-11-01T12:00``, or a relative ``24h`` / ``7d`` (ago)."""
+    from prefect_cloudsched.core.needs import parse_duration
     from prefect_cloudsched.errors import NeedsError
-    from prefect_cloudsched.needs import parse_duration
 
     try:
         value = datetime.fromisoformat(text)
@@ -82,8 +82,13 @@ def report(
     * `prefect-cloudsched report -g day --since 7d -f csv > spend.csv`
     * `prefect-cloudsched report -g option -f json`
     """
-    from prefect_cloudsched.ledger import Ledger, redact_url
-    from prefect_cloudsched.report import build_report, render_csv, render_json, render_markdown
+    from prefect_cloudsched.adapters.ledger import Ledger, redact_url
+    from prefect_cloudsched.core.report import (
+        build_report,
+        render_csv,
+        render_json,
+        render_markdown,
+    )
 
     start = parse_when(since, "--since") if since else None
     end = parse_when(until, "--until") if until else None
@@ -104,7 +109,7 @@ def report(
     else:
         from rich.console import Console
 
-        from prefect_cloudsched.report import render_rich
+        from prefect_cloudsched.core.report import render_rich
 
         console = Console()
         if not console.is_terminal:  # piped or captured: no terminal width to respect

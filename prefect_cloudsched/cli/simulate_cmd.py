@@ -72,7 +72,7 @@ def simulate(
     Every policy goes through the task runner's own ``decide()`` with a simulated clock; the
     omniscient lower bound is computed alongside. See docs/simulator.md.
     """
-    from prefect_cloudsched.policy import DEFAULT_POLICY
+    from prefect_cloudsched.core.policy import DEFAULT_POLICY
     from prefect_cloudsched.simulate import (
         SpotModel,
         compare_policies,

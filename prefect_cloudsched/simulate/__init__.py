@@ -1,6 +1,6 @@
 """Trace-replay simulator: the policies side by side on real jobs and real spot traces.
 
-It drives the task runner's own ``prefect_cloudsched.policy.decide()`` with a simulated
+It drives the task runner's own ``prefect_cloudsched.core.policy.decide()`` with a simulated
 clock; there is no simulation-only copy of the placement policy. See ``docs/simulator.md``.
 
 * :mod:`.jobs` — trace loading, deadline/priority synthesis, tiling.

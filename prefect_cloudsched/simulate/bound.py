@@ -60,9 +60,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption
-from prefect_cloudsched.needs import TaskNeeds
-from prefect_cloudsched.policy import DEFAULT_POLICY, PolicyConfig
+from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
+from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.policy import DEFAULT_POLICY, PolicyConfig
 from prefect_cloudsched.simulate.engine import MIN_BILLED_S, needs_class_key
 from prefect_cloudsched.simulate.jobs import Job
 from prefect_cloudsched.simulate.spot import SpotModel

@@ -4,8 +4,8 @@ The hybrid's reservation comes from the project's own static layer, as in produc
 each instance shape ``decide()`` buys on-demand for work that may not use spot (the work
 the hybrid keeps its reservation for), the hourly number of such jobs running in the first
 ``history_hours`` of the replay is forecast for the next ``history_hours`` with
-:func:`prefect_cloudsched.forecast.fit_forecast` (median), and
-:func:`prefect_cloudsched.planning.plan_capacity` sizes that shape's reservation over
+:func:`prefect_cloudsched.core.forecast.fit_forecast` (median), and
+:func:`prefect_cloudsched.core.planning.plan_capacity` sizes that shape's reservation over
 history + forecast; :func:`worth_reserving` then cuts it to the instances that pay under
 per-second billing. The reservation is held for the whole replay (its first week
 included) and charged in full. Replays shorter than ``history_hours`` + 1 day plan no
@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption, load_catalog
-from prefect_cloudsched.energy import EnergyModel
+from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.core.energy import EnergyModel
+from prefect_cloudsched.core.policy import DEFAULT_POLICY, PlacementState, PolicyConfig
 from prefect_cloudsched.errors import InputError
-from prefect_cloudsched.policy import DEFAULT_POLICY, PlacementState, PolicyConfig
-from prefect_cloudsched.policy.baselines import DISCIPLINES
-from prefect_cloudsched.policy.spot_policies import ELASTIC_POLICIES
+from prefect_cloudsched.simulate.baselines import DISCIPLINES
 from prefect_cloudsched.simulate.bound import BoundResult, omniscient_bound
 from prefect_cloudsched.simulate.engine import DecisionCache, ElasticSimulator, JobRun
 from prefect_cloudsched.simulate.fleet import DEFAULT_HEADROOM, FleetSimulator
@@ -33,6 +32,7 @@ from prefect_cloudsched.simulate.gap import gap_breakdown
 from prefect_cloudsched.simulate.jobs import Job
 from prefect_cloudsched.simulate.metrics import PolicyResult, summarise_elastic, summarise_fleet
 from prefect_cloudsched.simulate.spot import SpotModel
+from prefect_cloudsched.simulate.spot_policies import ELASTIC_POLICIES
 
 POLICY_NAMES: tuple[str, ...] = (*DISCIPLINES, *ELASTIC_POLICIES)
 HISTORY_HOURS = 168
@@ -151,8 +151,8 @@ def plan_reservation(
     """Forecast → capacity plan → reserved instances per capacity key (module docstring)."""
     import pandas as pd
 
-    from prefect_cloudsched.forecast import ForecastConfig, fit_forecast
-    from prefect_cloudsched.planning import demand_from_forecast, plan_capacity
+    from prefect_cloudsched.core.forecast import ForecastConfig, fit_forecast
+    from prefect_cloudsched.core.planning import demand_from_forecast, plan_capacity
 
     end = max(j.submit_s + j.duration_s for j in jobs)
     hours = int(end // 3600)

@@ -6,7 +6,7 @@ queue for capacity, only spot availability (:mod:`.spot`) and the reserved pool 
 holds. A policy sees one job at a time and answers with an :class:`Action`: run on an offer
 (until an optional re-evaluation time), or wait until a time. The engine owns the clock,
 billing, preemptions, change-overs and the shared
-:class:`~prefect_cloudsched.policy.PlacementState`.
+:class:`~prefect_cloudsched.core.policy.PlacementState`.
 
 Mechanics, identical for every policy:
 
@@ -21,7 +21,7 @@ Mechanics, identical for every policy:
   ``block_s`` (30 min) — the task runner's fallback, with an expiry because a replay spans
   weeks, not one flow run.
 
-Decisions go through :class:`DecisionCache`, which calls ``prefect_cloudsched.policy.decide``
+Decisions go through :class:`DecisionCache`, which calls ``prefect_cloudsched.core.policy.decide``
 — the task runner's function — and memoises its answer per (variant, needs class, run-time
 bucket of 1/4 octave, spot-slack verdict, set of reserved pools with an idle instance, state
 version); a new or expired interruption, a block or an unblock bumps the version and empties
@@ -39,12 +39,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from prefect_cloudsched import policy as placement
-from prefect_cloudsched.catalog import Catalog, Offer, PurchaseOption
-from prefect_cloudsched.energy import EnergyModel
+from prefect_cloudsched.core import policy as placement
+from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
+from prefect_cloudsched.core.energy import EnergyModel
+from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.policy import DEFAULT_POLICY, PlacementState, PolicyConfig
 from prefect_cloudsched.errors import NoFeasibleOffer
-from prefect_cloudsched.needs import TaskNeeds
-from prefect_cloudsched.policy import DEFAULT_POLICY, PlacementState, PolicyConfig
 from prefect_cloudsched.simulate.jobs import Job
 from prefect_cloudsched.simulate.spot import SpotModel
 

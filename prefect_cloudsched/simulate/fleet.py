@@ -8,7 +8,7 @@ taken over the trace's offered load (duration-weighted, from time 0 to the last 
 is bought on-demand for the whole replay: from time 0 to the last completion, busy or idle.
 ``headroom`` defaults to 1.25 — a fleet sized for the mean with a quarter spare, as an
 operator without a forecast would buy it. Jobs wait in the discipline's order
-(:mod:`prefect_cloudsched.policy.baselines`) when their pool is full; idle instances draw
+(:mod:`prefect_cloudsched.simulate.baselines`) when their pool is full; idle instances draw
 idle power.
 """
 
@@ -21,10 +21,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from prefect_cloudsched.catalog import Catalog, Offer
-from prefect_cloudsched.energy import EnergyModel
-from prefect_cloudsched.policy import DEFAULT_POLICY, PlacementState, PolicyConfig
-from prefect_cloudsched.policy.baselines import QueueDiscipline
+from prefect_cloudsched.core.catalog import Catalog, Offer
+from prefect_cloudsched.core.energy import EnergyModel
+from prefect_cloudsched.core.policy import DEFAULT_POLICY, PlacementState, PolicyConfig
+from prefect_cloudsched.simulate.baselines import QueueDiscipline
 from prefect_cloudsched.simulate.engine import DecisionCache, JobRun
 from prefect_cloudsched.simulate.jobs import Job
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from prefect_cloudsched.catalog import Offer, PurchaseOption
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption
 from prefect_cloudsched.simulate.bound import BoundResult
 from prefect_cloudsched.simulate.engine import MIN_BILLED_S, JobRun
 

@@ -12,7 +12,7 @@ carries deadlines or priorities, so both are synthesised by documented rules:
   work that tolerates preemption is assumed to checkpoint); GenAI request types
   (``TXT_2_IMG``, ``IMG_2_IMG``, ``INPAINTING``) → realtime, no spot (user-facing
   inference). Any other class → high, no spot (the safe side).
-* Missing ``cpus``/``memory_gib`` take the :class:`~prefect_cloudsched.needs.TaskNeeds`
+* Missing ``cpus``/``memory_gib`` take the :class:`~prefect_cloudsched.core.needs.TaskNeeds`
   defaults (1 vCPU, 1 GiB); a zero memory request becomes 0.5 GiB and a zero duration 1 s,
   because a placement needs a positive size.
 * The status column is kept for reference only: every job is replayed for its recorded
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prefect_cloudsched.core.needs import Priority, TaskNeeds, normalize_gpu_type
 from prefect_cloudsched.errors import InputError, NeedsError
-from prefect_cloudsched.needs import Priority, TaskNeeds, normalize_gpu_type
 
 JOB_COLUMNS: tuple[str, ...] = (
     "job_id",

@@ -11,7 +11,7 @@ Definitions (the docs quote them):
 * completion time — finish − submit, seconds; ``makespan_s`` — last finish, from time 0.
 * ``utilisation`` — busy ÷ paid instance-time of held capacity (the hybrid's reservation,
   or the fleet); ``None`` when a policy holds none.
-* ``energy_kwh``/``co2_kg`` — :mod:`prefect_cloudsched.energy` over every instance-second
+* ``energy_kwh``/``co2_kg`` — :mod:`prefect_cloudsched.core.energy` over every instance-second
   (fleet idle time at idle power).
 * decision latency — wall time in ``decide()`` (memo included) per job; ``jobs_per_s`` —
   placed jobs ÷ wall time of the replay.

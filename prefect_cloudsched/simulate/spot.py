@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefect_cloudsched.catalog import Offer
+from prefect_cloudsched.core.catalog import Offer
 from prefect_cloudsched.errors import InputError
 
 MEAN_OUTAGE_S = 3600.0

@@ -38,7 +38,7 @@ def _choose(page: Any, title: str, option: str) -> None:
 def test_policy_block_created_in_the_ui_form_loads_in_python(
     prefect_server: str, page: Any, screenshots: Path
 ) -> None:
-    from prefect_cloudsched.blocks import CloudSchedPolicy
+    from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
 
     page.goto(f"{prefect_server}/blocks/catalog", wait_until="networkidle")
     page.get_by_placeholder("Search blocks").fill("cloudsched")
@@ -84,7 +84,7 @@ def test_policy_block_created_in_the_ui_form_loads_in_python(
 def test_flow_run_page_shows_the_cost_artifacts(
     prefect_server: str, page: Any, screenshots: Path, tmp_path: Path
 ) -> None:
-    from prefect_cloudsched.blocks import CloudSchedPolicy
+    from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
 
     # _sync: Playwright's sync API keeps an event loop running in this thread, where save()
     # would otherwise return an un-awaited coroutine

@@ -1,0 +1,643 @@
+"""GCP provisioner: Compute Engine VMs (standard and Spot) through ``google-cloud-compute``.
+
+Every client is built from one configurable endpoint (the fake GCE server in tests and the
+demo), and operations are polled with our own ``ZoneOperationsClient.wait`` — never
+``op.result()``, whose polling client ignores the endpoint. VM names and ``request_id`` are
+derived from (owner, run, task, offer, sequence), so a retried insert never makes a second
+VM. ``google.cloud.compute_v1`` costs ~0.9 s to import: it is imported on first use.
+
+Example:
+    ```python
+    from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner, GcpSettings
+
+    gcp = GcpProvisioner(GcpSettings(project="my-proj", zones=("us-central1-a",)))
+    runner = CloudSchedTaskRunner(provisioners={"gcp": gcp})
+    ```
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from prefect_cloudsched.adapters.provision.base import (
+    HEARTBEAT_TAG,
+    OPTION_TAG,
+    OWNER_TAG,
+    RUN_TAG,
+    TASK_TAG,
+    InstanceHandle,
+)
+from prefect_cloudsched.adapters.provision.lifecycle import (
+    InstanceBook,
+    OwnedInstance,
+    idempotency_digest,
+    label_value,
+    logger,
+    parse_heartbeat,
+)
+from prefect_cloudsched.adapters.provision.settings import GcpSettings, secret_value
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption
+from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
+
+__all__ = ("GPU_ACCELERATORS", "GcpProvisioner", "GcpSettings")
+
+#: Catalog GPU name -> GCE accelerator type, for N1 VMs (A2, A3 and G2 have GPUs built in).
+GPU_ACCELERATORS = {
+    "T4": "nvidia-tesla-t4",
+    "V100": "nvidia-tesla-v100",
+    "P100": "nvidia-tesla-p100",
+    "P4": "nvidia-tesla-p4",
+    "K80": "nvidia-tesla-k80",
+}
+#: Operation error codes meaning "not now, try another offer".
+CAPACITY_CODES = frozenset(
+    {
+        "ZONE_RESOURCE_POOL_EXHAUSTED",
+        "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+        "RESOURCE_POOL_EXHAUSTED",
+        "QUOTA_EXCEEDED",
+        "rateLimitExceeded",
+    }
+)
+_GONE = frozenset({"STOPPING", "TERMINATED", "SUSPENDING", "SUSPENDED"})
+_PREEMPTED = "compute.instances.preempted"
+_ZONE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
+_NAME_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+def _retryable(err: BaseException) -> bool:
+    from google.api_core import exceptions as gexc
+
+    return isinstance(err, gexc.TooManyRequests | gexc.ServiceUnavailable)
+
+
+def _reason(err: Any) -> str:
+    for item in getattr(err, "errors", None) or []:
+        if isinstance(item, Mapping) and item.get("reason"):
+            return str(item["reason"])
+    return ""
+
+
+def _is_loopback(endpoint: str | None) -> bool:
+    return bool(endpoint) and bool(
+        re.match(r"^(https?://)?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?/?$", endpoint or "")
+    )
+
+
+class GcpProvisioner:
+    """Starts, checks, releases and finds our Compute Engine VMs (see ``Provisioner``).
+
+    ``InstanceHandle.instance_id`` is the VM *name* (unique per zone and deterministic).
+    """
+
+    cloud = "gcp"
+
+    def __init__(self, settings: GcpSettings) -> None:
+        if settings.spot_termination_action not in ("DELETE", "STOP"):
+            raise ProvisioningError(
+                "GcpSettings.spot_termination_action must be DELETE or STOP, got "
+                f"{settings.spot_termination_action!r}"
+            )
+        for zone in settings.zones:
+            if not _ZONE.match(zone):
+                raise ProvisioningError(
+                    f"GcpSettings.zones: {zone!r} is not a zone name; use e.g. us-central1-a"
+                )
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._instances: Any = None
+        self._operations: Any = None
+        self._sequence: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.book = InstanceBook(
+            cloud="gcp",
+            owner_id=settings.owner_id,
+            refresh=self._refresh_heartbeats,
+            expire=self._delete_handle,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            warm_seconds=settings.warm_seconds,
+            ledger_url=settings.ledger_url,
+            record_instances=settings.record_instances,
+        )
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"GcpProvisioner(project={s.project!r}, owner_id={s.owner_id!r}, zones={s.zones})"
+
+    # ------------------------------------------------------------------ clients
+    def _credentials(self) -> Any:
+        info = secret_value(self.settings.service_account_info)
+        scopes = ["https://www.googleapis.com/auth/compute"]
+        if info:
+            from google.oauth2 import service_account
+
+            try:
+                parsed = json.loads(info) if isinstance(info, str) else dict(info)
+                return service_account.Credentials.from_service_account_info(parsed, scopes=scopes)
+            except (ValueError, TypeError, KeyError):
+                raise ProvisioningError(
+                    "GcpSettings.service_account_info: not a service-account key JSON; paste "
+                    "the key file's content (or leave it empty for Application Default "
+                    "Credentials)"
+                ) from None
+        if _is_loopback(self.settings.endpoint):
+            from google.auth.credentials import AnonymousCredentials
+
+            return AnonymousCredentials()
+        import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
+
+        try:
+            credentials, _ = google.auth.default(scopes=scopes)
+        except DefaultCredentialsError:
+            raise ProvisioningError(
+                "GcpSettings.service_account_info: no GCP credentials found; set it, or run "
+                "`gcloud auth application-default login` / GOOGLE_APPLICATION_CREDENTIALS"
+            ) from None
+        return credentials
+
+    def _clients(self) -> tuple[Any, Any]:
+        """(InstancesClient, ZoneOperationsClient), both on the configured endpoint."""
+        with self._lock:
+            if self._instances is None:
+                from google.cloud import compute_v1
+
+                kwargs: dict[str, Any] = dict(credentials=self._credentials(), transport="rest")
+                if self.settings.endpoint:
+                    kwargs["client_options"] = {"api_endpoint": self.settings.endpoint}
+                self._instances = compute_v1.InstancesClient(**kwargs)
+                self._operations = compute_v1.ZoneOperationsClient(**kwargs)
+            return self._instances, self._operations
+
+    def _call(self, fn: Any, **kwargs: Any) -> Any:
+        return self.settings.backoff.call(lambda: fn(**kwargs), _retryable)
+
+    # ------------------------------------------------------------------ ensure
+    def ensure(
+        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
+    ) -> InstanceHandle:
+        """Start (or reuse a warm VM of ours) for ``offer`` and wait until it is RUNNING.
+
+        Raises:
+            CapacityError: GCE refused this offer now (stockout, quota, rate), or it is
+                outside this pool.
+            ProvisioningError: a setting is wrong (credentials, project, zone, image, network).
+        """
+        zone = self._admit(offer)
+        warm = self.book.take_warm(offer.key, run_id)
+        if warm is not None and self._reuse(warm, task_name):
+            return warm
+        from google.api_core import exceptions as gexc
+
+        for _ in range(3):
+            with self._lock:
+                identity = (run_id, task_name, offer.key)
+                sequence = self._sequence[identity]
+                self._sequence[identity] += 1
+            digest = idempotency_digest(self.settings.owner_id, *identity, sequence)
+            slug = _NAME_BAD.sub("-", task_name.lower()).strip("-")[:40] or "task"
+            name = f"cs-{slug}-{digest[:10]}"
+            handle = InstanceHandle(
+                cloud="gcp",
+                instance_id=name,
+                offer_key=offer.key,
+                region=offer.region,
+                zone=zone,
+                option=offer.option.value,
+                run_id=run_id,
+            )
+            body = self._instance_body(offer, zone, name, run_id, task_name, startup_script)
+            try:
+                self._insert(handle, body, request_id=str(uuid.UUID(digest[:32])))
+            except gexc.Conflict:
+                if self._adoptable(handle):  # our own earlier insert of this very request
+                    break
+                continue  # a VM of an earlier process of this run holds the name
+            if self._adoptable(handle):
+                break
+            # GCE answered the request id with an earlier process's insert whose VM is gone
+        else:
+            raise CapacityError(offer.key, "NameTaken", "every deterministic VM name is in use")
+        try:
+            self._wait_running(handle)
+        except BaseException:
+            self._end_quietly(handle)
+            raise
+        self.book.started(handle, offer_key=offer.key)
+        logger.info("started %s %s for %s", name, offer.key, task_name)
+        return handle
+
+    def _admit(self, offer: Offer) -> str:
+        if offer.cloud != "gcp":
+            raise ProvisioningError(f"GcpProvisioner got a {offer.cloud} offer {offer.key}")
+        zone = offer.zone
+        if zone is None:
+            zone = next((z for z in self.settings.zones if z.startswith(offer.region + "-")), None)
+        if zone is None or zone not in self.settings.zones:
+            raise CapacityError(
+                offer.key,
+                "ZoneNotInPool",
+                f"{offer.location} is not in GcpSettings.zones {list(self.settings.zones)}",
+            )
+        family = offer.instance_type.split("-")[0]
+        if family == "n1" and offer.gpu_type and offer.gpu_type not in GPU_ACCELERATORS:
+            raise CapacityError(
+                offer.key, "UnknownAccelerator", f"no GCE accelerator for {offer.gpu_type}"
+            )
+        return zone
+
+    def _labels(self, run_id: str, task_name: str, option: str) -> dict[str, str]:
+        extra = {_label_key(k): label_value(str(v)) for k, v in self.settings.extra_labels.items()}
+        return {
+            **extra,
+            OWNER_TAG: label_value(self.settings.owner_id),
+            RUN_TAG: label_value(run_id),
+            TASK_TAG: label_value(task_name),
+            OPTION_TAG: label_value(option),
+            HEARTBEAT_TAG: str(int(time.time())),
+        }
+
+    def _instance_body(
+        self,
+        offer: Offer,
+        zone: str,
+        name: str,
+        run_id: str,
+        task_name: str,
+        startup_script: str | None,
+    ) -> Any:
+        from google.cloud import compute_v1
+
+        settings = self.settings
+        labels = self._labels(run_id, task_name, offer.option.value)
+        spot = offer.option is PurchaseOption.SPOT
+        gpu = bool(offer.gpu_count)
+        scheduling = compute_v1.Scheduling(
+            on_host_maintenance="TERMINATE" if spot or gpu else "MIGRATE",
+            automatic_restart=not spot,
+        )
+        if spot:
+            scheduling.provisioning_model = "SPOT"
+            scheduling.instance_termination_action = settings.spot_termination_action
+        interface = compute_v1.NetworkInterface(
+            network=settings.network or "global/networks/default"
+        )
+        if settings.external_ip:
+            interface.access_configs = [
+                compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")
+            ]
+        body = compute_v1.Instance(
+            name=name,
+            machine_type=f"zones/{zone}/machineTypes/{offer.instance_type}",
+            labels=labels,
+            scheduling=scheduling,
+            network_interfaces=[interface],
+            disks=[
+                compute_v1.AttachedDisk(
+                    boot=True,
+                    auto_delete=True,
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        source_image=settings.image,
+                        disk_size_gb=settings.disk_size_gb,
+                        labels=labels,
+                    ),
+                )
+            ],
+        )
+        if startup_script:
+            body.metadata = compute_v1.Metadata(
+                items=[compute_v1.Items(key="startup-script", value=startup_script)]
+            )
+        if offer.instance_type.startswith("n1-") and offer.gpu_type:
+            body.guest_accelerators = [
+                compute_v1.AcceleratorConfig(
+                    accelerator_type=f"zones/{zone}/acceleratorTypes/"
+                    f"{GPU_ACCELERATORS[offer.gpu_type]}",
+                    accelerator_count=offer.gpu_count,
+                )
+            ]
+        if offer.option is PurchaseOption.RESERVED:
+            body.reservation_affinity = compute_v1.ReservationAffinity(
+                consume_reservation_type="ANY_RESERVATION"
+            )
+        if settings.service_account_email:
+            body.service_accounts = [
+                compute_v1.ServiceAccount(
+                    email=settings.service_account_email,
+                    scopes=["https://www.googleapis.com/auth/cloud-platform"],
+                )
+            ]
+        return body
+
+    def _insert(self, handle: InstanceHandle, body: Any, *, request_id: str) -> None:
+        from google.api_core import exceptions as gexc
+        from google.cloud import compute_v1
+
+        instances, _ = self._clients()
+        request = compute_v1.InsertInstanceRequest(
+            project=self.settings.project,
+            zone=handle.zone,
+            instance_resource=body,
+            request_id=request_id,
+        )
+        try:
+            operation = self._call(instances.insert_unary, request=request)
+        except gexc.Conflict:
+            raise
+        except gexc.GoogleAPICallError as err:
+            raise self._insert_error(handle, err.code, _reason(err), err.message) from None
+        operation = self._wait_operation(handle, operation)
+        if operation.error and operation.error.errors:
+            first = operation.error.errors[0]
+            raise self._insert_error(
+                handle, operation.http_error_status_code, first.code, first.message
+            )
+
+    def _insert_error(
+        self, handle: InstanceHandle, status: int | None, code: str, message: str
+    ) -> Exception:
+        """Map a GCE refusal to CapacityError (try another offer) or ProvisioningError."""
+        key, text = handle.offer_key, f"{code}: {message}" if code else message
+        lowered = message.lower()
+        if code in CAPACITY_CODES or status in (429, 503) or "quota" in lowered:
+            return CapacityError(key, code or str(status), message)
+        if status in (401, 403):
+            return ProvisioningError(
+                f"GcpSettings.service_account_info / project {self.settings.project!r}: GCE "
+                f"refused permission ({text}); grant the roles in docs/provisioning.md"
+            )
+        for needle, setting in (
+            ("image", "GcpSettings.image"),
+            ("network", "GcpSettings.network"),
+            ("zone", "GcpSettings.zones"),
+            ("project", "GcpSettings.project"),
+            ("labels", "GcpSettings.extra_labels"),
+        ):
+            if needle in lowered:
+                return ProvisioningError(f"{setting}: GCE refused the VM for {key}: {text}")
+        if "machinetype" in lowered or "acceleratortype" in lowered:
+            return CapacityError(key, code or "UnavailableHere", message)
+        return ProvisioningError(f"GCE refused to start {key}: {text}")
+
+    def _wait_operation(self, handle: InstanceHandle, operation: Any) -> Any:
+        """Poll a zone operation with our own client until DONE (bounded)."""
+        from google.cloud import compute_v1
+
+        _, operations = self._clients()
+        deadline = time.monotonic() + self.settings.launch_timeout_seconds
+        while operation.status != compute_v1.Operation.Status.DONE:
+            if time.monotonic() >= deadline:
+                raise CapacityError(
+                    handle.offer_key, "OperationTimeout", f"{operation.name} did not finish"
+                )
+            operation = self._call(
+                operations.wait,
+                project=self.settings.project,
+                zone=handle.zone,
+                operation=operation.name,
+            )
+            if operation.status != compute_v1.Operation.Status.DONE:
+                time.sleep(self.settings.poll_seconds)
+        return operation
+
+    def _get(self, handle: InstanceHandle) -> Any | None:
+        from google.api_core import exceptions as gexc
+
+        instances, _ = self._clients()
+        try:
+            return self._call(
+                instances.get,
+                project=self.settings.project,
+                zone=handle.zone,
+                instance=handle.instance_id,
+            )
+        except gexc.NotFound:
+            return None
+
+    def _adoptable(self, handle: InstanceHandle) -> bool:
+        vm = self._get(handle)
+        return (
+            vm is not None
+            and vm.labels.get(OWNER_TAG) == label_value(self.settings.owner_id)
+            and vm.labels.get(RUN_TAG) == label_value(handle.run_id)
+            and vm.status in ("PROVISIONING", "STAGING", "RUNNING")
+        )
+
+    def _wait_running(self, handle: InstanceHandle) -> None:
+        deadline = time.monotonic() + self.settings.launch_timeout_seconds
+        while True:
+            vm = self._get(handle)
+            status = vm.status if vm is not None else "DELETED"
+            if status == "RUNNING":
+                return
+            if status in _GONE or status == "DELETED" or time.monotonic() >= deadline:
+                code = "LaunchTimeout" if status not in _GONE else "EndedAtLaunch"
+                raise CapacityError(handle.offer_key, code, f"{handle.instance_id}: {status}")
+            time.sleep(self.settings.poll_seconds)
+
+    def _reuse(self, handle: InstanceHandle, task_name: str) -> bool:
+        vm = self._get(handle)
+        if vm is None or vm.status != "RUNNING":
+            self._end_quietly(handle)
+            return False
+        self._set_labels(handle, vm, {TASK_TAG: label_value(task_name)})
+        self.book.started(handle, offer_key=handle.offer_key)
+        return True
+
+    # ------------------------------------------------------------------ check / release
+    def check(self, handle: InstanceHandle) -> None:
+        """Raise ``SpotInterrupted`` if GCE preempted the VM while the task ran.
+
+        Raises:
+            SpotInterrupted: a Spot VM is TERMINATED/deleted or has a preempted operation.
+            ProvisioningError: a standard VM ended without us ending it.
+        """
+        if handle.instance_id in self.book.released:
+            return
+        vm = self._get(handle)
+        status = vm.status if vm is not None else "DELETED"
+        preempted = self._preempted(handle)
+        if status not in _GONE and status != "DELETED" and not preempted:
+            return
+        if status != "DELETED":
+            self._end_quietly(handle)  # a stopped VM still bills its disk
+        self.book.stopped(handle, state="interrupted")
+        if handle.option == PurchaseOption.SPOT.value or preempted:
+            raise SpotInterrupted(
+                handle.instance_id,
+                handle.offer_key,
+                f"spot VM {handle.instance_id} ({handle.offer_key}) was preempted by GCE "
+                f"(status {status})",
+            )
+        raise ProvisioningError(
+            f"VM {handle.instance_id} ({handle.offer_key}) ended without us ({status})"
+        )
+
+    def _preempted(self, handle: InstanceHandle) -> bool:
+        if handle.option != PurchaseOption.SPOT.value:
+            return False
+        from google.cloud import compute_v1
+
+        _, operations = self._clients()
+        request = compute_v1.ListZoneOperationsRequest(
+            project=self.settings.project,
+            zone=handle.zone,
+            filter=f'operationType = "{_PREEMPTED}"',
+        )
+        suffix = f"/instances/{handle.instance_id}"
+        found = self._call(lambda: list(operations.list(request=request)))
+        return any(op.target_link.endswith(suffix) for op in found)
+
+    def release(self, handle: InstanceHandle) -> None:
+        """Delete the VM (or park it warm when ``warm_seconds`` > 0)."""
+        if handle.instance_id in self.book.released:
+            return
+        if self.book.park(handle):
+            return
+        self._delete_handle(handle)
+
+    def _delete_handle(self, handle: InstanceHandle) -> None:
+        self._delete(handle.zone or "", handle.instance_id, handle.offer_key)
+        self.book.stopped(handle)
+
+    def _end_quietly(self, handle: InstanceHandle) -> None:
+        try:
+            self._delete_handle(handle)
+        except Exception as err:  # its labels and stale heartbeat leave it to the reaper
+            logger.error(
+                "could not delete %s: %s (run `prefect-cloudsched reap`)", handle.instance_id, err
+            )
+
+    def _delete(self, zone: str, name: str, offer_key: str = "") -> None:
+        from google.api_core import exceptions as gexc
+
+        instances, _ = self._clients()
+        try:
+            operation = self._call(
+                instances.delete_unary, project=self.settings.project, zone=zone, instance=name
+            )
+        except gexc.NotFound:
+            return
+        probe = InstanceHandle("gcp", name, offer_key, zone.rsplit("-", 1)[0], zone, "", "")
+        self._wait_operation(probe, operation)
+
+    def release_run(self, run_id: str) -> int:
+        """Delete every VM of ours labelled with ``run_id``; return how many."""
+        found = self._owned(f'labels.{RUN_TAG} = "{label_value(run_id)}"')
+        for vm in found:
+            self._delete(vm.zone or "", vm.instance_id)
+        for handle in self.book.live(run_id):
+            self.book.stopped(handle)
+        return len(found)
+
+    # ------------------------------------------------------------------ discovery
+    def list_owned(self) -> list[OwnedInstance]:
+        """Every VM in the project carrying our owner label (any zone)."""
+        return self._owned()
+
+    def _owned(self, extra_filter: str | None = None) -> list[OwnedInstance]:
+        from google.cloud import compute_v1
+
+        instances, _ = self._clients()
+        owner = label_value(self.settings.owner_id)
+        text = f'labels.{OWNER_TAG} = "{owner}"'
+        if extra_filter:
+            text = f"{text} AND {extra_filter}"
+        request = compute_v1.AggregatedListInstancesRequest(
+            project=self.settings.project, filter=text, max_results=500
+        )
+        found = []
+        pages = self._call(lambda: list(instances.aggregated_list(request=request)))
+        for _, scoped in pages:
+            for vm in scoped.instances:
+                if vm.labels.get(OWNER_TAG) == owner:
+                    found.append(self._owned_view(vm))
+        return found
+
+    def _owned_view(self, vm: Any) -> OwnedInstance:
+        zone = vm.zone.rsplit("/", 1)[-1]
+        labels = dict(vm.labels)
+        try:
+            launched = datetime.fromisoformat(vm.creation_timestamp)
+        except ValueError:
+            launched = None
+        return OwnedInstance(
+            cloud="gcp",
+            instance_id=vm.name,
+            region=zone.rsplit("-", 1)[0],
+            zone=zone,
+            instance_type=vm.machine_type.rsplit("/", 1)[-1],
+            state=vm.status,
+            owner_id=labels.get(OWNER_TAG, ""),
+            run_id=labels.get(RUN_TAG, ""),
+            task_name=labels.get(TASK_TAG, ""),
+            option=labels.get(OPTION_TAG, ""),
+            spot=vm.scheduling.provisioning_model == "SPOT" or vm.scheduling.preemptible,
+            heartbeat=parse_heartbeat(labels.get(HEARTBEAT_TAG)),
+            launched_at=launched,
+            tags=labels,
+        )
+
+    def terminate_owned(self, instance: OwnedInstance) -> bool:
+        """Delete one VM the reaper chose, after re-reading its owner label.
+
+        Returns:
+            ``False`` (and nothing done) unless the VM still carries our owner label.
+        """
+        handle = InstanceHandle(
+            cloud="gcp",
+            instance_id=instance.instance_id,
+            offer_key=f"gcp/{instance.zone}/{instance.instance_type}/{instance.option}",
+            region=instance.region,
+            zone=instance.zone,
+            option=instance.option,
+            run_id=instance.run_id,
+        )
+        vm = self._get(handle)
+        if vm is None or vm.labels.get(OWNER_TAG) != label_value(self.settings.owner_id):
+            return False
+        self._delete(instance.zone or "", instance.instance_id)
+        self.book.stopped(handle, state="reaped")
+        return True
+
+    def _set_labels(self, handle: InstanceHandle, vm: Any, changes: Mapping[str, str]) -> None:
+        from google.cloud import compute_v1
+
+        instances, _ = self._clients()
+        self._call(
+            instances.set_labels_unary,
+            project=self.settings.project,
+            zone=handle.zone,
+            instance=handle.instance_id,
+            instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
+                labels={**dict(vm.labels), **changes}, label_fingerprint=vm.label_fingerprint
+            ),
+        )
+
+    def _refresh_heartbeats(self, handles: list[InstanceHandle]) -> None:
+        from google.api_core import exceptions as gexc
+
+        stamp = {HEARTBEAT_TAG: str(int(time.time()))}
+        for handle in handles:
+            vm = self._get(handle)
+            try:
+                if vm is not None:
+                    self._set_labels(handle, vm, stamp)
+            except (gexc.NotFound, gexc.PreconditionFailed):
+                continue  # deleted or relabelled meanwhile: the next beat sees it fresh
+
+    def owned_reservations(self) -> dict[str, int]:
+        """Committed-use / reserved VMs per ``capacity_key``, from ``GcpSettings.reservations``."""
+        return dict(self.settings.reservations)
+
+
+def _label_key(key: str) -> str:
+    value = label_value(key)
+    return value if value[:1].isalpha() else f"x{value}"[:63]

@@ -1,0 +1,241 @@
+"""Budget caps and the spot share: what a flow run may still spend. Pure, thread-safe.
+
+Caps apply per flow run, per UTC day and per UTC calendar month. Spend counted against a cap
+is what is already recorded (the ledger for day and month, read once when the run starts,
+plus this run's records as they land) **plus** the expected cost of every placement still
+running, so concurrent tasks cannot all slip under a cap at once. A placement is admitted
+with its expected cost held; when it ends, the hold is replaced by what it really cost.
+
+With a *hard* cap a placement that would cross it is refused (:class:`BudgetExceeded`);
+with a *soft* cap it is admitted and the crossing reported once per cap and run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect_cloudsched.core.records import PlacementRecord, to_micro, to_usd
+from prefect_cloudsched.errors import CloudSchedError
+
+#: Cap names as the ``CloudSchedPolicy`` block spells its fields.
+RUN_CAP = "budget_per_run_usd"
+DAY_CAP = "budget_per_day_usd"
+MONTH_CAP = "budget_per_month_usd"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    """Spending caps (USD) and how they are enforced.
+
+    Attributes:
+        per_run_usd: Cap of one flow run (``None`` = none).
+        per_day_usd: Cap of all runs in one UTC day, ledger included.
+        per_month_usd: Cap of all runs in one UTC calendar month, ledger included.
+        hard: Refuse placements that would cross a cap (else only report the crossing).
+        fallback_cheapest: Under a hard cap, first try the cheapest offer the task's hardware
+            allows (spot despite deadline risk) before refusing.
+        spot_max_share: Largest share of a run's admitted placements that may be spot.
+    """
+
+    per_run_usd: float | None = None
+    per_day_usd: float | None = None
+    per_month_usd: float | None = None
+    hard: bool = True
+    fallback_cheapest: bool = False
+    spot_max_share: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("per_run_usd", "per_day_usd", "per_month_usd"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive amount of USD or None, got {value}")
+        if not 0 <= self.spot_max_share <= 1:
+            raise ValueError(f"spot_max_share must be between 0 and 1, got {self.spot_max_share}")
+
+    def caps_micro(self) -> dict[str, int]:
+        """The set caps by name, in micro-dollars."""
+        caps = {RUN_CAP: self.per_run_usd, DAY_CAP: self.per_day_usd, MONTH_CAP: self.per_month_usd}
+        return {name: to_micro(usd) for name, usd in caps.items() if usd is not None}
+
+    @property
+    def needs_history(self) -> bool:
+        """Whether the ledger's spend of today / this month must be read at run start."""
+        return self.per_day_usd is not None or self.per_month_usd is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Overrun:
+    """A cap a placement would cross: the cap and the numbers, in micro-dollars."""
+
+    cap: str
+    limit_micro: int
+    committed_micro: int
+    expected_micro: int
+
+    @property
+    def total_micro(self) -> int:
+        """Spend after the placement: recorded + in flight + this one."""
+        return self.committed_micro + self.expected_micro
+
+    def describe(self) -> str:
+        """One line naming the cap and the numbers."""
+        return (
+            f"{self.cap} {_usd(self.limit_micro)} would be crossed: "
+            f"{_usd(self.committed_micro)} spent or in flight + "
+            f"{_usd(self.expected_micro)} expected = {_usd(self.total_micro)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for events and artifacts (USD as floats)."""
+        return {
+            "cap": self.cap,
+            "limit_usd": float(to_usd(self.limit_micro)),
+            "committed_usd": float(to_usd(self.committed_micro)),
+            "expected_usd": float(to_usd(self.expected_micro)),
+            "total_usd": float(to_usd(self.total_micro)),
+        }
+
+
+def _usd(micro: int) -> str:
+    """Cents for dollar amounts; fractions of a cent stay visible (short tasks cost those)."""
+    value = to_usd(micro)
+    if abs(value) >= 1:
+        return f"${value:.2f}"
+    text = f"{value:.6f}".rstrip("0")
+    return f"${text}0" if len(text.split(".")[1]) < 2 else f"${text}"
+
+
+class BudgetExceeded(CloudSchedError):
+    """A hard budget cap refused a placement; the task fails with this one-line message."""
+
+    def __init__(self, task_name: str, overrun: Overrun) -> None:
+        self.task_name = task_name
+        self.overrun = overrun
+        super().__init__(
+            f"{task_name}: refused, {overrun.describe()}; raise {overrun.cap} in the "
+            "CloudSchedPolicy block or set budget_enforcement=soft"
+        )
+
+    def __reduce__(self):  # picklable across process boundaries, like the other errors
+        return (type(self), (self.task_name, self.overrun))
+
+
+def spend_windows(records: Iterable[PlacementRecord], now: datetime) -> tuple[int, int]:
+    """Micro-dollars spent in ``now``'s UTC day and UTC month, by task start time."""
+    now = now.astimezone(UTC)
+    day = month = 0
+    for record in records:
+        started = record.started_at.astimezone(UTC)
+        if (started.year, started.month) == (now.year, now.month):
+            month += record.cost_micro
+            if started.date() == now.date():
+                day += record.cost_micro
+    return day, month
+
+
+def month_start(now: datetime) -> datetime:
+    """00:00 UTC on the first day of ``now``'s UTC month (the ledger query bound)."""
+    now = now.astimezone(UTC)
+    return datetime(now.year, now.month, 1, tzinfo=UTC)
+
+
+class BudgetTracker:
+    """One flow run's view of the caps: spend, holds of running placements, spot share.
+
+    Args:
+        policy: The caps.
+        spent_today_micro: Ledger spend of the current UTC day before this run.
+        spent_month_micro: Ledger spend of the current UTC month before this run.
+    """
+
+    def __init__(
+        self, policy: BudgetPolicy, *, spent_today_micro: int = 0, spent_month_micro: int = 0
+    ) -> None:
+        self.policy = policy
+        self._caps = policy.caps_micro()
+        self._before = {RUN_CAP: 0, DAY_CAP: spent_today_micro, MONTH_CAP: spent_month_micro}
+        self._spent = 0
+        self._holds: dict[int, int] = {}
+        self._ids = itertools.count(1)
+        self._reported: set[str] = set()
+        self._placements = 0
+        self._spot = 0
+        self._lock = threading.Lock()
+
+    @property
+    def spent_micro(self) -> int:
+        """What this run's finished placements cost."""
+        return self._spent
+
+    @property
+    def in_flight_micro(self) -> int:
+        """Expected cost held for placements still running."""
+        with self._lock:
+            return sum(self._holds.values())
+
+    def _overruns(self, expected_micro: int) -> list[Overrun]:
+        committed_run = self._spent + sum(self._holds.values())
+        return [
+            Overrun(cap, limit, self._before[cap] + committed_run, expected_micro)
+            for cap, limit in self._caps.items()
+            if self._before[cap] + committed_run + expected_micro > limit
+        ]
+
+    def check(self, expected_micro: int) -> list[Overrun]:
+        """Caps a placement of this expected cost would cross now (no hold taken)."""
+        with self._lock:
+            return self._overruns(expected_micro)
+
+    def admit(self, expected_micro: int) -> tuple[int | None, list[Overrun]]:
+        """Check and hold in one step.
+
+        Returns:
+            ``(hold, overruns)``: ``hold`` is ``None`` when a hard cap refused the placement;
+            under soft caps the placement is held even when ``overruns`` is not empty.
+        """
+        if expected_micro < 0:
+            raise ValueError(f"expected cost must be >= 0, got {expected_micro}")
+        with self._lock:
+            overruns = self._overruns(expected_micro)
+            if overruns and self.policy.hard:
+                return None, overruns
+            hold = next(self._ids)
+            self._holds[hold] = expected_micro
+            return hold, overruns
+
+    def release(self, hold: int | None) -> None:
+        """Drop a hold without spending (the placement never started)."""
+        if hold is not None:
+            with self._lock:
+                self._holds.pop(hold, None)
+
+    def settle(self, hold: int | None, actual_micro: int) -> None:
+        """Replace a hold by what the placement really cost."""
+        with self._lock:
+            if hold is not None:
+                self._holds.pop(hold, None)
+            self._spent += actual_micro
+
+    def first_report(self, overruns: Iterable[Overrun]) -> list[Overrun]:
+        """The overruns whose cap was not reported yet this run (soft caps notify once)."""
+        with self._lock:
+            fresh = [o for o in overruns if o.cap not in self._reported]
+            self._reported.update(o.cap for o in fresh)
+            return fresh
+
+    def spot_allowed(self) -> bool:
+        """Whether one more spot placement keeps the run within ``spot_max_share``."""
+        with self._lock:
+            # the epsilon absorbs float noise such as 0.1 * 3 = 0.30000000000000004
+            return self._spot + 1 <= self.policy.spot_max_share * (self._placements + 1) + 1e-9
+
+    def count_placement(self, *, spot: bool) -> None:
+        """Count an admitted placement towards the spot share."""
+        with self._lock:
+            self._placements += 1
+            self._spot += int(spot)

@@ -1,0 +1,268 @@
+"""Price catalog: the offers a task can be placed on.
+
+An *offer* is where (cloud, region, zone) × what (instance type, vCPUs, memory, GPUs) ×
+purchase option (on-demand, spot, reserved) × price. The shipped snapshot
+(``catalog/data/offers.csv``, provenance in ``catalog/data/SOURCE.md``) is built from public
+price data by ``scripts/build_catalog.py``. Pure module: no Prefect, no cloud SDK.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from prefect_cloudsched.errors import InputError
+
+
+class PurchaseOption(StrEnum):
+    """How capacity is bought."""
+
+    ON_DEMAND = "on-demand"
+    SPOT = "spot"
+    RESERVED = "reserved"
+
+
+#: AWS Spot Advisor bands ("frequency of interruption over the trailing month") and the
+#: midpoint fraction of instances interrupted per month we assume for each.
+BAND_MONTHLY_FRACTION: dict[str, float] = {
+    "<5%": 0.025,
+    "5-10%": 0.075,
+    "10-15%": 0.125,
+    "15-20%": 0.175,
+    ">20%": 0.25,
+}
+BAND_ORDER: tuple[str, ...] = tuple(BAND_MONTHLY_FRACTION)
+#: GCP publishes no interruption frequency; we assume the middle band and say so.
+GCP_ASSUMED_BAND = "10-15%"
+HOURS_PER_MONTH = 730.0
+
+
+def band_hazard_per_hour(band: str | None) -> float:
+    """Constant hourly interruption hazard λ with P(interrupted within a month) = band midpoint."""
+    if not band:
+        return 0.0
+    return -math.log1p(-BAND_MONTHLY_FRACTION[band]) / HOURS_PER_MONTH
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """One purchasable way to run on one instance type in one place."""
+
+    cloud: str
+    region: str
+    zone: str | None
+    instance_type: str
+    vcpus: int
+    memory_gib: float
+    gpu_type: str | None
+    gpu_count: int
+    option: PurchaseOption
+    usd_per_hour: float
+    ondemand_usd_per_hour: float
+    interruption_band: str | None = None
+    source: str = ""
+
+    @property
+    def location(self) -> str:
+        """Zone when known, region otherwise."""
+        return self.zone or self.region
+
+    @property
+    def shape(self) -> str:
+        """The instance type, plus the attached GPUs where the type alone does not fix them.
+
+        A GCP N1 machine type takes 0 to 8 GPUs of several models, so ``n1-highmem-16`` names
+        many different hosts; ``n1-highmem-16+2xP4`` names one. Other types carry fixed GPUs.
+        """
+        if self.cloud == "gcp" and self.instance_type.startswith("n1-") and self.gpu_count:
+            return f"{self.instance_type}+{self.gpu_count}x{self.gpu_type}"
+        return self.instance_type
+
+    @property
+    def key(self) -> str:
+        """Stable unique identifier: ``cloud/location/shape/option``."""
+        return f"{self.cloud}/{self.location}/{self.shape}/{self.option.value}"
+
+    @property
+    def capacity_key(self) -> str:
+        """Identifies the instance shape and place, independent of purchase option."""
+        return f"{self.cloud}/{self.location}/{self.shape}"
+
+    @property
+    def hazard_per_hour(self) -> float:
+        """Hourly interruption hazard (0 unless spot)."""
+        if self.option is not PurchaseOption.SPOT:
+            return 0.0
+        return band_hazard_per_hour(self.interruption_band)
+
+    def describe(self) -> str:
+        """``aws us-east-1 g5.xlarge (1xA10G) spot $0.42/h``."""
+        gpu = f" ({self.gpu_count}x{self.gpu_type})" if self.gpu_count else ""
+        return (
+            f"{self.cloud} {self.location} {self.instance_type}{gpu} "
+            f"{self.option.value} ${self.usd_per_hour:.4f}/h"
+        )
+
+
+_OPTION_CODES = {PurchaseOption.ON_DEMAND: 0, PurchaseOption.SPOT: 1, PurchaseOption.RESERVED: 2}
+
+
+class Catalog:
+    """An immutable set of offers with column arrays for fast vectorised filtering.
+
+    ``decide()`` runs once per task submission over the whole catalog, so the filters are
+    numpy masks rather than a Python loop (p99 per decision is benchmarked in ``bench/``).
+    """
+
+    def __init__(self, offers: Iterable[Offer]) -> None:
+        self.offers: tuple[Offer, ...] = tuple(offers)
+        self.gpu_types: tuple[str, ...] = tuple(
+            sorted({o.gpu_type for o in self.offers if o.gpu_type})
+        )
+        self.clouds: tuple[str, ...] = tuple(sorted({o.cloud for o in self.offers}))
+        self.regions: tuple[str, ...] = tuple(sorted({o.region for o in self.offers}))
+        self._region_cloud = {o.region: o.cloud for o in self.offers}
+        gpu_code = {g: i + 1 for i, g in enumerate(self.gpu_types)}
+        offers_ = self.offers
+        self.a_vcpus = np.fromiter((o.vcpus for o in offers_), float, len(offers_))
+        self.a_mem = np.fromiter((o.memory_gib for o in offers_), float, len(offers_))
+        self.a_gpus = np.fromiter((o.gpu_count for o in offers_), float, len(offers_))
+        self.a_gpu_type = np.fromiter(
+            (gpu_code.get(o.gpu_type or "", 0) for o in offers_), np.int16, len(offers_)
+        )
+        self.a_option = np.fromiter(
+            (_OPTION_CODES[o.option] for o in offers_), np.int8, len(offers_)
+        )
+        self.a_price = np.fromiter((o.usd_per_hour for o in offers_), float, len(offers_))
+        self.a_od_price = np.fromiter(
+            (o.ondemand_usd_per_hour for o in offers_), float, len(offers_)
+        )
+        self.a_hazard = np.fromiter((o.hazard_per_hour for o in offers_), float, len(offers_))
+        self.a_cloud = np.array([o.cloud for o in offers_], dtype=object)
+        self.a_region = np.array([o.region for o in offers_], dtype=object)
+        self.a_key = np.array([o.key for o in offers_], dtype=object)
+        self.a_capacity_key = np.array([o.capacity_key for o in offers_], dtype=object)
+        self._gpu_code = gpu_code
+
+    def __len__(self) -> int:
+        return len(self.offers)
+
+    def gpu_code(self, gpu_type: str | None) -> int:
+        """Integer code of a GPU model in :attr:`a_gpu_type` (0 = none or unknown)."""
+        return self._gpu_code.get(gpu_type or "", -1 if gpu_type else 0)
+
+    def option_code(self, option: PurchaseOption) -> int:
+        """Integer code of a purchase option in :attr:`a_option`."""
+        return _OPTION_CODES[option]
+
+    def cloud_of_region(self, region: str) -> str | None:
+        """Which cloud a region name belongs to, if the catalog knows it."""
+        return self._region_cloud.get(region)
+
+    def filter(
+        self,
+        *,
+        cloud: str | None = None,
+        region: str | None = None,
+        gpu_type: str | None = None,
+        option: PurchaseOption | None = None,
+        max_price: float | None = None,
+        min_gpus: int | None = None,
+    ) -> list[Offer]:
+        """Offers matching every given criterion, cheapest first (for the ``prices`` CLI)."""
+        gpu = gpu_type.lower() if gpu_type else None
+        found = [
+            o
+            for o in self.offers
+            if (cloud is None or o.cloud == cloud)
+            and (region is None or o.region == region or o.zone == region)
+            and (gpu is None or (o.gpu_type or "").lower() == gpu)
+            and (option is None or o.option is option)
+            and (max_price is None or o.usd_per_hour <= max_price)
+            and (min_gpus is None or o.gpu_count >= min_gpus)
+        ]
+        return sorted(found, key=lambda o: (o.usd_per_hour, o.key))
+
+    def find(self, key: str) -> Offer:
+        """The offer with this :attr:`Offer.key`."""
+        for offer in self.offers:
+            if offer.key == key:
+                return offer
+        raise KeyError(key)
+
+
+def _price(text: str) -> float | None:
+    return float(text) if text else None
+
+
+def offers_from_rows(rows: Iterable[dict[str, str]]) -> list[Offer]:
+    """Expand catalog rows (one per instance type and place) into offers (one per option)."""
+    offers: list[Offer] = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            on_demand = float(row["ondemand_usd_per_hour"])
+            spot = _price(row.get("spot_usd_per_hour", ""))
+            reserved = _price(row.get("reserved_1yr_usd_per_hour", ""))
+            cloud = row["cloud"].strip().lower()
+            band = row.get("interruption_band") or (GCP_ASSUMED_BAND if cloud == "gcp" else None)
+            common = dict(
+                cloud=cloud,
+                region=row["region"].strip(),
+                zone=row.get("zone", "").strip() or None,
+                instance_type=row["instance_type"].strip(),
+                vcpus=int(float(row["vcpus"])),
+                memory_gib=float(row["memory_gib"]),
+                gpu_type=row.get("accelerator", "").strip() or None,
+                gpu_count=int(float(row.get("accelerator_count") or 0)),
+                ondemand_usd_per_hour=on_demand,
+                source=row.get("source", ""),
+            )
+        except (KeyError, ValueError) as err:
+            raise InputError(f"price catalog line {line}: bad or missing value ({err})") from err
+        offers.append(Offer(option=PurchaseOption.ON_DEMAND, usd_per_hour=on_demand, **common))
+        if spot is not None and 0 < spot <= on_demand:
+            offers.append(
+                Offer(
+                    option=PurchaseOption.SPOT, usd_per_hour=spot, interruption_band=band, **common
+                )
+            )
+        if reserved is not None and 0 < reserved <= on_demand:
+            offers.append(Offer(option=PurchaseOption.RESERVED, usd_per_hour=reserved, **common))
+    return offers
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Load a catalog CSV; ``None`` loads the shipped snapshot (cached)."""
+    if path is None:
+        return _shipped_catalog()
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"price catalog {file} does not exist; pass a CSV in the offers format")
+    with file.open(newline="") as handle:
+        return Catalog(offers_from_rows(csv.DictReader(handle)))
+
+
+@functools.cache
+def _shipped_catalog() -> Catalog:
+    data = resources.files("prefect_cloudsched.core.catalog") / "data" / "offers.csv"
+    with data.open(newline="") as handle:
+        return Catalog(offers_from_rows(csv.DictReader(handle)))
+
+
+__all__: Sequence[str] = (
+    "BAND_ORDER",
+    "Catalog",
+    "Offer",
+    "PurchaseOption",
+    "band_hazard_per_hour",
+    "load_catalog",
+    "offers_from_rows",
+)

@@ -1,0 +1,192 @@
+"""Cost report aggregation, shared by the CLI and the Prefect artifacts. Pure.
+
+Sums are integer micro-dollars, so a report's total equals the sum of its rows to the cent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from prefect_cloudsched.core.records import PlacementRecord, to_usd
+
+GroupBy = Literal["flow", "task", "cloud", "option", "instance", "day"]
+GROUP_KEYS: dict[str, Callable[[PlacementRecord], str]] = {
+    "flow": lambda r: r.flow_name,
+    "task": lambda r: r.task_name,
+    "cloud": lambda r: r.cloud,
+    "option": lambda r: r.option,
+    "instance": lambda r: f"{r.cloud}/{r.instance_type}",
+    "day": lambda r: r.day,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """Totals of one group."""
+
+    group: str
+    tasks: int
+    runtime_s: float
+    spend_micro: int
+    baseline_micro: int
+    interruptions: int
+    wasted_micro: int
+
+    @property
+    def spend(self) -> Decimal:
+        """Spend in dollars."""
+        return to_usd(self.spend_micro)
+
+    @property
+    def baseline(self) -> Decimal:
+        """Plain on-demand cost in dollars."""
+        return to_usd(self.baseline_micro)
+
+    @property
+    def savings(self) -> Decimal:
+        """Baseline minus spend, dollars."""
+        return self.baseline - self.spend
+
+    @property
+    def savings_pct(self) -> float | None:
+        """Saving as a share of the baseline (None when the baseline is 0)."""
+        if not self.baseline_micro:
+            return None
+        return 100.0 * (self.baseline_micro - self.spend_micro) / self.baseline_micro
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (dollars as strings keep exactness)."""
+        pct = self.savings_pct
+        return {
+            "group": self.group,
+            "tasks": self.tasks,
+            "runtime_s": round(self.runtime_s, 3),
+            "spend_usd": str(self.spend),
+            "ondemand_baseline_usd": str(self.baseline),
+            "savings_usd": str(self.savings),
+            "savings_pct": None if pct is None else round(pct, 2),
+            "interruptions": self.interruptions,
+            "wasted_usd": str(to_usd(self.wasted_micro)),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CostReport:
+    """Rows per group plus the grand total."""
+
+    group_by: str
+    rows: tuple[ReportRow, ...]
+    total: ReportRow
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready report."""
+        return {
+            "group_by": self.group_by,
+            "rows": [r.as_dict() for r in self.rows],
+            "total": self.total.as_dict(),
+        }
+
+
+def _sum(group: str, records: list[PlacementRecord]) -> ReportRow:
+    return ReportRow(
+        group=group,
+        tasks=len(records),
+        runtime_s=sum(r.runtime_s for r in records),
+        spend_micro=sum(r.cost_micro for r in records),
+        baseline_micro=sum(r.baseline_micro for r in records),
+        interruptions=sum(r.interruptions for r in records),
+        wasted_micro=sum(r.wasted_micro for r in records),
+    )
+
+
+def build_report(records: Iterable[PlacementRecord], group_by: str = "flow") -> CostReport:
+    """Aggregate placement records by ``group_by`` (flow|task|cloud|option|instance|day)."""
+    if group_by not in GROUP_KEYS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_KEYS)}; got {group_by!r}")
+    key = GROUP_KEYS[group_by]
+    groups: dict[str, list[PlacementRecord]] = {}
+    materialised = list(records)
+    for record in materialised:
+        groups.setdefault(key(record), []).append(record)
+    rows = tuple(_sum(name, groups[name]) for name in sorted(groups))
+    return CostReport(group_by=group_by, rows=rows, total=_sum("TOTAL", materialised))
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}%"
+
+
+def _money(value: Decimal) -> str:
+    # Six decimals: short demo tasks cost fractions of a cent, and rounding them to zero
+    # would hide exactly the savings the report exists to show.
+    return f"${value.quantize(Decimal('0.000001'))}"
+
+
+#: Short headers: a task-grouped table fits a 100-column terminal without wrapping.
+COLUMNS = (
+    "tasks",
+    "runtime",
+    "spend",
+    "on-demand",
+    "saved",
+    "saved %",
+    "interrupted",
+)
+
+
+def _cells(row: ReportRow) -> list[str]:
+    return [
+        str(row.tasks),
+        f"{row.runtime_s:.1f}s",
+        _money(row.spend),
+        _money(row.baseline),
+        _money(row.savings),
+        _pct(row.savings_pct),
+        str(row.interruptions),
+    ]
+
+
+def render_markdown(report: CostReport) -> str:
+    """GitHub-flavoured Markdown table (also used for the Prefect markdown artifact)."""
+    header = [report.group_by, *COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in (*report.rows, report.total):
+        name = f"**{row.group}**" if row is report.total else row.group
+        lines.append("| " + " | ".join([name, *_cells(row)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(report: CostReport) -> str:
+    """CSV with one line per group and a TOTAL line."""
+    buffer = io.StringIO()
+    rows = [r.as_dict() for r in (*report.rows, report.total)]
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def render_json(report: CostReport) -> str:
+    """Pretty JSON."""
+    return json.dumps(report.as_dict(), indent=2)
+
+
+def render_rich(report: CostReport, title: str = "prefect-cloudsched cost report") -> Any:
+    """A ``rich.table.Table`` (imported lazily: only the CLI needs rich)."""
+    from rich.table import Table
+
+    table = Table(title=title, show_footer=False, show_edge=False, pad_edge=False)
+    table.add_column(report.group_by, style="bold", overflow="fold", min_width=10)
+    for name in COLUMNS:
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in report.rows:
+        table.add_row(row.group, *_cells(row))
+    table.add_section()
+    table.add_row("TOTAL", *_cells(report.total), style="bold")
+    return table

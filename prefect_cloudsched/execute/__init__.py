@@ -1,5 +1,0 @@
-"""Executors: where a task's body actually runs (local thread, or a Dask worker)."""
-
-from prefect_cloudsched.execute.base import Executor, LocalExecutor, Placement
-
-__all__ = ["Executor", "LocalExecutor", "Placement"]

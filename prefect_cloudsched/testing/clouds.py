@@ -1,0 +1,379 @@
+"""``MockClouds``: a local AWS (moto) and GCP (fake GCE) with ready provisioners for both.
+
+The demo and the tests run the real provisioners — real boto3 and google-cloud-compute
+clients, real HTTP on loopback — against these stand-ins, so a new user sees instances
+start, run, get interrupted, fall back and stop without a cloud account or a network.
+
+Example:
+    ```python
+    from prefect_cloudsched import CloudSchedTaskRunner
+    from prefect_cloudsched.testing.clouds import MockClouds
+
+    with MockClouds(owner_id="demo", interrupt_first_spot=1) as clouds:
+        runner = CloudSchedTaskRunner(provisioners=clouds.provisioners)
+        my_flow.with_options(task_runner=runner)()
+        assert clouds.running_instances(owner_id="demo") == []   # nothing leaked
+    ```
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import Any
+
+from prefect_cloudsched.adapters.provision.aws import AwsProvisioner
+from prefect_cloudsched.adapters.provision.base import OWNER_TAG, RUN_TAG, InstanceHandle
+from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner
+from prefect_cloudsched.adapters.provision.retry import Backoff
+from prefect_cloudsched.adapters.provision.settings import AwsSettings, GcpSettings
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.testing.aws import DUMMY_KEYS, MOCK_AMI, MotoControl, moto_server
+
+_DUMMY_ENV = {
+    "AWS_ACCESS_KEY_ID": DUMMY_KEYS["aws_access_key_id"],
+    "AWS_SECRET_ACCESS_KEY": DUMMY_KEYS["aws_secret_access_key"],
+    "AWS_SESSION_TOKEN": None,
+    "AWS_PROFILE": None,
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+}
+_FAST = Backoff(attempts=5, base_seconds=0.02, max_seconds=0.2, deadline_seconds=10)
+
+
+class MockClouds:
+    """Start moto (``ThreadedMotoServer``) and the fake GCE server; hand out provisioners.
+
+    Args:
+        owner_id: Owner tag/label of every instance the provisioners start.
+        interrupt_first_spot: Interrupt the first N spot instances (either cloud) right
+            after they start, so a demo shows interruption → retry → fallback.
+        interrupt_after: Seconds between a spot instance starting and its interruption
+            (0 = before the task body runs, so the interruption is always seen).
+        project: GCP project name used on the fake.
+        heartbeat_seconds: Heartbeat interval of both provisioners.
+        warm_seconds: Warm pool of both provisioners (0 = terminate on release).
+        ledger_url: Ledger for instance rows (``None`` = the default ledger).
+        record_instances: Write instance rows at all.
+
+    Attributes:
+        provisioners: ``{"aws": ..., "gcp": ...}`` for ``CloudSchedTaskRunner``.
+        aws_url / gcp_url: The endpoints (give them to other processes).
+        moto: The :class:`~prefect_cloudsched.testing.aws.MotoControl` (faults, prices).
+        gcp: The :class:`~prefect_cloudsched.testing.gcp_server.FakeGcpCompute`.
+        interrupted: Instance ids interrupted so far (by any helper).
+    """
+
+    def __init__(
+        self,
+        owner_id: str = "cloudsched-demo",
+        *,
+        interrupt_first_spot: int = 0,
+        interrupt_after: float = 0.0,
+        project: str = "cloudsched-demo",
+        heartbeat_seconds: float = 5.0,
+        warm_seconds: float = 0.0,
+        ledger_url: str | None = None,
+        record_instances: bool = True,
+    ) -> None:
+        if interrupt_first_spot < 0 or interrupt_after < 0:
+            raise ValueError("interrupt_first_spot and interrupt_after must be >= 0")
+        self.owner_id = owner_id
+        self.project = project
+        self.interrupt_after = interrupt_after
+        self._options = dict(
+            heartbeat_seconds=heartbeat_seconds,
+            warm_seconds=warm_seconds,
+            ledger_url=ledger_url,
+            record_instances=record_instances,
+        )
+        self._armed: dict[str | None, int] = {None: interrupt_first_spot}
+        self._lock = threading.Lock()
+        self._stack: ExitStack | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self.interrupted: list[str] = []
+        self.provisioners: dict[str, Any] = {}
+        self.aws_url = self.gcp_url = ""
+        self.moto = MotoControl()
+        self.gcp: Any = None
+        self.aws_settings: AwsSettings | None = None
+        self.gcp_settings: GcpSettings | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> MockClouds:
+        from prefect_cloudsched.testing.gcp_server import FakeGcpCompute
+
+        self._saved_env = {key: os.environ.get(key) for key in _DUMMY_ENV}
+        for key, value in _DUMMY_ENV.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stack = ExitStack()
+        stack.callback(self._restore_env)
+        try:
+            self.aws_url = stack.enter_context(moto_server())
+            stack.enter_context(self.moto)
+            self.gcp = stack.enter_context(FakeGcpCompute())
+            self.gcp_url = self.gcp.url
+            self._build()
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
+
+    def _restore_env(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def _build(self) -> None:
+        catalog = load_catalog()
+        aws_regions = tuple(sorted({o.region for o in catalog.offers if o.cloud == "aws"}))
+        gcp_zones = tuple(sorted({o.zone for o in catalog.offers if o.cloud == "gcp" and o.zone}))
+        common = dict(owner_id=self.owner_id, poll_seconds=0.02, backoff=_FAST, **self._options)
+        self.aws_settings = AwsSettings(
+            regions=aws_regions,
+            ami_per_region={region: MOCK_AMI for region in aws_regions},
+            endpoint_url=self.aws_url,
+            **DUMMY_KEYS,
+            **common,  # type: ignore[arg-type]
+        )
+        self.gcp_settings = GcpSettings(
+            project=self.project,
+            zones=gcp_zones,
+            endpoint=self.gcp_url,
+            **common,  # type: ignore[arg-type]
+        )
+        for offer in catalog.offers:  # live spot prices = the snapshot, not moto's 0.00001
+            if offer.cloud == "aws" and offer.option is PurchaseOption.SPOT:
+                self.moto.spot_prices[(offer.instance_type, f"{offer.region}a")] = (
+                    offer.usd_per_hour
+                )
+        self.provisioners = self.provisioners_for(self.owner_id)
+
+    def provisioners_for(self, owner_id: str, **changes: Any) -> dict[str, Any]:
+        """A fresh pair of provisioners for another owner id (same mocks, same faults).
+
+        ``changes`` override settings fields of both (e.g. ``heartbeat_seconds=0.5``).
+        """
+        if self.aws_settings is None or self.gcp_settings is None:
+            raise RuntimeError("MockClouds is not running; use it as a context manager")
+        aws = replace(self.aws_settings, owner_id=owner_id, **changes)
+        gcp = replace(self.gcp_settings, owner_id=owner_id, **changes)
+        return {
+            "aws": _Interrupting(AwsProvisioner(aws), self),
+            "gcp": _Interrupting(GcpProvisioner(gcp), self),
+        }
+
+    # ------------------------------------------------------------------ faults
+    def interrupt_next_spot(self, cloud: str | None = None, count: int = 1) -> None:
+        """Interrupt the next ``count`` spot instances started (on ``cloud``, or either)."""
+        with self._lock:
+            self._armed[cloud] = self._armed.get(cloud, 0) + count
+
+    def disarm(self) -> None:
+        """Forget every armed interruption (``interrupt_first_spot`` included)."""
+        with self._lock:
+            self._armed.clear()
+
+    def _take_arm(self, cloud: str) -> bool:
+        with self._lock:
+            for key in (cloud, None):
+                if self._armed.get(key, 0) > 0:
+                    self._armed[key] -= 1
+                    return True
+        return False
+
+    def interrupt(self, instance_id: str) -> None:
+        """Reclaim one spot instance now, as its cloud would (AWS id ``i-...`` or GCP name)."""
+        if instance_id.startswith("i-"):
+            self.moto.interrupt(instance_id)
+        else:
+            zone = next(
+                vm["zone"].rsplit("/", 1)[-1]
+                for vm in self.gcp.state.instances(self.project)
+                if vm["name"] == instance_id
+            )
+            self.gcp.state.preempt(self.project, zone, instance_id)
+        with self._lock:
+            self.interrupted.append(instance_id)
+
+    def stockout(self, offer: Offer, count: int = 1) -> None:
+        """The next ``count`` launches of ``offer``'s instance type there fail for capacity."""
+        if offer.cloud == "aws":
+            self.moto.inject(
+                "InsufficientInstanceCapacity",
+                instance_type=offer.instance_type,
+                region=offer.region,
+                count=count,
+                message=f"We currently do not have sufficient {offer.instance_type} capacity "
+                f"in the Availability Zone you requested ({offer.region}a).",
+            )
+        else:
+            self.gcp.state.stockout_next(
+                count=count, zone=offer.zone, machine_type=offer.instance_type
+            )
+
+    def throttle(self, cloud: str, count: int = 1, *, after: bool = False) -> None:
+        """The next ``count`` launches on ``cloud`` are throttled (429 / RequestLimitExceeded).
+
+        ``after=True`` (AWS only) starts the instance but loses the response, to prove
+        that a retry does not start a second one.
+        """
+        if cloud == "aws":
+            self.moto.inject("RequestLimitExceeded", count=count, after=after)
+        else:
+            self.gcp.state.fail_next(429, "rateLimitExceeded", count=count, method="insert")
+
+    # ------------------------------------------------------------------ inspection
+    def running_instances(self, owner_id: str | None = None) -> list[dict[str, Any]]:
+        """Every not-terminated instance on both clouds — ours and foreign.
+
+        Args:
+            owner_id: Only those carrying this owner tag/label.
+
+        Returns:
+            Dicts with ``cloud, instance_id, location, instance_type, state, owner, run, spot``.
+        """
+        found: list[dict[str, Any]] = []
+        for instance_id, region in sorted(self.moto.launched.items()):
+            model = self.moto.backend(region).get_instance(instance_id)
+            if model.state in ("terminated", "shutting-down"):
+                continue
+            tags = {t["key"]: t["value"] for t in model.get_tags()}
+            found.append(
+                dict(
+                    cloud="aws",
+                    instance_id=instance_id,
+                    location=region,
+                    instance_type=model.instance_type,
+                    state=model.state,
+                    owner=tags.get(OWNER_TAG),
+                    run=tags.get(RUN_TAG),
+                    spot=model.lifecycle == "spot",
+                )
+            )
+        for vm in self.gcp.state.instances(self.project):
+            labels = vm.get("labels", {})
+            found.append(
+                dict(
+                    cloud="gcp",
+                    instance_id=vm["name"],
+                    location=vm["zone"].rsplit("/", 1)[-1],
+                    instance_type=vm["machineType"].rsplit("/", 1)[-1],
+                    state=vm["status"],
+                    owner=labels.get(OWNER_TAG),
+                    run=labels.get(RUN_TAG),
+                    spot=vm.get("scheduling", {}).get("provisioningModel") == "SPOT",
+                )
+            )
+        return [i for i in found if owner_id is None or i["owner"] == owner_id]
+
+    def plant_foreign_instance(
+        self,
+        cloud: str = "aws",
+        *,
+        owner_id: str | None = None,
+        run_id: str | None = None,
+        location: str | None = None,
+    ) -> str:
+        """Start an instance we did not start (another owner's tag, or none); return its id.
+
+        The reaper and ``release_run`` must never touch it — tests prove that with this.
+        """
+        tags = {k: v for k, v in ((OWNER_TAG, owner_id), (RUN_TAG, run_id)) if v}
+        if cloud == "aws":
+            import boto3
+
+            region = location or "us-east-1"
+            ec2 = boto3.client("ec2", region_name=region, endpoint_url=self.aws_url, **DUMMY_KEYS)
+            request: dict[str, Any] = dict(
+                ImageId=MOCK_AMI, MinCount=1, MaxCount=1, InstanceType="m5.large"
+            )
+            if tags:
+                request["TagSpecifications"] = [
+                    {
+                        "ResourceType": "instance",
+                        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                    }
+                ]
+            instance_id = ec2.run_instances(**request)["Instances"][0]["InstanceId"]
+            self.moto.launched[instance_id] = region
+            return instance_id
+        from google.cloud import compute_v1
+
+        zone = location or "us-central1-a"
+        name = f"foreign-{len(self.gcp.state.instances(self.project)) + 1}"
+        compute_v1.InstancesClient(**self.gcp.client_kwargs()).insert_unary(
+            project=self.project,
+            zone=zone,
+            instance_resource=compute_v1.Instance(
+                name=name,
+                machine_type=f"zones/{zone}/machineTypes/e2-small",
+                labels=tags,
+                disks=[
+                    compute_v1.AttachedDisk(
+                        boot=True,
+                        initialize_params=compute_v1.AttachedDiskInitializeParams(
+                            source_image="projects/debian-cloud/global/images/family/debian-12"
+                        ),
+                    )
+                ],
+            ),
+        )
+        return name
+
+
+class _Interrupting:
+    """A provisioner that lets ``MockClouds`` reclaim armed spot instances after launch."""
+
+    def __init__(self, inner: AwsProvisioner | GcpProvisioner, clouds: MockClouds) -> None:
+        self.inner = inner
+        self.cloud = inner.cloud
+        self._clouds = clouds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"MockClouds({self.inner!r})"
+
+    def ensure(
+        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
+    ) -> InstanceHandle:
+        """The real ``ensure``, then an interruption if one is armed for this cloud."""
+        handle = self.inner.ensure(
+            offer, run_id=run_id, task_name=task_name, startup_script=startup_script
+        )
+        if offer.option is PurchaseOption.SPOT and self._clouds._take_arm(self.cloud):
+            delay = self._clouds.interrupt_after
+            if delay <= 0:
+                self._clouds.interrupt(handle.instance_id)
+            else:
+                timer = threading.Timer(delay, self._clouds.interrupt, (handle.instance_id,))
+                timer.daemon = True
+                timer.start()
+        return handle
+
+    def check(self, handle: InstanceHandle) -> None:
+        """See ``Provisioner.check``."""
+        self.inner.check(handle)
+
+    def release(self, handle: InstanceHandle) -> None:
+        """See ``Provisioner.release``."""
+        self.inner.release(handle)
+
+    def release_run(self, run_id: str) -> int:
+        """See ``Provisioner.release_run``."""
+        return self.inner.release_run(run_id)
