@@ -208,6 +208,27 @@ class BudgetTracker:
             self._holds[hold] = expected_micro
             return hold, overruns
 
+    def extend(self, hold: int, amount_micro: int) -> list[Overrun]:
+        """Raise a running placement's hold to ``amount_micro`` if every hard cap allows.
+
+        A placement that runs past its estimate must hold what it may still spend before
+        it spends it; the returned overruns are empty when the hold was raised.
+        """
+        with self._lock:
+            current = self._holds.get(hold)
+            if current is None or amount_micro <= current:
+                return []
+            overruns = self._overruns(amount_micro - current)
+            if overruns and self.policy.hard:
+                return overruns
+            self._holds[hold] = amount_micro
+            return []
+
+    def held(self, hold: int | None) -> int:
+        """What ``hold`` currently reserves (0 for no hold)."""
+        with self._lock:
+            return self._holds.get(hold, 0) if hold is not None else 0
+
     def release(self, hold: int | None) -> None:
         """Drop a hold without spending (the placement never started)."""
         if hold is not None:
