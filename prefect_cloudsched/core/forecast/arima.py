@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -54,13 +55,13 @@ def interval_scale(
 
 
 def sarimax_frame(
-    res, y: pd.Series, spec: ModelSpec, horizon: int, scale: tuple[float, float]
+    res, y: pd.Series, spec: ModelSpec, horizon: int, scale: tuple[float, float], phase: int = 0
 ) -> pd.DataFrame:
     """Point forecast and scaled Gaussian intervals, back-transformed and clipped at 0.
 
     With log1p the back-transformed point is the median, which is what MAE rewards.
     """
-    fc = res.get_forecast(horizon, exog=_exog(len(y), spec, steps=horizon))
+    fc = res.get_forecast(horizon, exog=_exog(len(y), spec, horizon, phase))
     mean = np.asarray(fc.predicted_mean, dtype=float)
     sd = np.sqrt(np.maximum(np.asarray(fc.var_pred_mean, dtype=float), 0.0))
     back = np.expm1 if spec.log1p else (lambda v: v)
@@ -73,34 +74,56 @@ def sarimax_frame(
     return frame[["point", "lo80", "hi80", "lo95", "hi95"]].clip(lower=0.0)
 
 
+FORECASTERS = ("combined", "arima")
+
+
 @_single_threaded
 def fit_forecast(
     series: pd.Series,
     horizon: int = DAY,
     config: ForecastConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    model: str = "arima",
 ) -> Forecast:
     """Forecast the next ``horizon`` hours of an hourly demand series.
 
-    Fits every SARIMAX candidate of the grid on the trailing ``config.window`` hours and
-    chooses one (:func:`select_model`: AIC within each differencing family, the family by
-    in-window ``horizon``-step error; or plain AIC). Falls back to seasonal-naive(24), with
-    ``fallback_reason`` set, when the history has fewer than two days of observed hours or
-    every candidate fails.
+    ``model="arima"`` fits every SARIMAX candidate of the grid on the trailing
+    ``config.window`` hours and chooses one (:func:`select_model`: AIC within each
+    differencing family, the family by in-window ``horizon``-step error; or plain AIC).
+    ``model="combined"`` combines that SARIMAX with ETS, Theta, naive and seasonal-naive
+    members and gives conformal intervals (:mod:`.combined`); with under
+    ``3 * 24 + min(horizon, 168)`` hours it uses the ARIMA and says so in
+    ``fallback_reason``. Either falls back to seasonal-naive(24), with ``fallback_reason``
+    set, when the history has fewer than two days of observed hours or SARIMAX cannot fit.
 
     Args:
         series: hourly demand (integer-hour or hourly DatetimeIndex); gaps may be NaN/missing.
         horizon: hours to forecast (>= 1).
         config: grid, transform, window...; defaults to :class:`ForecastConfig()`.
         progress: called with each candidate's label before it is fitted.
+        model: ``combined`` or ``arima`` (kept as the default for library callers).
 
     Raises:
-        InputError: bad series, ``horizon < 1`` or under one day of history.
+        InputError: bad series, unknown model, ``horizon < 1`` or under one day of history.
     """
     config = config or ForecastConfig()
     _check_positive(horizon=horizon)
-    return _forecast_window(prepare_series(series).iloc[-config.window :], horizon, config,
-                            progress)  # fmt: skip
+    if model not in FORECASTERS:
+        raise InputError(f"model {model!r} is unknown; use {' or '.join(FORECASTERS)}")
+    y = prepare_series(series).iloc[-config.window :]
+    if model == "combined":
+        from prefect_cloudsched.core.forecast.combined import combined_window
+
+        started = time.perf_counter()
+        try:
+            fit = combined_window(y, horizon, config, progress=progress)
+        except InputError as short:
+            arima = _forecast_window(y, horizon, config, progress)
+            reason = f"{short}; used {arima.model}"
+            return dataclasses.replace(arima, fallback_reason=reason)
+        return dataclasses.replace(fit.forecast, fit_seconds=time.perf_counter() - started)
+    return _forecast_window(y, horizon, config, progress)
 
 
 def _forecast_window(

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from prefect_cloudsched.core.forecast.arima import _forecast_window
-from prefect_cloudsched.core.forecast.baselines import ets_forecast, lag_forecast
+from prefect_cloudsched.core.forecast.baselines import lag_forecast
+from prefect_cloudsched.core.forecast.combined import combined_window
 from prefect_cloudsched.core.forecast.metrics import coverage, mase, seasonal_naive_scale, smape
 from prefect_cloudsched.core.forecast.sarimax import ForecastConfig, _single_threaded
 from prefect_cloudsched.core.forecast.series import check_positive as _check_positive
@@ -42,12 +42,16 @@ def backtest(
     """Rolling-origin evaluation: forecast ``horizon`` hours from each of the last origins.
 
     Origins are 24 h apart and the last one leaves exactly ``horizon`` hours to score. Every
-    model sees only the trailing ``config.window`` hours before its origin. ARIMA is exactly
-    :func:`fit_forecast` at every origin: the model choice and the estimation are redone
-    daily; its seasonal-naive fallbacks count in ``fallbacks`` (as do seasonal_naive_168's
-    origins with a window under 169 h, which use seasonal-naive(24)). MASE at an origin is
-    scaled by the seasonal-naive(24) in-sample MAE of that origin's window and averaged over
-    origins; sMAPE and coverage are averaged over all scored hours.
+    model sees only the trailing ``config.window`` hours before its origin. At each origin the
+    combined forecaster fits all its members once (:func:`.combined.combined_window`) and every
+    member is scored from that same fit, so ``arima`` is the SARIMAX member with its own
+    recalibrated Gaussian intervals and the other members carry conformal intervals. Origins
+    follow each other like a daily production run: SARIMAX and ETS are re-estimated every
+    ``config.reselect_days`` origins and only re-filtered in between. An origin where SARIMAX
+    fails scores seasonal-naive(24) for ``arima`` and counts in its ``fallbacks`` (likewise for
+    seasonal_naive_168 before a week of history). MASE at an origin is scaled by the
+    seasonal-naive(24) in-sample MAE of that origin's window and averaged over origins; sMAPE
+    and coverage are averaged over all scored hours.
 
     Raises:
         InputError: unknown model, non-positive sizes, or too few hours for ``origins``.
@@ -58,39 +62,58 @@ def backtest(
     if unknown:
         raise InputError(f"unknown model {unknown[0]!r}; use some of: {', '.join(MODELS)}")
     y = prepare_series(series)
+    need = 3 * DAY + min(horizon, WEEK)
     positions = [len(y) - horizon - DAY * k for k in range(origins - 1, -1, -1)]
-    if positions[0] < 2 * DAY:
-        most = max(0, (len(y) - horizon - 2 * DAY) // DAY + 1)
+    if positions[0] < need:
+        most = max(0, (len(y) - horizon - need) // DAY + 1)
         raise InputError(
-            f"series has {len(y)} hours: too short for {origins} origins with {2 * DAY} hours of"
+            f"series has {len(y)} hours: too short for {origins} origins with {need} hours of"
             f" history each; use --origins {most} or fewer"
         )
     actuals = [y.iloc[p : p + horizon].to_numpy() for p in positions]
     histories = [y.iloc[max(0, p - config.window) : p] for p in positions]
     scales = [seasonal_naive_scale(h.to_numpy()) for h in histories]
-    scores = []
-    chosen: list[str] = []
-    stacked: dict[str, pd.DataFrame] = {}
-    for name in models:
+    frames: dict[str, list[pd.DataFrame]] = {m: [] for m in models}
+    fallbacks: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    chosen, weights = [], []
+    warm = None
+    started, cpu = time.perf_counter(), time.process_time()
+    for i, history in enumerate(histories):
         if progress:
-            progress(name)
-        started = time.perf_counter()
-        if name == "arima":
-            fits = [
-                _forecast_window(h, horizon, config, _numbered(progress, i, len(histories)))
-                for i, h in enumerate(histories)
-            ]
-            frames, chosen = [f.frame for f in fits], [f.model for f in fits]
-            fallbacks = sum(f.method != "sarimax" for f in fits)
-        else:
-            pairs = [_baseline(name, h, horizon) for h in histories]
-            frames, fallbacks = [f for f, _ in pairs], sum(fell for _, fell in pairs)
-        seconds = time.perf_counter() - started
-        detail = _tally(chosen) if name == "arima" else ""
-        scores.append(_score(name, frames, actuals, scales, seconds, fallbacks, detail))
-        stacked[name] = pd.concat(frames)
+            progress(f"origin {i + 1}/{len(histories)}")
+        step = _numbered(progress, i, len(histories))
+        fit = combined_window(history, horizon, config, warm, step, "arima" in models)
+        warm = fit.warm.moved(DAY)
+        seconds.update(fit.seconds)
+        weights.append(fit.weights)
+        chosen.append(fit.forecast.spec.label if fit.forecast.spec else "seasonal-naive(24)")
+        fallbacks["arima"] += fit.arima_fallback
+        for name in models:
+            frame = fit.forecast.frame if name == "combined" else fit.member_frames.get(name)
+            if frame is None:
+                fallbacks[name] += 1
+                frame = lag_forecast(history, horizon, DAY)
+            frames[name].append(frame)
+    total, cpu = time.perf_counter() - started, time.process_time() - cpu
+    spent = {"combined": total, "arima": seconds["sarimax"]}
+    scores = [
+        _score(
+            name,
+            frames[name],
+            actuals,
+            scales,
+            spent.get(name, seconds["baselines"]),
+            fallbacks[name],
+            _tally(chosen) if name == "arima" else "",
+        )
+        for name in models
+    ]
     labels = [_json_label(y.index[p]) for p in positions]
-    return BacktestResult(scores, labels, horizon, config.window, chosen, stacked)
+    stacked = {name: pd.concat(f) for name, f in frames.items()}
+    return BacktestResult(
+        scores, labels, horizon, config.window, chosen, stacked, weights, total, cpu
+    )
 
 
 def _numbered(
@@ -107,19 +130,6 @@ def _tally(labels: list[str]) -> str:
     return ", ".join(f"{n}x {label}" for label, n in Counter(labels).most_common())
 
 
-def _baseline(name: str, history: pd.Series, horizon: int) -> tuple[pd.DataFrame, bool]:
-    """One baseline forecast; ``True`` when it had to fall back to seasonal-naive(24)."""
-    if name == "ets":
-        try:
-            return ets_forecast(history, horizon), False
-        except (ValueError, np.linalg.LinAlgError):
-            return lag_forecast(history, horizon, DAY), True
-    period = {"naive": None, "seasonal_naive_24": DAY, "seasonal_naive_168": WEEK}[name]
-    if period == WEEK and len(history) <= WEEK:
-        return lag_forecast(history, horizon, DAY), True
-    return lag_forecast(history, horizon, period), False
-
-
 def _score(
     name: str,
     frames: list[pd.DataFrame],
@@ -129,8 +139,9 @@ def _score(
     fallbacks: int,
     detail: str,
 ) -> ModelScore:
-    mases = [mase(a, f["point"].to_numpy(), s) for a, f, s in zip(actuals, frames, scales,
-                                                                  strict=True)]  # fmt: skip
+    mases = [
+        mase(a, f["point"].to_numpy(), s) for a, f, s in zip(actuals, frames, scales, strict=True)
+    ]
     actual = np.concatenate(actuals)
     stacked = pd.concat(frames)
     return ModelScore(

@@ -20,7 +20,7 @@ def _interpolated(y: pd.Series) -> np.ndarray:
     return y.interpolate(limit_direction="both").to_numpy(dtype=float)
 
 
-def _interval_frame(
+def interval_frame(
     index: pd.Index, point: np.ndarray, half80: np.ndarray, half95: np.ndarray
 ) -> pd.DataFrame:
     """Symmetric intervals around ``point`` clipped at 0 (demand cannot be negative)."""
@@ -55,7 +55,7 @@ def lag_forecast(y: pd.Series, horizon: int, period: int | None) -> pd.DataFrame
         point[h - 1] = values[n - 1 + h - lag]
         errors = np.abs(values[lag:] - values[:-lag]) if lag < n else np.zeros(1)
         half80[h - 1], half95[h - 1] = np.quantile(errors, [0.80, 0.95])
-    return _interval_frame(_future_index(y.index, horizon), point, half80, half95)
+    return interval_frame(_future_index(y.index, horizon), point, half80, half95)
 
 
 def ets_forecast(y: pd.Series, horizon: int, seed: int = 0) -> pd.DataFrame:
@@ -78,4 +78,4 @@ def ets_forecast(y: pd.Series, horizon: int, seed: int = 0) -> pd.DataFrame:
     point = np.asarray(res.forecast(horizon), dtype=float)
     dev = np.abs(np.asarray(paths).reshape(horizon, -1) - point[:, None])
     half80, half95 = np.quantile(dev, [0.80, 0.95], axis=1)
-    return _interval_frame(_future_index(y.index, horizon), point, half80, half95)
+    return interval_frame(_future_index(y.index, horizon), point, half80, half95)

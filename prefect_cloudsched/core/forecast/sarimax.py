@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from prefect_cloudsched.core.forecast.members import MEMBERS
 from prefect_cloudsched.core.forecast.types import (
     DAY,
     DEFAULT_ORDERS,
@@ -55,10 +56,12 @@ def _endog(y: pd.Series, spec: ModelSpec) -> np.ndarray:
     return np.log1p(values) if spec.log1p else values
 
 
-def _exog(n: int, spec: ModelSpec, steps: int = 0) -> np.ndarray | None:
+def _exog(n: int, spec: ModelSpec, steps: int = 0, phase: int = 0) -> np.ndarray | None:
     """Daily/weekly Fourier regressors in window time (in-sample, or the next ``steps`` hours).
 
-    Phases count from the window's first hour; coefficients are re-estimated per window.
+    Phases count from ``phase`` hours before the window's first hour: 0 when the
+    coefficients are estimated on this window, the window's shift since estimation when
+    parameters estimated on an earlier window are reused (:func:`refilter`).
     """
     periods = [(DAY, spec.daily), (WEEK, spec.weekly)]
     if not any(k for _, k in periods):
@@ -66,8 +69,8 @@ def _exog(n: int, spec: ModelSpec, steps: int = 0) -> np.ndarray | None:
     from statsmodels.tsa.deterministic import DeterministicProcess, Fourier
 
     terms = [Fourier(period, order=k) for period, k in periods if k]
-    process = DeterministicProcess(pd.RangeIndex(n), additional_terms=terms)
-    frame = process.out_of_sample(steps) if steps else process.in_sample()
+    process = DeterministicProcess(pd.RangeIndex(n + phase), additional_terms=terms)
+    frame = process.out_of_sample(steps) if steps else process.in_sample().iloc[phase:]
     return frame.to_numpy()
 
 
@@ -96,6 +99,14 @@ class ForecastConfig:
         calibrate: rescale intervals from in-sample multi-step errors.
         calibration_days: the most recent in-window days whose errors set that scale.
         maxiter: optimizer iterations per fit.
+        members: the combined forecaster's members (see :data:`.members.MEMBERS`).
+        combine_days: in-window day boundaries whose forecasts set the combination weights
+            and the conformal intervals.
+        reselect_days: when origins follow each other (a backtest, a daily run), re-estimate
+            SARIMAX and ETS only every this many days and re-filter in between.
+        stack_shrink: pull the stacked weights this far towards inverse-squared-MAE weights
+            (0 = pure least-absolute-deviation stacking).
+        conformal_pool: neighbouring horizon steps pooled on each side for a step's quantile.
     """
 
     window: int = 4 * WEEK
@@ -110,6 +121,11 @@ class ForecastConfig:
     calibrate: bool = True
     calibration_days: int = 7
     maxiter: int = 50
+    members: tuple[str, ...] = MEMBERS
+    combine_days: int = 14
+    reselect_days: int = 7
+    stack_shrink: float = 0.0
+    conformal_pool: int = 2
 
     def __post_init__(self) -> None:
         if self.transform not in ("none", "log1p", "auto"):
@@ -124,6 +140,15 @@ class ForecastConfig:
             raise InputError(f"selection {self.selection!r} is unknown; use aic or validation")
         if min(self.maxiter, self.calibration_days, self.validation_days) < 1:
             raise InputError("maxiter, calibration_days and validation_days must be >= 1")
+        unknown = [m for m in self.members if m not in MEMBERS]
+        if unknown or not self.members:
+            raise InputError(
+                f"members {unknown or '()'} invalid; use some of: {', '.join(MEMBERS)}"
+            )
+        if min(self.combine_days, self.reselect_days) < 1 or self.conformal_pool < 0:
+            raise InputError("combine_days and reselect_days must be >= 1, conformal_pool >= 0")
+        if not 0 <= self.stack_shrink <= 1:
+            raise InputError(f"stack_shrink must be in [0, 1] (got {self.stack_shrink})")
 
 
 @dataclass(frozen=True)
@@ -170,6 +195,28 @@ def fit_sarimax(y: pd.Series, spec: ModelSpec, maxiter: int = 50, ols_fourier: b
             with model.fix_params(fixed) if fixed else contextlib.nullcontext():
                 estimate = model.fit(disp=False, cov_type="none", maxiter=maxiter)
             res = build(simple=False).filter(estimate.params, cov_type="none")
+        except (ValueError, np.linalg.LinAlgError):
+            return None
+    return res if np.isfinite(res.llf) else None
+
+
+def refilter(y: pd.Series, spec: ModelSpec, params: np.ndarray, phase: int = 0):
+    """Filter a window with parameters estimated earlier: a warm start with no re-estimation.
+
+    A daily backtest (or a daily production run) re-estimates weekly; in between, the new
+    hours only move the Kalman state. ``phase`` is the window's shift in hours since the
+    estimation window, so the Fourier regressors keep their phase. ``None`` on failure.
+    """
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = SARIMAX(
+                _endog(y, spec), exog=_exog(len(y), spec, phase=phase), order=spec.order,
+                seasonal_order=spec.seasonal_order, trend=spec.trend, concentrate_scale=True,
+            )  # fmt: skip
+            res = model.filter(params, cov_type="none")
         except (ValueError, np.linalg.LinAlgError):
             return None
     return res if np.isfinite(res.llf) else None

@@ -12,7 +12,10 @@ from prefect_cloudsched.core.forecast.series import json_label as _json_label
 DAY = 24
 WEEK = 168
 LEVELS = (80, 95)
-MODELS = ("arima", "naive", "seasonal_naive_24", "seasonal_naive_168", "ets")
+#: Models a backtest scores: the combination, then its members (``arima`` is the SARIMAX).
+MODELS = (
+    "combined", "arima", "ets", "theta", "naive", "seasonal_naive_24", "seasonal_naive_168",
+)  # fmt: skip
 
 Order = tuple[int, int, int]
 SeasonalOrder = tuple[int, int, int, int]
@@ -71,8 +74,9 @@ class Forecast:
     """A point forecast with 80% and 95% intervals, and how it was made.
 
     ``frame`` is indexed by the future hours (same index type as the input) with columns
-    ``point, lo80, hi80, lo95, hi95``. ``method`` is ``sarimax`` or ``seasonal_naive``;
-    ``fallback_reason`` says why the seasonal-naive fallback was used.
+    ``point, lo80, hi80, lo95, hi95``. ``method`` is ``combined``, ``sarimax`` or
+    ``seasonal_naive``; ``fallback_reason`` says why the seasonal-naive fallback was used.
+    A combined forecast names its members' ``weights`` and ``members`` (name -> model).
     """
 
     frame: pd.DataFrame
@@ -84,6 +88,8 @@ class Forecast:
     fit_seconds: float = 0.0
     interval_scale: tuple[float, float] | None = None
     validation_mae: float | None = None
+    weights: dict[str, float] | None = None
+    members: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form: model info plus one row per forecast hour."""
@@ -106,6 +112,9 @@ class Forecast:
             "fit_seconds": round(self.fit_seconds, 3),
             "interval_scale": None if self.interval_scale is None
             else dict(zip(("80", "95"), (round(c, 3) for c in self.interval_scale), strict=True)),
+            "weights": None if self.weights is None
+            else {k: round(v, 4) for k, v in self.weights.items()},
+            "members": self.members,
             "rows": rows,
         }  # fmt: skip
 
@@ -144,6 +153,9 @@ class BacktestResult:
     window: int
     arima_models: list[str] = field(default_factory=list)
     forecasts: dict[str, pd.DataFrame] = field(default_factory=dict)
+    weights: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def score(self, model: str) -> ModelScore:
         """The score of ``model`` (one of :data:`MODELS`)."""
