@@ -121,6 +121,8 @@ def fit_forecast(
         except InputError as short:
             arima = _forecast_window(y, horizon, config, progress)
             reason = f"{short}; used {arima.model}"
+            if arima.fallback_reason:
+                reason += f" ({arima.fallback_reason})"
             return dataclasses.replace(arima, fallback_reason=reason)
         return dataclasses.replace(fit.forecast, fit_seconds=time.perf_counter() - started)
     return _forecast_window(y, horizon, config, progress)

@@ -34,6 +34,7 @@ from prefect_cloudsched.core.forecast.sarimax import (
     ForecastConfig,
     Selection,
     _burn,
+    fit_sarimax,
     refilter,
     select_model,
 )
@@ -52,10 +53,12 @@ class WarmStart:
     selection: Selection | None
     ets_params: dict[str, float] | None
     age: int = 0
+    grid_age: int = 0
+    arima_scale: tuple[float, float] | None = None
 
     def moved(self, hours: int) -> WarmStart:
         """The same estimates, ``hours`` later."""
-        return replace(self, age=self.age + hours)
+        return replace(self, age=self.age + hours, grid_age=self.grid_age + hours)
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,14 @@ def combined_window(
     fits.append(ets_fit)
     seconds["baselines"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    selection, res, phase = _sarimax(y, horizon, config, warm, progress)
-    arima_frame = None
+    selection, res, phase, how = _sarimax(y, horizon, config, warm, progress)
+    arima_frame, scale = None, None
     if res is not None:
         fits.insert(0, sarimax_member(res, selection.spec, y, starts, horizon, phase))
-        if arima_intervals:
-            scale = interval_scale(res, y, selection.spec, horizon, config.calibration_days)
+        if arima_intervals:  # its own calibration, re-measured when re-estimated
+            scale = warm.arima_scale if how == "refilter" else None
+            if scale is None:
+                scale = interval_scale(res, y, selection.spec, horizon, config.calibration_days)
             arima_frame = sarimax_frame(res, y, selection.spec, horizon, scale, phase)
     seconds["sarimax"] = time.perf_counter() - clock
     fits = [f for f in fits if f.name in config.members]
@@ -154,23 +159,33 @@ def combined_window(
         weights=weight_map,
         members={f.name: f.label for f in fits},
     )
-    new_warm = _next_warm(warm, selection, ets_params, config, phase)
+    new_warm = _next_warm(warm, selection, ets_params, how, scale)
     return CombinedFit(forecast, members, weight_map, maes, new_warm, fallback, seconds)
 
 
 def _sarimax(y, horizon, config, warm, progress):
-    """Reuse the warm SARIMAX (re-filtered) while young enough, else select afresh."""
-    young = warm is not None and warm.age < config.reselect_days * DAY
-    if young and warm.selection is not None:
-        res = refilter(y, warm.selection.spec, warm.selection.results.params, warm.age)
-        if res is not None:
-            return warm.selection, res, warm.age
+    """SARIMAX for this window: ``(selection, results, phase, how)``.
+
+    Re-filters the warm estimate while it is younger than ``reselect_days``; re-estimates the
+    warm spec from its parameters while the grid search is younger than ``regrid_days``;
+    otherwise searches the grid (:func:`select_model`).
+    """
+    if warm is not None and warm.selection is not None:
+        spec, params = warm.selection.spec, warm.selection.results.params
+        if warm.age < config.reselect_days * DAY:
+            res = refilter(y, spec, params, warm.age)
+            if res is not None:
+                return warm.selection, res, warm.age, "refilter"
+        if warm.grid_age < config.regrid_days * DAY:
+            res = fit_sarimax(y, spec, config.maxiter, config.ols_fourier, np.asarray(params))
+            if res is not None:
+                return Selection(spec, res, warm.selection.aic), res, 0, "refit"
     if len(y) < 2 * DAY + max(_burn_of(config), 1):
-        return None, None, 0
+        return None, None, 0, "none"
     selection = select_model(y, config, progress, min(horizon, DAY))
     if selection is None:
-        return None, None, 0
-    return selection, selection.results, 0
+        return None, None, 0, "none"
+    return selection, selection.results, 0, "grid"
 
 
 def _burn_of(config: ForecastConfig) -> int:
@@ -182,7 +197,7 @@ def _burn_of(config: ForecastConfig) -> int:
 def _ets(values, starts, horizon, warm, config):
     """ETS from the warm smoothing parameters while young enough, else estimated afresh."""
     young = warm is not None and warm.age < config.reselect_days * DAY
-    params = warm.ets_params if young and warm is not None else None
+    params = warm.ets_params if young else None
     try:
         return ets_member(values, starts, horizon, params)
     except (ValueError, np.linalg.LinAlgError):
@@ -190,11 +205,12 @@ def _ets(values, starts, horizon, warm, config):
         return MemberFit("ets", paths, np.full(horizon, np.nan), "ETS failed"), None
 
 
-def _next_warm(warm, selection, ets_params, config, phase) -> WarmStart:
-    """Age the warm start when it was reused, restart it when anything was re-estimated."""
-    if warm is not None and phase and warm.age < config.reselect_days * DAY:
-        return WarmStart(warm.selection, warm.ets_params or ets_params, warm.age)
-    return WarmStart(selection, ets_params, 0)
+def _next_warm(warm, selection, ets_params, how, arima_scale) -> WarmStart:
+    """Keep ages while estimates were reused; restart the clocks that were re-estimated."""
+    if how == "refilter":
+        return replace(warm, arima_scale=arima_scale)
+    grid_age = warm.grid_age if how == "refit" and warm is not None else 0
+    return WarmStart(selection, ets_params, 0, grid_age, arima_scale)
 
 
 def stack_weights(paths: np.ndarray, actual: np.ndarray, shrink: float = 0.0) -> np.ndarray:

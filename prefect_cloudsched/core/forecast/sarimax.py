@@ -103,7 +103,9 @@ class ForecastConfig:
         combine_days: in-window day boundaries whose forecasts set the combination weights
             and the conformal intervals.
         reselect_days: when origins follow each other (a backtest, a daily run), re-estimate
-            SARIMAX and ETS only every this many days and re-filter in between.
+            SARIMAX (the chosen spec, warm-started) and ETS only every this many days and
+            re-filter in between.
+        regrid_days: ... and search the whole SARIMAX grid again only every this many days.
         stack_shrink: pull the stacked weights this far towards inverse-squared-MAE weights
             (0 = pure least-absolute-deviation stacking).
         conformal_pool: neighbouring horizon steps pooled on each side for a step's quantile.
@@ -124,7 +126,8 @@ class ForecastConfig:
     members: tuple[str, ...] = MEMBERS
     combine_days: int = 14
     reselect_days: int = 7
-    stack_shrink: float = 0.0
+    regrid_days: int = 28
+    stack_shrink: float = 1.0
     conformal_pool: int = 2
 
     def __post_init__(self) -> None:
@@ -145,8 +148,11 @@ class ForecastConfig:
             raise InputError(
                 f"members {unknown or '()'} invalid; use some of: {', '.join(MEMBERS)}"
             )
-        if min(self.combine_days, self.reselect_days) < 1 or self.conformal_pool < 0:
-            raise InputError("combine_days and reselect_days must be >= 1, conformal_pool >= 0")
+        if (
+            min(self.combine_days, self.reselect_days, self.regrid_days) < 1
+            or self.conformal_pool < 0
+        ):
+            raise InputError("combine/reselect/regrid_days must be >= 1, conformal_pool >= 0")
         if not 0 <= self.stack_shrink <= 1:
             raise InputError(f"stack_shrink must be in [0, 1] (got {self.stack_shrink})")
 
@@ -161,7 +167,13 @@ class Selection:
     validation_mae: float | None = None
 
 
-def fit_sarimax(y: pd.Series, spec: ModelSpec, maxiter: int = 50, ols_fourier: bool = False):
+def fit_sarimax(
+    y: pd.Series,
+    spec: ModelSpec,
+    maxiter: int = 50,
+    ols_fourier: bool = False,
+    start_params: np.ndarray | None = None,
+):
     """Fit one candidate by maximum likelihood and filter the full series with the estimate.
 
     Differenced specs are estimated on the differenced series (statsmodels'
@@ -174,6 +186,9 @@ def fit_sarimax(y: pd.Series, spec: ModelSpec, maxiter: int = 50, ols_fourier: b
     the differenced series for differenced specs, as the estimation model sees it) and held
     fixed while the ARMA part is estimated by ML. The optimizer's numerical gradient then has
     4-10 fewer parameters to perturb, which makes Fourier candidates several times faster.
+
+    ``start_params`` (a full parameter vector, e.g. last week's estimate) warm-starts the
+    optimizer, which then needs a fraction of the iterations.
 
     Returns:
         Filtered statsmodels results, or ``None`` when the fit fails or is degenerate.
@@ -193,7 +208,10 @@ def fit_sarimax(y: pd.Series, spec: ModelSpec, maxiter: int = 50, ols_fourier: b
             model = build(simple=_burn(spec) > 0)
             fixed = _ols_exog(model) if ols_fourier else {}
             with model.fix_params(fixed) if fixed else contextlib.nullcontext():
-                estimate = model.fit(disp=False, cov_type="none", maxiter=maxiter)
+                warm = {} if start_params is None else {"start_params": start_params}
+                if warm and fixed:
+                    warm["includes_fixed"] = True
+                estimate = model.fit(disp=False, cov_type="none", maxiter=maxiter, **warm)
             res = build(simple=False).filter(estimate.params, cov_type="none")
         except (ValueError, np.linalg.LinAlgError):
             return None

@@ -14,17 +14,48 @@ from prefect_cloudsched.errors import InputError
 # --------------------------------------------------------------------------- input
 
 
+TIME_COLUMNS = ("timestamp", "hour")
+
+
 def load_series_csv(path: str | Path, column: str = "gpu_hours") -> pd.Series:
-    """Read ``hour,<columns...>`` into an hourly series indexed by hour (gaps become NaN).
+    """Read an hourly CSV into a series (gaps become NaN).
+
+    The time column is either ``timestamp`` (ISO 8601, e.g. ``2026-03-01T13:00:00Z``; offsets
+    are converted to UTC and the index is a naive-UTC DatetimeIndex on whole hours) or
+    ``hour`` (whole hour numbers). With both, ``timestamp`` is used.
 
     Raises:
-        InputError: missing/empty/malformed file, missing column (lists the available ones),
-            non-numeric or negative value (names the line and hour).
+        InputError: missing/empty/malformed file, no time column, missing column (lists the
+            available ones), a bad or repeated timestamp/hour, a non-numeric or negative value
+            (names the line, the column and the hour).
     """
     path = Path(path)
+    frame = _read_csv(path, column)
+    time_column = next(c for c in TIME_COLUMNS if c in frame.columns)
+    lines = [f"{path.name} line {i + 2}" for i in range(len(frame))]
+    if time_column == "timestamp":
+        index = _parse_timestamps(frame["timestamp"], lines)
+        rows = [f"{line} ({ts.isoformat()})" for line, ts in zip(lines, index, strict=True)]
+    else:
+        hours = _parse_numbers(frame["hour"], lines, "hour", allow_blank=False)
+        fractional = np.flatnonzero(np.mod(hours, 1) != 0)
+        if len(fractional):
+            raise InputError(f"{lines[fractional[0]]}: hour must be a whole number of hours")
+        index = pd.Index(hours.astype(np.int64), name="hour")
+        rows = [f"{line} (hour {int(h)})" for line, h in zip(lines, hours, strict=True)]
+    values = _parse_numbers(frame[column], rows, column, allow_blank=True)
+    series = pd.Series(values, index=index, name=column)
+    if series.index.has_duplicates:
+        dup = json_label(series.index[series.index.duplicated()][0])
+        raise InputError(f"{path.name}: {time_column} {dup} appears twice; keep one row per hour")
+    return series
+
+
+def _read_csv(path: Path, column: str) -> pd.DataFrame:
+    """The CSV as strings, checked for a time column, ``column`` and at least one row."""
     if not path.is_file():
         raise InputError(
-            f"series file {str(path)!r} does not exist; pass a CSV with an hour column"
+            f"series file {str(path)!r} does not exist; pass a CSV with an hour or timestamp column"
         )
     if path.stat().st_size == 0:
         raise InputError(f"series file {str(path)!r} is empty; expected a header 'hour,{column}'")
@@ -37,28 +68,41 @@ def load_series_csv(path: str | Path, column: str = "gpu_hours") -> pd.Series:
     except malformed as err:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise InputError(f"{path.name} is not a valid CSV ({reason}); fix the file") from None
-    if "hour" not in frame.columns:
-        raise InputError(f"{path.name} has no 'hour' column; the header must start with 'hour'")
-    if column not in frame.columns or column == "hour":
-        available = ", ".join(c for c in frame.columns if c != "hour") or "none"
+    if not any(c in frame.columns for c in TIME_COLUMNS):
+        raise InputError(
+            f"{path.name} has no 'hour' or 'timestamp' column; add one (hour numbers or "
+            "ISO 8601 times)"
+        )
+    if column not in frame.columns or column in TIME_COLUMNS:
+        available = ", ".join(c for c in frame.columns if c not in TIME_COLUMNS) or "none"
         raise InputError(
             f"{path.name} has no column {column!r}; use --column with one of: {available}"
         )
     if frame.empty:
         raise InputError(f"{path.name} has a header but no rows; add hourly values")
-    frame = frame.fillna("")  # rows with missing trailing fields
-    lines = [f"{path.name} line {i + 2}" for i in range(len(frame))]
-    hours = _parse_numbers(frame["hour"], lines, "hour", allow_blank=False)
-    fractional = np.flatnonzero(np.mod(hours, 1) != 0)
-    if len(fractional):
-        raise InputError(f"{lines[fractional[0]]}: hour must be a whole number of hours")
-    rows = [f"{line} (hour {int(h)})" for line, h in zip(lines, hours, strict=True)]
-    values = _parse_numbers(frame[column], rows, column, allow_blank=True)
-    series = pd.Series(values, index=pd.Index(hours.astype(np.int64), name="hour"), name=column)
-    if series.index.has_duplicates:
-        dup = series.index[series.index.duplicated()][0]
-        raise InputError(f"{path.name}: hour {dup} appears twice; keep one row per hour")
-    return series
+    return frame.fillna("")  # rows with missing trailing fields
+
+
+def _parse_timestamps(raw: pd.Series, lines: list[str]) -> pd.DatetimeIndex:
+    """ISO 8601 times -> naive-UTC hourly index, naming the first bad row and the column."""
+    text = raw.str.strip()
+    parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(
+            f"{lines[i]}: timestamp {raw.iloc[i]!r} is not an ISO 8601 time; "
+            "write e.g. 2026-03-01T13:00:00Z"
+        )
+    index = pd.DatetimeIndex(parsed).tz_convert("UTC").tz_localize(None)
+    off_hour = np.flatnonzero(index != index.floor("h"))
+    if len(off_hour):
+        i = int(off_hour[0])
+        raise InputError(
+            f"{lines[i]}: timestamp {raw.iloc[i]!r} is not on a whole hour; "
+            "resample the column to hourly"
+        )
+    return index.rename("timestamp")
 
 
 def _parse_numbers(
