@@ -217,8 +217,10 @@ def stack_weights(paths: np.ndarray, actual: np.ndarray, shrink: float = 0.0) ->
     """Simplex weights minimising the MAE of ``sum_m w_m paths[m]`` against ``actual``.
 
     Least-absolute-deviation stacking as a linear programme (HiGHS via scipy). With
-    ``shrink > 0`` the result is pulled towards inverse-squared-MAE weights, kept only when
-    that is still no worse than the best single member. Members whose paths hold NaN get 0.
+    ``shrink > 0`` the result is pulled up to that far (in steps of 0.1) towards
+    inverse-squared-MAE weights, as far as the blend stays no worse than the best single
+    member on validation: stacked weights alone overfit the few validation days and jump
+    between members from one day to the next. Members whose paths hold NaN get 0.
     """
     from scipy.optimize import linprog
 
@@ -247,14 +249,22 @@ def stack_weights(paths: np.ndarray, actual: np.ndarray, shrink: float = 0.0) ->
             lp /= lp.sum()
             if np.abs(design @ lp - target).mean() <= member_mae.min() + 1e-12:
                 weights = lp
-        if shrink > 0:
-            inverse = 1 / np.maximum(member_mae, 1e-12) ** 2
-            blend = (1 - shrink) * weights + shrink * inverse / inverse.sum()
-            if np.abs(design @ blend - target).mean() <= member_mae.min():
-                weights = blend
+        inverse = 1 / np.maximum(member_mae, 1e-12) ** 2
+        weights = _shrunk(weights, inverse / inverse.sum(), shrink, design, target)
     full = np.zeros(m)
     full[ok_member] = weights
     return full
+
+
+def _shrunk(stacked, inverse, shrink, design, target) -> np.ndarray:
+    """The largest step (<= ``shrink``) from the stacked towards the inverse-error weights
+    whose validation MAE is still no worse than the best member's (the stacked one is)."""
+    bound = np.abs(design - target[:, None]).mean(axis=0).min()
+    for step in np.arange(round(shrink * 10), 0, -1) / 10:
+        blend = (1 - step) * stacked + step * inverse
+        if np.abs(design @ blend - target).mean() <= bound:
+            return blend
+    return stacked
 
 
 def conformal_frame(
