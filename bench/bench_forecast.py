@@ -10,8 +10,9 @@ For every hourly series in ``bench/data/`` (see its SOURCE.md) the backtest of
   reported result; nothing was tuned on it.
 * **development**: up to 14 origins just before those, i.e. ending where held-out starts.
   The grid, window, Fourier options, the selection rule, the combination (members,
-  stacking, re-estimation interval) and the conformal intervals were chosen on this slice. ``--slice development`` runs only this slice (``--out`` renames the
-  results files), so a change can be judged without looking at held-out numbers.
+  stacking, re-estimation interval) and the conformal intervals were chosen on this slice.
+  ``--slice development`` runs only this slice (``--out`` renames the results files), so a
+  change can be judged without looking at held-out numbers.
 
 Targets (held-out, issue 16): combined MASE <= 0.90 x the better of naive and
 seasonal_naive_24 and <= 0.97 x the best single member; 80% coverage in [77%, 83%] and 95% in
@@ -23,6 +24,7 @@ machine is shared). Writes ``results/forecast.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -64,6 +66,7 @@ def run_one(name: str, file: str, column: str, slice_: str) -> dict[str, Any]:
     if slice_ == "development":
         series = series.iloc[: -ORIGINS * DAY]
         origins = min(ORIGINS, (len(series) - HORIZON - (3 * DAY + HORIZON)) // DAY + 1)
+    load_before = os.getloadavg()[0]
     result = backtest(series, horizon=HORIZON, origins=origins, config=ForecastConfig())
     scores = {s.model: s.to_dict() for s in result.scores}
     combined = scores["combined"]
@@ -96,6 +99,7 @@ def run_one(name: str, file: str, column: str, slice_: str) -> dict[str, Any]:
             "seconds": round(result.seconds, 2),
             "cpu_seconds": round(result.cpu_seconds, 2),
             "seconds_pass": bool(result.seconds <= SECONDS_TARGET),
+            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         },
     }
 
@@ -150,7 +154,8 @@ def _slice_tables(slice_: str, chosen: list[dict[str, Any]]) -> list[str]:
             f"{t['mase_ratio']:.3f} | {_ok(t['mase_pass'])} | {t['member_ratio']:.3f} "
             f"({t['best_member']}) | {_ok(t['member_pass'])} | {t['coverage80']:.1%} | "
             f"{_ok(t['coverage80_pass'])} | {t['coverage95']:.1%} | {_ok(t['coverage95_pass'])} "
-            f"| {t['seconds']:.1f} ({t['cpu_seconds']:.1f}) | {_ok(t['seconds_pass'])} |"
+            f"| {t['seconds']:.1f} ({t['cpu_seconds']:.1f}; load {t['load_average'][0]:.0f}) "
+            f"| {_ok(t['seconds_pass'])} |"
         )
     lines += [
         "",

@@ -106,8 +106,11 @@ def test_load_series_csv_reads_column_and_turns_blank_cells_into_gaps(tmp_path) 
             "gpu_hours",
             "timestamp 2026-03-01T00:00:00 appears twice",
         ),
-        ("timestamp,gpu_hours\n2026-03-01T00:00:00Z,x\n", "gpu_hours",
-         r"line 2 \(2026-03-01T00:00:00\): gpu_hours value 'x' is not a number"),
+        (
+            "timestamp,gpu_hours\n2026-03-01T00:00:00Z,x\n",
+            "gpu_hours",
+            r"line 2 \(2026-03-01T00:00:00\): gpu_hours value 'x' is not a number",
+        ),
     ],
 )
 def test_load_series_csv_rejects_bad_files_naming_the_problem(

@@ -60,28 +60,14 @@ def ets_member(values: np.ndarray, starts: Sequence[int], horizon: int, params=N
     """
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
+    init = "estimated" if params is None else "heuristic"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if params is None:
-            model = ExponentialSmoothing(
-                values,
-                trend="add",
-                damped_trend=True,
-                seasonal="add",
-                seasonal_periods=DAY,
-                initialization_method="estimated",
-            )
-            res = model.fit()
-        else:
-            model = ExponentialSmoothing(
-                values,
-                trend="add",
-                damped_trend=True,
-                seasonal="add",
-                seasonal_periods=DAY,
-                initialization_method="heuristic",
-            )
-            res = model.fit(**params, optimized=False)
+        model = ExponentialSmoothing(
+            values, trend="add", damped_trend=True, seasonal="add", seasonal_periods=DAY,
+            initialization_method=init,
+        )  # fmt: skip
+        res = model.fit() if params is None else model.fit(**params, optimized=False)
     fitted = {
         k: float(res.params[k])
         for k in ("smoothing_level", "smoothing_trend", "smoothing_seasonal", "damping_trend")
