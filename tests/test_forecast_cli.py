@@ -156,3 +156,11 @@ def test_bad_timestamp_exits_2_naming_the_column_and_line(tmp_path: Path, capsys
     assert main(["forecast", str(path)]) == 2
     err = capsys.readouterr().err
     assert "ts.csv line 3: timestamp '2026-13-01T01:00:00Z' is not an ISO 8601 time" in err
+
+
+def test_plan_uses_the_combined_forecast_by_default(series_csv: Path, capsys) -> None:
+    args = ["plan", str(series_csv), "--gpu-type", "A100", "--horizon", "24", "--json"]
+    assert main(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["forecast"]["method"] == "combined"
+    assert payload["forecast"]["model"].startswith("combined: ")
