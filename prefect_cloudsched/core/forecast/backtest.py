@@ -62,14 +62,7 @@ def backtest(
     if unknown:
         raise InputError(f"unknown model {unknown[0]!r}; use some of: {', '.join(MODELS)}")
     y = prepare_series(series)
-    need = 3 * DAY + min(horizon, WEEK)
-    positions = [len(y) - horizon - DAY * k for k in range(origins - 1, -1, -1)]
-    if positions[0] < need:
-        most = max(0, (len(y) - horizon - need) // DAY + 1)
-        raise InputError(
-            f"series has {len(y)} hours: too short for {origins} origins with {need} hours of"
-            f" history each; use --origins {most} or fewer"
-        )
+    positions = _positions(len(y), horizon, origins)
     actuals = [y.iloc[p : p + horizon].to_numpy() for p in positions]
     histories = [y.iloc[max(0, p - config.window) : p] for p in positions]
     scales = [seasonal_naive_scale(h.to_numpy()) for h in histories]
@@ -114,6 +107,19 @@ def backtest(
     return BacktestResult(
         scores, labels, horizon, config.window, chosen, stacked, weights, total, cpu
     )
+
+
+def _positions(hours: int, horizon: int, origins: int) -> list[int]:
+    """Origins 24 h apart, the last leaving ``horizon`` hours; each with enough history."""
+    need = 3 * DAY + min(horizon, WEEK)
+    positions = [hours - horizon - DAY * k for k in range(origins - 1, -1, -1)]
+    if positions[0] < need:
+        most = max(0, (hours - horizon - need) // DAY + 1)
+        raise InputError(
+            f"series has {hours} hours: too short for {origins} origins with {need} hours of"
+            f" history each; use --origins {most} or fewer"
+        )
+    return positions
 
 
 def _numbered(

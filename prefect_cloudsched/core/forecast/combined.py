@@ -91,29 +91,20 @@ def combined_window(
     Raises:
         InputError: fewer than two days plus the validation horizon of history.
     """
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-    n = len(y)
     check_horizon = min(horizon, WEEK)
     values = y.interpolate(limit_direction="both").to_numpy(dtype=float)
-    first = WEEK if n - check_horizon - WEEK >= 3 * DAY else 2 * DAY
-    starts = validation_starts(n, check_horizon, config.combine_days, first)
-    if int(y.notna().sum()) < 2 * DAY or len(starts) < 2:
-        raise InputError(
-            f"series has {n} hours; the combined forecast needs at least "
-            f"{2 * DAY + check_horizon + DAY} (two days plus the horizon plus one day)"
-        )
-    fits = baseline_members(values, starts, horizon)
-    fits.append(theta_member(values, starts, horizon))
+    starts = _starts(y, check_horizon, config)
+    clock = time.perf_counter()
+    fits = [*baseline_members(values, starts, horizon), theta_member(values, starts, horizon)]
     ets_fit, ets_params = _ets(values, starts, horizon, warm, config)
     fits.append(ets_fit)
-    seconds["baselines"] = time.perf_counter() - clock
+    seconds = {"baselines": time.perf_counter() - clock}
     clock = time.perf_counter()
     selection, res, phase, how = _sarimax(y, horizon, config, warm, progress)
     arima_frame, scale = None, None
     if res is not None:
         fits.insert(0, sarimax_member(res, selection.spec, y, starts, horizon, phase))
-        if arima_intervals:  # its own calibration, re-measured when re-estimated
+        if arima_intervals:  # its own calibration, re-measured only when re-estimated
             scale = warm.arima_scale if how == "refilter" else None
             if scale is None:
                 scale = interval_scale(res, y, selection.spec, horizon, config.calibration_days)
@@ -121,46 +112,58 @@ def combined_window(
     seconds["sarimax"] = time.perf_counter() - clock
     fits = [f for f in fits if f.name in config.members]
     actual = np.stack([y.to_numpy(dtype=float)[s : s + check_horizon] for s in starts])
-    paths = np.stack([f.paths[:, :check_horizon] for f in fits])
-    maes = {f.name: _mae(actual, p) for f, p in zip(fits, paths, strict=True)}
+    frame, members, weights, maes = _combine(fits, actual, values, starts, y.index, config)
+    if arima_intervals:
+        members["arima"] = arima_frame if arima_frame is not None else lag_forecast(y, horizon, DAY)
+    label = " + ".join(
+        f"{w:.2f} {name}" for name, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w
+    )
+    forecast = Forecast(
+        frame, "combined", f"combined: {label}", selection.spec if selection else None,
+        selection.aic if selection else None, fit_seconds=sum(seconds.values()),
+        validation_mae=maes["combined"], weights=weights,
+        members={f.name: f.label for f in fits},
+    )  # fmt: skip
+    new_warm = _next_warm(warm, selection, ets_params, how, scale)
+    return CombinedFit(forecast, members, weights, maes, new_warm, res is None, seconds)
+
+
+def _starts(y: pd.Series, check_horizon: int, config: ForecastConfig) -> list[int]:
+    """In-window validation starts: a week in when the window allows, else two days in."""
+    n = len(y)
+    first = WEEK if n - check_horizon - WEEK >= 3 * DAY else 2 * DAY
+    starts = validation_starts(n, check_horizon, config.combine_days, first)
+    if int(y.notna().sum()) < 2 * DAY or len(starts) < 2:
+        raise InputError(
+            f"series has {n} hours; the combined forecast needs at least "
+            f"{3 * DAY + check_horizon} (three days plus the horizon, up to a week)"
+        )
+    return starts
+
+
+def _combine(fits, actual, values, starts, index, config):
+    """Weights from the members' paths, then the combined and the members' conformal frames.
+
+    Returns ``(frame, member_frames, weights, validation_maes)``.
+    """
+    horizon = len(fits[0].future)
+    paths = np.stack([f.paths[:, : actual.shape[1]] for f in fits])
     weights = stack_weights(paths, actual, config.stack_shrink)
     combined_paths = np.tensordot(weights, paths, axes=1)
     scale_at_starts = [_local_scale(values, s) for s in starts]
-    scale_now = _local_scale(values, n)
+    scale_now = _local_scale(values, len(values))
+    future = future_index(index, horizon)
+
+    def frame_of(point: np.ndarray, residuals: np.ndarray) -> pd.DataFrame:
+        return conformal_frame(future, point, residuals, scale_at_starts, scale_now,
+                               config.conformal_pool)  # fmt: skip
+
     point = np.tensordot(weights, np.stack([f.future for f in fits]), axes=1)
-    index = future_index(y.index, horizon)
-    frame = conformal_frame(
-        index, point, actual - combined_paths, scale_at_starts, scale_now, config.conformal_pool
-    )
-    members = {
-        f.name: conformal_frame(
-            index, f.future, actual - p, scale_at_starts, scale_now, config.conformal_pool
-        )
-        for f, p in zip(fits, paths, strict=True)
-    }
-    fallback = res is None
-    if arima_intervals:
-        members["arima"] = arima_frame if arima_frame is not None else lag_forecast(y, horizon, DAY)
-    weight_map = {f.name: float(w) for f, w in zip(fits, weights, strict=True)}
+    members = {f.name: frame_of(f.future, actual - p) for f, p in zip(fits, paths, strict=True)}
+    maes = {f.name: _mae(actual, p) for f, p in zip(fits, paths, strict=True)}
     maes["combined"] = _mae(actual, combined_paths)
-    label = " + ".join(
-        f"{w:.2f} {name}" for name, w in sorted(weight_map.items(), key=lambda kv: -kv[1]) if w
-    )
-    forecast = Forecast(
-        frame,
-        "combined",
-        f"combined: {label}",
-        selection.spec if selection else None,
-        selection.aic if selection else None,
-        None,
-        sum(seconds.values()),
-        None,
-        maes["combined"],
-        weights=weight_map,
-        members={f.name: f.label for f in fits},
-    )
-    new_warm = _next_warm(warm, selection, ets_params, how, scale)
-    return CombinedFit(forecast, members, weight_map, maes, new_warm, fallback, seconds)
+    weight_map = {f.name: float(w) for f, w in zip(fits, weights, strict=True)}
+    return frame_of(point, actual - combined_paths), members, weight_map, maes
 
 
 def _sarimax(y, horizon, config, warm, progress):

@@ -12,7 +12,6 @@ they see but not in their parameters (see docs/forecast.md, "Calibrated interval
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,12 +131,10 @@ def sarimax_member(res, spec, y: pd.Series, starts: Sequence[int], horizon: int,
 
 
 def baseline_members(values: np.ndarray, starts: Sequence[int], horizon: int) -> list[MemberFit]:
-    """naive, seasonal-naive 24 and (with over a week of history) seasonal-naive 168."""
+    """naive, seasonal-naive 24 and (see :func:`_weekly_member_fits`) seasonal-naive 168."""
     fits = []
     for name, period in (("seasonal_naive_24", DAY), ("seasonal_naive_168", WEEK), ("naive", None)):
-        if period == WEEK and len(values) <= WEEK + (min(starts) if len(starts) else 0):
-            continue
-        if period == WEEK and len(starts) and min(starts) < WEEK:
+        if period == WEEK and not _weekly_member_fits(len(values), starts):
             continue
         paths, future = lag_paths(values, starts, horizon, period)
         fits.append(MemberFit(name, paths, future, name))
@@ -150,6 +147,9 @@ def validation_starts(n: int, horizon: int, days: int, first: int) -> list[int]:
     return sorted(s for s in starts if s >= first)
 
 
-def weekly_fits(n: int) -> bool:
-    """Whether a window of ``n`` hours is long enough for the weekly seasonal-naive member."""
-    return n > WEEK + 2 * DAY and not math.isnan(n)
+def _weekly_member_fits(n: int, starts: Sequence[int]) -> bool:
+    """Seasonal-naive 168 joins when every start has a week of history before it and the
+    window holds more than a week after the earliest start (so its paths are not mostly
+    the window's first week repeated)."""
+    earliest = min(starts) if len(starts) else 0
+    return earliest >= WEEK and n > WEEK + earliest
