@@ -155,9 +155,12 @@ def _show_forecast(prediction: Forecast, as_json: bool, series: str, column: str
 
 def _model_line(prediction: Forecast) -> str:
     if prediction.method == "combined":
-        members = "; ".join(f"{k} = {v}" for k, v in (prediction.members or {}).items())
+        members = "; ".join(
+            f"{name} = {label}" for name, label in (prediction.members or {}).items()
+            if label != name
+        )  # fmt: skip
         return (
-            f"Model: {prediction.model} (members: {members}), recent {len(prediction.frame)} "
+            f"Model: {prediction.model} ({members}), recent {len(prediction.frame)} "
             f"h-ahead MAE {prediction.validation_mae:.3g}, conformal intervals, "
             f"fitted in {prediction.fit_seconds:.1f} s"
         )

@@ -116,7 +116,9 @@ def combined_window(
     if arima_intervals:
         members["arima"] = arima_frame if arima_frame is not None else lag_forecast(y, horizon, DAY)
     label = " + ".join(
-        f"{w:.2f} {name}" for name, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w
+        f"{w:.2f} {name}"
+        for name, w in sorted(weights.items(), key=lambda kv: -kv[1])
+        if w >= 0.005
     )
     forecast = Forecast(
         frame, "combined", f"combined: {label}", selection.spec if selection else None,
