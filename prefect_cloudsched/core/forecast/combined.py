@@ -2,12 +2,13 @@
 
 At one origin every member is fitted on the trailing window and forecasts ``horizon`` hours
 from the last ``config.combine_days`` in-window day boundaries (:mod:`.members`). The weights
-minimise the mean absolute error of the weighted paths over those days, subject to
-``w >= 0, sum(w) = 1`` (least-absolute-deviation stacking, a linear programme). Every single
-member is a feasible point of that programme, so on validation the combination is never worse
-than its best member. The intervals are split-conformal: the combination's in-window errors,
-scaled by the local volatility at their start, give per-step quantiles that are rescaled by the
-volatility at the window's end (so they widen after a level shift).
+are inverse-squared-MAE weights over those days, pulled towards least-absolute-deviation
+stacked weights (``w >= 0, sum(w) = 1``, a linear programme) just as far as needed to be no
+worse than the best member on those days; the stacked weights themselves always are, because
+every single member is a feasible point. The intervals are split-conformal: the
+combination's in-window errors, scaled by the local volatility at their start, give per-step
+quantiles that are rescaled by the volatility at the window's end (so they widen after a
+level shift). See docs/forecast.md, "The combined forecaster".
 """
 
 from __future__ import annotations

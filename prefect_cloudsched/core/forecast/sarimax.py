@@ -106,8 +106,9 @@ class ForecastConfig:
             SARIMAX (the chosen spec, warm-started) and ETS only every this many days and
             re-filter in between.
         regrid_days: ... and search the whole SARIMAX grid again only every this many days.
-        stack_shrink: pull the stacked weights this far towards inverse-squared-MAE weights
-            (0 = pure least-absolute-deviation stacking).
+        stack_shrink: how far (0..1) the weights may move from the stacked ones towards
+            inverse-squared-MAE weights while staying no worse than the best member on
+            validation (0 = pure least-absolute-deviation stacking).
         conformal_pool: neighbouring horizon steps pooled on each side for a step's quantile.
     """
 
