@@ -164,3 +164,21 @@ def test_fit_forecast_model_choice() -> None:
         fc.fit_forecast(y, 6, config, model="prophet")
     with pytest.raises(InputError, match="members"):
         fc.ForecastConfig(members=("arima", "prophet"))
+
+
+def test_refilter_keeps_the_weekly_fourier_phase_when_the_window_moves() -> None:
+    hours = np.arange(5 * 168)
+    rng = np.random.default_rng(2)
+    weekly = 100 + 30 * np.sin(2 * np.pi * hours / 168) + rng.normal(0, 1, hours.size)
+    y = pd.Series(weekly, index=pd.RangeIndex(hours.size))
+    spec = fc.ModelSpec((1, 0, 0), weekly=1)
+    first = fc.fit_sarimax(y.iloc[:672], spec)
+    moved = y.iloc[24:696]
+    from prefect_cloudsched.core.forecast.sarimax import refilter
+
+    right = refilter(moved, spec, first.params, phase=24)
+    wrong = refilter(moved, spec, first.params, phase=0)
+    # the moved window's one-step predictions match the original fit's on the shared hours
+    shared = np.asarray(first.fittedvalues)[200:672]
+    np.testing.assert_allclose(np.asarray(right.fittedvalues)[176:648], shared, atol=1e-6)
+    assert np.abs(np.asarray(wrong.fittedvalues)[176:648] - shared).mean() > 1.0
