@@ -18,6 +18,7 @@ from prefect_cloudsched.core.catalog import Offer
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.core.report import build_report
 from prefect_cloudsched.errors import CapacityError, SpotInterrupted
+from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -143,6 +144,7 @@ def test_capacity_fallback_and_spot_interruption_recovery(prefect_harness, ledge
     @flow(
         task_runner=CloudSchedTaskRunner(
             provisioners={"aws": provisioner},
+            executor=InstanceStandInExecutor(),
             policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
         )
     )
@@ -235,6 +237,7 @@ class _BrokenAttachExecutor:
     """An executor whose attach fails after the instance has started."""
 
     name = "broken"
+    runs_on_instance = True
 
     def start(self) -> None: ...
 
@@ -337,6 +340,7 @@ def test_live_spot_prices_and_owned_reservations_reach_decisions(
         @flow(
             task_runner=CloudSchedTaskRunner(
                 provisioners={"aws": PricedProvisioner()},
+                executor=InstanceStandInExecutor(),
                 policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
                 live_prices=live,
             )
@@ -382,6 +386,7 @@ def test_mapped_gpu_tasks_share_one_idle_reserved_host(prefect_harness, ledger_u
             task_runner=CloudSchedTaskRunner(
                 max_workers=4,
                 provisioners={"aws": provisioner},
+                executor=InstanceStandInExecutor(),
                 reserved={"aws/us-east-1/g5.12xlarge": 1},
                 policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
                 pack_maps=pack,
@@ -412,17 +417,16 @@ def test_mapped_gpu_tasks_share_one_idle_reserved_host(prefect_harness, ledger_u
 
 
 def test_submit_decisions_are_reused_only_while_state_and_clock_allow(tmp_path) -> None:
-    import logging
     from datetime import UTC, datetime
 
     from prefect_cloudsched.adapters.execute.base import LocalExecutor
     from prefect_cloudsched.core.catalog import load_catalog
     from prefect_cloudsched.core.needs import TaskNeeds
     from prefect_cloudsched.core.policy import PlacementState
-    from prefect_cloudsched.runtime.session import RunContext
+    from prefect_cloudsched.runtime.session import Session
 
     catalog = load_catalog()
-    ctx = RunContext(
+    ctx = Session(
         catalog=catalog,
         policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
         ledger=Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
@@ -430,7 +434,6 @@ def test_submit_decisions_are_reused_only_while_state_and_clock_allow(tmp_path) 
         spot_retries=1,
         provisioners={},
         executor=LocalExecutor(),
-        logger=logging.getLogger("test"),
     )
     try:
         needs = TaskNeeds(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=4))
@@ -449,3 +452,31 @@ def test_submit_decisions_are_reused_only_while_state_and_clock_allow(tmp_path) 
         assert tight.offer.option.value == "on-demand"
     finally:
         ctx.writer.close()
+
+
+@pytest.mark.harness
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"ledger": "no-such-ledger-block"}, "no-such-ledger-block"),
+        ({"ledger_url": "nosuchdriver://nowhere/l.db"}, "nosuchdriver"),
+    ],
+)
+def test_a_runner_that_cannot_start_fails_the_flow_run(prefect_harness, options, reason) -> None:
+    """It used to raise out of the engine and leave the flow run RUNNING on the server."""
+    from prefect.client.orchestration import get_client
+
+    @task
+    def step() -> int:
+        return 1
+
+    @flow(task_runner=CloudSchedTaskRunner(**options))
+    def f() -> int:
+        return step.submit().result()
+
+    state = f(return_state=True)
+    assert state.is_failed()
+    assert reason in state.message and "\n" not in state.message.strip()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.state.is_failed()

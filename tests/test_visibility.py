@@ -459,6 +459,7 @@ def test_spot_interruption_emits_an_event_and_shows_in_the_table(
 ) -> None:
     from prefect_cloudsched.core.policy import PolicyConfig
     from prefect_cloudsched.prefect.visibility import EVENT_INTERRUPTED
+    from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
     @requires(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=3))
     @task
@@ -468,6 +469,7 @@ def test_spot_interruption_emits_an_event_and_shows_in_the_table(
 
     runner = CloudSchedTaskRunner(
         provisioners={"aws": _InterruptFirstSpot()},
+        executor=InstanceStandInExecutor(),
         policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
     )
 

@@ -166,7 +166,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             label_task_runs=label_task_runs,
             live_prices=live_prices,
             pack_maps=pack_maps,
-            pools=tuple(pools or ()),
+            pools=pools if pools is not None else (),
             ledger=ledger,
             on_deadline_risk=on_deadline_risk,
             execution=execution,

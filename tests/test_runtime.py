@@ -1,0 +1,198 @@
+"""The runtime session without Prefect: place → run → finish, caps, faults, "never both"."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from prefect_cloudsched.adapters.execute.base import LocalExecutor
+from prefect_cloudsched.adapters.ledger import Ledger
+from prefect_cloudsched.adapters.provision.base import InstanceHandle
+from prefect_cloudsched.core.budget import BudgetExceeded, BudgetPolicy, BudgetTracker
+from prefect_cloudsched.core.catalog import Offer, load_catalog
+from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
+from prefect_cloudsched.core.policy.admission import needs_for_attempt
+from prefect_cloudsched.errors import DeadlineAtRisk, InputError, SpotInterrupted
+from prefect_cloudsched.runtime import build
+from prefect_cloudsched.runtime.config import RunnerConfig
+from prefect_cloudsched.runtime.session import Session
+from prefect_cloudsched.testing.executor import InstanceStandInExecutor
+
+AWS = PolicyConfig(allowed_clouds=frozenset({"aws"}))
+
+
+class RecordingProvisioner:
+    """Starts fake instances; can reclaim every spot instance it started."""
+
+    cloud = "aws"
+
+    def __init__(self, *, reclaim_spot: bool = False) -> None:
+        self.started: list[InstanceHandle] = []
+        self.released: list[str] = []
+        self.reclaim_spot = reclaim_spot
+
+    def ensure(self, offer: Offer, *, run_id: str, task_name: str, startup_script=None):
+        handle = InstanceHandle(
+            "aws",
+            f"i-{len(self.started)}",
+            offer.key,
+            offer.region,
+            offer.zone,
+            offer.option.value,
+            run_id,
+        )
+        self.started.append(handle)
+        return handle
+
+    def check(self, handle: InstanceHandle) -> None:
+        if self.reclaim_spot and handle.option == "spot":
+            raise SpotInterrupted(handle.instance_id, handle.offer_key)
+
+    def release(self, handle: InstanceHandle) -> None:
+        self.released.append(handle.instance_id)
+
+    def release_run(self, run_id: str) -> int:
+        return 0
+
+
+def _session(tmp_path, **kw) -> Session:
+    options = dict(
+        catalog=load_catalog(),
+        policy=AWS,
+        ledger=Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
+        state=PlacementState(),
+        spot_retries=2,
+        provisioners={},
+        executor=LocalExecutor(),
+    )
+    options.update(kw)
+    return Session(**options)
+
+
+def _attempt(session: Session, needs: TaskNeeds, body, *, attempt: int = 1):
+    spec = session.submit("t", needs, flow_run_id="run-1", flow_name="f", announce=True)
+    placed = session.place(spec, task_run_id="tr-1", attempt=attempt)
+    try:
+        result = session.run(placed, body)
+    except BaseException as err:
+        session.finish(placed, err)
+        raise
+    session.finish(placed, None)
+    return result
+
+
+def test_place_run_finish_writes_one_row_and_releases_the_instance(tmp_path) -> None:
+    provisioner = RecordingProvisioner()
+    session = _session(
+        tmp_path, provisioners={"aws": provisioner}, executor=InstanceStandInExecutor()
+    )
+    assert _attempt(session, TaskNeeds(gpus=1, gpu_type="A10G"), lambda: 42) == 42
+    [record] = session.close()
+    assert record.state == "completed" and record.instance_id == "i-0"
+    assert provisioner.released == ["i-0"]
+    assert [r.task_run_id for r in session.ledger.placements()] == ["tr-1"]
+
+
+def test_a_failing_interruption_write_never_hides_the_spot_loss(tmp_path) -> None:
+    """The interruption row used to be written inline; its error replaced SpotInterrupted."""
+
+    class BrokenInterruptions(Ledger):
+        def record_interruption(self, **_: object) -> None:
+            raise RuntimeError("database is locked")
+
+    provisioner = RecordingProvisioner(reclaim_spot=True)
+    session = _session(
+        tmp_path,
+        ledger=BrokenInterruptions(f"sqlite:///{tmp_path / 'b.db'}"),
+        provisioners={"aws": provisioner},
+        executor=InstanceStandInExecutor(),
+    )
+    needs = TaskNeeds(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=6))
+    with pytest.raises(SpotInterrupted):
+        _attempt(session, needs, lambda: "lost")
+    [record] = session.close()
+    assert record.state == "interrupted" and record.wasted_micro == record.cost_micro
+    assert provisioner.released == ["i-0"]
+
+
+def test_hard_run_cap_stops_overrunning_tasks_before_it_is_crossed(tmp_path) -> None:
+    """Eight 8xH100 tasks estimated at 1 s that run 3 s, under a $0.05 hard run cap."""
+    cap_micro = 50_000
+    budget = BudgetTracker(BudgetPolicy(per_run_usd=0.05, hard=True))
+    session = _session(tmp_path, budget=budget, spot_retries=0)
+    needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=1))
+    outcomes: list[str] = []
+
+    def one() -> None:
+        try:
+            _attempt(session, needs, lambda: time.sleep(3))
+            outcomes.append("completed")
+        except BudgetExceeded:
+            outcomes.append("stopped")
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = session.close()
+    spent = sum(r.cost_micro for r in records)
+    assert spent <= cap_micro, f"spent {spent} > cap {cap_micro}"
+    assert "stopped" in outcomes and len(outcomes) == 8
+    stopped = [r for r in records if "stopped" in json.loads(r.decision_json)]
+    assert stopped and all(r.runtime_s < 3 for r in stopped)
+
+
+def test_deadline_at_risk_warns_or_fails_before_start(tmp_path) -> None:
+    needs = TaskNeeds(cpus=2, est_runtime=timedelta(hours=5), deadline=timedelta(hours=1))
+    warn = _session(tmp_path)
+    assert _attempt(warn, needs, lambda: "late") == "late"
+    [record] = warn.close()
+    assert json.loads(record.decision_json)["deadline_at_risk"] is True
+
+    fail = _session(tmp_path, on_deadline_risk="fail")
+    with pytest.raises(DeadlineAtRisk, match="deadline at risk"):
+        _attempt(fail, needs, lambda: "never")
+    assert fail.close() == []
+
+
+def test_no_spot_once_the_spot_retries_are_used() -> None:
+    needs = TaskNeeds(gpus=1, spot_ok=True)
+    assert needs_for_attempt(needs, 1, 2).spot_ok
+    assert needs_for_attempt(needs, 2, 2).spot_ok
+    assert not needs_for_attempt(needs, 3, 2).spot_ok
+
+
+def test_never_both_refuses_local_bodies_next_to_provisioners() -> None:
+    provisioners = {"aws": RecordingProvisioner()}
+    with pytest.raises(InputError, match="runs task bodies in this process"):
+        build.make_executor("local", {}, provisioners=provisioners)
+    with pytest.raises(InputError, match="runs task bodies in this process"):
+        build.make_executor(LocalExecutor(), {}, provisioners=provisioners)
+    default = build.make_executor(None, {}, provisioners=provisioners)
+    assert default.runs_on_instance and default.name == "dask"
+    assert build.make_executor(None, {}, provisioners={}).name == "local"
+    # accounting only: provisioners are dropped, bodies run here
+    assert not build.make_executor(
+        "local", {}, provisioners={}, execution="accounting"
+    ).runs_on_instance
+    with pytest.raises(InputError, match="execution"):
+        RunnerConfig(execution="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_draft_plan_is_never_treated_as_owned_reservations(tmp_path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'p.db'}")
+    plan = {"reserved": [{"capacity_key": "aws/us-east-1/p4d.24xlarge", "count": 4}]}
+    ledger.record_plan(
+        name="draft", status="optimal", expected_micro=1, ondemand_micro=2, plan=plan
+    )
+    assert build.bought_plan_reservations(ledger) == {}
+    ledger.record_plan(
+        name="bought", status="bought", expected_micro=1, ondemand_micro=2, plan=plan
+    )
+    assert build.bought_plan_reservations(ledger) == {"aws/us-east-1/p4d.24xlarge": 4}
