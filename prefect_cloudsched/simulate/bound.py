@@ -4,7 +4,7 @@ Two valid bounds are computed and the larger is reported.
 
 **Per-second bound** (jobs separate, exact per job, summed). For job ``j`` with work ``W``
 (seconds), window ``[submit, deadline]`` and the offers ``O_j`` that fit it under the
-replay's policy config (the feasibility filter of ``decide()``, mirrored in
+replay's policy config (the feasibility filter of ``decide()``, shared through
 :func:`fitting_offers`):
 
 * ``floor_j`` = the cheapest hourly rate among fitting on-demand offers and fitting
@@ -63,6 +63,7 @@ import numpy as np
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import DEFAULT_POLICY, PolicyConfig
+from prefect_cloudsched.core.policy.offer_filter import fitting
 from prefect_cloudsched.simulate.engine import MIN_BILLED_S, needs_class_key
 from prefect_cloudsched.simulate.jobs import Job
 from prefect_cloudsched.simulate.spot import SpotModel
@@ -109,22 +110,7 @@ class BoundResult:
 
 def fitting_offers(needs: TaskNeeds, catalog: Catalog, config: PolicyConfig) -> list[Offer]:
     """Offers ``decide()`` would consider feasible for ``needs`` (before purchase rules)."""
-    fits = (catalog.a_vcpus >= needs.cpus) & (catalog.a_mem >= needs.memory_gib)
-    if needs.gpus:
-        fits &= catalog.a_gpus >= needs.gpus
-        if needs.gpu_type:
-            fits &= catalog.a_gpu_type == catalog.gpu_code(needs.gpu_type)
-    else:
-        fits &= catalog.a_gpus == 0
-    if config.allowed_clouds is not None:
-        fits &= np.isin(catalog.a_cloud, sorted(config.allowed_clouds))
-    if config.allowed_regions is not None:
-        fits &= np.isin(catalog.a_region, sorted(config.allowed_regions))
-    if config.allowed_gpu_types is not None and needs.gpus:
-        fits &= np.isin(catalog.a_gpu_type, [catalog.gpu_code(g) for g in config.allowed_gpu_types])
-    if config.max_usd_per_hour is not None:
-        fits &= catalog.a_price <= config.max_usd_per_hour
-    return [catalog.offers[i] for i in np.flatnonzero(fits)]
+    return [catalog.offers[i] for i in np.flatnonzero(fitting(needs, catalog, config))]
 
 
 def fit_prices(needs: TaskNeeds, catalog: Catalog, config: PolicyConfig) -> FitPrices:

@@ -43,6 +43,7 @@ import numpy as np
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.planning.program import make_solver
+from prefect_cloudsched.core.policy.offer_filter import in_set, policy_allows, spot_within_band
 from prefect_cloudsched.core.policy.placement import (
     DEFAULT_POLICY,
     Decision,
@@ -209,29 +210,16 @@ def _offers(
         mask |= catalog.a_gpus > 0
     for gpu in gpu_types - {None}:
         mask |= catalog.a_gpu_type == catalog.gpu_code(gpu)
-    if config.allowed_clouds is not None:
-        mask &= np.isin(catalog.a_cloud, np.array(sorted(config.allowed_clouds), dtype=object))
-    if config.allowed_regions is not None:
-        mask &= np.isin(catalog.a_region, np.array(sorted(config.allowed_regions), dtype=object))
-    if config.allowed_gpu_types is not None:
-        codes = [0] + [catalog.gpu_code(g) for g in config.allowed_gpu_types]
-        mask &= np.isin(catalog.a_gpu_type, codes)
-    if config.max_usd_per_hour is not None:
-        mask &= catalog.a_price <= config.max_usd_per_hour
+    mask &= policy_allows(catalog, config)
     spot_code = catalog.option_code(PurchaseOption.SPOT)
     res_code = catalog.option_code(PurchaseOption.RESERVED)
     if not any(c.spot_ok for c in classes):
         mask &= catalog.a_option != spot_code
-    elif config.max_spot_band is not None:
-        from prefect_cloudsched.core.catalog import BAND_ORDER
-
-        worse = set(BAND_ORDER[BAND_ORDER.index(config.max_spot_band) + 1 :])
-        mask &= ~np.fromiter(
-            (o.interruption_band in worse for o in catalog.offers), bool, len(catalog)
-        )
+    else:
+        mask &= spot_within_band(catalog, config.max_spot_band)
     free = [k for k, n in reserved_free.items() if n > 0]
     is_res = catalog.a_option == res_code
-    mask &= ~is_res | np.isin(catalog.a_capacity_key, np.array(free, dtype=object))
+    mask &= ~is_res | in_set(catalog.a_capacity_key, free)
     egress = any(c.needs.data_region and c.needs.input_gib > 0 for c in classes)
     hourly, _ = spot_expected_cost(
         catalog.a_price, catalog.a_od_price, catalog.a_hazard, 1.0, False
