@@ -44,6 +44,22 @@ BAND_ORDER: tuple[str, ...] = tuple(BAND_MONTHLY_FRACTION)
 GCP_ASSUMED_BAND = "10-15%"
 HOURS_PER_MONTH = 730.0
 
+#: Our GPU names → GCE accelerator type names: what an N1 VM attaches (A2, A3 and G2 machine
+#: types have theirs built in) and what a GCP commitment reserves. One map for both.
+GCE_ACCELERATOR_TYPES: dict[str, str] = {
+    "A100": "nvidia-tesla-a100",
+    "A100-80GB": "nvidia-a100-80gb",
+    "H100": "nvidia-h100-80gb",
+    "H100-MEGA": "nvidia-h100-mega-80gb",
+    "H200": "nvidia-h200-141gb",
+    "K80": "nvidia-tesla-k80",
+    "L4": "nvidia-l4",
+    "P100": "nvidia-tesla-p100",
+    "P4": "nvidia-tesla-p4",
+    "T4": "nvidia-tesla-t4",
+    "V100": "nvidia-tesla-v100",
+}
+
 
 def band_hazard_per_hour(band: str | None) -> float:
     """Constant hourly interruption hazard λ with P(interrupted within a month) = band midpoint."""
@@ -259,6 +275,7 @@ def _shipped_catalog() -> Catalog:
 
 __all__: Sequence[str] = (
     "BAND_ORDER",
+    "GCE_ACCELERATOR_TYPES",
     "Catalog",
     "Offer",
     "PurchaseOption",
