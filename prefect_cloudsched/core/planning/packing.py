@@ -42,7 +42,7 @@ import numpy as np
 
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
-from prefect_cloudsched.core.planning.program import make_solver
+from prefect_cloudsched.core.planning.solver import make_solver
 from prefect_cloudsched.core.policy.offer_filter import in_set, policy_allows, spot_within_band
 from prefect_cloudsched.core.policy.placement import (
     DEFAULT_POLICY,
