@@ -27,14 +27,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from prefect_cloudsched.testing._gcp_state import (
-    KNOWN_ZONES,
-    GceError,
-    GcpState,
-    Json,
-    RecordedRequest,
-    invalid_field,
-)
+from prefect_cloudsched.testing._gcp_api import KNOWN_ZONES, GceError, Json, invalid_field
+from prefect_cloudsched.testing._gcp_state import GcpState, RecordedRequest
 
 __all__ = ["FakeGcpCompute", "GceError", "GcpState", "RecordedRequest", "main"]
 
