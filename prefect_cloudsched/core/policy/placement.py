@@ -410,14 +410,3 @@ def cost_of(offer: Offer, runtime_seconds: float) -> float:
     """What ``runtime_seconds`` on ``offer`` costs (reserved at its amortised rate)."""
     return offer.usd_per_hour * runtime_seconds / 3600
 
-
-__all__ = [
-    "DEFAULT_POLICY",
-    "Decision",
-    "PlacementState",
-    "PolicyConfig",
-    "cost_of",
-    "decide",
-    "spot_expected_cost",
-    "spot_slack_needed",
-]
