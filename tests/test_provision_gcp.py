@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,16 +50,9 @@ def offer(instance_type: str = "g2-standard-4", option: str = "spot", zone: str 
     )
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeGcpCompute]:
-    with FakeGcpCompute() as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(server: FakeGcpCompute) -> FakeGcpCompute:
-    server.state.reset()
-    return server
+def fake(fake_gcp: FakeGcpCompute) -> FakeGcpCompute:
+    return fake_gcp
 
 
 @pytest.fixture
@@ -246,34 +239,14 @@ def test_same_task_name_twice_and_a_restarted_process(
 def test_release_run_touches_only_ours(
     fake: FakeGcpCompute, make: Callable[..., GcpProvisioner]
 ) -> None:
-    from google.cloud import compute_v1
-
     gcp = make()
     mine = gcp.ensure(offer(), run_id=RUN, task_name="t")
     other_zone = gcp.ensure(offer(zone="us-central1-b"), run_id=RUN, task_name="t")
     other_run = gcp.ensure(offer(), run_id="another-run", task_name="t")
-    client = compute_v1.InstancesClient(**fake.client_kwargs())
-    for name, labels in (
-        ("foreign-a", {OWNER_TAG: "someone-else", RUN_TAG: RUN}),
-        ("foreign-b", {}),
-    ):
-        client.insert_unary(
-            project=PROJECT,
-            zone=ZONE,
-            instance_resource=compute_v1.Instance(
-                name=name,
-                machine_type=f"zones/{ZONE}/machineTypes/e2-small",
-                labels=labels,
-                disks=[
-                    compute_v1.AttachedDisk(
-                        boot=True,
-                        initialize_params=compute_v1.AttachedDiskInitializeParams(
-                            source_image="projects/debian-cloud/global/images/family/debian-12"
-                        ),
-                    )
-                ],
-            ),
-        )
+    fake.insert_foreign_instance(
+        PROJECT, ZONE, "foreign-a", {OWNER_TAG: "someone-else", RUN_TAG: RUN}
+    )
+    fake.insert_foreign_instance(PROJECT, ZONE, "foreign-b", {})
     assert gcp.release_run(RUN) == 2
     left = {vm["name"] for vm in vms(fake)}
     assert left == {other_run.instance_id, "foreign-a", "foreign-b"}

@@ -20,7 +20,7 @@ import re
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -258,6 +258,33 @@ class FakeGcpCompute:
             "credentials": AnonymousCredentials(),
             "transport": "rest",
         }
+
+    def insert_foreign_instance(
+        self, project: str, zone: str, name: str, labels: Mapping[str, str]
+    ) -> None:
+        """Create a small VM through the real client, as someone other than our provisioner.
+
+        Tests use it to prove the reaper and ``release_run`` leave such instances alone.
+        """
+        from google.cloud import compute_v1
+
+        compute_v1.InstancesClient(**self.client_kwargs()).insert_unary(
+            project=project,
+            zone=zone,
+            instance_resource=compute_v1.Instance(
+                name=name,
+                machine_type=f"zones/{zone}/machineTypes/e2-small",
+                labels=dict(labels),
+                disks=[
+                    compute_v1.AttachedDisk(
+                        boot=True,
+                        initialize_params=compute_v1.AttachedDiskInitializeParams(
+                            source_image="projects/debian-cloud/global/images/family/debian-12"
+                        ),
+                    )
+                ],
+            ),
+        )
 
     def __enter__(self) -> FakeGcpCompute:
         return self.start()
