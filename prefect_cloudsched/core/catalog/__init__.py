@@ -44,22 +44,6 @@ BAND_ORDER: tuple[str, ...] = tuple(BAND_MONTHLY_FRACTION)
 GCP_ASSUMED_BAND = "10-15%"
 HOURS_PER_MONTH = 730.0
 
-#: Our GPU names → GCE accelerator type names: what an N1 VM attaches (A2, A3 and G2 machine
-#: types have theirs built in) and what a GCP commitment reserves. One map for both.
-GCE_ACCELERATOR_TYPES: dict[str, str] = {
-    "A100": "nvidia-tesla-a100",
-    "A100-80GB": "nvidia-a100-80gb",
-    "H100": "nvidia-h100-80gb",
-    "H100-MEGA": "nvidia-h100-mega-80gb",
-    "H200": "nvidia-h200-141gb",
-    "K80": "nvidia-tesla-k80",
-    "L4": "nvidia-l4",
-    "P100": "nvidia-tesla-p100",
-    "P4": "nvidia-tesla-p4",
-    "T4": "nvidia-tesla-t4",
-    "V100": "nvidia-tesla-v100",
-}
-
 
 def band_hazard_per_hour(band: str | None) -> float:
     """Constant hourly interruption hazard λ with P(interrupted within a month) = band midpoint."""
@@ -266,11 +250,29 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         return Catalog(offers_from_rows(csv.DictReader(handle)))
 
 
+def _data_rows(name: str) -> list[dict[str, str]]:
+    data = resources.files("prefect_cloudsched.core.catalog") / "data" / name
+    with data.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@functools.cache
+def gpu_names(system: str) -> dict[str, str]:
+    """Our GPU names → another system's (a column of ``data/gpus.csv``), where it has one.
+
+    ``system`` is ``gce_accelerator_type`` or ``ccf_gpu_name``.
+    """
+    return {row["gpu"]: row[system] for row in _data_rows("gpus.csv") if row[system]}
+
+
+#: Our GPU names → GCE accelerator types: what an N1 VM attaches (A2, A3 and G2 machine types
+#: have theirs built in) and what a GCP commitment reserves. The one map for both.
+GCE_ACCELERATOR_TYPES: dict[str, str] = dict(gpu_names("gce_accelerator_type"))
+
+
 @functools.cache
 def _shipped_catalog() -> Catalog:
-    data = resources.files("prefect_cloudsched.core.catalog") / "data" / "offers.csv"
-    with data.open(newline="") as handle:
-        return Catalog(offers_from_rows(csv.DictReader(handle)))
+    return Catalog(offers_from_rows(_data_rows("offers.csv")))
 
 
 __all__: Sequence[str] = (
@@ -280,6 +282,7 @@ __all__: Sequence[str] = (
     "Offer",
     "PurchaseOption",
     "band_hazard_per_hour",
+    "gpu_names",
     "load_catalog",
     "offers_from_rows",
 )
