@@ -155,6 +155,26 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.offers)
 
+    @functools.cached_property
+    def _rows_by_key(self) -> dict[str, list[int]]:
+        return _index_rows(o.key for o in self.offers)
+
+    @functools.cached_property
+    def _rows_by_capacity(self) -> dict[str, list[int]]:
+        return _index_rows(o.capacity_key for o in self.offers)
+
+    def rows_of(self, keys: Iterable[str]) -> np.ndarray:
+        """Row indices, ascending, of the offers with these :attr:`Offer.key` values.
+
+        A dict lookup per key: ``decide()`` marks blocked offers and idle reservations on
+        every call, where ``np.isin`` over an object column cost more than the rest of it.
+        """
+        return _rows(self._rows_by_key, keys)
+
+    def rows_of_capacity(self, capacity_keys: Iterable[str]) -> np.ndarray:
+        """Row indices, ascending, of every offer (any option) on these capacity keys."""
+        return _rows(self._rows_by_capacity, capacity_keys)
+
     def gpu_code(self, gpu_type: str | None) -> int:
         """Integer code of a GPU model in :attr:`a_gpu_type` (0 = none or unknown)."""
         return self._gpu_code.get(gpu_type or "", -1 if gpu_type else 0)
@@ -197,6 +217,17 @@ class Catalog:
             if offer.key == key:
                 return offer
         raise KeyError(key)
+
+
+def _index_rows(values: Iterable[str]) -> dict[str, list[int]]:
+    index: dict[str, list[int]] = {}
+    for row, value in enumerate(values):
+        index.setdefault(value, []).append(row)
+    return index
+
+
+def _rows(index: dict[str, list[int]], values: Iterable[str]) -> np.ndarray:
+    return np.array(sorted({i for v in values for i in index.get(v, ())}), dtype=np.intp)
 
 
 def _price(text: str) -> float | None:

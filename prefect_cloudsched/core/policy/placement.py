@@ -36,7 +36,6 @@ from prefect_cloudsched.core.policy.config import DEFAULT_POLICY, PolicyConfig
 from prefect_cloudsched.core.policy.offer_filter import (
     explain_nothing_allowed,
     explain_nothing_fits,
-    in_set,
     policy_allows,
     shape_fits,
     within_spot_band,
@@ -226,7 +225,8 @@ def decide(
     if not allowed.any() and (error := explain_nothing_allowed(needs, catalog, config, fits)):
         raise error
     if state is not None and state.blocked:
-        blocked = in_set(catalog.a_key, state.blocked)
+        blocked = np.zeros(len(catalog), dtype=bool)
+        blocked[catalog.rows_of(list(state.blocked))] = True
         if (allowed & blocked).any():
             reasons.append(f"{int((allowed & blocked).sum())} offer(s) blocked after errors")
         allowed &= ~blocked
@@ -326,7 +326,7 @@ def _hazard(catalog: Catalog, state: PlacementState | None) -> np.ndarray:
         return catalog.a_hazard
     bump = np.ones(len(catalog))
     for capacity_key, count in state.interruptions.items():
-        bump[catalog.a_capacity_key == capacity_key] += count
+        bump[catalog.rows_of_capacity([capacity_key])] += count
     return catalog.a_hazard * bump
 
 
@@ -370,7 +370,8 @@ def _idle_reserved(
     if state is None or not state.reserved_free or not mask.any():
         return None
     free = [k for k, n in state.reserved_free.items() if n > 0]
-    hits = np.flatnonzero(mask & in_set(catalog.a_capacity_key, free))
+    rows = catalog.rows_of_capacity(free)
+    hits = rows[mask[rows]]
     # cheapest reservation first: a 1-GPU task belongs on the idle 1-GPU host, not the 2-GPU one
     return hits[np.argsort(catalog.a_price[hits], kind="stable")] if hits.size else None
 
@@ -409,4 +410,3 @@ def _fmt(value: timedelta) -> str:
 def cost_of(offer: Offer, runtime_seconds: float) -> float:
     """What ``runtime_seconds`` on ``offer`` costs (reserved at its amortised rate)."""
     return offer.usd_per_hour * runtime_seconds / 3600
-
