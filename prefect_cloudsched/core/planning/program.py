@@ -28,6 +28,7 @@ from prefect_cloudsched.core.planning.solver import (
     LinearSum,
     Model,
     Solution,
+    SolverOptions,
     make_solver,
     run_stage,
 )
@@ -78,15 +79,25 @@ def _components(classes: Sequence[str], candidates: Sequence[Candidate]) -> list
 
 
 @dataclass(frozen=True, slots=True)
-class _Rules:
-    """What the program must respect; ``elastic`` turns the caps into priced slack."""
+class ProgramRules:
+    """What the program must respect.
+
+    Attributes:
+        spot_max_share: Spot units (weighted by band) per hour ≤ this share of demand.
+        quotas: Concurrent limits.
+        budget_usd: Highest total expected cost (``None``: no budget row).
+        fixed_reserved: Reservations already held, per RESERVED offer key (a replay); ``None``
+            lets the program choose them.
+        allow_unmet: Demand may go unmet at a penalty (a replay reports it, never hides it).
+        elastic: The caps become priced slack, to find which one binds.
+    """
 
     spot_max_share: float
-    quotas: Sequence[Quota]
-    budget_usd: float | None
-    fixed_reserved: Mapping[str, int] | None
-    allow_unmet: bool
-    elastic: bool
+    quotas: Sequence[Quota] = ()
+    budget_usd: float | None = None
+    fixed_reserved: Mapping[str, int] | None = None
+    allow_unmet: bool = False
+    elastic: bool = False
 
 
 class _Builder:
@@ -97,7 +108,7 @@ class _Builder:
     """
 
     def __init__(
-        self, demand: Mapping[str, np.ndarray], candidates: Sequence[Candidate], rules: _Rules
+        self, demand: Mapping[str, np.ndarray], candidates: Sequence[Candidate], rules: ProgramRules
     ) -> None:
         import pulp
 
@@ -238,7 +249,7 @@ class _Builder:
 
 
 def _build(
-    demand: Mapping[str, np.ndarray], candidates: Sequence[Candidate], rules: _Rules
+    demand: Mapping[str, np.ndarray], candidates: Sequence[Candidate], rules: ProgramRules
 ) -> Model:
     builder = _Builder(demand, candidates, rules)
     builder.add_reservations(candidates)
@@ -274,18 +285,10 @@ def _cap_bound(
 def solve_program(
     demand: Mapping[str, np.ndarray],
     candidates: Sequence[Candidate],
+    rules: ProgramRules,
+    options: SolverOptions,
     *,
-    spot_max_share: float,
-    quotas: Sequence[Quota],
-    budget_usd: float | None,
-    fixed_reserved: Mapping[str, int] | None,
-    allow_unmet: bool,
-    elastic: bool,
-    solver: str,
-    time_limit_s: float,
-    gap: float,
     start: Solution | None = None,
-    threads: int = 1,
 ) -> tuple[Solution, dict[str, float]]:
     """Build and solve the program; ``elastic`` adds slack to spot, quota and budget rows.
 
@@ -302,7 +305,6 @@ def solve_program(
     """
     started = time.perf_counter()
     hours = len(next(iter(demand.values())))
-    rules = _Rules(spot_max_share, quotas, budget_usd, fixed_reserved, allow_unmet, elastic)
     model = _build(demand, candidates, rules)
     build_seconds = time.perf_counter() - started
     free_reserved = [v for v in model.reserved_vars.values() if not isinstance(v, int)]
@@ -310,7 +312,8 @@ def solve_program(
                         {}, 0, build_seconds=build_seconds)  # fmt: skip
     if start is not None:
         _set_start(model, start)
-    budget_s = time_limit_s - build_seconds
+    solver, gap, threads = options.name, options.gap, options.threads
+    budget_s = options.time_limit_s - build_seconds
     if free_reserved and len(model.hourly_vars) >= STAGED_MIN_HOURLY_VARS:
         solve_staged(model, solution, solver, budget_s, gap, threads, start is not None)
     else:
@@ -371,7 +374,9 @@ def solution_costs(
 __all__ = [
     "SOLVERS",
     "STAGED_MIN_HOURLY_VARS",
+    "ProgramRules",
     "Solution",
+    "SolverOptions",
     "make_solver",
     "solution_costs",
     "solve_program",

@@ -22,7 +22,12 @@ from prefect_cloudsched.core.planning.candidates import (
     units_of,
 )
 from prefect_cloudsched.core.planning.capacity import CapacityPlan, check_options, validate_demand
-from prefect_cloudsched.core.planning.program import solution_costs, solve_program
+from prefect_cloudsched.core.planning.program import (
+    ProgramRules,
+    SolverOptions,
+    solution_costs,
+    solve_program,
+)
 from prefect_cloudsched.errors import InputError
 
 
@@ -131,19 +136,8 @@ def replay_plan(
             Candidate(offer, units, offer.usd_per_hour, offer.usd_per_hour, 1.0, scopes, 0.0)
         )
         fixed[offer_key] = int(count)
-    solution, _ = solve_program(
-        series,
-        candidates,
-        spot_max_share=spot_max_share,
-        quotas=parsed_quotas,
-        budget_usd=None,
-        fixed_reserved=fixed,
-        allow_unmet=True,
-        elastic=False,
-        solver=solver,
-        time_limit_s=time_limit_s,
-        gap=gap,
-    )
+    rules = ProgramRules(spot_max_share, parsed_quotas, fixed_reserved=fixed, allow_unmet=True)
+    solution, _ = solve_program(series, candidates, rules, SolverOptions(solver, time_limit_s, gap))
     reserved_cost, od_cost, spot_cost, _ = solution_costs(solution, candidates, hours)
     unmet_hours = sorted(
         {h for values in solution.unmet.values() for h, v in enumerate(values) if v > 1e-6}

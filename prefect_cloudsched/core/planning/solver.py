@@ -53,6 +53,16 @@ class Solution:
         return max(0.0, (self.objective - self.bound) / self.objective)
 
 
+@dataclass(frozen=True, slots=True)
+class SolverOptions:
+    """Which solver, and how long and how exactly it may work (one value for every stage)."""
+
+    name: str = "cbc"
+    time_limit_s: float = 60
+    gap: float = 0.01
+    threads: int = 1
+
+
 def make_solver(
     name: str,
     time_limit_s: float,
@@ -172,4 +182,13 @@ def run_stage(
     return prob.status
 
 
-__all__ = ["SOLVERS", "Level", "LinearSum", "Model", "Solution", "make_solver", "run_stage"]
+__all__ = [
+    "SOLVERS",
+    "Level",
+    "LinearSum",
+    "Model",
+    "Solution",
+    "SolverOptions",
+    "make_solver",
+    "run_stage",
+]
