@@ -366,8 +366,6 @@ def pack_tasks(
     Raises:
         InputError: duplicate task ids or a bad option.
     """
-    import pulp
-
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     free = {k: int(n) for k, n in (reserved_free or {}).items() if n > 0}
@@ -383,7 +381,29 @@ def pack_tasks(
         return PackingResult("empty", [], 0.0, 0.0, alone, unplaced, time.perf_counter() - started)
 
     classes = _classes(placeable, now, config)
-    offers = _offers(catalog, classes, free, config)
+    columns = _columns(_offers(catalog, classes, free, config), classes, catalog)
+    status, counts = _solve(columns, classes, free, make_solver(solver, time_limit_s, gap))
+    bins = _assign(columns, counts, classes, catalog) if status != "infeasible" else []
+    cost = sum(b.cost for b in bins)
+    if status == "infeasible" or cost > alone_cost + 1e-9:
+        status, bins, cost = "alone", alone_bins, alone_cost
+    return PackingResult(
+        status=status,
+        bins=bins,
+        cost=cost,
+        alone_cost=alone_cost,
+        alone=alone,
+        unplaced=unplaced,
+        solve_seconds=time.perf_counter() - started,
+        classes=len(classes),
+        patterns=len(columns),
+    )
+
+
+def _columns(
+    offers: Sequence[Offer], classes: Sequence[_Class], catalog: Catalog
+) -> list[tuple[Offer, dict[int, int], float]]:
+    """Every (offer, pattern, expected cost) the program may buy instances of."""
     columns: list[tuple[Offer, dict[int, int], float]] = []
     for offer in offers:
         for pattern in _patterns(offer, classes):
@@ -393,6 +413,17 @@ def pack_tasks(
             if offer.option is PurchaseOption.RESERVED:
                 cost += _RESERVED_TIE_BREAK_PER_HOUR * hours
             columns.append((offer, pattern, cost))
+    return columns
+
+
+def _solve(
+    columns: Sequence[tuple[Offer, dict[int, int], float]],
+    classes: Sequence[_Class],
+    free: Mapping[str, int],
+    solver: Any,
+) -> tuple[str, list[int]]:
+    """Instances per column at minimum cost, every class covered, reserved within the idle."""
+    import pulp
 
     prob = pulp.LpProblem("packing", pulp.LpMinimize)
     variables = []
@@ -411,28 +442,9 @@ def pack_tasks(
     for key, terms in reserved_use.items():
         prob += pulp.lpSum(terms) <= free[key]
     prob += pulp.lpSum(cost * var for (_, _, cost), var in zip(columns, variables, strict=True))
-    prob.solve(make_solver(solver, time_limit_s, gap))
+    prob.solve(solver)
     status = {1: "optimal", 2: "feasible"}.get(prob.sol_status, "infeasible")
-
-    bins = (
-        _assign(columns, [round(v.value() or 0) for v in variables], classes, catalog)
-        if status != "infeasible"
-        else []
-    )
-    cost = sum(b.cost for b in bins)
-    if status == "infeasible" or cost > alone_cost + 1e-9:
-        status, bins, cost = "alone", alone_bins, alone_cost
-    return PackingResult(
-        status=status,
-        bins=bins,
-        cost=cost,
-        alone_cost=alone_cost,
-        alone=alone,
-        unplaced=unplaced,
-        solve_seconds=time.perf_counter() - started,
-        classes=len(classes),
-        patterns=len(columns),
-    )
+    return status, [round(v.value() or 0) for v in variables]
 
 
 def _place_alone(
