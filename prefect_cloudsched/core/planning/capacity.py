@@ -165,13 +165,10 @@ class CapacityPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form: what ``plan --json`` prints and the ledger stores."""
+        usd = ("expected_cost", "ondemand_cost", "saving", "reserved_cost", "spot_cost")
         return {
             "status": self.status,
-            "expected_cost": round(self.expected_cost, 6),
-            "ondemand_cost": round(self.ondemand_cost, 6),
-            "saving": round(self.saving, 6),
-            "reserved_cost": round(self.reserved_cost, 6),
-            "spot_cost": round(self.spot_cost, 6),
+            **{name: round(getattr(self, name), 6) for name in usd},  # to the micro-dollar
             "carbon_tonnes": None if self.carbon_tonnes is None else round(self.carbon_tonnes, 6),
             "reserved": [item.to_dict() for item in self.reserved],
             "hours": self.hours,

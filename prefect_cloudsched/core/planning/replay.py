@@ -75,13 +75,13 @@ def replay_plan(
     catalog: Catalog,
     *,
     spot_max_share: float = 0.5,
+    solver: str = "cbc",
+    time_limit_s: float = 60,
+    gap: float = 0.01,
     quotas: Mapping[str, float] | None = None,
     clouds: Sequence[str] | None = None,
     regions: Sequence[str] | None = None,
     max_candidates: int = 3,
-    solver: str = "cbc",
-    time_limit_s: float = 60,
-    gap: float = 0.01,
 ) -> ReplayResult:
     """Cost of serving ``actual_demand`` with fixed reservations plus the best hourly mix.
 
@@ -93,14 +93,8 @@ def replay_plan(
         plan_reserved: A plan, or ``{capacity_key: count}`` of reservations held.
         actual_demand: Per resource class, the hourly demand that happened.
         catalog: Offers (the reservations' RESERVED offers must be in it).
-        spot_max_share: As in :func:`plan_capacity`.
-        quotas: As in :func:`plan_capacity`.
-        clouds: As in :func:`plan_capacity`.
-        regions: As in :func:`plan_capacity`.
-        max_candidates: As in :func:`plan_capacity`.
-        solver: As in :func:`plan_capacity`.
-        time_limit_s: As in :func:`plan_capacity`.
-        gap: As in :func:`plan_capacity`.
+        spot_max_share, solver, time_limit_s, gap, quotas, clouds, regions, max_candidates:
+            As in :func:`plan_capacity` (the replay's candidates and solve use the same rules).
     """
     held: list[tuple[str, int]] = (
         [(r.capacity_key, r.count) for r in plan_reserved.reserved]
