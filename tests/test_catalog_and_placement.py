@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -25,39 +26,14 @@ from prefect_cloudsched.core.policy import (
     spot_slack_needed,
 )
 from prefect_cloudsched.errors import InputError, NoFeasibleOffer
+from prefect_cloudsched.testing.offers import make_offer
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 OD, SPOT, RES = PurchaseOption.ON_DEMAND, PurchaseOption.SPOT, PurchaseOption.RESERVED
 
 
-def offer(
-    itype: str,
-    option: PurchaseOption,
-    price: float,
-    od: float,
-    *,
-    gpus: int = 1,
-    gpu: str | None = "A10G",
-    cloud: str = "aws",
-    region: str = "us-east-1",
-    band: str | None = "5-10%",
-    vcpus: int = 8,
-    mem: float = 32,
-) -> Offer:
-    return Offer(
-        cloud=cloud,
-        region=region,
-        zone=None,
-        instance_type=itype,
-        vcpus=vcpus,
-        memory_gib=mem,
-        gpu_type=gpu if gpus else None,
-        gpu_count=gpus,
-        option=option,
-        usd_per_hour=price,
-        ondemand_usd_per_hour=od,
-        interruption_band=band if option is SPOT else None,
-    )
+def offer(itype: str, option: PurchaseOption, price: float, od: float, **kw: Any) -> Offer:
+    return make_offer(itype, option, price, od=od, **{"vcpus": 8, "mem": 32, **kw})
 
 
 @pytest.fixture

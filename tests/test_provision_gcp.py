@@ -32,6 +32,7 @@ from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
 from prefect_cloudsched.testing.gcp_server import FakeGcpCompute
+from prefect_cloudsched.testing.offers import shipped_offer
 
 PROJECT = "demo-project"
 ZONE = "us-central1-a"
@@ -40,14 +41,7 @@ FAST = Backoff(attempts=4, base_seconds=0.001, max_seconds=0.01, deadline_second
 
 
 def offer(instance_type: str = "g2-standard-4", option: str = "spot", zone: str = ZONE) -> Offer:
-    return next(
-        o
-        for o in load_catalog().offers
-        if o.cloud == "gcp"
-        and o.zone == zone
-        and o.instance_type == instance_type
-        and o.option is PurchaseOption(option)
-    )
+    return shipped_offer("gcp", instance_type, option, zone)
 
 
 @pytest.fixture
