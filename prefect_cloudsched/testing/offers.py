@@ -6,19 +6,10 @@ from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 
 
 def make_offer(
-    instance_type: str,
-    option: PurchaseOption,
-    price: float,
-    *,
-    od: float | None = None,
-    gpus: int = 1,
-    gpu: str | None = "A10G",
-    cloud: str = "aws",
-    region: str = "us-east-1",
-    band: str | None = "5-10%",
-    vcpus: int | None = None,
-    mem: float | None = None,
-) -> Offer:
+    instance_type: str, option: PurchaseOption, price: float, od: float | None = None, *,
+    gpus: int = 1, gpu: str | None = "A10G", cloud: str = "aws", region: str = "us-east-1",
+    band: str | None = "5-10%", vcpus: int | None = None, mem: float | None = None,
+) -> Offer:  # fmt: skip
     """An offer priced ``price`` USD/h.
 
     Args:
