@@ -218,18 +218,7 @@ def decide(
     hours = needs.est_runtime.total_seconds() / 3600
     reasons: list[str] = []
 
-    fits = shape_fits(needs, catalog)
-    if not fits.any():
-        raise explain_nothing_fits(needs, catalog)
-    allowed = fits & policy_allows(catalog, config)
-    if not allowed.any() and (error := explain_nothing_allowed(needs, catalog, config, fits)):
-        raise error
-    if state is not None and state.blocked:
-        blocked = np.zeros(len(catalog), dtype=bool)
-        blocked[catalog.rows_of(list(state.blocked))] = True
-        if (allowed & blocked).any():
-            reasons.append(f"{int((allowed & blocked).sum())} offer(s) blocked after errors")
-        allowed &= ~blocked
+    fits, allowed = _feasible_rows(needs, catalog, config, state, reasons)
 
     is_od = catalog.a_option == catalog.option_code(PurchaseOption.ON_DEMAND)
     is_spot = catalog.a_option == catalog.option_code(PurchaseOption.SPOT)
@@ -292,6 +281,34 @@ def decide(
         decided_at=now,
         deadline=deadline,
     )
+
+
+def _feasible_rows(
+    needs: TaskNeeds,
+    catalog: Catalog,
+    config: PolicyConfig,
+    state: PlacementState | None,
+    reasons: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows that fit the needs, those the policy allows and no error has blocked).
+
+    Raises:
+        NoFeasibleOffer: no shape fits, or the policy's clouds, regions or GPU models
+            rule out every one that does.
+    """
+    fits = shape_fits(needs, catalog)
+    if not fits.any():
+        raise explain_nothing_fits(needs, catalog)
+    allowed = fits & policy_allows(catalog, config)
+    if not allowed.any() and (error := explain_nothing_allowed(needs, catalog, config, fits)):
+        raise error
+    if state is not None and state.blocked:
+        blocked = np.zeros(len(catalog), dtype=bool)
+        blocked[catalog.rows_of(list(state.blocked))] = True
+        if (allowed & blocked).any():
+            reasons.append(f"{int((allowed & blocked).sum())} offer(s) blocked after errors")
+        allowed &= ~blocked
+    return fits, allowed
 
 
 def _spot_allowed(
