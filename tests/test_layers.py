@@ -1,8 +1,8 @@
 """The package's layers, checked from the source: who may import whom, and no import cycle.
 
-The rules (docs/architecture.md): the core is pure (no adapter, runtime, Prefect, simulator,
-CLI, mock cloud or cloud SDK); the runtime does not know Prefect; the adapters do not know the
-runtime or the Prefect layer. A layer rule sees *every* import in a file, at module level, in a
+The rules: the core is pure (no adapter, runtime, Prefect, simulator, CLI, mock cloud or cloud
+SDK); the runtime does not know Prefect; the adapters do not know the runtime or the Prefect
+layer. A layer rule sees *every* import in a file, at module level, in a
 function body or under ``if TYPE_CHECKING:``: a function-local import of Prefect still makes
 the core need Prefect when that function runs, and a type-only one still couples the layers.
 
