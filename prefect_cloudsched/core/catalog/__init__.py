@@ -179,6 +179,17 @@ class Catalog:
         """Integer code of a GPU model in :attr:`a_gpu_type` (0 = none or unknown)."""
         return self._gpu_code.get(gpu_type or "", -1 if gpu_type else 0)
 
+    def rows_with_option(self, option: PurchaseOption) -> np.ndarray:
+        """Boolean mask of the offers bought as ``option`` (computed once, read-only)."""
+        return self._option_rows[option]
+
+    @functools.cached_property
+    def _option_rows(self) -> dict[PurchaseOption, np.ndarray]:
+        rows = {option: self.a_option == code for option, code in _OPTION_CODES.items()}
+        for mask in rows.values():
+            mask.setflags(write=False)
+        return rows
+
     def option_code(self, option: PurchaseOption) -> int:
         """Integer code of a purchase option in :attr:`a_option`."""
         return _OPTION_CODES[option]

@@ -100,7 +100,7 @@ def within_spot_band(catalog: Catalog, band: str) -> np.ndarray:
 
 def spot_within_band(catalog: Catalog, band: str | None) -> np.ndarray:
     """Rows that are not spot, or spot within the policy's worst band (``None``: any)."""
-    is_spot = catalog.a_option == catalog.option_code(PurchaseOption.SPOT)
+    is_spot = catalog.rows_with_option(PurchaseOption.SPOT)
     if band is None:
         return np.ones(len(catalog), dtype=bool)
     return ~is_spot | within_spot_band(catalog, band)

@@ -220,9 +220,9 @@ def decide(
 
     fits, allowed = _feasible_rows(needs, catalog, config, state, reasons)
 
-    is_od = catalog.a_option == catalog.option_code(PurchaseOption.ON_DEMAND)
-    is_spot = catalog.a_option == catalog.option_code(PurchaseOption.SPOT)
-    is_res = catalog.a_option == catalog.option_code(PurchaseOption.RESERVED)
+    is_od = catalog.rows_with_option(PurchaseOption.ON_DEMAND)
+    is_spot = catalog.rows_with_option(PurchaseOption.SPOT)
+    is_res = catalog.rows_with_option(PurchaseOption.RESERVED)
 
     cost = catalog.a_price * hours
     probability = np.zeros(len(catalog))
@@ -265,7 +265,7 @@ def decide(
     if config.reserved_first and reserved_idx is not None and reserved_idx.size:
         best = reserved_idx[0]
     chosen = catalog.offers[best]
-    runner_up_idx = _runner_up(catalog, order, chosen)
+    runner_up_idx = _runner_up(catalog, order, best)
     base_i, baseline_cost = _baseline(catalog, fits, allowed & is_od, hours, egress)
 
     return Decision(
@@ -347,17 +347,13 @@ def _hazard(catalog: Catalog, state: PlacementState | None) -> np.ndarray:
     return catalog.a_hazard * bump
 
 
-def _runner_up(catalog: Catalog, order: np.ndarray, chosen: Offer) -> int | None:
+def _runner_up(catalog: Catalog, order: np.ndarray, best: int) -> int | None:
     """The best-ranked row that is another capacity or another purchase option."""
-    return next(
-        (
-            i
-            for i in order
-            if catalog.offers[i].capacity_key != chosen.capacity_key
-            or catalog.offers[i].option is not chosen.option
-        ),
-        None,
-    )
+    capacity, option = catalog.a_capacity_key[best], catalog.a_option[best]
+    for i in order:
+        if catalog.a_capacity_key[i] != capacity or catalog.a_option[i] != option:
+            return int(i)
+    return None
 
 
 def _baseline(
@@ -369,7 +365,7 @@ def _baseline(
 ) -> tuple[int, float]:
     """The cheapest on-demand placement (allowed if any, else any fitting): what we compare to."""
     od_allowed = np.flatnonzero(allowed_on_demand)
-    is_od = catalog.a_option == catalog.option_code(PurchaseOption.ON_DEMAND)
+    is_od = catalog.rows_with_option(PurchaseOption.ON_DEMAND)
     pool = od_allowed if od_allowed.size else np.flatnonzero(fits & is_od)
     baseline_price = catalog.a_price
     if not pool.size:  # a catalog without on-demand rows: price the fitting shapes at list
