@@ -146,3 +146,35 @@ def test_one_gpu_name_table_serves_gce_and_the_energy_model() -> None:
     assert set(gpu_names("ccf_gpu_name")) <= set(KNOWN_GPU_TYPES)
     assert set(GCE_ACCELERATOR_TYPES) <= {*KNOWN_GPU_TYPES, "K80"}
     assert GCE_ACCELERATOR_TYPES["T4"] == "nvidia-tesla-t4"
+
+
+def test_catalog_row_lookups_match_a_scan_of_the_offers() -> None:
+    offers = CATALOG.offers
+    keys = [offers[5].key, offers[77].key, "aws/nowhere/x/spot", offers[5].key]
+    assert CATALOG.rows_of(keys).tolist() == [5, 77]
+    capacity = offers[77].capacity_key
+    expected = [i for i, o in enumerate(offers) if o.capacity_key == capacity]
+    assert len(expected) > 1  # on-demand and spot (and reserved) share a capacity key
+    assert CATALOG.rows_of_capacity([capacity, "gcp/nowhere/y"]).tolist() == expected
+    for option in PurchaseOption:
+        mask = CATALOG.rows_with_option(option)
+        assert not mask.flags.writeable
+        assert np.flatnonzero(mask).tolist() == [
+            i for i, o in enumerate(offers) if o.option is option
+        ]
+
+
+def test_an_interruption_raises_the_risk_of_that_capacity_only() -> None:
+    needs = TaskNeeds(gpus=1, gpu_type="A10G", est_runtime=timedelta(hours=2), spot_ok=True)
+    first = decide(needs, CATALOG, now=NOW)
+    assert first.offer.option is PurchaseOption.SPOT and first.runner_up is not None
+    state = PlacementState()
+    state.record_interruption(first.offer.capacity_key)
+    again = decide(needs, CATALOG, now=NOW, state=state)
+    assert again.offer == first.offer  # still cheapest: its hazard is tiny
+    # one interruption on record doubles that capacity's hazard, and nobody else's
+    assert again.interruption_probability == pytest.approx(
+        2 * first.interruption_probability, rel=1e-3
+    )
+    assert again.expected_cost > first.expected_cost
+    assert again.runner_up == first.runner_up and again.runner_up_cost == first.runner_up_cost
