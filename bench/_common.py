@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The traces and series the benchmarks replay (provenance in ``data/SOURCE.md``).
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def isolate() -> Path:

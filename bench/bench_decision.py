@@ -1,12 +1,17 @@
-"""Decision latency of ``decide()`` over the full shipped catalog (target p99 ≤ 5 ms).
+"""Decision latency of ``decide()`` over the full shipped catalog (target p99 ≤ 1 ms).
 
 Run: ``.venv/bin/python bench/bench_decision.py``. Writes ``bench/results/decision.{json,md}``.
 A mix of needs (CPU-only, any GPU, a named GPU, spot with and without slack, egress, idle
 reserved capacity, blocked offers) so no single cached path flatters the number.
+
+Each decision is timed twice: wall time (the gate) and this thread's CPU time. On a shared
+machine the wall-time tail is mostly the scheduler running someone else; the CPU-time tail
+and the load average, recorded next to it, tell the two apart.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -19,6 +24,7 @@ from prefect_cloudsched.core.needs import Priority, TaskNeeds
 from prefect_cloudsched.core.policy import PlacementState, decide
 
 DECISIONS = 20_000
+TARGET_P99_MS = 1.0
 
 
 def needs_mix(rng: random.Random) -> list[TaskNeeds]:
@@ -55,28 +61,39 @@ def main() -> None:
     now = datetime.now(UTC)
     for needs in mix:  # warm-up: caches, numpy first-call costs
         decide(needs, catalog, now=now, state=state)
-    samples = []
+    samples: list[float] = []
+    cpu_samples: list[float] = []
+    load_before = os.getloadavg()[0]
     for i in range(DECISIONS):
         needs = mix[i % len(mix)]
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time_ns(), time.perf_counter()
         decide(needs, catalog, now=now, state=state)
         samples.append((time.perf_counter() - t0) * 1000)
+        cpu_samples.append((time.thread_time_ns() - c0) / 1e6)
+    load = max(load_before, os.getloadavg()[0])
     samples.sort()
+    cpu_samples.sort()
     p50 = statistics.median(samples)
     p99 = samples[int(0.99 * len(samples)) - 1]
+    cpu_p99 = cpu_samples[int(0.99 * len(cpu_samples)) - 1]
     data = {
         "offers": len(catalog),
         "decisions": DECISIONS,
         "p50_ms": round(p50, 4),
         "p99_ms": round(p99, 4),
         "max_ms": round(samples[-1], 4),
-        "target_p99_ms": 5.0,
-        "pass": p99 <= 5.0,
+        "cpu_p50_ms": round(statistics.median(cpu_samples), 4),
+        "cpu_p99_ms": round(cpu_p99, 4),
+        "load_average_1min": round(load, 2),
+        "target_p99_ms": TARGET_P99_MS,
+        "pass": p99 <= TARGET_P99_MS,
     }
     md = (
-        "| offers in catalog | decisions | p50 (ms) | p99 (ms) | max (ms) | target p99 | pass |\n"
-        "|---|---|---|---|---|---|---|\n"
-        f"| {len(catalog)} | {DECISIONS} | {p50:.3f} | {p99:.3f} | {samples[-1]:.3f} | ≤ 5 ms "
+        "| offers in catalog | decisions | p50 (ms) | p99 (ms) | max (ms) | CPU p99 (ms) "
+        "| load avg | target p99 | pass |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        f"| {len(catalog)} | {DECISIONS} | {p50:.3f} | {p99:.3f} | {samples[-1]:.3f} "
+        f"| {cpu_p99:.3f} | {load:.1f} | ≤ {TARGET_P99_MS:g} ms "
         f"| {'yes' if data['pass'] else 'NO'} |\n"
     )
     write("decision", data, md)

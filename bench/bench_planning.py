@@ -26,11 +26,10 @@ import os
 import random
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS, write
+from _common import DATA, RESULTS, write
 
 from prefect_cloudsched.core.catalog import load_catalog
 from prefect_cloudsched.core.forecast import (
@@ -50,7 +49,6 @@ from prefect_cloudsched.core.planning import (
     replay_plan,
 )
 
-DATA = Path(__file__).resolve().parent / "data"
 HOLDOUT = 168
 SPOT_MAX_SHARE = 0.5
 #: (file, column, GPU model the demand is taken to be). Philly counts nodes, not GPUs; we

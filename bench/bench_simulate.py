@@ -27,35 +27,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, isolate, write
+from _common import DATA, RESULTS, isolate, write
 
-DATA = Path(__file__).resolve().parent / "data"
 TRACE_REGIONS = frozenset({"us-east-1", "us-east-2", "us-west-2"})
 
 
-def main() -> None:
-    """Run every scenario and write the results."""
-    isolate()
-    from prefect_cloudsched.core.catalog import load_catalog
-    from prefect_cloudsched.core.policy import DEFAULT_POLICY
-    from prefect_cloudsched.simulate import (
-        POLICY_NAMES,
-        SpotModel,
-        compare_policies,
-        load_jobs,
-        load_spot_trace,
-        tile_jobs,
-    )
-    from prefect_cloudsched.simulate.compare import hindsight_reservation
-    from prefect_cloudsched.simulate.output import markdown_table, plot, rows
+class _Report:
+    """The scenarios' figures (JSON) and tables (Markdown), filled one scenario at a time."""
 
-    catalog = load_catalog()
-    say = print
-    scenarios: dict[str, dict] = {}
-    md = ["# Trace replay (`bench/bench_simulate.py`)", ""]
+    def __init__(self) -> None:
+        self.scenarios: dict[str, dict] = {}
+        self.md = ["# Trace replay (`bench/bench_simulate.py`)", ""]
 
-    def record(name: str, title: str, comparison, extra: dict) -> None:
-        scenarios[name] = {
+    def record(self, name: str, title: str, comparison, extra: dict) -> None:
+        from prefect_cloudsched.simulate.output import markdown_table, plot, rows
+
+        self.scenarios[name] = {
             **extra,
             "bound_usd": round(comparison.bound.total, 4),
             "bound_per_second_usd": round(comparison.bound.per_second_total, 4),
@@ -71,47 +58,122 @@ def main() -> None:
             "policies": rows(comparison),
         }
         plot(comparison, RESULTS, f"simulate_{name}")
-        md.extend([f"## {title}", "", markdown_table(comparison), ""])
+        self.md.extend([f"## {title}", "", markdown_table(comparison), ""])
 
-    gap = ("hybrid", "uniform-progress")
+
+def main() -> None:
+    """Run every scenario and write the results."""
+    isolate()
+    from prefect_cloudsched.core.catalog import load_catalog
+    from prefect_cloudsched.simulate import load_jobs
+
+    catalog = load_catalog()
+    report = _Report()
     gpu = load_jobs(DATA / "alibaba_gpu2023_jobs.csv")
-    record("gpu2023", "Alibaba PAI GPU 2023, parametric spot",
-           compare_policies(gpu, POLICY_NAMES, catalog=catalog, spot=SpotModel(seed=0),
-                            progress=say, breakdown=gap),
-           {"jobs": len(gpu), "spot": "parametric"})  # fmt: skip
+    genai = load_jobs(DATA / "alibaba_genai2026_jobs.csv")
+    _parametric(report, catalog, gpu, genai)
+    _real_spot_trace(report, catalog)
+    scaling = _scaling(catalog, genai)
+    report.md.extend(_scaling_table(scaling))
+    write(
+        "simulate",
+        {"scenarios": report.scenarios, "scaling": scaling},
+        "\n".join(report.md) + "\n",
+    )
+
+
+def _parametric(report: _Report, catalog, gpu: list, genai: list) -> None:
+    """Scenarios 1 and 2, and the hybrid on ``gpu2023`` with a hindsight reservation."""
+    from prefect_cloudsched.simulate import POLICY_NAMES, SpotModel, compare_policies
+    from prefect_cloudsched.simulate.compare import hindsight_reservation
+    from prefect_cloudsched.simulate.output import markdown_table, rows
+
+    say = print
+    gap = ("hybrid", "uniform-progress")
+    report.record(
+        "gpu2023",
+        "Alibaba PAI GPU 2023, parametric spot",
+        compare_policies(
+            gpu, POLICY_NAMES, catalog=catalog, spot=SpotModel(seed=0), progress=say, breakdown=gap
+        ),
+        {"jobs": len(gpu), "spot": "parametric"},
+    )
     foresight = hindsight_reservation(gpu, catalog)
     hindsight = compare_policies(
         gpu, ["hybrid"], catalog=catalog, spot=SpotModel(seed=0), reserved=foresight,
         progress=say, breakdown=("hybrid",),
     )  # fmt: skip
     (row,) = rows(hindsight)
-    scenarios["gpu2023"]["hybrid_with_hindsight_reservation"] = {
+    report.scenarios["gpu2023"]["hybrid_with_hindsight_reservation"] = {
         "reserved": {k: n for k, (_, n) in foresight.items()},
         "cost": row["cost"], "cost_vs_bound": row["cost_vs_bound"],
         "deadline_miss_rate": row["deadline_miss_rate"],
         "gap_usd": {k: round(v, 4) for k, v in hindsight.gaps["hybrid"].items()},
     }  # fmt: skip
-    md.extend(["### The hybrid with the reservation perfect foresight would buy", "",
-               markdown_table(hindsight), ""])  # fmt: skip
+    report.md.extend(
+        [
+            "### The hybrid with the reservation perfect foresight would buy",
+            "",
+            markdown_table(hindsight),
+            "",
+        ]
+    )
 
-    genai = load_jobs(DATA / "alibaba_genai2026_jobs.csv")
-    record("genai2026", "Alibaba GenAI 2026 serving, parametric spot",
-           compare_policies(genai, POLICY_NAMES, catalog=catalog, spot=SpotModel(seed=0),
-                            progress=say, breakdown=gap),
-           {"jobs": len(genai), "spot": "parametric"})  # fmt: skip
+    report.record(
+        "genai2026",
+        "Alibaba GenAI 2026 serving, parametric spot",
+        compare_policies(
+            genai,
+            POLICY_NAMES,
+            catalog=catalog,
+            spot=SpotModel(seed=0),
+            progress=say,
+            breakdown=gap,
+        ),
+        {"jobs": len(genai), "spot": "parametric"},
+    )
+
+
+def _real_spot_trace(report: _Report, catalog) -> None:
+    """Scenario 3: V100 jobs on AWS, spot replayed from the real p3.2xlarge trace."""
+    from prefect_cloudsched.core.policy import DEFAULT_POLICY
+    from prefect_cloudsched.simulate import (
+        POLICY_NAMES,
+        SpotModel,
+        compare_policies,
+        load_jobs,
+        load_spot_trace,
+    )
 
     v100 = load_jobs(DATA / "alibaba_gpu2023_jobs.csv", gpu_type="V100")
     trace = load_spot_trace(DATA / "aws_p3.2xlarge_avail_2023-02-15.csv")
     config = replace(
         DEFAULT_POLICY, allowed_regions=TRACE_REGIONS, allowed_clouds=frozenset({"aws"})
     )
-    record("gpu2023-v100-trace",
-           "Alibaba PAI GPU 2023, V100 on AWS, real p3.2xlarge spot trace (45 days, 8 zones)",
-           compare_policies(v100, POLICY_NAMES, catalog=catalog, config=config,
-                            spot=SpotModel(trace=trace, seed=0), progress=say,
-                            breakdown=gap),
-           {"jobs": len(v100), "spot": "trace: aws_p3.2xlarge_avail_2023-02-15.csv",
-            "regions": sorted(TRACE_REGIONS)})  # fmt: skip
+    report.record(
+        "gpu2023-v100-trace",
+        "Alibaba PAI GPU 2023, V100 on AWS, real p3.2xlarge spot trace (45 days, 8 zones)",
+        compare_policies(
+            v100,
+            POLICY_NAMES,
+            catalog=catalog,
+            config=config,
+            spot=SpotModel(trace=trace, seed=0),
+            progress=print,
+            breakdown=("hybrid", "uniform-progress"),
+        ),
+        {
+            "jobs": len(v100),
+            "spot": "trace: aws_p3.2xlarge_avail_2023-02-15.csv",
+            "regions": sorted(TRACE_REGIONS),
+        },
+    )
+
+
+def _scaling(catalog, genai: list) -> list[dict]:
+    """Scenario 4: the GenAI trace tiled to 10k, 100k and 1M jobs, every replay timed."""
+    from prefect_cloudsched.simulate import POLICY_NAMES, SpotModel, compare_policies, tile_jobs
+    from prefect_cloudsched.simulate.output import rows
 
     scaling: list[dict] = []
     for count, names in (
@@ -122,7 +184,7 @@ def main() -> None:
         jobs = tile_jobs(genai, count)
         started = time.perf_counter()
         comparison = compare_policies(jobs, list(names), catalog=catalog, spot=SpotModel(seed=0),
-                                      progress=say)  # fmt: skip
+                                      progress=print)  # fmt: skip
         total = time.perf_counter() - started
         for row in rows(comparison):
             scaling.append({"jobs": count, "policy": row["policy"], "wall_s": row["wall_s"],
@@ -133,11 +195,15 @@ def main() -> None:
         scaling.append({"jobs": count, "policy": "(whole comparison incl. planning and bound)",
                         "wall_s": round(total, 3)})  # fmt: skip
         del jobs, comparison
-    md.extend([
+    return scaling
+
+
+def _scaling_table(scaling: list[dict]) -> list[str]:
+    md = [
         "## Throughput (GenAI trace tiled; every policy replays the same jobs)", "",
         "| jobs | policy | replay s | jobs/s | decide() calls | decide µs/job mean | p99 |",
         "|---|---|---|---|---|---|---|",
-    ])  # fmt: skip
+    ]  # fmt: skip
     for row in scaling:
         if "jobs_per_s" not in row:
             md.append(f"| {row['jobs']:,} | {row['policy']} | {row['wall_s']:.1f} | | | | |")
@@ -146,7 +212,7 @@ def main() -> None:
                   f"{row['jobs_per_s']:,.0f} | {row['decide_calls']:,} | "
                   f"{row['decision_latency_mean_us']:.1f} | "
                   f"{row['decision_latency_p99_us']:.1f} |")  # fmt: skip
-    write("simulate", {"scenarios": scenarios, "scaling": scaling}, "\n".join(md) + "\n")
+    return md
 
 
 if __name__ == "__main__":

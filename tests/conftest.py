@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,22 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def fake_gcp_server() -> Iterator[Any]:
+    """One fake GCE server per test module (the client import, ~0.9 s, is paid once anyway)."""
+    from prefect_cloudsched.testing.gcp_server import FakeGcpCompute
+
+    with FakeGcpCompute() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_gcp(fake_gcp_server: Any) -> Any:
+    """The module's fake GCE, emptied for this test."""
+    fake_gcp_server.state.reset()
+    return fake_gcp_server
 
 
 @pytest.fixture

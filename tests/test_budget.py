@@ -21,31 +21,13 @@ from prefect_cloudsched.core.budget import (
     spend_windows,
 )
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
+from prefect_cloudsched.testing.records import placement_record
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 
 
 def _record(started: datetime, cost_usd: float) -> PlacementRecord:
-    return PlacementRecord(
-        flow_run_id="r",
-        flow_name="f",
-        task_run_id="t",
-        task_name="t",
-        cloud="aws",
-        region="us-east-1",
-        zone=None,
-        instance_type="m5.large",
-        option="on-demand",
-        offer_key="k",
-        gpu_type=None,
-        gpus=0,
-        price_micro_per_hour=1,
-        started_at=started,
-        ended_at=started,
-        runtime_s=1.0,
-        cost_micro=to_micro(cost_usd),
-        baseline_micro=to_micro(cost_usd),
-    )
+    return placement_record(cost_usd=cost_usd, baseline_usd=cost_usd, started_at=started)
 
 
 @pytest.mark.parametrize(

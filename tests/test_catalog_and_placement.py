@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -25,39 +26,14 @@ from prefect_cloudsched.core.policy import (
     spot_slack_needed,
 )
 from prefect_cloudsched.errors import InputError, NoFeasibleOffer
+from prefect_cloudsched.testing.offers import make_offer
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 OD, SPOT, RES = PurchaseOption.ON_DEMAND, PurchaseOption.SPOT, PurchaseOption.RESERVED
 
 
-def offer(
-    itype: str,
-    option: PurchaseOption,
-    price: float,
-    od: float,
-    *,
-    gpus: int = 1,
-    gpu: str | None = "A10G",
-    cloud: str = "aws",
-    region: str = "us-east-1",
-    band: str | None = "5-10%",
-    vcpus: int = 8,
-    mem: float = 32,
-) -> Offer:
-    return Offer(
-        cloud=cloud,
-        region=region,
-        zone=None,
-        instance_type=itype,
-        vcpus=vcpus,
-        memory_gib=mem,
-        gpu_type=gpu if gpus else None,
-        gpu_count=gpus,
-        option=option,
-        usd_per_hour=price,
-        ondemand_usd_per_hour=od,
-        interruption_band=band if option is SPOT else None,
-    )
+def offer(itype: str, option: PurchaseOption, price: float, od: float, **kw: Any) -> Offer:
+    return make_offer(itype, option, price, od=od, **{"vcpus": 8, "mem": 32, **kw})
 
 
 @pytest.fixture
@@ -132,15 +108,16 @@ def test_band_hazard_matches_monthly_midpoint() -> None:
     assert band_hazard_per_hour(None) == 0.0
 
 
+def one_hour_on_an_a10g(deadline: timedelta, **more: bool) -> TaskNeeds:
+    """A 1-hour, spot-tolerant task on one A10G, with ``deadline`` from submission."""
+    return TaskNeeds(
+        gpus=1, gpu_type="A10G", est_runtime=timedelta(hours=1), deadline=deadline, spot_ok=True,
+        **more,
+    )  # fmt: skip
+
+
 def test_spot_chosen_with_slack_and_explained(small: Catalog) -> None:
-    needs = TaskNeeds(
-        gpus=1,
-        gpu_type="A10G",
-        est_runtime=timedelta(hours=1),
-        deadline=timedelta(hours=4),
-        spot_ok=True,
-    )
-    d = decide(needs, small, now=NOW)
+    d = decide(one_hour_on_an_a10g(timedelta(hours=4)), small, now=NOW)
     assert d.offer.option is SPOT and d.offer.instance_type == "g5.xlarge"
     assert d.baseline_offer.option is OD and d.baseline_cost == pytest.approx(1.0)
     assert 0.3 < d.expected_cost < 0.31  # risk adds a little on top of 0.3
@@ -150,24 +127,10 @@ def test_spot_chosen_with_slack_and_explained(small: Catalog) -> None:
 
 
 def test_spot_excluded_when_slack_cannot_absorb_a_loss(small: Catalog) -> None:
-    needs = TaskNeeds(
-        gpus=1,
-        gpu_type="A10G",
-        est_runtime=timedelta(hours=1),
-        deadline=timedelta(hours=1, minutes=30),
-        spot_ok=True,
-    )
-    d = decide(needs, small, now=NOW)
+    d = decide(one_hour_on_an_a10g(timedelta(hours=1, minutes=30)), small, now=NOW)
     assert d.offer.option is OD
     assert any("spot excluded" in r for r in d.reasons)
-    ckpt = TaskNeeds(
-        gpus=1,
-        gpu_type="A10G",
-        est_runtime=timedelta(hours=1),
-        deadline=timedelta(hours=1, minutes=40),
-        spot_ok=True,
-        checkpointable=True,
-    )
+    ckpt = one_hour_on_an_a10g(timedelta(hours=1, minutes=40), checkpointable=True)
     assert decide(ckpt, small, now=NOW).offer.option is SPOT  # half a run lost at worst
 
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,16 +28,9 @@ DONE = compute_v1.Operation.Status.DONE
 RUNNING = compute_v1.Operation.Status.RUNNING
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeGcpCompute]:
-    with FakeGcpCompute() as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(server: FakeGcpCompute) -> FakeGcpCompute:
-    server.state.reset()
-    return server
+def fake(fake_gcp: FakeGcpCompute) -> FakeGcpCompute:
+    return fake_gcp
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from prefect_cloudsched.cli import main
 from prefect_cloudsched.core.records import PlacementRecord, to_micro, to_usd
 from prefect_cloudsched.core.report import build_report, render_csv, render_markdown
 from prefect_cloudsched.errors import LedgerError
+from prefect_cloudsched.testing.records import placement_record
 
 T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
 
@@ -31,30 +32,11 @@ def record(
     start: datetime = T0,
     interruptions: int = 0,
 ) -> PlacementRecord:
-    return PlacementRecord(
-        flow_run_id="fr-1",
-        flow_name=flow,
-        task_run_id=f"tr-{task}",
-        task_name=task,
-        cloud=cloud,
-        region="us-east-1",
-        zone=None,
-        instance_type="g5.xlarge",
-        option=option,
-        offer_key=f"{cloud}/us-east-1/g5.xlarge/{option}",
-        gpu_type="A10G",
-        gpus=1,
-        price_micro_per_hour=to_micro(0.3),
-        started_at=start,
-        ended_at=start + timedelta(seconds=60),
-        runtime_s=60.0,
-        cost_micro=to_micro(cost),
-        baseline_micro=to_micro(base),
-        interruptions=interruptions,
-        wasted_micro=to_micro(cost) if interruptions else 0,
-        explanation="chose ...",
-        decision_json="{}",
-    )
+    wasted = to_micro(cost) if interruptions else 0
+    return placement_record(
+        task, cost_usd=cost, baseline_usd=base, started_at=start, cloud=cloud, option=option,
+        flow_name=flow, interruptions=interruptions, wasted_micro=wasted, explanation="chose ...",
+    )  # fmt: skip
 
 
 @pytest.fixture

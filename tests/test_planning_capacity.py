@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -16,36 +17,13 @@ from prefect_cloudsched.core.planning import demand_from_forecast, plan_capacity
 from prefect_cloudsched.core.planning.candidates import risk_weight
 from prefect_cloudsched.core.records import to_micro
 from prefect_cloudsched.errors import InputError
+from prefect_cloudsched.testing.offers import make_offer
 
 OD, SPOT, RES = PurchaseOption.ON_DEMAND, PurchaseOption.SPOT, PurchaseOption.RESERVED
 
 
-def offer(
-    name: str,
-    option: PurchaseOption,
-    price: float,
-    *,
-    gpus: int = 1,
-    od: float | None = None,
-    band: str | None = "<5%",
-    region: str = "r1",
-    cloud: str = "aws",
-    gpu: str | None = "A100",
-) -> Offer:
-    return Offer(
-        cloud=cloud,
-        region=region,
-        zone=None,
-        instance_type=name,
-        vcpus=8 * max(gpus, 1),
-        memory_gib=32.0 * max(gpus, 1),
-        gpu_type=gpu if gpus else None,
-        gpu_count=gpus,
-        option=option,
-        usd_per_hour=price,
-        ondemand_usd_per_hour=od if od is not None else price,
-        interruption_band=band if option is SPOT else None,
-    )
+def offer(name: str, option: PurchaseOption, price: float, **kw: Any) -> Offer:
+    return make_offer(name, option, price, **{"band": "<5%", "region": "r1", "gpu": "A100", **kw})
 
 
 def one_gpu_catalog(spot: float = 0.3, band: str = "<5%") -> Catalog:

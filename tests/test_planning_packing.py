@@ -13,6 +13,7 @@ from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.planning.packing import PackingResult, PackTask, pack_tasks
 from prefect_cloudsched.errors import InputError
+from prefect_cloudsched.testing.offers import make_offer
 
 OD, SPOT, RES = PurchaseOption.ON_DEMAND, PurchaseOption.SPOT, PurchaseOption.RESERVED
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -22,20 +23,7 @@ HOUR = timedelta(hours=1)
 def offer(
     name: str, option: PurchaseOption, price: float, *, gpus: int, od: float | None = None
 ) -> Offer:
-    return Offer(
-        cloud="aws",
-        region="r1",
-        zone=None,
-        instance_type=name,
-        vcpus=8 * max(gpus, 1),
-        memory_gib=32.0 * max(gpus, 1),
-        gpu_type="A100" if gpus else None,
-        gpu_count=gpus,
-        option=option,
-        usd_per_hour=price,
-        ondemand_usd_per_hour=od if od is not None else price,
-        interruption_band="<5%" if option is SPOT else None,
-    )
+    return make_offer(name, option, price, od=od, gpus=gpus, gpu="A100", region="r1", band="<5%")
 
 
 def catalog(four_gpu_price: float = 3.0, spot: float | None = None) -> Catalog:

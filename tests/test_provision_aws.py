@@ -33,23 +33,17 @@ from prefect_cloudsched.adapters.provision.base import (
 )
 from prefect_cloudsched.adapters.provision.factory import build_provisioner
 from prefect_cloudsched.adapters.provision.retry import Backoff
-from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.core.catalog import Offer, load_catalog
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
 from prefect_cloudsched.testing.aws import MOCK_AMI, MotoControl
+from prefect_cloudsched.testing.offers import shipped_offer
 
 REGION = "us-east-1"
 FAST = Backoff(attempts=4, base_seconds=0.001, max_seconds=0.01, deadline_seconds=5)
 
 
 def offer(instance_type: str = "g5.xlarge", option: str = "spot", region: str = REGION) -> Offer:
-    return next(
-        o
-        for o in load_catalog().offers
-        if o.cloud == "aws"
-        and o.region == region
-        and o.instance_type == instance_type
-        and o.option is PurchaseOption(option)
-    )
+    return shipped_offer("aws", instance_type, option, region)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
 from prefect_cloudsched.testing.gcp_server import FakeGcpCompute
+from prefect_cloudsched.testing.offers import shipped_offer
 
 PROJECT = "demo-project"
 ZONE = "us-central1-a"
@@ -40,26 +41,12 @@ FAST = Backoff(attempts=4, base_seconds=0.001, max_seconds=0.01, deadline_second
 
 
 def offer(instance_type: str = "g2-standard-4", option: str = "spot", zone: str = ZONE) -> Offer:
-    return next(
-        o
-        for o in load_catalog().offers
-        if o.cloud == "gcp"
-        and o.zone == zone
-        and o.instance_type == instance_type
-        and o.option is PurchaseOption(option)
-    )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeGcpCompute]:
-    with FakeGcpCompute() as fake:
-        yield fake
+    return shipped_offer("gcp", instance_type, option, zone)
 
 
 @pytest.fixture
-def fake(server: FakeGcpCompute) -> FakeGcpCompute:
-    server.state.reset()
-    return server
+def fake(fake_gcp: FakeGcpCompute) -> FakeGcpCompute:
+    return fake_gcp
 
 
 @pytest.fixture
@@ -246,34 +233,14 @@ def test_same_task_name_twice_and_a_restarted_process(
 def test_release_run_touches_only_ours(
     fake: FakeGcpCompute, make: Callable[..., GcpProvisioner]
 ) -> None:
-    from google.cloud import compute_v1
-
     gcp = make()
     mine = gcp.ensure(offer(), run_id=RUN, task_name="t")
     other_zone = gcp.ensure(offer(zone="us-central1-b"), run_id=RUN, task_name="t")
     other_run = gcp.ensure(offer(), run_id="another-run", task_name="t")
-    client = compute_v1.InstancesClient(**fake.client_kwargs())
-    for name, labels in (
-        ("foreign-a", {OWNER_TAG: "someone-else", RUN_TAG: RUN}),
-        ("foreign-b", {}),
-    ):
-        client.insert_unary(
-            project=PROJECT,
-            zone=ZONE,
-            instance_resource=compute_v1.Instance(
-                name=name,
-                machine_type=f"zones/{ZONE}/machineTypes/e2-small",
-                labels=labels,
-                disks=[
-                    compute_v1.AttachedDisk(
-                        boot=True,
-                        initialize_params=compute_v1.AttachedDiskInitializeParams(
-                            source_image="projects/debian-cloud/global/images/family/debian-12"
-                        ),
-                    )
-                ],
-            ),
-        )
+    fake.insert_foreign_instance(
+        PROJECT, ZONE, "foreign-a", {OWNER_TAG: "someone-else", RUN_TAG: RUN}
+    )
+    fake.insert_foreign_instance(PROJECT, ZONE, "foreign-b", {})
     assert gcp.release_run(RUN) == 2
     left = {vm["name"] for vm in vms(fake)}
     assert left == {other_run.instance_id, "foreign-a", "foreign-b"}

@@ -28,6 +28,7 @@ from prefect_cloudsched.simulate.spot_policies import (
     SpotOnly,
     UniformProgress,
 )
+from prefect_cloudsched.testing.offers import make_offer
 
 OD, SPOT, RES = 1.0, 0.3, 0.6  # USD per hour of the one instance type
 CO = 180.0  # change-over, seconds
@@ -36,19 +37,8 @@ CONFIG = PolicyConfig(change_over=timedelta(seconds=CO))
 
 
 def offer(region: str, option: PurchaseOption, price: float) -> Offer:
-    return Offer(
-        cloud="aws",
-        region=region,
-        zone=None,
-        instance_type="g.x",
-        vcpus=4,
-        memory_gib=16,
-        gpu_type="T4",
-        gpu_count=1,
-        option=option,
-        usd_per_hour=price,
-        ondemand_usd_per_hour=OD,
-        interruption_band="<5%" if option is PurchaseOption.SPOT else None,
+    return make_offer(
+        "g.x", option, price, od=OD, gpu="T4", region=region, band="<5%", vcpus=4, mem=16
     )
 
 

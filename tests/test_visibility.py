@@ -27,33 +27,14 @@ from prefect_cloudsched.prefect.visibility import (
     is_run_id,
     slugify,
 )
+from prefect_cloudsched.testing.records import placement_record
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
 def _record(task_name: str, cost: float, baseline: float, **kw: Any) -> PlacementRecord:
-    values: dict[str, Any] = dict(
-        flow_run_id="r",
-        flow_name="f",
-        task_run_id=f"id-{task_name}",
-        task_name=task_name,
-        cloud="aws",
-        region="us-east-1",
-        zone="us-east-1a",
-        instance_type="g5.xlarge",
-        option="spot",
-        offer_key="k",
-        gpu_type="A10G",
-        gpus=1,
-        price_micro_per_hour=to_micro(0.5),
-        started_at=T0,
-        ended_at=T0 + timedelta(seconds=60),
-        runtime_s=60.0,
-        cost_micro=to_micro(cost),
-        baseline_micro=to_micro(baseline),
-    )
-    values.update(kw)
-    return PlacementRecord(**values)
+    columns = {"started_at": T0, "zone": "us-east-1a", **kw}
+    return placement_record(task_name, cost_usd=cost, baseline_usd=baseline, **columns)
 
 
 # --------------------------------------------------------------------------- pure

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from prefect_cloudsched.core.catalog import GCE_ACCELERATOR_TYPES as GCP_ACCELERATORS
 from prefect_cloudsched.core.catalog import Catalog
 from prefect_cloudsched.errors import InputError, ProvisioningError
 
@@ -33,20 +34,6 @@ HOURS_PER_YEAR = 8760
 ONE_YEAR_S = 31_536_000
 #: A quote may exceed the plan's amortised rate by this much before we refuse to buy.
 PRICE_TOLERANCE = 0.10
-
-#: Our GPU names → GCP accelerator type names.
-GCP_ACCELERATORS: dict[str, str] = {
-    "A100": "nvidia-tesla-a100",
-    "A100-80GB": "nvidia-a100-80gb",
-    "H100": "nvidia-h100-80gb",
-    "H100-MEGA": "nvidia-h100-mega-80gb",
-    "H200": "nvidia-h200-141gb",
-    "L4": "nvidia-l4",
-    "P100": "nvidia-tesla-p100",
-    "P4": "nvidia-tesla-p4",
-    "T4": "nvidia-tesla-t4",
-    "V100": "nvidia-tesla-v100",
-}
 
 #: GCP machine family → commitment type (Compute Engine ``Commitment.Type``).
 GCP_COMMITMENT_TYPES: dict[str, str] = {

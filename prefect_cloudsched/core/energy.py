@@ -24,22 +24,10 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from prefect_cloudsched.core.catalog import Offer
+from prefect_cloudsched.core.catalog import Offer, gpu_names
 
 #: 1 GiB = 1.073741824 GB; the CCF memory coefficient is per GB.
 GB_PER_GIB = 1.073741824
-
-#: Our GPU names (:data:`prefect_cloudsched.core.needs.KNOWN_GPU_TYPES`) → ``gpu_watt.csv`` rows.
-GPU_TABLE_NAME: dict[str, str] = {
-    "T4": "nvidia-t4",
-    "V100": "nvidia-tesla-v100",
-    "V100-32GB": "nvidia-tesla-v100",
-    "A100": "nvidia-a100-40gb",
-    "A100-80GB": "nvidia-a100-80gb",
-    "A10G": "nvidia-a10g",
-    "P4": "nvidia-tesla-p4",
-    "P100": "nvidia-tesla-p100",
-}
 
 #: GPUs the CCF table predates: (max board power W, nearest listed model for the idle ratio,
 #: source). Max board power is the datasheet's "max thermal design power"; the catalog's H100,
@@ -94,7 +82,7 @@ def gpu_watts() -> dict[str, tuple[float, float]]:
             r["name"]: (float(r["min watts"]), float(r["max watts"]))
             for r in csv.DictReader(handle)
         }
-    watts = {ours: table[theirs] for ours, theirs in GPU_TABLE_NAME.items()}
+    watts = {ours: table[theirs] for ours, theirs in gpu_names("ccf_gpu_name").items()}
     for ours, (max_w, nearest, _source) in VENDOR_GPU_WATTS.items():
         low, high = table[nearest]
         watts[ours] = (max_w * low / high, max_w)

@@ -4,7 +4,7 @@ Two valid bounds are computed and the larger is reported.
 
 **Per-second bound** (jobs separate, exact per job, summed). For job ``j`` with work ``W``
 (seconds), window ``[submit, deadline]`` and the offers ``O_j`` that fit it under the
-replay's policy config (the feasibility filter of ``decide()``, mirrored in
+replay's policy config (the feasibility filter of ``decide()``, shared through
 :func:`fitting_offers`):
 
 * ``floor_j`` = the cheapest hourly rate among fitting on-demand offers and fitting
@@ -63,6 +63,7 @@ import numpy as np
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import DEFAULT_POLICY, PolicyConfig
+from prefect_cloudsched.core.policy.offer_filter import fitting
 from prefect_cloudsched.simulate.engine import MIN_BILLED_S, needs_class_key
 from prefect_cloudsched.simulate.jobs import Job
 from prefect_cloudsched.simulate.spot import SpotModel
@@ -109,22 +110,7 @@ class BoundResult:
 
 def fitting_offers(needs: TaskNeeds, catalog: Catalog, config: PolicyConfig) -> list[Offer]:
     """Offers ``decide()`` would consider feasible for ``needs`` (before purchase rules)."""
-    fits = (catalog.a_vcpus >= needs.cpus) & (catalog.a_mem >= needs.memory_gib)
-    if needs.gpus:
-        fits &= catalog.a_gpus >= needs.gpus
-        if needs.gpu_type:
-            fits &= catalog.a_gpu_type == catalog.gpu_code(needs.gpu_type)
-    else:
-        fits &= catalog.a_gpus == 0
-    if config.allowed_clouds is not None:
-        fits &= np.isin(catalog.a_cloud, sorted(config.allowed_clouds))
-    if config.allowed_regions is not None:
-        fits &= np.isin(catalog.a_region, sorted(config.allowed_regions))
-    if config.allowed_gpu_types is not None and needs.gpus:
-        fits &= np.isin(catalog.a_gpu_type, [catalog.gpu_code(g) for g in config.allowed_gpu_types])
-    if config.max_usd_per_hour is not None:
-        fits &= catalog.a_price <= config.max_usd_per_hour
-    return [catalog.offers[i] for i in np.flatnonzero(fits)]
+    return [catalog.offers[i] for i in np.flatnonzero(fitting(needs, catalog, config))]
 
 
 def fit_prices(needs: TaskNeeds, catalog: Catalog, config: PolicyConfig) -> FitPrices:
@@ -268,20 +254,10 @@ def held_capacity_bound(
     n = len(jobs)
     if not n:
         return 0.0, 0.0
-    billed = np.empty(n)  # c_j: least a job pays on billed instances only, USD
-    value = np.empty(n)  # v_j: most a held second can save it, USD/s
-    rho = np.empty(n)  # cheapest held rate that fits it, USD/s
-    for i, (job, prices) in enumerate(zip(jobs, prices_of, strict=True)):
-        od = prices.ondemand_usd_per_hour
-        if od is None or prices.floor_usd_per_hour is None:
-            return None, 0.0
-        cost, dearest = cheapest_seconds(job, prices.spot_under_ondemand, od, spot)
-        assert cost is not None
-        cheapest = min([od, *(o.usd_per_hour for o in prices.spot_under_ondemand[:1])])
-        work = max(job.duration_s, 1e-9)
-        billed[i] = cost + max(0.0, min_billed_s - job.duration_s) * cheapest / 3600
-        value[i] = max(dearest / 3600, billed[i] / work)
-        rho[i] = prices.floor_usd_per_hour / 3600
+    terms = _job_terms(jobs, prices_of, spot, min_billed_s)
+    if terms is None:
+        return None, 0.0
+    billed, value, rho = terms
     total_billed = float(billed.sum())
     horizon = max(j.submit_s + j.duration_s for j in jobs)  # no replay ends earlier
     # Sweep the windows: in each stretch between window edges, K(Q) += length × the best
@@ -290,7 +266,6 @@ def held_capacity_bound(
     kinds = np.concatenate([np.ones(n, dtype=int), -np.ones(n, dtype=int)])
     idx = np.concatenate([np.arange(n), np.arange(n)])
     order = np.lexsort((-kinds, times))
-    ratio = value / rho
     # Largest capacity that could ever be busy: the most rate open at once.
     open_rate = np.cumsum(np.where(kinds[order] > 0, rho[idx[order]], -rho[idx[order]]))
     q_max = float(open_rate.max()) if n else 0.0
@@ -303,8 +278,41 @@ def held_capacity_bound(
     ]))  # fmt: skip
     if qs[-1] < q_max:
         qs = np.append(qs, q_max)
-    saved = np.zeros(len(qs))
-    slope = np.zeros(len(qs))
+    spans, members = _open_stretches(order, times, kinds, idx)
+    saved, slope = _knapsack_savings(qs, spans, members, value, rho)
+    capped = saved >= total_billed
+    f = qs * horizon + total_billed - np.minimum(total_billed, saved)
+    right = np.where(capped, horizon, horizon - slope)  # a subgradient of convex F at qs
+    best, at_best = _convex_minimum(qs, f, right)
+    return max(best, 0.0), at_best * 3600
+
+
+def _job_terms(
+    jobs: Sequence[Job], prices_of: Sequence[FitPrices], spot: SpotModel, min_billed_s: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per job ``c_j`` (USD), ``v_j`` and ``ρ_j`` (USD/s); ``None`` if one lacks on-demand."""
+    n = len(jobs)
+    billed = np.empty(n)  # c_j: least a job pays on billed instances only, USD
+    value = np.empty(n)  # v_j: most a held second can save it, USD/s
+    rho = np.empty(n)  # cheapest held rate that fits it, USD/s
+    for i, (job, prices) in enumerate(zip(jobs, prices_of, strict=True)):
+        od = prices.ondemand_usd_per_hour
+        if od is None or prices.floor_usd_per_hour is None:
+            return None
+        cost, dearest = cheapest_seconds(job, prices.spot_under_ondemand, od, spot)
+        assert cost is not None
+        cheapest = min([od, *(o.usd_per_hour for o in prices.spot_under_ondemand[:1])])
+        work = max(job.duration_s, 1e-9)
+        billed[i] = cost + max(0.0, min_billed_s - job.duration_s) * cheapest / 3600
+        value[i] = max(dearest / 3600, billed[i] / work)
+        rho[i] = prices.floor_usd_per_hour / 3600
+    return billed, value, rho
+
+
+def _open_stretches(
+    order: np.ndarray, times: np.ndarray, kinds: np.ndarray, idx: np.ndarray
+) -> tuple[list[float], list[tuple[int, ...]]]:
+    """The stretches between window edges: their lengths and the jobs whose window is open."""
     spans: list[float] = []
     members: list[tuple[int, ...]] = []
     active: dict[int, None] = {}
@@ -319,7 +327,24 @@ def held_capacity_bound(
             active[int(idx[k])] = None
         else:
             active.pop(int(idx[k]), None)
-    # Stretches grouped by how many windows are open, padded and done in blocks.
+    return spans, members
+
+
+def _knapsack_savings(
+    qs: np.ndarray,
+    spans: list[float],
+    members: list[tuple[int, ...]],
+    value: np.ndarray,
+    rho: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``K(q)`` and its slope at each grid capacity ``q``, summed over the stretches.
+
+    Stretches are grouped by how many windows are open, padded and done in numpy blocks.
+    """
+    n = len(rho)
+    ratio = value / rho
+    saved = np.zeros(len(qs))
+    slope = np.zeros(len(qs))
     sizes = np.fromiter((len(m) for m in members), int, len(members))
     span_arr = np.asarray(spans)
     for low, high in ((1, 1), (2, 4), (5, 16), (17, 64), (65, 256), (257, 1 << 30)):
@@ -349,11 +374,15 @@ def held_capacity_bound(
             length = span_arr[chunk][:, None]
             saved += (length * (full + (qs[None, :] - used) * marginal)).sum(0)
             slope += (length * marginal).sum(0)
-    capped = saved >= total_billed
-    f = qs * horizon + total_billed - np.minimum(total_billed, saved)
-    right = np.where(capped, horizon, horizon - slope)  # a subgradient of convex F at qs
-    # F is convex: on [q_a, q_b] it lies above both tangents, so the least of their upper
-    # envelope there is a valid lower bound for the minimum over that stretch.
+    return saved, slope
+
+
+def _convex_minimum(qs: np.ndarray, f: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """A lower bound on ``min F`` and the grid capacity where it is reached.
+
+    F is convex: on [q_a, q_b] it lies above both tangents, so the least of their upper
+    envelope there is a valid lower bound for the minimum over that stretch.
+    """
     best = float(f.min())
     at_best = float(qs[int(f.argmin())])
     for a in range(len(qs) - 1):
@@ -370,7 +399,7 @@ def held_capacity_bound(
             low = min(f[a], f[a + 1])
         if low < best:
             best, at_best = low, float(lo)
-    return max(best, 0.0), at_best * 3600
+    return best, at_best
 
 
 __all__ = [

@@ -149,6 +149,22 @@ def load_jobs(
             raise InputError(f"--gpu-type: {err}") from None
     slack = np.asarray(deadline_slack, dtype=float)
     rng = np.random.default_rng(seed)
+    rows = _read_rows(file)
+    rows.sort(key=lambda r: (r[0], r[3]))
+    if limit is not None:
+        rows = rows[:limit]
+    if len(slack) > 1:
+        factors = slack[rng.integers(0, len(slack), len(rows))].tolist()
+    else:
+        factors = [float(slack[0])] * len(rows)
+    return [
+        _job(row, line, index, submit, factors[index], gpu_type)
+        for index, (submit, line, row, _) in enumerate(rows)
+    ]
+
+
+def _read_rows(file: Path) -> list[tuple[float, int, dict[str, str], int]]:
+    """(submit time, line, row, order in the file) of every row, the header checked."""
     rows: list[tuple[float, int, dict[str, str], int]] = []
     with file.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -174,56 +190,44 @@ def load_jobs(
             rows.append((submit, line, row, len(rows)))
     if not rows:
         raise InputError(f"jobs file {file} has a header but no jobs")
-    rows.sort(key=lambda r: (r[0], r[3]))
-    if limit is not None:
-        rows = rows[:limit]
-    factors = slack[rng.integers(0, len(slack), len(rows))] if len(slack) > 1 else None
-    jobs: list[Job] = []
-    for index, (submit, line, row, _) in enumerate(rows):
-        duration = _raw_duration(row, line)
-        gpus = _number(row, "gpus", line, default=0.0)
-        if gpus != int(gpus):
-            raise InputError(f"jobs file line {line}: column gpus={row['gpus']!r} must be whole")
-        cpus = _number(row, "cpus", line, default=1.0)
-        memory = _number(row, "memory_gib", line, default=1.0)
-        job_class = (row.get("job_class") or "").strip()
-        rule = CLASS_RULES.get(job_class, UNKNOWN_CLASS_RULE)
-        factor = float(factors[index]) if factors is not None else float(slack[0])
-        needs = TaskNeeds(
-            gpus=int(gpus),
-            gpu_type=gpu_type if gpus else None,
-            cpus=max(cpus, 0.1),
-            memory_gib=max(memory, MIN_MEMORY_GIB),
-            est_runtime=timedelta(seconds=duration),
-            deadline=timedelta(seconds=factor * duration),
-            priority=rule.priority,
-            spot_ok=rule.spot_ok,
-            checkpointable=rule.checkpointable,
-        )
-        jobs.append(
-            Job(
-                job_id=(row.get("job_id") or "").strip() or f"job-{index}",
-                submit_s=submit,
-                duration_s=duration,
-                deadline_s=submit + factor * duration,
-                job_class=job_class,
-                needs=needs,
-            )
-        )
-    return jobs
+    return rows
+
+
+def _job(
+    row: dict[str, str], line: int, index: int, submit: float, factor: float, gpu_type: str | None
+) -> Job:
+    """One job: its needs from the row and its class's rule, its deadline from ``factor``."""
+    duration = _raw_duration(row, line)
+    gpus = _number(row, "gpus", line, default=0.0)
+    if gpus != int(gpus):
+        raise InputError(f"jobs file line {line}: column gpus={row['gpus']!r} must be whole")
+    cpus = _number(row, "cpus", line, default=1.0)
+    memory = _number(row, "memory_gib", line, default=1.0)
+    job_class = (row.get("job_class") or "").strip()
+    rule = CLASS_RULES.get(job_class, UNKNOWN_CLASS_RULE)
+    needs = TaskNeeds(
+        gpus=int(gpus),
+        gpu_type=gpu_type if gpus else None,
+        cpus=max(cpus, 0.1),
+        memory_gib=max(memory, MIN_MEMORY_GIB),
+        est_runtime=timedelta(seconds=duration),
+        deadline=timedelta(seconds=factor * duration),
+        priority=rule.priority,
+        spot_ok=rule.spot_ok,
+        checkpointable=rule.checkpointable,
+    )
+    return Job(
+        job_id=(row.get("job_id") or "").strip() or f"job-{index}",
+        submit_s=submit,
+        duration_s=duration,
+        deadline_s=submit + factor * duration,
+        job_class=job_class,
+        needs=needs,
+    )
 
 
 def _raw_duration(row: dict[str, str], line: int) -> float:
-    text = (row.get("duration_s") or "").strip()
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(
-            f"jobs file line {line}: column duration_s={text!r} is not a number"
-        ) from None
-    if not math.isfinite(value) or value < 0:
-        raise InputError(f"jobs file line {line}: column duration_s={text!r} must be >= 0")
-    return max(value, MIN_DURATION_S)
+    return max(_number(row, "duration_s", line, default=None), MIN_DURATION_S)
 
 
 def tile_jobs(jobs: Sequence[Job], count: int) -> list[Job]:

@@ -311,27 +311,9 @@ class MockClouds:
             instance_id = ec2.run_instances(**request)["Instances"][0]["InstanceId"]
             self.moto.launched[instance_id] = region
             return instance_id
-        from google.cloud import compute_v1
-
         zone = location or "us-central1-a"
         name = f"foreign-{len(self.gcp.state.instances(self.project)) + 1}"
-        compute_v1.InstancesClient(**self.gcp.client_kwargs()).insert_unary(
-            project=self.project,
-            zone=zone,
-            instance_resource=compute_v1.Instance(
-                name=name,
-                machine_type=f"zones/{zone}/machineTypes/e2-small",
-                labels=tags,
-                disks=[
-                    compute_v1.AttachedDisk(
-                        boot=True,
-                        initialize_params=compute_v1.AttachedDiskInitializeParams(
-                            source_image="projects/debian-cloud/global/images/family/debian-12"
-                        ),
-                    )
-                ],
-            ),
-        )
+        self.gcp.insert_foreign_instance(self.project, zone, name, tags)
         return name
 
 

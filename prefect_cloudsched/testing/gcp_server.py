@@ -20,21 +20,15 @@ import re
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from prefect_cloudsched.testing._gcp_state import (
-    KNOWN_ZONES,
-    GceError,
-    GcpState,
-    Json,
-    RecordedRequest,
-    invalid_field,
-)
+from prefect_cloudsched.testing._gcp_api import KNOWN_ZONES, GceError, Json, invalid_field
+from prefect_cloudsched.testing._gcp_state import GcpState, RecordedRequest
 
 __all__ = ["FakeGcpCompute", "GceError", "GcpState", "RecordedRequest", "main"]
 
@@ -43,40 +37,29 @@ _Z = _P + r"/zones/(?P<zone>[^/]+)"
 _I = _Z + r"/instances/(?P<name>[^/]+)"
 _OP = _Z + r"/operations/(?P<name>[^/]+)"
 
+_MAINTENANCE = _I + "/simulateMaintenanceEvent"
+_AGGREGATED = _P + "/aggregated/instances"
+_MACHINE_TYPES = _Z + "/machineTypes"
+
 #: (HTTP verb, path regex, GCE API method id, handler) — paths as the client sends them.
+_ROUTE_TABLE: list[tuple[str, str, str, Callable[..., Json]]] = [
+    ("POST", _Z + "/instances", "instances.insert", GcpState.insert_instance),
+    ("GET", _Z + "/instances", "instances.list", GcpState.list_instances),
+    ("GET", _I, "instances.get", GcpState.get_instance),
+    ("DELETE", _I, "instances.delete", GcpState.delete_instance),
+    ("POST", _I + "/stop", "instances.stop", GcpState.stop_instance),
+    ("POST", _I + "/start", "instances.start", GcpState.start_instance),
+    ("POST", _MAINTENANCE, "instances.simulateMaintenanceEvent", GcpState.simulate_maintenance),
+    ("POST", _I + "/setLabels", "instances.setLabels", GcpState.set_labels),
+    ("GET", _AGGREGATED, "instances.aggregatedList", GcpState.aggregated_instances),
+    ("GET", _OP, "zoneOperations.get", GcpState.poll_operation),
+    ("POST", _OP + "/wait", "zoneOperations.wait", GcpState.poll_operation),
+    ("GET", _Z + "/operations", "zoneOperations.list", GcpState.list_operations),
+    ("GET", _MACHINE_TYPES + "/(?P<name>[^/]+)", "machineTypes.get", GcpState.get_machine_type),
+    ("GET", _MACHINE_TYPES, "machineTypes.list", GcpState.list_machine_types),
+]
 _ROUTES: list[tuple[str, re.Pattern[str], str, Callable[..., Json]]] = [
-    (verb, re.compile(path), method_id, handler)
-    for verb, path, method_id, handler in [
-        ("POST", _Z + "/instances", "instances.insert", GcpState.insert_instance),
-        ("GET", _Z + "/instances", "instances.list", GcpState.list_instances),
-        ("GET", _I, "instances.get", GcpState.get_instance),
-        ("DELETE", _I, "instances.delete", GcpState.delete_instance),
-        ("POST", _I + "/stop", "instances.stop", GcpState.stop_instance),
-        ("POST", _I + "/start", "instances.start", GcpState.start_instance),
-        (
-            "POST",
-            _I + "/simulateMaintenanceEvent",
-            "instances.simulateMaintenanceEvent",
-            GcpState.simulate_maintenance,
-        ),
-        ("POST", _I + "/setLabels", "instances.setLabels", GcpState.set_labels),
-        (
-            "GET",
-            _P + "/aggregated/instances",
-            "instances.aggregatedList",
-            GcpState.aggregated_instances,
-        ),
-        ("GET", _OP, "zoneOperations.get", GcpState.poll_operation),
-        ("POST", _OP + "/wait", "zoneOperations.wait", GcpState.poll_operation),
-        ("GET", _Z + "/operations", "zoneOperations.list", GcpState.list_operations),
-        (
-            "GET",
-            _Z + "/machineTypes/(?P<name>[^/]+)",
-            "machineTypes.get",
-            GcpState.get_machine_type,
-        ),
-        ("GET", _Z + "/machineTypes", "machineTypes.list", GcpState.list_machine_types),
-    ]
+    (verb, re.compile(path), method_id, handler) for verb, path, method_id, handler in _ROUTE_TABLE
 ]
 
 
@@ -264,6 +247,33 @@ class FakeGcpCompute:
             "credentials": AnonymousCredentials(),
             "transport": "rest",
         }
+
+    def insert_foreign_instance(
+        self, project: str, zone: str, name: str, labels: Mapping[str, str]
+    ) -> None:
+        """Create a small VM through the real client, as someone other than our provisioner.
+
+        Tests use it to prove the reaper and ``release_run`` leave such instances alone.
+        """
+        from google.cloud import compute_v1
+
+        compute_v1.InstancesClient(**self.client_kwargs()).insert_unary(
+            project=project,
+            zone=zone,
+            instance_resource=compute_v1.Instance(
+                name=name,
+                machine_type=f"zones/{zone}/machineTypes/e2-small",
+                labels=dict(labels),
+                disks=[
+                    compute_v1.AttachedDisk(
+                        boot=True,
+                        initialize_params=compute_v1.AttachedDiskInitializeParams(
+                            source_image="projects/debian-cloud/global/images/family/debian-12"
+                        ),
+                    )
+                ],
+            ),
+        )
 
     def __enter__(self) -> FakeGcpCompute:
         return self.start()

@@ -155,9 +155,40 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.offers)
 
+    @functools.cached_property
+    def _rows_by_key(self) -> dict[str, list[int]]:
+        return _index_rows(o.key for o in self.offers)
+
+    @functools.cached_property
+    def _rows_by_capacity(self) -> dict[str, list[int]]:
+        return _index_rows(o.capacity_key for o in self.offers)
+
+    def rows_of(self, keys: Iterable[str]) -> np.ndarray:
+        """Row indices, ascending, of the offers with these :attr:`Offer.key` values.
+
+        A dict lookup per key: ``decide()`` marks blocked offers and idle reservations on
+        every call, where ``np.isin`` over an object column cost more than the rest of it.
+        """
+        return _rows(self._rows_by_key, keys)
+
+    def rows_of_capacity(self, capacity_keys: Iterable[str]) -> np.ndarray:
+        """Row indices, ascending, of every offer (any option) on these capacity keys."""
+        return _rows(self._rows_by_capacity, capacity_keys)
+
     def gpu_code(self, gpu_type: str | None) -> int:
         """Integer code of a GPU model in :attr:`a_gpu_type` (0 = none or unknown)."""
         return self._gpu_code.get(gpu_type or "", -1 if gpu_type else 0)
+
+    def rows_with_option(self, option: PurchaseOption) -> np.ndarray:
+        """Boolean mask of the offers bought as ``option`` (computed once, read-only)."""
+        return self._option_rows[option]
+
+    @functools.cached_property
+    def _option_rows(self) -> dict[PurchaseOption, np.ndarray]:
+        rows = {option: self.a_option == code for option, code in _OPTION_CODES.items()}
+        for mask in rows.values():
+            mask.setflags(write=False)
+        return rows
 
     def option_code(self, option: PurchaseOption) -> int:
         """Integer code of a purchase option in :attr:`a_option`."""
@@ -197,6 +228,17 @@ class Catalog:
             if offer.key == key:
                 return offer
         raise KeyError(key)
+
+
+def _index_rows(values: Iterable[str]) -> dict[str, list[int]]:
+    index: dict[str, list[int]] = {}
+    for row, value in enumerate(values):
+        index.setdefault(value, []).append(row)
+    return index
+
+
+def _rows(index: dict[str, list[int]], values: Iterable[str]) -> np.ndarray:
+    return np.array(sorted({i for v in values for i in index.get(v, ())}), dtype=np.intp)
 
 
 def _price(text: str) -> float | None:
@@ -250,19 +292,39 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         return Catalog(offers_from_rows(csv.DictReader(handle)))
 
 
+def _data_rows(name: str) -> list[dict[str, str]]:
+    data = resources.files("prefect_cloudsched.core.catalog") / "data" / name
+    with data.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@functools.cache
+def gpu_names(system: str) -> dict[str, str]:
+    """Our GPU names → another system's (a column of ``data/gpus.csv``), where it has one.
+
+    ``system`` is ``gce_accelerator_type`` or ``ccf_gpu_name``.
+    """
+    return {row["gpu"]: row[system] for row in _data_rows("gpus.csv") if row[system]}
+
+
+#: Our GPU names → GCE accelerator types: what an N1 VM attaches (A2, A3 and G2 machine types
+#: have theirs built in) and what a GCP commitment reserves. The one map for both.
+GCE_ACCELERATOR_TYPES: dict[str, str] = dict(gpu_names("gce_accelerator_type"))
+
+
 @functools.cache
 def _shipped_catalog() -> Catalog:
-    data = resources.files("prefect_cloudsched.core.catalog") / "data" / "offers.csv"
-    with data.open(newline="") as handle:
-        return Catalog(offers_from_rows(csv.DictReader(handle)))
+    return Catalog(offers_from_rows(_data_rows("offers.csv")))
 
 
 __all__: Sequence[str] = (
     "BAND_ORDER",
+    "GCE_ACCELERATOR_TYPES",
     "Catalog",
     "Offer",
     "PurchaseOption",
     "band_hazard_per_hour",
+    "gpu_names",
     "load_catalog",
     "offers_from_rows",
 )

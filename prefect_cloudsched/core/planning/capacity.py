@@ -33,7 +33,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -53,7 +53,9 @@ from prefect_cloudsched.core.planning.candidates import (
 )
 from prefect_cloudsched.core.planning.program import (
     SOLVERS,
+    ProgramRules,
     Solution,
+    SolverOptions,
     solution_costs,
     solve_program,
 )
@@ -163,13 +165,10 @@ class CapacityPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form: what ``plan --json`` prints and the ledger stores."""
+        usd = ("expected_cost", "ondemand_cost", "saving", "reserved_cost", "spot_cost")
         return {
             "status": self.status,
-            "expected_cost": round(self.expected_cost, 6),
-            "ondemand_cost": round(self.ondemand_cost, 6),
-            "saving": round(self.saving, 6),
-            "reserved_cost": round(self.reserved_cost, 6),
-            "spot_cost": round(self.spot_cost, 6),
+            **{name: round(getattr(self, name), 6) for name in usd},  # to the micro-dollar
             "carbon_tonnes": None if self.carbon_tonnes is None else round(self.carbon_tonnes, 6),
             "reserved": [item.to_dict() for item in self.reserved],
             "hours": self.hours,
@@ -407,66 +406,99 @@ def plan_capacity(
         return empty
 
     od_only = select_candidates(list(series), catalog, options=ON_DEMAND_ONLY, quotas=(), **select)
-    solve = dict(
-        allow_unmet=False,
-        fixed_reserved=None,
-        solver=solver,
-        time_limit_s=time_limit_s,
-        gap=gap,
-        threads=threads,
-    )
+    run = SolverOptions(solver, time_limit_s, gap, threads)
     say(f"solving the all-on-demand baseline with {solver.upper()}")
-    baseline, _ = solve_program(
-        series, od_only, spot_max_share=0, quotas=(), budget_usd=None, elastic=False, **solve
-    )
+    baseline, _ = solve_program(series, od_only, ProgramRules(spot_max_share=0), run)
     ondemand_cost = sum(solution_costs(baseline, od_only, hours)[:3])
     say(f"solving the plan with {solver.upper()} (limit {time_limit_s:g} s, gap {gap:g})")
-    solution, _ = solve_program(
-        series,
-        candidates,
-        spot_max_share=spot_max_share,
-        quotas=parsed_quotas,
-        budget_usd=budget_usd,
-        elastic=False,
-        start=baseline if baseline.status != "infeasible" else None,
-        **solve,
-    )
-    if solution.status == "infeasible" and not solution.proven_infeasible:
-        empty.ondemand_cost = ondemand_cost
-        empty.candidates = len(candidates)
-        empty.binding = [
-            f"no plan found within the {time_limit_s:g} s time limit; raise the time limit, "
-            "lower max_candidates or try the other solver"
-        ]
-        empty.solve_seconds = time.perf_counter() - started
-        return empty
+    rules = ProgramRules(spot_max_share, parsed_quotas, budget_usd)
+    start = baseline if baseline.status != "infeasible" else None
+    solution, _ = solve_program(series, candidates, rules, run, start=start)
     if solution.status == "infeasible":
-        say("infeasible: re-solving with slack to find the binding constraints")
-        relaxed, needed = solve_program(
-            series,
-            candidates,
-            spot_max_share=spot_max_share,
-            quotas=parsed_quotas,
-            budget_usd=budget_usd,
-            elastic=True,
-            **solve,
-        )
         empty.ondemand_cost = ondemand_cost
         empty.candidates = len(candidates)
-        empty.binding = _explain_infeasible(
-            needed, parsed_quotas, budget_usd, spot_max_share, service_level
-        ) or [
-            f"no solution found within the {time_limit_s:g} s time limit"
-            if relaxed.status != "infeasible"
-            else "the relaxed model is infeasible too; check the demand and offers"
-        ]
+        empty.binding = _why_no_plan(solution, series, candidates, rules, run, service_level, say)
         empty.solve_seconds = time.perf_counter() - started
         return empty
 
+    return _finished_plan(
+        solution,
+        candidates,
+        series,
+        ondemand_cost=ondemand_cost,
+        service_level=service_level,
+        carbon_priced=bool(carbon_usd_per_tonne),
+        solver=solver,
+        started=started,
+    )
+
+
+def _finished_plan(
+    solution: Solution,
+    candidates: Sequence[Candidate],
+    series: Mapping[str, np.ndarray],
+    *,
+    ondemand_cost: float,
+    service_level: float,
+    carbon_priced: bool,
+    solver: str,
+    started: float,
+) -> CapacityPlan:
+    """The plan a solved program describes, with its costs split by purchase option."""
+    hours = len(next(iter(series.values())))
     reserved_cost, od_cost, spot_cost, tonnes = solution_costs(solution, candidates, hours)
-    supplied = _supplied(solution, candidates, list(series), hours)
+    return CapacityPlan(
+        status=solution.status,
+        reserved=_reserved_items(solution, candidates),
+        ondemand=solution.ondemand,
+        spot=solution.spot,
+        expected_cost=reserved_cost + od_cost + spot_cost,
+        ondemand_cost=ondemand_cost,
+        solve_seconds=time.perf_counter() - started,
+        demand={k: [float(v) for v in a] for k, a in series.items()},
+        service_level=service_level,
+        reserved_cost=reserved_cost,
+        spot_cost=spot_cost,
+        carbon_tonnes=tonnes if carbon_priced else None,
+        candidates=len(candidates),
+        solver=solver,
+        supplied=_supplied(solution, candidates, list(series), hours),
+        build_seconds=solution.build_seconds,
+        solver_seconds=solution.solver_seconds,
+        lp_gap=solution.lp_gap,
+        stages=solution.stages,
+    )
+
+
+def _why_no_plan(
+    solution: Solution,
+    series: Mapping[str, np.ndarray],
+    candidates: Sequence[Candidate],
+    rules: ProgramRules,
+    run: SolverOptions,
+    service_level: float | None,
+    say: Callable[[str], None],
+) -> list[str]:
+    """Why no plan came back: the time limit, or (re-solved with slack) the binding rows."""
+    if not solution.proven_infeasible:
+        return [
+            f"no plan found within the {run.time_limit_s:g} s time limit; raise the time limit, "
+            "lower max_candidates or try the other solver"
+        ]
+    say("infeasible: re-solving with slack to find the binding constraints")
+    relaxed, needed = solve_program(series, candidates, replace(rules, elastic=True), run)
+    return _explain_infeasible(
+        needed, rules.quotas, rules.budget_usd, rules.spot_max_share, service_level
+    ) or [
+        f"no solution found within the {run.time_limit_s:g} s time limit"
+        if relaxed.status != "infeasible"
+        else "the relaxed model is infeasible too; check the demand and offers"
+    ]
+
+
+def _reserved_items(solution: Solution, candidates: Sequence[Candidate]) -> list[ReservedItem]:
     by_key = {c.offer.key: c.offer for c in candidates}
-    reserved = [
+    return [
         ReservedItem(
             key,
             by_key[key].capacity_key,
@@ -477,27 +509,6 @@ def plan_capacity(
         )
         for key, count in sorted(solution.reserved.items())
     ]
-    return CapacityPlan(
-        status=solution.status,
-        reserved=reserved,
-        ondemand=solution.ondemand,
-        spot=solution.spot,
-        expected_cost=reserved_cost + od_cost + spot_cost,
-        ondemand_cost=ondemand_cost,
-        solve_seconds=time.perf_counter() - started,
-        demand=demand_out,
-        service_level=service_level,
-        reserved_cost=reserved_cost,
-        spot_cost=spot_cost,
-        carbon_tonnes=tonnes if carbon_usd_per_tonne else None,
-        candidates=len(candidates),
-        solver=solver,
-        supplied=supplied,
-        build_seconds=solution.build_seconds,
-        solver_seconds=solution.solver_seconds,
-        lp_gap=solution.lp_gap,
-        stages=solution.stages,
-    )
 
 
 def _supplied(

@@ -42,7 +42,8 @@ import numpy as np
 
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
-from prefect_cloudsched.core.planning.program import make_solver
+from prefect_cloudsched.core.planning.solver import make_solver
+from prefect_cloudsched.core.policy.offer_filter import in_set, policy_allows, spot_within_band
 from prefect_cloudsched.core.policy.placement import (
     DEFAULT_POLICY,
     Decision,
@@ -209,29 +210,16 @@ def _offers(
         mask |= catalog.a_gpus > 0
     for gpu in gpu_types - {None}:
         mask |= catalog.a_gpu_type == catalog.gpu_code(gpu)
-    if config.allowed_clouds is not None:
-        mask &= np.isin(catalog.a_cloud, np.array(sorted(config.allowed_clouds), dtype=object))
-    if config.allowed_regions is not None:
-        mask &= np.isin(catalog.a_region, np.array(sorted(config.allowed_regions), dtype=object))
-    if config.allowed_gpu_types is not None:
-        codes = [0] + [catalog.gpu_code(g) for g in config.allowed_gpu_types]
-        mask &= np.isin(catalog.a_gpu_type, codes)
-    if config.max_usd_per_hour is not None:
-        mask &= catalog.a_price <= config.max_usd_per_hour
+    mask &= policy_allows(catalog, config)
     spot_code = catalog.option_code(PurchaseOption.SPOT)
     res_code = catalog.option_code(PurchaseOption.RESERVED)
     if not any(c.spot_ok for c in classes):
         mask &= catalog.a_option != spot_code
-    elif config.max_spot_band is not None:
-        from prefect_cloudsched.core.catalog import BAND_ORDER
-
-        worse = set(BAND_ORDER[BAND_ORDER.index(config.max_spot_band) + 1 :])
-        mask &= ~np.fromiter(
-            (o.interruption_band in worse for o in catalog.offers), bool, len(catalog)
-        )
+    else:
+        mask &= spot_within_band(catalog, config.max_spot_band)
     free = [k for k, n in reserved_free.items() if n > 0]
     is_res = catalog.a_option == res_code
-    mask &= ~is_res | np.isin(catalog.a_capacity_key, np.array(free, dtype=object))
+    mask &= ~is_res | in_set(catalog.a_capacity_key, free)
     egress = any(c.needs.data_region and c.needs.input_gib > 0 for c in classes)
     hourly, _ = spot_expected_cost(
         catalog.a_price, catalog.a_od_price, catalog.a_hazard, 1.0, False
@@ -378,8 +366,6 @@ def pack_tasks(
     Raises:
         InputError: duplicate task ids or a bad option.
     """
-    import pulp
-
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     free = {k: int(n) for k, n in (reserved_free or {}).items() if n > 0}
@@ -395,7 +381,29 @@ def pack_tasks(
         return PackingResult("empty", [], 0.0, 0.0, alone, unplaced, time.perf_counter() - started)
 
     classes = _classes(placeable, now, config)
-    offers = _offers(catalog, classes, free, config)
+    columns = _columns(_offers(catalog, classes, free, config), classes, catalog)
+    status, counts = _solve(columns, classes, free, make_solver(solver, time_limit_s, gap))
+    bins = _assign(columns, counts, classes, catalog) if status != "infeasible" else []
+    cost = sum(b.cost for b in bins)
+    if status == "infeasible" or cost > alone_cost + 1e-9:
+        status, bins, cost = "alone", alone_bins, alone_cost
+    return PackingResult(
+        status=status,
+        bins=bins,
+        cost=cost,
+        alone_cost=alone_cost,
+        alone=alone,
+        unplaced=unplaced,
+        solve_seconds=time.perf_counter() - started,
+        classes=len(classes),
+        patterns=len(columns),
+    )
+
+
+def _columns(
+    offers: Sequence[Offer], classes: Sequence[_Class], catalog: Catalog
+) -> list[tuple[Offer, dict[int, int], float]]:
+    """Every (offer, pattern, expected cost) the program may buy instances of."""
     columns: list[tuple[Offer, dict[int, int], float]] = []
     for offer in offers:
         for pattern in _patterns(offer, classes):
@@ -405,6 +413,17 @@ def pack_tasks(
             if offer.option is PurchaseOption.RESERVED:
                 cost += _RESERVED_TIE_BREAK_PER_HOUR * hours
             columns.append((offer, pattern, cost))
+    return columns
+
+
+def _solve(
+    columns: Sequence[tuple[Offer, dict[int, int], float]],
+    classes: Sequence[_Class],
+    free: Mapping[str, int],
+    solver: Any,
+) -> tuple[str, list[int]]:
+    """Instances per column at minimum cost, every class covered, reserved within the idle."""
+    import pulp
 
     prob = pulp.LpProblem("packing", pulp.LpMinimize)
     variables = []
@@ -423,28 +442,9 @@ def pack_tasks(
     for key, terms in reserved_use.items():
         prob += pulp.lpSum(terms) <= free[key]
     prob += pulp.lpSum(cost * var for (_, _, cost), var in zip(columns, variables, strict=True))
-    prob.solve(make_solver(solver, time_limit_s, gap))
+    prob.solve(solver)
     status = {1: "optimal", 2: "feasible"}.get(prob.sol_status, "infeasible")
-
-    bins = (
-        _assign(columns, [round(v.value() or 0) for v in variables], classes, catalog)
-        if status != "infeasible"
-        else []
-    )
-    cost = sum(b.cost for b in bins)
-    if status == "infeasible" or cost > alone_cost + 1e-9:
-        status, bins, cost = "alone", alone_bins, alone_cost
-    return PackingResult(
-        status=status,
-        bins=bins,
-        cost=cost,
-        alone_cost=alone_cost,
-        alone=alone,
-        unplaced=unplaced,
-        solve_seconds=time.perf_counter() - started,
-        classes=len(classes),
-        patterns=len(columns),
-    )
+    return status, [round(v.value() or 0) for v in variables]
 
 
 def _place_alone(

@@ -22,7 +22,12 @@ from prefect_cloudsched.core.planning.candidates import (
     units_of,
 )
 from prefect_cloudsched.core.planning.capacity import CapacityPlan, check_options, validate_demand
-from prefect_cloudsched.core.planning.program import solution_costs, solve_program
+from prefect_cloudsched.core.planning.program import (
+    ProgramRules,
+    SolverOptions,
+    solution_costs,
+    solve_program,
+)
 from prefect_cloudsched.errors import InputError
 
 
@@ -70,13 +75,13 @@ def replay_plan(
     catalog: Catalog,
     *,
     spot_max_share: float = 0.5,
+    solver: str = "cbc",
+    time_limit_s: float = 60,
+    gap: float = 0.01,
     quotas: Mapping[str, float] | None = None,
     clouds: Sequence[str] | None = None,
     regions: Sequence[str] | None = None,
     max_candidates: int = 3,
-    solver: str = "cbc",
-    time_limit_s: float = 60,
-    gap: float = 0.01,
 ) -> ReplayResult:
     """Cost of serving ``actual_demand`` with fixed reservations plus the best hourly mix.
 
@@ -88,14 +93,8 @@ def replay_plan(
         plan_reserved: A plan, or ``{capacity_key: count}`` of reservations held.
         actual_demand: Per resource class, the hourly demand that happened.
         catalog: Offers (the reservations' RESERVED offers must be in it).
-        spot_max_share: As in :func:`plan_capacity`.
-        quotas: As in :func:`plan_capacity`.
-        clouds: As in :func:`plan_capacity`.
-        regions: As in :func:`plan_capacity`.
-        max_candidates: As in :func:`plan_capacity`.
-        solver: As in :func:`plan_capacity`.
-        time_limit_s: As in :func:`plan_capacity`.
-        gap: As in :func:`plan_capacity`.
+        spot_max_share, solver, time_limit_s, gap, quotas, clouds, regions, max_candidates:
+            As in :func:`plan_capacity` (the replay's candidates and solve use the same rules).
     """
     held: list[tuple[str, int]] = (
         [(r.capacity_key, r.count) for r in plan_reserved.reserved]
@@ -131,19 +130,8 @@ def replay_plan(
             Candidate(offer, units, offer.usd_per_hour, offer.usd_per_hour, 1.0, scopes, 0.0)
         )
         fixed[offer_key] = int(count)
-    solution, _ = solve_program(
-        series,
-        candidates,
-        spot_max_share=spot_max_share,
-        quotas=parsed_quotas,
-        budget_usd=None,
-        fixed_reserved=fixed,
-        allow_unmet=True,
-        elastic=False,
-        solver=solver,
-        time_limit_s=time_limit_s,
-        gap=gap,
-    )
+    rules = ProgramRules(spot_max_share, parsed_quotas, fixed_reserved=fixed, allow_unmet=True)
+    solution, _ = solve_program(series, candidates, rules, SolverOptions(solver, time_limit_s, gap))
     reserved_cost, od_cost, spot_cost, _ = solution_costs(solution, candidates, hours)
     unmet_hours = sorted(
         {h for values in solution.unmet.values() for h, v in enumerate(values) if v > 1e-6}

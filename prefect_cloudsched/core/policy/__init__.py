@@ -1,4 +1,7 @@
-"""Placement policies: the pure decision code shared by the task runner and the simulator."""
+"""Placement policies: the pure decision code shared by the task runner and the simulator.
+
+The modules are private by convention; this list is the public surface.
+"""
 
 from prefect_cloudsched.core.policy.placement import (
     DEFAULT_POLICY,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,38 +32,20 @@ import numpy as np
 
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.policy.config import DEFAULT_POLICY, PolicyConfig
+from prefect_cloudsched.core.policy.offer_filter import (
+    explain_nothing_allowed,
+    explain_nothing_fits,
+    policy_allows,
+    shape_fits,
+    within_spot_band,
+)
 from prefect_cloudsched.errors import NoFeasibleOffer
 
 #: USD per GiB moved: same region free; another region of the same cloud; another cloud
 #: (internet egress). List prices of AWS and GCP's first tier, rounded.
 EGRESS_SAME_CLOUD_USD_PER_GIB = 0.02
 EGRESS_CROSS_CLOUD_USD_PER_GIB = 0.09
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    """Knobs of the placement policy (the ``CloudSchedPolicy`` block maps onto this).
-
-    Attributes:
-        allowed_clouds: Only these clouds (``None`` = all).
-        allowed_regions: Only these regions (``None`` = all).
-        allowed_gpu_types: Only these GPU models (``None`` = all).
-        max_spot_band: Worst spot interruption band accepted (``None`` = any).
-        change_over: Time to get a replacement instance running after a loss.
-        reserved_first: Use idle reserved capacity before anything else.
-        max_usd_per_hour: Never choose an offer dearer than this.
-    """
-
-    allowed_clouds: frozenset[str] | None = None
-    allowed_regions: frozenset[str] | None = None
-    allowed_gpu_types: frozenset[str] | None = None
-    max_spot_band: str | None = None
-    change_over: timedelta = timedelta(minutes=3)
-    reserved_first: bool = True
-    max_usd_per_hour: float | None = None
-
-
-DEFAULT_POLICY = PolicyConfig()
 
 
 @dataclass
@@ -214,10 +195,6 @@ def spot_slack_needed(needs: TaskNeeds, change_over: timedelta) -> timedelta:
     return needs.est_runtime + lost + 2 * change_over
 
 
-def _mask_in(values: np.ndarray, allowed: Iterable[str]) -> np.ndarray:
-    return np.isin(values, np.array(sorted(allowed), dtype=object))
-
-
 def decide(
     needs: TaskNeeds,
     catalog: Catalog,
@@ -245,80 +222,24 @@ def decide(
     hours = needs.est_runtime.total_seconds() / 3600
     reasons: list[str] = []
 
-    fits = (catalog.a_vcpus >= needs.cpus) & (catalog.a_mem >= needs.memory_gib)
-    if needs.gpus:
-        fits &= catalog.a_gpus >= needs.gpus
-        if needs.gpu_type:
-            fits &= catalog.a_gpu_type == catalog.gpu_code(needs.gpu_type)
-    else:
-        fits &= catalog.a_gpus == 0  # never burn a GPU instance on CPU work
-    if not fits.any():
-        raise NoFeasibleOffer(_why_nothing_fits(needs, catalog))
+    fits, allowed = _feasible_rows(needs, catalog, config, state, reasons)
 
-    allowed = fits.copy()
-    for label, values, permitted in (
-        ("cloud", catalog.a_cloud, config.allowed_clouds),
-        ("region", catalog.a_region, config.allowed_regions),
-    ):
-        if permitted is not None:
-            allowed &= _mask_in(values, permitted)
-            if not allowed.any():
-                raise NoFeasibleOffer(
-                    f"no offer fits {needs.summary()} in the allowed {label}s "
-                    f"{sorted(permitted)}; widen allowed_{label}s in the policy"
-                )
-    if config.allowed_gpu_types is not None and needs.gpus:
-        codes = [catalog.gpu_code(g) for g in config.allowed_gpu_types]
-        allowed &= np.isin(catalog.a_gpu_type, codes)
-        if not allowed.any():
-            raise NoFeasibleOffer(
-                f"no offer fits {needs.summary()} with GPU types "
-                f"{sorted(config.allowed_gpu_types)}; widen allowed_gpu_types in the policy"
-            )
-    if config.max_usd_per_hour is not None:
-        allowed &= catalog.a_price <= config.max_usd_per_hour
-    if state is not None and state.blocked:
-        blocked = _mask_in(catalog.a_key, state.blocked)
-        if (allowed & blocked).any():
-            reasons.append(f"{int((allowed & blocked).sum())} offer(s) blocked after errors")
-        allowed &= ~blocked
-
-    od_code = catalog.option_code(PurchaseOption.ON_DEMAND)
-    spot_code = catalog.option_code(PurchaseOption.SPOT)
-    res_code = catalog.option_code(PurchaseOption.RESERVED)
-    is_od = catalog.a_option == od_code
-    is_spot = catalog.a_option == spot_code
-    is_res = catalog.a_option == res_code
+    is_od = catalog.rows_with_option(PurchaseOption.ON_DEMAND)
+    is_spot = catalog.rows_with_option(PurchaseOption.SPOT)
+    is_res = catalog.rows_with_option(PurchaseOption.RESERVED)
 
     cost = catalog.a_price * hours
     probability = np.zeros(len(catalog))
     candidates = allowed & is_od
-
-    if needs.allows_spot:
-        spot_ok = allowed & is_spot
-        if config.max_spot_band is not None:
-            spot_ok &= _band_at_most(catalog, config.max_spot_band)
-        slack_needed = spot_slack_needed(needs, config.change_over)
-        if deadline is not None and deadline - now < slack_needed:
-            reasons.append(
-                f"spot excluded: {_fmt(deadline - now)} to the deadline < {_fmt(slack_needed)}"
-                " needed to absorb an interruption"
-            )
-        elif spot_ok.any():
-            hazard = catalog.a_hazard
-            if state is not None and state.interruptions:
-                bump = np.ones(len(catalog))
-                for capacity_key, count in state.interruptions.items():
-                    bump[catalog.a_capacity_key == capacity_key] += count
-                hazard = hazard * bump
-            spot_cost, p = spot_expected_cost(
-                catalog.a_price, catalog.a_od_price, hazard, hours, needs.checkpointable
-            )
-            cost = np.where(is_spot, spot_cost, cost)
-            probability = np.where(is_spot, p, probability)
-            candidates |= spot_ok
-    elif needs.spot_ok:
-        reasons.append("spot excluded: realtime priority")
+    spot_ok = _spot_allowed(needs, catalog, config, allowed & is_spot, deadline, now, reasons)
+    if spot_ok is not None:
+        hazard = _hazard(catalog, state)
+        spot_cost, p = spot_expected_cost(
+            catalog.a_price, catalog.a_od_price, hazard, hours, needs.checkpointable
+        )
+        cost = np.where(is_spot, spot_cost, cost)
+        probability = np.where(is_spot, p, probability)
+        candidates |= spot_ok
 
     reserved_idx = _idle_reserved(catalog, allowed & is_res, state)
     if reserved_idx is not None:
@@ -326,8 +247,10 @@ def decide(
         cost[reserved_idx] = 0.0
         candidates[reserved_idx] = True
 
+    egress = None
     if needs.data_region and needs.input_gib > 0:
-        cost = cost + needs.input_gib * _egress_vector(catalog, needs.data_region)
+        egress = needs.input_gib * _egress_vector(catalog, needs.data_region)
+        cost = cost + egress
 
     if not candidates.any():
         raise NoFeasibleOffer(
@@ -347,33 +270,14 @@ def decide(
     if config.reserved_first and reserved_idx is not None and reserved_idx.size:
         best = reserved_idx[0]
     chosen = catalog.offers[best]
-    runner_up_idx = next(
-        (
-            i
-            for i in order
-            if catalog.offers[i].capacity_key != chosen.capacity_key
-            or catalog.offers[i].option is not chosen.option
-        ),
-        None,
-    )
-
-    od_allowed = np.flatnonzero(allowed & is_od)
-    pool = od_allowed if od_allowed.size else np.flatnonzero(fits & is_od)
-    baseline_price = catalog.a_price
-    if not pool.size:  # a catalog without on-demand rows: price the fitting shapes at list
-        pool, baseline_price = np.flatnonzero(fits), catalog.a_od_price
-    baseline_costs = baseline_price[pool] * hours
-    if needs.data_region and needs.input_gib > 0:
-        baseline_costs = (
-            baseline_costs + needs.input_gib * _egress_vector(catalog, needs.data_region)[pool]
-        )
-    base_i = pool[int(np.argmin(baseline_costs))]
+    runner_up_idx = _runner_up(catalog, order, best)
+    base_i, baseline_cost = _baseline(catalog, fits, allowed & is_od, hours, egress)
 
     return Decision(
         offer=chosen,
         expected_cost=float(cost[best]),
         baseline_offer=catalog.offers[base_i],
-        baseline_cost=float(baseline_costs.min()),
+        baseline_cost=baseline_cost,
         interruption_probability=float(probability[best]),
         runner_up=None if runner_up_idx is None else catalog.offers[runner_up_idx],
         runner_up_cost=None if runner_up_idx is None else float(cost[runner_up_idx]),
@@ -385,13 +289,108 @@ def decide(
     )
 
 
+def _feasible_rows(
+    needs: TaskNeeds,
+    catalog: Catalog,
+    config: PolicyConfig,
+    state: PlacementState | None,
+    reasons: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows that fit the needs, those the policy allows and no error has blocked).
+
+    Raises:
+        NoFeasibleOffer: no shape fits, or the policy's clouds, regions or GPU models
+            rule out every one that does.
+    """
+    fits = shape_fits(needs, catalog)
+    if not fits.any():
+        raise explain_nothing_fits(needs, catalog)
+    allowed = fits & policy_allows(catalog, config)
+    if not allowed.any() and (error := explain_nothing_allowed(needs, catalog, config, fits)):
+        raise error
+    if state is not None and state.blocked:
+        blocked = np.zeros(len(catalog), dtype=bool)
+        blocked[catalog.rows_of(list(state.blocked))] = True
+        if (allowed & blocked).any():
+            reasons.append(f"{int((allowed & blocked).sum())} offer(s) blocked after errors")
+        allowed &= ~blocked
+    return fits, allowed
+
+
+def _spot_allowed(
+    needs: TaskNeeds,
+    catalog: Catalog,
+    config: PolicyConfig,
+    spot_rows: np.ndarray,
+    deadline: datetime | None,
+    now: datetime,
+    reasons: list[str],
+) -> np.ndarray | None:
+    """The spot rows the task may use, or ``None`` (the reason why not added to ``reasons``)."""
+    if not needs.allows_spot:
+        if needs.spot_ok:
+            reasons.append("spot excluded: realtime priority")
+        return None
+    if config.max_spot_band is not None:
+        spot_rows = spot_rows & within_spot_band(catalog, config.max_spot_band)
+    slack_needed = spot_slack_needed(needs, config.change_over)
+    if deadline is not None and deadline - now < slack_needed:
+        reasons.append(
+            f"spot excluded: {_fmt(deadline - now)} to the deadline < {_fmt(slack_needed)}"
+            " needed to absorb an interruption"
+        )
+        return None
+    return spot_rows if spot_rows.any() else None
+
+
+def _hazard(catalog: Catalog, state: PlacementState | None) -> np.ndarray:
+    """Spot hazard per row, raised in proportion to the interruptions seen this run."""
+    if state is None or not state.interruptions:
+        return catalog.a_hazard
+    bump = np.ones(len(catalog))
+    for capacity_key, count in state.interruptions.items():
+        bump[catalog.rows_of_capacity([capacity_key])] += count
+    return catalog.a_hazard * bump
+
+
+def _runner_up(catalog: Catalog, order: np.ndarray, best: int) -> int | None:
+    """The best-ranked row that is another capacity or another purchase option."""
+    capacity, option = catalog.a_capacity_key[best], catalog.a_option[best]
+    for i in order:
+        if catalog.a_capacity_key[i] != capacity or catalog.a_option[i] != option:
+            return int(i)
+    return None
+
+
+def _baseline(
+    catalog: Catalog,
+    fits: np.ndarray,
+    allowed_on_demand: np.ndarray,
+    hours: float,
+    egress: np.ndarray | None,
+) -> tuple[int, float]:
+    """The cheapest on-demand placement (allowed if any, else any fitting): what we compare to."""
+    od_allowed = np.flatnonzero(allowed_on_demand)
+    is_od = catalog.rows_with_option(PurchaseOption.ON_DEMAND)
+    pool = od_allowed if od_allowed.size else np.flatnonzero(fits & is_od)
+    baseline_price = catalog.a_price
+    if not pool.size:  # a catalog without on-demand rows: price the fitting shapes at list
+        pool, baseline_price = np.flatnonzero(fits), catalog.a_od_price
+    baseline_costs = baseline_price[pool] * hours
+    if egress is not None:
+        baseline_costs = baseline_costs + egress[pool]
+    cheapest = int(np.argmin(baseline_costs))
+    return int(pool[cheapest]), float(baseline_costs[cheapest])
+
+
 def _idle_reserved(
     catalog: Catalog, mask: np.ndarray, state: PlacementState | None
 ) -> np.ndarray | None:
     if state is None or not state.reserved_free or not mask.any():
         return None
     free = [k for k, n in state.reserved_free.items() if n > 0]
-    hits = np.flatnonzero(mask & _mask_in(catalog.a_capacity_key, free))
+    rows = catalog.rows_of_capacity(free)
+    hits = rows[mask[rows]]
     # cheapest reservation first: a 1-GPU task belongs on the idle 1-GPU host, not the 2-GPU one
     return hits[np.argsort(catalog.a_price[hits], kind="stable")] if hits.size else None
 
@@ -416,43 +415,6 @@ def _egress_vector(catalog: Catalog, data_region: str) -> np.ndarray:
     return vector
 
 
-def _band_at_most(catalog: Catalog, band: str) -> np.ndarray:
-    from prefect_cloudsched.core.catalog import BAND_ORDER
-
-    worst = BAND_ORDER.index(band)
-    ok = {b for b in BAND_ORDER[: worst + 1]}
-    return np.fromiter((o.interruption_band in ok for o in catalog.offers), bool, len(catalog))
-
-
-def _why_nothing_fits(needs: TaskNeeds, catalog: Catalog) -> str:
-    if needs.gpus:
-        same_type = (
-            catalog.a_gpu_type == catalog.gpu_code(needs.gpu_type)
-            if needs.gpu_type
-            else catalog.a_gpus > 0
-        )
-        if not same_type.any():
-            return f"no offer has GPU type {needs.gpu_type}; known: {', '.join(catalog.gpu_types)}"
-        most = int(catalog.a_gpus[same_type].max())
-        if needs.gpus > most:
-            return (
-                f"gpus={needs.gpus} of {needs.gpu_type or 'any type'}: the largest instance"
-                f" has {most}; split the task or lower gpus"
-            )
-        rows = same_type & (catalog.a_gpus >= needs.gpus)
-        return (
-            f"no {needs.gpu_type or 'GPU'} instance with >= {needs.gpus} GPUs has "
-            f"cpus >= {needs.cpus:g} and memory_gib >= {needs.memory_gib:g} (largest: "
-            f"{catalog.a_vcpus[rows].max():g} vCPU, {catalog.a_mem[rows].max():g} GiB)"
-        )
-    cpu_rows = catalog.a_gpus == 0
-    return (
-        f"no CPU instance has cpus >= {needs.cpus:g} and memory_gib >= {needs.memory_gib:g}"
-        f" (largest: {catalog.a_vcpus[cpu_rows].max():g} vCPU,"
-        f" {catalog.a_mem[cpu_rows].max():g} GiB); lower the needs"
-    )
-
-
 def _fmt(value: timedelta) -> str:
     seconds = value.total_seconds()
     sign = "-" if seconds < 0 else ""
@@ -467,15 +429,3 @@ def _fmt(value: timedelta) -> str:
 def cost_of(offer: Offer, runtime_seconds: float) -> float:
     """What ``runtime_seconds`` on ``offer`` costs (reserved at its amortised rate)."""
     return offer.usd_per_hour * runtime_seconds / 3600
-
-
-__all__ = [
-    "DEFAULT_POLICY",
-    "Decision",
-    "PlacementState",
-    "PolicyConfig",
-    "cost_of",
-    "decide",
-    "spot_expected_cost",
-    "spot_slack_needed",
-]
