@@ -1,0 +1,242 @@
+"""What every command shares: the output grammar, input checks, messages and progress bars.
+
+One grammar: ``--format table|csv|json|markdown`` (``--json`` is an alias of
+``--format json``), messages and progress on stderr (silenced by the global ``--quiet``),
+and tables that never cut a value: cells fold on a terminal, and when stdout is not a
+terminal the table is as wide as its widest row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from prefect_cloudsched.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+
+class OutputFormat(StrEnum):
+    """The output formats every listing command accepts."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+FORMAT_HELP = "table, csv, json or markdown."
+JSON_HELP = "Same as --format json."
+
+
+@dataclass(slots=True)
+class _State:
+    """Global flags set by the app callback (``--quiet``)."""
+
+    quiet: bool = False
+
+
+STATE = _State()
+
+
+def resolve_format(output: OutputFormat, as_json: bool) -> OutputFormat:
+    """``--json`` wins over the default; it contradicting an explicit ``--format`` is an error."""
+    if not as_json:
+        return output
+    if output not in (OutputFormat.TABLE, OutputFormat.JSON):
+        raise InputError(f"--json contradicts --format {output.value}; pass only one of them")
+    return OutputFormat.JSON
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def say(line: str) -> None:
+    """A progress or status line on stderr (nothing with ``--quiet``)."""
+    if not STATE.quiet:
+        typer.echo(line, err=True)
+
+
+def warn(line: str) -> None:
+    """A warning on stderr; shown even with ``--quiet``."""
+    typer.echo(f"Warning: {line}", err=True)
+
+
+def stdout_console() -> Console:
+    """Console for results: on a terminal its width; piped, wide enough to cut nothing."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=10_000, no_color=True, highlight=False)
+    return console
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: float | None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; off when stderr is not a terminal or with ``--quiet``.
+
+    Yields ``step(label=None, advance=1)``: moves the bar and shows what is being done.
+    Without a terminal the labels go to stderr as plain lines (unless ``--quiet``).
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    if STATE.quiet or not console.is_terminal:
+
+        def plain(label: str | None = None, advance: float = 1) -> None:
+            if label:
+                say(label)
+
+        yield plain
+        return
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+    if total is not None:
+        columns.append(MofNCompleteColumn())
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+
+        def step(label: str | None = None, advance: float = 1) -> None:
+            progress.update(
+                task, advance=advance, description=f"{description}: {label}" if label else None
+            )
+
+        yield step
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def finite(value: float | None, flag: str, *, low: float | None = None,
+           high: float | None = None, low_open: bool = False) -> float | None:  # fmt: skip
+    """``value`` if finite and inside the bounds; else one :class:`InputError` with the fix."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise InputError(f"{flag} must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise InputError(f"{flag} must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise InputError(f"{flag} must be <= {high:g}, got {value:g}")
+    return value
+
+
+def whole(value: int | None, flag: str, *, low: int | None = None,
+          high: int | None = None) -> int | None:  # fmt: skip
+    """``value`` inside ``[low, high]``; else one :class:`InputError` with the fix."""
+    if value is None:
+        return None
+    if low is not None and value < low:
+        raise InputError(f"{flag} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise InputError(f"{flag} must be <= {high:,}, got {value:,}")
+    return value
+
+
+def text_file(path: str | Path, flag: str) -> Path:
+    """An existing, readable UTF-8 file (checked now, so no decoder traceback later)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{flag} {str(file)!r} is not a file; check the path")
+    try:
+        with file.open(encoding="utf-8") as handle:
+            while handle.read(1 << 20):
+                pass
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{flag} {file.name!r} is not UTF-8 text (byte {err.start}); save it as UTF-8 CSV"
+        ) from None
+    except OSError as err:
+        raise InputError(f"{flag} {str(file)!r} cannot be read ({err.strerror})") from None
+    return file
+
+
+def writable_path(path: str | Path, flag: str, *, directory: bool = False) -> Path:
+    """A path we can create (or overwrite); checked before any long computation starts."""
+    target = Path(path)
+    folder = target if directory else target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cloudsched-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise InputError(
+            f"{flag} {str(path)!r} is not writable ({err.strerror}); pick another path"
+        ) from None
+    return target
+
+
+def require_extra(module: str, extra: str, purpose: str) -> None:
+    """Import ``module`` or stop with the one line that says which extra to install."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise InputError(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed; "
+            f"install it with: pip install 'prefect-cloudsched[{extra}]'"
+        ) from None
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str], output: OutputFormat,
+                *, title: str = "", headers: Sequence[str] | None = None,
+                right: Sequence[str] = ()) -> None:  # fmt: skip
+    """Print ``rows`` (dicts keyed by ``fields``) in the chosen format, nothing cut."""
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(list(rows), indent=2, default=str))
+        return
+    if output is OutputFormat.CSV:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({f: _plain(r.get(f)) for f in fields} for r in rows)
+        typer.echo(buffer.getvalue(), nl=False)
+        return
+    names = list(headers or fields)
+    cells = [[_plain(r.get(f)) for f in fields] for r in rows]
+    if output is OutputFormat.MARKDOWN:
+        lines = [f"| {' | '.join(names)} |"]
+        lines.append("|" + "|".join("---:" if f in right else "---" for f in fields) + "|")
+        lines += [f"| {' | '.join(str(c) for c in row)} |" for row in cells]
+        typer.echo("\n".join(lines))
+        return
+    from rich.table import Table
+
+    table = Table(title=title or None)
+    for field, name in zip(fields, names, strict=True):
+        table.add_column(name, justify="right" if field in right else "left", overflow="fold")
+    for row in cells:
+        table.add_row(*(str(c) for c in row))
+    stdout_console().print(table)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, StrEnum):
+        return value.value
+    return "" if value is None else value
