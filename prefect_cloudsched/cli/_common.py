@@ -51,11 +51,13 @@ class _State:
 STATE = _State()
 
 
-def resolve_format(output: OutputFormat, as_json: bool) -> OutputFormat:
-    """``--json`` wins over the default; it contradicting an explicit ``--format`` is an error."""
+def resolve_format(
+    output: OutputFormat | None, as_json: bool, default: OutputFormat = OutputFormat.TABLE
+) -> OutputFormat:
+    """``--json`` is ``--format json``; contradicting an explicit ``--format`` is an error."""
     if not as_json:
-        return output
-    if output not in (OutputFormat.TABLE, OutputFormat.JSON):
+        return output or default
+    if output not in (None, OutputFormat.JSON):
         raise InputError(f"--json contradicts --format {output.value}; pass only one of them")
     return OutputFormat.JSON
 
