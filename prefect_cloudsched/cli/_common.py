@@ -231,11 +231,43 @@ def render_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str], output: O
     from rich.table import Table
 
     table = Table(title=title or None)
+    texts = [[str(c) for c in row] for row in cells]
     for field, name in zip(fields, names, strict=True):
         table.add_column(name, justify="right" if field in right else "left", overflow="fold")
-    for row in cells:
-        table.add_row(*(str(c) for c in row))
-    stdout_console().print(table)
+    for row in texts:
+        table.add_row(*row)
+    print_table(table)
+
+
+def print_table(table: Any, console: Console | None = None) -> None:
+    """Print a rich table without cutting a value.
+
+    Text wraps between words; a word (a number, a key, a region) never breaks: when the
+    terminal is narrower than the table's narrowest rendering, the table is printed at that
+    width and the terminal wraps the lines, instead of rich cutting values with an ellipsis.
+    """
+    from rich.measure import Measurement
+
+    console = console or stdout_console()
+    for column in table.columns:
+        column.overflow = "fold"
+    needed = Measurement.get(console, console.options.update(width=10_000), table).minimum
+    needed = max(needed, _widest_word_width(table))
+    if needed > console.width:
+        from rich.console import Console
+
+        console = Console(width=needed, file=console.file, no_color=console.no_color)
+    console.print(table)
+
+
+def _widest_word_width(table: Any) -> int:
+    """Width the table needs so that no cell has to break inside a word."""
+    edges = 3 * len(table.columns) + 1
+    total = edges
+    for column in table.columns:
+        words = [w for cell in [str(column.header), *map(str, column.cells)] for w in cell.split()]
+        total += max((len(w) for w in words), default=1)
+    return total
 
 
 def _plain(value: Any) -> Any:
