@@ -14,7 +14,6 @@ import functools
 import importlib
 import math
 import os
-import re
 import sys
 from typing import Any
 
@@ -26,7 +25,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions
 
 from prefect_cloudsched.cli._app import app
-from prefect_cloudsched.cli._common import STATE
+from prefect_cloudsched.cli._common import STATE, hide_password
 from prefect_cloudsched.errors import CloudSchedError, InputError
 
 _COMMAND_MODULES = (
@@ -81,13 +80,10 @@ def _harden(command: Any) -> None:
         _harden(sub)
 
 
-_USERINFO = re.compile(r"://([^:/@\s]+):[^@\s]*@")
-
-
 def _one_line(err: BaseException) -> str:
     """The first line of an error, with any URL password hidden."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return _USERINFO.sub(r"://\1:***@", text)
+    return hide_password(text)
 
 
 def main(argv: list[str] | None = None) -> int:

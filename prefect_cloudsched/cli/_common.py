@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -201,6 +202,32 @@ def require_extra(module: str, extra: str, purpose: str) -> None:
             f"{purpose} needs {module.split('.')[0]}, which is not installed; "
             f"install it with: pip install 'prefect-cloudsched[{extra}]'"
         ) from None
+
+
+def open_ledger(url: str | None, flag: str = "--ledger") -> Any:
+    """The ledger at ``url``; a URL SQLAlchemy cannot parse is one line naming the option."""
+    import sqlalchemy as sa
+
+    from prefect_cloudsched.adapters.ledger import Ledger
+
+    if url is not None:
+        try:
+            sa.engine.make_url(url)
+        except (sa.exc.ArgumentError, ValueError) as err:
+            reason = "its port must be a number" if "int()" in str(err) else "not a database URL"
+            raise InputError(
+                f"{flag} {hide_password(url)!r}: {reason}; write e.g. sqlite:///path/ledger.db "
+                "or postgresql+psycopg://user@host:5432/db"
+            ) from None
+    return Ledger(url)
+
+
+_USERINFO = re.compile(r"://([^:/@\s]+):[^@\s]*@")
+
+
+def hide_password(text: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://user:***@host`` anywhere in ``text``."""
+    return _USERINFO.sub(r"://\1:***@", text)
 
 
 # --------------------------------------------------------------------------- rendering
