@@ -160,8 +160,10 @@ def whole(value: int | None, flag: str, *, low: int | None = None,
 def text_file(path: str | Path, flag: str) -> Path:
     """An existing, readable UTF-8 file (checked now, so no decoder traceback later)."""
     file = Path(path)
+    if not file.exists():
+        raise InputError(f"{flag} {str(file)!r} does not exist; check the path")
     if not file.is_file():
-        raise InputError(f"{flag} {str(file)!r} is not a file; check the path")
+        raise InputError(f"{flag} {str(file)!r} is not a file; pass a CSV file")
     try:
         with file.open(encoding="utf-8") as handle:
             while handle.read(1 << 20):
