@@ -193,17 +193,11 @@ def writable_path(path: str | Path, flag: str, *, directory: bool = False) -> Pa
     return target
 
 
-def require_extra(module: str, extra: str, purpose: str) -> None:
+def require_extra(module: str, purpose: str) -> None:
     """Import ``module`` or stop with the one line that says which extra to install."""
-    import importlib
+    from prefect_cloudsched._extras import require
 
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise InputError(
-            f"{purpose} needs {module.split('.')[0]}, which is not installed; "
-            f"install it with: pip install 'prefect-cloudsched[{extra}]'"
-        ) from None
+    require(module, purpose)
 
 
 def open_ledger(url: str | None, flag: str = "--ledger") -> Any:

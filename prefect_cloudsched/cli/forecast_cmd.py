@@ -20,6 +20,7 @@ from prefect_cloudsched.cli._common import (
     OutputFormat,
     progress_bar,
     render_rows,
+    require_extra,
     resolve_format,
     text_file,
     warn,
@@ -103,6 +104,7 @@ def forecast(
     if plot is not None and not plot.lower().endswith(".png"):
         raise InputError(f"--plot {plot!r} must name a .png file")
     if plot is not None:
+        require_extra("matplotlib", "forecast --plot")
         writable_path(plot, "--plot")
     series = str(text_file(series, "SERIES"))
 

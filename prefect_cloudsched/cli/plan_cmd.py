@@ -24,6 +24,7 @@ from prefect_cloudsched.cli._common import (
     print_table,
     progress_bar,
     render_rows,
+    require_extra,
     resolve_format,
     say,
     stdout_console,
@@ -152,6 +153,7 @@ def run(
     finite(gap, "--gap", low=0, high=1)
     series = text_file(series, "SERIES")
     if plot is not None:
+        require_extra("matplotlib", "plan --plot")
         writable_path(plot, "--plot")
     if not 0 < service_level < 1:
         raise InputError(f"--service-level must be in (0, 1), e.g. 0.9; got {service_level}")

@@ -114,7 +114,7 @@ def report(
     if plot is not None:
         if plot.suffix.lower() != ".png":
             raise InputError(f"--plot {str(plot)!r} must name a .png file")
-        require_extra("matplotlib", "plot", "--plot")
+        require_extra("matplotlib", "report --plot")
         writable_path(plot, "--plot")
     ledger = open_ledger(ledger_url)
     records = ledger.placements(since=start, until=end)

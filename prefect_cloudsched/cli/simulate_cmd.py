@@ -16,6 +16,7 @@ from prefect_cloudsched.cli._common import (
     finite,
     progress_bar,
     render_rows,
+    require_extra,
     resolve_format,
     text_file,
     warn,
@@ -112,6 +113,7 @@ def simulate(
     names = parse_policies(policies)
     jobs = text_file(jobs, "--jobs")
     if out is not None:
+        require_extra("matplotlib", "simulate --out (its PNG plots)")
         writable_path(out, "--out", directory=True)
     replay = load_jobs(jobs, deadline_slack=parse_slack(deadline_slack), seed=seed, limit=limit,
                        gpu_type=gpu_type)  # fmt: skip
