@@ -76,7 +76,7 @@ def series_files(draw) -> bytes:
     if mode == "broken":
         return draw(BROKEN_FILES)
     start = draw(st.sampled_from([0, 0, 0, 0, 10**15, -5, 2**62]))
-    length = draw(st.integers(0, 120))
+    length = draw(st.one_of(st.integers(0, 30), st.integers(200, 400), st.integers(200, 400)))
     values = [f"{v:.2f}" for v in draw(st.lists(st.floats(0, 100), min_size=length,
                                                  max_size=length))]  # fmt: skip
     if mode == "one bad value" and values:
@@ -191,7 +191,8 @@ def plan_argv(draw) -> list[str]:
     return ["plan", _file(draw(series_files())), "--forecast-model", "seasonal-naive",
             "--time-limit", "5", "--gpu-type", gpu, *_options(draw, {
         "--horizon": st.one_of(st.integers(1, 48).map(str), NUMBER_TEXT),
-        "--service-level": NUMBER_TEXT, "--spot-max-share": NUMBER_TEXT,
+        "--service-level": st.one_of(st.sampled_from(["0.5", "0.9"]), WEIRD_NUMBER),
+        "--spot-max-share": NUMBER_TEXT,
         "--budget": NUMBER_TEXT, "--gap": NUMBER_TEXT, "--format": FORMATS, "--json": FLAG,
         "--cloud": st.sampled_from(["aws", "gcp", "azure"]),
         "--region": st.sampled_from(["us-east-1", "us-central1", "mars-1"]),
