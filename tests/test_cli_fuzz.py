@@ -326,6 +326,7 @@ def test_reap_without_credentials_says_how_to_set_them(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(WORK / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(WORK / "none"))
+    monkeypatch.setattr("boto3.DEFAULT_SESSION", None)  # no credentials cached by other tests
     code, _, err = _run(["reap", "--dry-run", "--region", "us-east-1"])
     assert code == 2
     assert "Error: cannot list aws instances (Unable to locate credentials)" in err

@@ -6,6 +6,7 @@ catalog from the clouds' public price APIs into the cloudsched home.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -166,3 +167,139 @@ def _table_row(r: dict[str, object]) -> dict[str, object]:
         "ondemand_usd_per_hour": f"{r['ondemand_usd_per_hour']:.4f}",
         "interruption_band": r["interruption_band"] or "-",
     }
+
+
+class Cloud(StrEnum):
+    """Clouds whose prices can be refreshed."""
+
+    AWS = "aws"
+    GCP = "gcp"
+
+
+@prices_app.command("refresh")
+def refresh(
+    cloud: Annotated[
+        list[Cloud] | None, typer.Option("--cloud", help="aws or gcp (repeat; default: both).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write (default: the cloudsched home's catalog)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Fetch and report; write nothing.")
+    ] = False,
+) -> None:
+    """Rebuild the catalog from the clouds' public price sources, with progress.
+
+    AWS: the Price List API (on-demand, 1-year reserved) and the spot price history, through
+    boto3 (needs AWS credentials; any account). GCP: the Cloud Billing Catalog through
+    google-cloud-billing (`pip install 'prefect-cloudsched[prices]'`; needs Application
+    Default Credentials). The shipped snapshot gives the instance types and places; rows a
+    source does not price keep their snapshot price, and the summary says how many. The
+    result, in `$PREFECT_CLOUDSCHED_HOME/catalog/offers.csv`, is used over the snapshot by
+    every command; delete it to go back.
+
+    Examples:
+
+    * `prefect-cloudsched prices refresh`
+    * `prefect-cloudsched prices refresh --cloud aws --dry-run`
+    * `prefect-cloudsched prices refresh --cloud gcp --out my-offers.csv`
+    """
+    from prefect_cloudsched.cli._common import progress_bar, say, writable_path
+    from prefect_cloudsched.core.catalog import refreshed_catalog_path, snapshot_rows
+    from prefect_cloudsched.core.catalog.refresh import refresh_rows
+
+    clouds = {c.value for c in cloud} if cloud else {"aws", "gcp"}
+    target = out or refreshed_catalog_path()
+    if not dry_run:
+        writable_path(target, "--out")
+    if "gcp" in clouds:
+        from prefect_cloudsched.cli._common import require_extra
+
+        require_extra("google.cloud.billing_v1", "prices refresh --cloud gcp")
+    base = snapshot_rows()
+    aws_rows = [r for r in base if r["cloud"] == "aws"]
+    types = sorted({r["instance_type"] for r in aws_rows})
+    regions = sorted({r["region"] for r in aws_rows})
+    total = (len(types) + len(regions) if "aws" in clouds else 0) + ("gcp" in clouds)
+    fetched: dict[str, object] = {}
+    with progress_bar("refreshing prices", total) as step:
+        if "aws" in clouds:
+            fetched.update(_fetch_aws(types, regions, step))
+        if "gcp" in clouds:
+            fetched["gcp"] = _fetch_gcp(step)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
+    rows, stats = refresh_rows(base, stamp=stamp, **fetched)  # type: ignore[arg-type]
+    say(stats.summary())
+    if not any(stats.priced.values()):
+        raise InputError(
+            "the price sources returned nothing usable; the catalog was not changed "
+            "(check the credentials and the --cloud choice)"
+        )
+    if dry_run:
+        say(f"dry run: {len(rows)} rows not written")
+        return
+    _write_catalog(rows, target, stamp, stats.summary(), sorted(clouds))
+    typer.echo(f"wrote {len(rows)} rows to {target} (used over the shipped snapshot)")
+
+
+_SDK_MODULES = ("botocore", "boto3", "google", "requests", "urllib3", "grpc")
+
+
+def _sdk_errors(what: str, hint: str):
+    """A cloud SDK failure (credentials, network, permissions) as one line with the fix."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except Exception as err:
+            if not type(err).__module__.startswith(_SDK_MODULES):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"cannot fetch {what} ({first[:200]}); {hint}") from None
+
+    return guard()
+
+
+def _fetch_aws(types: list[str], regions: list[str], step) -> dict[str, object]:
+    from prefect_cloudsched.adapters.prices import fetch_aws_list_prices, fetch_aws_spot
+
+    hint = "set AWS credentials (AWS_PROFILE or aws configure), or use --cloud gcp"
+    with _sdk_errors("AWS prices", hint):
+        listed = fetch_aws_list_prices(types, step=step)
+        spot = fetch_aws_spot(regions, types, step=step)
+    return {"aws": listed, "aws_spot": spot}
+
+
+def _fetch_gcp(step) -> object:
+    from prefect_cloudsched.adapters.prices import fetch_gcp_skus
+
+    hint = "run `gcloud auth application-default login`, or use --cloud aws"
+    with _sdk_errors("GCP prices", hint):
+        return fetch_gcp_skus(step=step)
+
+
+def _write_catalog(rows, target: Path, stamp: str, summary: str, clouds: list[str]) -> None:
+    """Write atomically (a half-written catalog would be read by the next command)."""
+    import csv
+    import os
+
+    from prefect_cloudsched.core.catalog.refresh import COLUMNS
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, target)
+    target.with_name("SOURCE.md").write_text(
+        f"# Refreshed price catalog\n\nBuilt {stamp} by `prefect-cloudsched prices refresh` "
+        f"from {', '.join(clouds)}: AWS Price List + spot price history (boto3), GCP Cloud "
+        f"Billing Catalog (google-cloud-billing). Instance types and places are the shipped "
+        f"snapshot's; a row's `source` says `refresh {stamp}` when its prices are fresh.\n\n"
+        f"{summary}\n",
+        encoding="utf-8",
+    )

@@ -323,6 +323,13 @@ def catalog_from_csv(handle: Iterable[str], name: str = "price catalog") -> Cata
     return Catalog(offers)
 
 
+def snapshot_rows() -> list[dict[str, str]]:
+    """The shipped snapshot's raw rows (``prices refresh`` keeps its types and places)."""
+    data = resources.files("prefect_cloudsched.core.catalog") / "data" / "offers.csv"
+    with data.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 @functools.cache
 def _shipped_catalog() -> Catalog:
     data = resources.files("prefect_cloudsched.core.catalog") / "data" / "offers.csv"
