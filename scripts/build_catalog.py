@@ -23,24 +23,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from prefect_cloudsched.core.catalog.refresh import COLUMNS as SNAPSHOT_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "prefect_cloudsched" / "core" / "catalog" / "data"
 RAW_DIR = ROOT / "data" / "prices"
-COLUMNS = (
-    "cloud",
-    "region",
-    "zone",
-    "instance_type",
-    "vcpus",
-    "memory_gib",
-    "accelerator",
-    "accelerator_count",
-    "ondemand_usd_per_hour",
-    "spot_usd_per_hour",
-    "reserved_1yr_usd_per_hour",
-    "interruption_band",
-    "source",
-)
+COLUMNS = SNAPSHOT_COLUMNS  # the same columns `prices refresh` writes
 
 
 def _keep(row: dict[str, str]) -> bool:

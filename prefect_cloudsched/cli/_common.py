@@ -63,6 +63,49 @@ def resolve_format(
     return OutputFormat.JSON
 
 
+class Cloud(StrEnum):
+    """The clouds a command can be pointed at."""
+
+    AWS = "aws"
+    GCP = "gcp"
+
+
+def group_with_default(default: str, *, empty_too: bool) -> type:
+    """A click group that sends arguments not naming a subcommand to ``default``.
+
+    ``prices --gpu A10G`` is ``prices list --gpu A10G``; ``plan SERIES.csv`` is
+    ``plan run SERIES.csv``. ``empty_too``: no arguments at all also run ``default``.
+    """
+    from typer.core import TyperGroup
+
+    class DefaultGroup(TyperGroup):
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            if (not args and empty_too) or (
+                args and args[0] not in self.commands and args[0] != "--help"
+            ):
+                args = [default, *args]
+            return super().parse_args(ctx, args)
+
+    return DefaultGroup
+
+
+_SDK_MODULES = ("botocore", "boto3", "google", "requests", "urllib3", "grpc")
+
+
+@contextlib.contextmanager
+def cloud_errors(what: str, hint: str) -> Iterator[None]:
+    """A cloud SDK failure (no credentials, endpoint down, denied) as one line with the fix."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as err:
+        if not type(err).__module__.startswith(_SDK_MODULES):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot {what} ({hide_password(first)[:200]}); {hint}") from None
+
+
 # --------------------------------------------------------------------------- messages
 
 

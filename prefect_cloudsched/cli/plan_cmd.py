@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
@@ -20,6 +19,7 @@ from prefect_cloudsched.cli._common import (
     JSON_HELP,
     OutputFormat,
     finite,
+    group_with_default,
     open_ledger,
     print_table,
     progress_bar,
@@ -35,25 +35,14 @@ from prefect_cloudsched.cli._common import (
 from prefect_cloudsched.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import click
-
     from prefect_cloudsched.core.catalog import Catalog
     from prefect_cloudsched.core.planning import CapacityPlan
 
 _DEFAULT_COMMAND = "run"
 
 
-class _PlanGroup(TyperGroup):
-    """Routes ``plan SERIES.csv ...`` (and ``plan --json SERIES.csv``) to ``plan run``."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help",):
-            args = [_DEFAULT_COMMAND, *args]
-        return super().parse_args(ctx, args)
-
-
 plan_app = typer.Typer(
-    cls=_PlanGroup,
+    cls=group_with_default(_DEFAULT_COMMAND, empty_too=False),
     no_args_is_help=True,
     rich_markup_mode="markdown",
     help="""Plan reserved / on-demand / spot capacity from a demand forecast, and buy it.

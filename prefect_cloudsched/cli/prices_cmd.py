@@ -9,17 +9,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
     FORMAT_HELP,
     JSON_HELP,
+    Cloud,
     OutputFormat,
+    cloud_errors,
     finite,
+    group_with_default,
     render_rows,
     resolve_format,
     text_file,
@@ -27,23 +29,11 @@ from prefect_cloudsched.cli._common import (
 )
 from prefect_cloudsched.errors import InputError
 
-if TYPE_CHECKING:  # pragma: no cover
-    import click
-
 _DEFAULT_COMMAND = "list"
 
 
-class _PricesGroup(TyperGroup):
-    """Routes ``prices --gpu A10G ...`` (no subcommand) to ``prices list``."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] != "--help"):
-            args = [_DEFAULT_COMMAND, *args]
-        return super().parse_args(ctx, args)
-
-
 prices_app = typer.Typer(
-    cls=_PricesGroup,
+    cls=group_with_default(_DEFAULT_COMMAND, empty_too=True),
     rich_markup_mode="markdown",
     help="""List catalog offers (the default), or refresh the catalog from the clouds.
 
@@ -169,13 +159,6 @@ def _table_row(r: dict[str, object]) -> dict[str, object]:
     }
 
 
-class Cloud(StrEnum):
-    """Clouds whose prices can be refreshed."""
-
-    AWS = "aws"
-    GCP = "gcp"
-
-
 @prices_app.command("refresh")
 def refresh(
     cloud: Annotated[
@@ -243,31 +226,11 @@ def refresh(
     typer.echo(f"wrote {len(rows)} rows to {target} (used over the shipped snapshot)")
 
 
-_SDK_MODULES = ("botocore", "boto3", "google", "requests", "urllib3", "grpc")
-
-
-def _sdk_errors(what: str, hint: str):
-    """A cloud SDK failure (credentials, network, permissions) as one line with the fix."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            yield
-        except Exception as err:
-            if not type(err).__module__.startswith(_SDK_MODULES):
-                raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"cannot fetch {what} ({first[:200]}); {hint}") from None
-
-    return guard()
-
-
 def _fetch_aws(types: list[str], regions: list[str], step) -> dict[str, object]:
     from prefect_cloudsched.adapters.prices import fetch_aws_list_prices, fetch_aws_spot
 
     hint = "set AWS credentials (AWS_PROFILE or aws configure), or use --cloud gcp"
-    with _sdk_errors("AWS prices", hint):
+    with cloud_errors("fetch AWS prices", hint):
         listed = fetch_aws_list_prices(types, step=step)
         spot = fetch_aws_spot(regions, types, step=step)
     return {"aws": listed, "aws_spot": spot}
@@ -277,7 +240,7 @@ def _fetch_gcp(step) -> object:
     from prefect_cloudsched.adapters.prices import fetch_gcp_skus
 
     hint = "run `gcloud auth application-default login`, or use --cloud aws"
-    with _sdk_errors("GCP prices", hint):
+    with cloud_errors("fetch GCP prices", hint):
         return fetch_gcp_skus(step=step)
 
 

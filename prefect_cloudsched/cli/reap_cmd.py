@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +13,9 @@ from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
     FORMAT_HELP,
     JSON_HELP,
+    Cloud,
     OutputFormat,
+    cloud_errors,
     open_ledger,
     render_rows,
     resolve_format,
@@ -24,13 +25,6 @@ from prefect_cloudsched.cli._common import (
 from prefect_cloudsched.errors import InputError
 
 _MOCK_PROJECT = "cloudsched-demo"
-
-
-class Cloud(StrEnum):
-    """Clouds the reaper can scan."""
-
-    AWS = "aws"
-    GCP = "gcp"
 
 
 @app.command("reap")
@@ -121,25 +115,17 @@ _HINTS = {
     "gcp": "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS, "
     "or pass --mock gcp=http://HOST:PORT",
 }
-_SDK_MODULES = ("botocore", "boto3", "google", "requests", "urllib3", "grpc")
 
 
 @contextlib.contextmanager
 def _cloud_access(cloud: str, mocks: dict[str, str]) -> Iterator[None]:
     """A cloud SDK failure (no credentials, endpoint down) as one line with the fix."""
-    try:
+    if cloud in mocks:
+        hint = f"is the stand-in at {mocks[cloud]} running?"
+    else:
+        hint = _HINTS.get(cloud, " or ".join(_HINTS.values()))
+    with cloud_errors(f"list {cloud} instances", hint):
         yield
-    except InputError:
-        raise
-    except Exception as err:
-        if not type(err).__module__.startswith(_SDK_MODULES):
-            raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if cloud in mocks:
-            hint = f"is the stand-in at {mocks[cloud]} running?"
-        else:
-            hint = _HINTS.get(cloud, " or ".join(_HINTS.values()))
-        raise InputError(f"cannot list {cloud} instances ({first[:200]}); {hint}") from None
 
 
 def _parse_mocks(values: list[str]) -> dict[str, str]:
