@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     _harden(command)
     STATE.quiet = False
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--quiet" in args[1:] and "--" not in args:  # also accepted after the command name
+        args.remove("--quiet")
+        args.insert(0, "--quiet")
     try:
-        code = command.main(args=argv, prog_name="prefect-cloudsched", standalone_mode=False)
+        code = command.main(args=args, prog_name="prefect-cloudsched", standalone_mode=False)
     except CloudSchedError as err:
         typer.echo(f"Error: {_one_line(err)}", err=True)
         return 2

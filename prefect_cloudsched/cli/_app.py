@@ -49,5 +49,5 @@ def _global_options(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Options that apply to every command (give them before the command name)."""
+    """Options that apply to every command (`--quiet` may also follow the command)."""
     STATE.quiet = quiet
