@@ -82,6 +82,8 @@ def series_files(draw) -> bytes:
     if mode == "one bad value" and values:
         values[draw(st.integers(0, len(values) - 1))] = draw(CELL)
     rows = [[str(start + i), v] for i, v in enumerate(values)]
+    if rows and draw(st.integers(0, 5)) == 0:  # one far-away hour: a gap of ~10^15 hours
+        rows.append([str(draw(st.sampled_from([10**15, 2**62, 10**7]))), "1"])
     header = draw(st.sampled_from(["hour,gpu_hours"] * 4 + ["hour,other", "when,gpu_hours"]))
     return _csv(header, rows)
 
@@ -102,7 +104,8 @@ def jobs_files(draw) -> bytes:
     if mode == "one bad value" and rows:
         row = rows[draw(st.integers(0, count - 1))]
         column = draw(st.sampled_from([1, 2, 3, 3, 4, 5]))
-        row[column] = draw(st.one_of(st.sampled_from(["100000", "-1", "nan", "1.5"]), CELL))
+        odd = st.sampled_from(["100000", "-1", "nan", "1.5", "1e308"])
+        row[column] = draw(st.one_of(odd, CELL))
     return _csv(header, rows)
 
 
@@ -311,6 +314,8 @@ def test_reap_never_tracebacks(argv):
         ["simulate", "--jobs", "x.csv", "--seed", "-99999999999999999999"],
         ["simulate", "--jobs", "bench/data/alibaba_gpu2023_jobs.csv", "--out", "/proc/xx"],
         ["reap", "--heartbeat-ttl", "nan"],
+        ["forecast", "tests/data/huge_gap_series.csv"],
+        ["plan", "tests/data/huge_gap_series.csv", "--gpu-type", "A100"],
         ["blocks", "apply", "--dir", "/proc/nope"],
         ["nonsense-command"],
     ],

@@ -220,6 +220,30 @@ def text_file(path: str | Path, flag: str) -> Path:
     return file
 
 
+#: Longest hourly series accepted (ten years): gaps are filled hour by hour, so an hour column
+#: with 0 and 10^15 would otherwise ask for petabytes.
+MAX_SERIES_HOURS = 24 * 366 * 10
+
+
+def check_series_span(series: Any, name: str) -> Any:
+    """``series`` if its hours span at most :data:`MAX_SERIES_HOURS`; else one line."""
+    import pandas as pd
+
+    index = series.index
+    if len(index) == 0:
+        return series
+    if isinstance(index, pd.DatetimeIndex):
+        span = int((index.max() - index.min()) / pd.Timedelta(hours=1)) + 1
+    else:
+        span = int(index.max()) - int(index.min()) + 1
+    if span > MAX_SERIES_HOURS:
+        raise InputError(
+            f"{name}: its hours span {span:,} hours (first {index.min()}, last {index.max()}); "
+            f"at most {MAX_SERIES_HOURS:,} (ten years): check the hour column for a typo"
+        )
+    return series
+
+
 def writable_path(path: str | Path, flag: str, *, directory: bool = False) -> Path:
     """A path we can create (or overwrite); checked before any long computation starts."""
     target = Path(path)

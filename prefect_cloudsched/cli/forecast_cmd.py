@@ -18,6 +18,7 @@ from prefect_cloudsched.cli._common import (
     FORMAT_HELP,
     JSON_HELP,
     OutputFormat,
+    check_series_span,
     progress_bar,
     render_rows,
     require_extra,
@@ -116,7 +117,7 @@ def forecast(
         "selection": selection.value,
     }
     config = fc.ForecastConfig(**options, **({"window": window} if window else {}))
-    data = fc.load_series_csv(series, column)
+    data = check_series_span(fc.load_series_csv(series, column), Path(series).name)
     # one step per arima origin and per baseline model ("arima origin 3/14: <candidate>")
     total = origins + len(fc.MODELS) - 1 if backtest else None
     started: set[str] = {"arima"}

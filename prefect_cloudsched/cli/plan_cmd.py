@@ -18,6 +18,7 @@ from prefect_cloudsched.cli._common import (
     FORMAT_HELP,
     JSON_HELP,
     OutputFormat,
+    check_series_span,
     finite,
     group_with_default,
     open_ledger,
@@ -154,7 +155,7 @@ def run(
     gpu = _gpu_type(gpu_type, catalog)
     clouds = _clouds(cloud, catalog)
     regions = _regions(region, catalog)
-    history = load_series_csv(series, column)
+    history = check_series_span(load_series_csv(series, column), series.name)
     with progress_bar(f"planning {horizon} h of {series.name}:{column}", None) as step:
         step(f"forecasting ({forecast_model})")
         forecast = _forecast(history, horizon, forecast_model, step)
