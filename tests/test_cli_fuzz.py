@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from prefect_cloudsched.cli import main
@@ -280,18 +280,24 @@ def test_report_never_tracebacks(argv):
 
 
 @settings(max_examples=25, **_SETTINGS)
+@example(["simulate", "--jobs", "bench/data/alibaba_gpu2023_jobs.csv", "--limit", "40",
+          "--policies", "on-demand,greedy", "-f", "table"])  # fmt: skip
 @given(simulate_argv())
 def test_simulate_never_tracebacks(argv):
     check(argv)
 
 
 @settings(max_examples=20, **_SETTINGS)
+@example(["plan", "bench/data/alibaba_gpu2023_hourly.csv", "--gpu-type", "A100", "--horizon",
+          "24", "--forecast-model", "seasonal-naive", "-f", "markdown"])  # fmt: skip
 @given(plan_argv())
 def test_plan_never_tracebacks(argv):
     check(argv)
 
 
 @settings(max_examples=15, **_SETTINGS)
+@example(["forecast", "bench/data/alibaba_gpu2023_hourly.csv", "--horizon", "6", "--window", "96",
+          "-f", "csv"])  # fmt: skip
 @given(forecast_argv())
 def test_forecast_never_tracebacks(argv):
     check(argv)
