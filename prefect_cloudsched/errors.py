@@ -37,6 +37,10 @@ class SpotInterrupted(CloudSchedError):
         return (type(self), (self.instance_id, self.offer_key, str(self)))
 
 
+class MissingExtraError(CloudSchedError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
 class InputError(CloudSchedError, ValueError):
     """Bad user input (a file, a column, an option). The CLI prints it and exits 2."""
 

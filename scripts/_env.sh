@@ -16,6 +16,8 @@ find_python() {
   return 1
 }
 
+# dev = every extra the demo and the tests use (mock clouds, plots, the demo's model, Dask,
+# HiGHS, PostgreSQL driver, price refresh) plus the test tools; see pyproject.toml.
 EXTRAS="${CLOUDSCHED_EXTRAS:-dev}"
 if [ ! -x .venv/bin/python ]; then
   "$(find_python)" -m venv .venv

@@ -26,9 +26,25 @@ from typing import Annotated, Any
 import typer
 
 from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.cli._common import (
+    FORMAT_HELP,
+    JSON_HELP,
+    OutputFormat,
+    render_rows,
+    resolve_format,
+)
 from prefect_cloudsched.errors import InputError
 
-blocks_app = typer.Typer(help="Prefect blocks: save the ready documents in blocks/.")
+blocks_app = typer.Typer(
+    rich_markup_mode="markdown",
+    help="""Prefect blocks: save the ready documents in blocks/.
+
+Examples:
+
+* `prefect-cloudsched blocks apply`
+* `prefect-cloudsched blocks apply --dir my-blocks --overwrite`
+""",
+)
 app.add_typer(blocks_app, name="blocks")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -187,8 +203,21 @@ def apply(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace saved blocks whose values differ.")
     ] = False,
+    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Save the block documents in a folder to the Prefect API (idempotent)."""
+    """Save the block documents in a folder to the Prefect API (idempotent).
+
+    Every document is validated before anything is saved. Exit 1 when a saved block differs
+    and `--overwrite` was not given.
+
+    Examples:
+
+    * `prefect-cloudsched blocks apply`
+    * `prefect-cloudsched blocks apply --dir my-blocks --overwrite`
+    * `PREFECT_API_URL=http://127.0.0.1:4200/api prefect-cloudsched blocks apply --json`
+    """
+    output = resolve_format(output, as_json)
     blocks = load_blocks(directory)  # every document validated before anything is saved
     if not os.environ.get("PREFECT_API_URL"):
         typer.echo(
@@ -197,6 +226,12 @@ def apply(
             err=True,
         )
     outcome = apply_documents(blocks, overwrite=overwrite)
+    if output is not OutputFormat.TABLE:
+        rows = [{"status": status, "block": ref} for status, ref in outcome]
+        render_rows(rows, ("status", "block"), output)
+        if any(status == "differs" for status, _ in outcome):
+            raise typer.Exit(1)
+        return
     for status, ref in outcome:
         hint = " (kept: pass --overwrite to replace it)" if status == "differs" else ""
         typer.echo(f"{status:9} {ref}{hint}")

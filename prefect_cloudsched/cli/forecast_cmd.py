@@ -14,6 +14,20 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.cli._common import (
+    FORMAT_HELP,
+    JSON_HELP,
+    OutputFormat,
+    check_series_span,
+    progress_bar,
+    render_rows,
+    require_extra,
+    resolve_format,
+    text_file,
+    warn,
+    whole,
+    writable_path,
+)
 from prefect_cloudsched.errors import InputError
 
 if TYPE_CHECKING:
@@ -75,7 +89,8 @@ def forecast(
             "multi-step error) or aic (lowest AIC overall)."
         ),
     ] = Selection.VALIDATION,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     plot: Annotated[
         str | None, typer.Option(help="Write a PNG of history, forecast and intervals.")
     ] = None,
@@ -94,13 +109,21 @@ def forecast(
     * `prefect-cloudsched forecast usage.csv --backtest --origins 7 --json`
     * `prefect-cloudsched forecast demand.csv --model arima --horizon 48`
     """
+    output = resolve_format(output, as_json)
+    as_json = output is OutputFormat.JSON
     for flag, value in (("--horizon", horizon), ("--origins", origins)):
         if value < 1:
             raise InputError(f"{flag} must be at least 1 (got {value})")
+    whole(horizon, "--horizon", high=8784)
+    whole(origins, "--origins", high=366)
+    whole(window, "--window", low=1, high=24 * 366 * 5)
+    whole(weekly_fourier, "--weekly-fourier", low=0, high=84)
     if plot is not None and not plot.lower().endswith(".png"):
         raise InputError(f"--plot {plot!r} must name a .png file")
-
-    from rich.console import Console
+    if plot is not None:
+        require_extra("matplotlib", "forecast --plot")
+        writable_path(plot, "--plot")
+    series = str(text_file(series, "SERIES"))
 
     from prefect_cloudsched.core import forecast as fc
 
@@ -110,12 +133,16 @@ def forecast(
         "selection": selection.value,
     }
     config = fc.ForecastConfig(**options, **({"window": window} if window else {}))
-    data = fc.load_series_csv(series, column)
-    err = Console(stderr=True)
-    with err.status("Preparing…") as status:
+    data = check_series_span(fc.load_series_csv(series, column), Path(series).name)
+    # one step per arima origin and per baseline model ("arima origin 3/14: <candidate>")
+    total = origins + len(fc.MODELS) - 1 if backtest else None
+    started: set[str] = {"arima"}
+    with progress_bar("backtest" if backtest else "forecast", total) as step:
 
         def progress(message: str) -> None:
-            status.update(f"Fitting {message}")
+            unit = message.split(":")[0]
+            step(f"fitting {message}", advance=unit not in started)
+            started.add(unit)
 
         if backtest:
             result = fc.backtest(
@@ -124,33 +151,38 @@ def forecast(
         else:
             prediction = fc.fit_forecast(data, horizon, config, progress, model=model.value)
     if backtest:
-        _show_backtest(result, as_json)
+        _show_backtest(result, output)
         if plot:
             _plot_backtest(fc.prepare_series(data), result, plot, model.value)
         return
     if prediction.fallback_reason:
-        err.print(f"[yellow]Warning:[/] fell back: {prediction.fallback_reason}")
-    _show_forecast(prediction, as_json, series, column)
+        warn(f"fell back: {prediction.fallback_reason}")
+    _show_forecast(prediction, output, series, column)
     if plot:
         _plot_forecast(fc.prepare_series(data), prediction, plot)
 
 
-def _show_forecast(prediction: Forecast, as_json: bool, series: str, column: str) -> None:
-    if as_json:
+def _show_forecast(prediction: Forecast, output: OutputFormat, series: str, column: str) -> None:
+    if output is OutputFormat.JSON:
         typer.echo(json.dumps({"series": series, "column": column, **prediction.to_dict()},
                               indent=2))  # fmt: skip
         return
-    from rich.console import Console
+    if output is not OutputFormat.TABLE:
+        frame = prediction.frame.round(6).reset_index()
+        render_rows(frame.to_dict("records"), list(frame.columns), output)
+        return
     from rich.table import Table
 
-    out = Console()
+    from prefect_cloudsched.cli._common import print_table, stdout_console
+
+    out = stdout_console()
     out.print(_model_line(prediction))
     table = Table(title=f"{column}: next {len(prediction.frame)} hours")
     for name in ("hour", "point", "lo80", "hi80", "lo95", "hi95"):
         table.add_column(name, justify="right")
     for hour, row in prediction.frame.iterrows():
         table.add_row(str(hour), *(f"{v:.3f}" for v in row.to_numpy()))
-    out.print(table)
+    print_table(table, out)
 
 
 def _model_line(prediction: Forecast) -> str:
@@ -175,14 +207,19 @@ def _model_line(prediction: Forecast) -> str:
     return f"{line}, fitted in {prediction.fit_seconds:.1f} s"
 
 
-def _show_backtest(result: BacktestResult, as_json: bool) -> None:
-    if as_json:
+def _show_backtest(result: BacktestResult, output: OutputFormat) -> None:
+    if output is OutputFormat.JSON:
         typer.echo(json.dumps([s.to_dict() for s in result.scores], indent=2))
         return
-    from rich.console import Console
+    if output is not OutputFormat.TABLE:
+        rows = [s.to_dict() for s in result.scores]
+        render_rows(rows, list(rows[0]) if rows else [], output)
+        return
     from rich.table import Table
 
-    out = Console()
+    from prefect_cloudsched.cli._common import print_table, stdout_console
+
+    out = stdout_console()
     table = Table(
         title=f"Backtest, {result.horizon} h ahead from {len(result.origins)} daily origins "
         f"(window {result.window} h)",
@@ -193,7 +230,7 @@ def _show_backtest(result: BacktestResult, as_json: bool) -> None:
     for s in result.scores:
         table.add_row(s.model, f"{s.mase:.3f}", f"{s.smape:.1f}", f"{s.coverage80:.0%}",
                       f"{s.coverage95:.0%}", f"{s.fit_seconds:.1f}", str(s.fallbacks))  # fmt: skip
-    out.print(table)
+    print_table(table, out)
     if result.arima_models:
         out.print(f"arima used: {'; '.join(dict.fromkeys(result.arima_models))}")
     out.print(f"backtest took {result.seconds:.1f} s ({result.cpu_seconds:.1f} s CPU)")

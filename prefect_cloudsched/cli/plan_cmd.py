@@ -12,31 +12,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.cli._common import (
+    FORMAT_HELP,
+    JSON_HELP,
+    OutputFormat,
+    check_series_span,
+    finite,
+    group_with_default,
+    open_ledger,
+    print_table,
+    progress_bar,
+    render_rows,
+    require_extra,
+    resolve_format,
+    say,
+    stdout_console,
+    text_file,
+    whole,
+    writable_path,
+)
 from prefect_cloudsched.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import click
-
     from prefect_cloudsched.core.catalog import Catalog
     from prefect_cloudsched.core.planning import CapacityPlan
 
 _DEFAULT_COMMAND = "run"
 
 
-class _PlanGroup(TyperGroup):
-    """Routes ``plan SERIES.csv ...`` (and ``plan --json SERIES.csv``) to ``plan run``."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help",):
-            args = [_DEFAULT_COMMAND, *args]
-        return super().parse_args(ctx, args)
-
-
 plan_app = typer.Typer(
-    cls=_PlanGroup,
+    cls=group_with_default(_DEFAULT_COMMAND, empty_too=False),
     no_args_is_help=True,
     rich_markup_mode="markdown",
     help="""Plan reserved / on-demand / spot capacity from a demand forecast, and buy it.
@@ -55,8 +62,10 @@ Examples:
 app.add_typer(plan_app, name="plan")
 
 
-def _say(line: str) -> None:
-    typer.echo(line, err=True)
+_say = say
+#: Longest horizon planned: a year of hours (more is a typo, and an hours x offers LP that
+#: would not fit in memory).
+MAX_HORIZON_HOURS = 8784
 
 
 @plan_app.command(_DEFAULT_COMMAND)
@@ -98,7 +107,8 @@ def run(
             "arima (SARIMAX alone) or seasonal-naive (last day repeated; fast).",
         ),
     ] = "combined",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG of the hourly mix against the forecast.")
     ] = None,
@@ -126,43 +136,52 @@ def run(
     from prefect_cloudsched.core.forecast import load_series_csv
     from prefect_cloudsched.core.planning import demand_from_forecast, plan_capacity
 
-    if horizon < 1:
-        raise InputError(f"--horizon must be >= 1 hour, got {horizon}")
+    output = resolve_format(output, as_json)
+    whole(horizon, "--horizon", low=1, high=MAX_HORIZON_HOURS)
+    finite(spot_max_share, "--spot-max-share", low=0, high=1)
+    finite(budget, "--budget", low=0, low_open=True)
+    finite(time_limit, "--time-limit", low=0, low_open=True)
+    finite(gap, "--gap", low=0, high=1)
+    series = text_file(series, "SERIES")
+    if plot is not None:
+        require_extra("matplotlib", "plan --plot")
+        writable_path(plot, "--plot")
     if not 0 < service_level < 1:
         raise InputError(f"--service-level must be in (0, 1), e.g. 0.9; got {service_level}")
     if forecast_model not in _FORECAST_MODELS:
         raise InputError(
             f"--forecast-model {forecast_model!r}: use {' or '.join(_FORECAST_MODELS)}"
         )
-    catalog = load_catalog(catalog_path)
+    catalog = load_catalog(text_file(catalog_path, "--catalog") if catalog_path else None)
     gpu = _gpu_type(gpu_type, catalog)
     clouds = _clouds(cloud, catalog)
     regions = _regions(region, catalog)
-    history = load_series_csv(series, column)
-    _say(f"forecasting {horizon} h of {series.name}:{column} ({forecast_model})")
-    forecast = _forecast(history, horizon, forecast_model)
-    _say(f"forecast: {forecast.model}")
-    demand = {f"gpu:{gpu}": demand_from_forecast(forecast, service_level)}
-    plan = plan_capacity(
-        demand,
-        catalog,
-        service_level=service_level,
-        spot_max_share=spot_max_share,
-        budget_usd=budget,
-        clouds=clouds,
-        regions=regions,
-        solver=solver,
-        time_limit_s=time_limit,
-        gap=gap,
-        progress=_say,
-    )
+    history = check_series_span(load_series_csv(series, column), series.name)
+    with progress_bar(f"planning {horizon} h of {series.name}:{column}", None) as step:
+        step(f"forecasting ({forecast_model})")
+        forecast = _forecast(history, horizon, forecast_model, step)
+        step(f"forecast: {forecast.model}")
+        demand = {f"gpu:{gpu}": demand_from_forecast(forecast, service_level)}
+        plan = plan_capacity(
+            demand,
+            catalog,
+            service_level=service_level,
+            spot_max_share=spot_max_share,
+            budget_usd=budget,
+            clouds=clouds,
+            regions=regions,
+            solver=solver,
+            time_limit_s=time_limit,
+            gap=gap,
+            progress=step,
+        )
     plan_id = None
     if save:
         plan_id = _save(plan, f"{series.name}:{column}:{gpu}", ledger_url)
     if plot is not None:
         _plot(plan, forecast.frame["point"].tolist(), f"gpu:{gpu}", plot)
         _say(f"wrote {plot}")
-    if as_json:
+    if output is OutputFormat.JSON:
         import json
 
         payload: dict[str, Any] = {
@@ -174,8 +193,10 @@ def run(
             "plan_id": plan_id,
         }
         typer.echo(json.dumps(payload, indent=2))
-    else:
+    elif output is OutputFormat.TABLE:
         _print_plan(plan, gpu, forecast.model, plan_id)
+    else:
+        _render_reservations(plan, output)
     if plan.status == "infeasible":
         raise typer.Exit(1)
 
@@ -183,7 +204,21 @@ def run(
 _FORECAST_MODELS = ("combined", "arima", "seasonal-naive")
 
 
-def _forecast(history: Any, horizon: int, model: str) -> Any:
+def _render_reservations(plan: CapacityPlan, output: OutputFormat) -> None:
+    """The reservations as CSV or Markdown rows; the totals go to stderr."""
+    rows = [
+        {"capacity_key": i.capacity_key, "count": i.count, "gpu_count": i.gpu_count,
+         "usd_per_hour": i.usd_per_hour, "usd_over_horizon": round(
+             i.usd_per_hour * i.count * plan.hours, 2)}
+        for i in plan.reserved
+    ]  # fmt: skip
+    fields = ("capacity_key", "count", "gpu_count", "usd_per_hour", "usd_over_horizon")
+    render_rows(rows, fields, output, right=fields[1:])
+    _say(f"status {plan.status}; expected ${plan.expected_cost:,.2f}, all on-demand "
+         f"${plan.ondemand_cost:,.2f}, saving ${plan.saving:,.2f}")  # fmt: skip
+
+
+def _forecast(history: Any, horizon: int, model: str, step: Any = None) -> Any:
     """The combined forecast (default), the pure SARIMAX, or seasonal-naive for speed."""
     from prefect_cloudsched.core.forecast import (
         DAY,
@@ -194,8 +229,10 @@ def _forecast(history: Any, horizon: int, model: str) -> Any:
     )
 
     if model in ("combined", "arima"):
-        progress = lambda label: _say(f"  fitting {label}")  # noqa: E731
-        return fit_forecast(history, horizon, progress=progress, model=model)
+        say_step = step or _say
+        return fit_forecast(
+            history, horizon, progress=lambda label: say_step(f"fitting {label}"), model=model
+        )
     frame = lag_forecast(prepare_series(history), horizon, DAY)
     return Forecast(frame, "seasonal_naive", "seasonal-naive(24)")
 
@@ -230,13 +267,12 @@ def _regions(values: list[str] | None, catalog: Catalog) -> list[str] | None:
 
 
 def _save(plan: CapacityPlan, name: str, ledger_url: str | None) -> int | None:
-    from prefect_cloudsched.adapters.ledger import Ledger
     from prefect_cloudsched.core.records import to_micro
 
     if plan.status == "infeasible":
         _say("not saved: the plan is infeasible (the task runner would read it as no capacity)")
         return None
-    plan_id = Ledger(ledger_url).record_plan(
+    plan_id = open_ledger(ledger_url).record_plan(
         name=name,
         status=plan.status,
         expected_micro=to_micro(plan.expected_cost),
@@ -248,10 +284,9 @@ def _save(plan: CapacityPlan, name: str, ledger_url: str | None) -> int | None:
 
 
 def _print_plan(plan: CapacityPlan, gpu: str, model: str, plan_id: int | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = stdout_console()
     console.print(
         f"Capacity plan for {gpu} GPUs over {plan.hours} h at service level "
         f"{plan.service_level:g} (forecast: {model})"
@@ -276,7 +311,7 @@ def _print_plan(plan: CapacityPlan, gpu: str, model: str, plan_id: int | None) -
             f"{item.usd_per_hour * item.count * plan.hours:,.2f}",
         )
     if plan.reserved:
-        console.print(table)
+        print_table(table, console)
     else:
         console.print("Reservations to hold: none (on-demand and spot are cheaper here)")
     supplied = plan.supplied.get(f"gpu:{gpu}", {})
@@ -352,7 +387,8 @@ def apply(
             "--aws-offering-type", help="No Upfront (the catalog's rate), Partial/All Upfront."
         ),
     ] = "No Upfront",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the items as JSON.")] = False,
+    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     ledger_url: Annotated[
         str | None, typer.Option("--ledger", help="Ledger URL (default: the local ledger).")
     ] = None,
@@ -372,7 +408,6 @@ def apply(
     * `prefect-cloudsched plan apply --plan-id 3 --json`
     * `prefect-cloudsched plan apply --plan-id 3 --yes --gcp-project my-project`
     """
-    from prefect_cloudsched.adapters.ledger import Ledger
     from prefect_cloudsched.adapters.purchase import (
         AwsReservedInstances,
         GcpCommitments,
@@ -386,12 +421,15 @@ def apply(
             f"--aws-offering-type {aws_offering_type!r}: use No Upfront, Partial Upfront "
             "or All Upfront"
         )
-    ledger = Ledger(ledger_url)
+    output = resolve_format(output, as_json)
+    ledger = open_ledger(ledger_url)
     stored = _stored_plan(ledger, plan_id)
     if stored["status"] == "infeasible":
         raise InputError(f"plan {stored['id']} is infeasible; there is nothing to buy")
-    items = purchase_items(stored, load_catalog(catalog_path))
-    if as_json:
+    items = purchase_items(
+        stored, load_catalog(text_file(catalog_path, "--catalog") if catalog_path else None)
+    )
+    if output is OutputFormat.JSON:
         import json
 
         typer.echo(
@@ -404,8 +442,10 @@ def apply(
                 indent=2,
             )
         )
-    else:
+    elif output is OutputFormat.TABLE:
         _print_items(stored, items)
+    else:
+        render_rows([i.to_dict() for i in items], list(items[0].to_dict()) if items else [], output)
     if not items:
         return
     if not yes:
@@ -455,10 +495,9 @@ def _stored_plan(ledger: Any, plan_id: int | None) -> dict[str, Any]:
 
 
 def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = stdout_console()
     if not items:
         console.print(
             f"Plan {stored['id']} ({stored['name']}) holds no reservations; nothing to buy"
@@ -480,7 +519,7 @@ def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
             f"{i.hourly_usd:,.4f}",
             f"{i.term_usd:,.2f}",
         )
-    console.print(table)
+    print_table(table, console)
     console.print(
         f"Commitment: ${sum(i.term_usd for i in items):,.2f} over one year "
         f"(${sum(i.hourly_usd for i in items):,.4f}/h, billed whether used or not)"

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from enum import StrEnum
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 
 from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.cli._common import (
+    FORMAT_HELP,
+    JSON_HELP,
+    Cloud,
+    OutputFormat,
+    cloud_errors,
+    open_ledger,
+    render_rows,
+    resolve_format,
+    say,
+    stdout_console,
+)
 from prefect_cloudsched.errors import InputError
 
 _MOCK_PROJECT = "cloudsched-demo"
-
-
-class Cloud(StrEnum):
-    """Clouds the reaper can scan."""
-
-    AWS = "aws"
-    GCP = "gcp"
 
 
 @app.command("reap")
@@ -57,29 +63,69 @@ def reap_command(
         ),
     ] = None,
     ledger_url: Annotated[
-        str | None, typer.Option("--ledger-url", help="Ledger to read and update (default: usual).")
+        str | None,
+        typer.Option(
+            "--ledger", "--ledger-url", help="Ledger to read and update (default: the local one)."
+        ),
     ] = None,
+    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Find instances tagged with our owner id whose heartbeat expired (their process died)
-    or that the ledger says were ended, and terminate them. Never touches another owner's."""
+    """Terminate instances of ours whose heartbeat expired or that the ledger says ended.
+
+    Only instances tagged with our owner id are considered: never another owner's.
+
+    Examples:
+
+    * `prefect-cloudsched reap --dry-run` (AWS, the catalog's regions; needs AWS credentials)
+    * `prefect-cloudsched reap --dry-run --cloud gcp --gcp-project my-project`
+    * `prefect-cloudsched reap --mock aws=http://127.0.0.1:5000 --heartbeat-ttl 300`
+    * `prefect-cloudsched reap --pool gpu-pool --json`
+    """
+    output = resolve_format(output, as_json)
     if heartbeat_ttl <= 0:
         raise InputError("--heartbeat-ttl must be > 0 seconds")
-    from prefect_cloudsched.adapters.ledger import Ledger
     from prefect_cloudsched.adapters.provision.reaper import reap
 
-    provisioners = _provisioners(
-        owner=owner,
-        clouds={c.value for c in cloud} if cloud else None,
-        regions=region,
-        gcp_project=gcp_project,
-        pools=pool or [],
-        mocks=_parse_mocks(mock or []),
-        ledger_url=ledger_url,
-    )
-    actions = reap(
-        provisioners, heartbeat_ttl=heartbeat_ttl, ledger=Ledger(ledger_url), dry_run=dry_run
-    )
-    _print(actions, owner=owner, dry_run=dry_run)
+    mocks = _parse_mocks(mock or [])
+    ledger = open_ledger(ledger_url)
+    with _cloud_access("the cloud", mocks):
+        provisioners = _provisioners(
+            owner=owner,
+            clouds={c.value for c in cloud} if cloud else None,
+            regions=region,
+            gcp_project=gcp_project,
+            pools=pool or [],
+            mocks=mocks,
+            ledger_url=ledger_url,
+        )
+    actions: list[Any] = []
+    for provisioner in provisioners:
+        say(f"listing {provisioner.cloud} instances of owner {owner!r}")
+        with _cloud_access(provisioner.cloud, mocks):
+            actions += reap(
+                [provisioner], heartbeat_ttl=heartbeat_ttl, ledger=ledger, dry_run=dry_run
+            )
+    _print(actions, owner=owner, dry_run=dry_run, output=output)
+
+
+_HINTS = {
+    "aws": "set AWS credentials (AWS_PROFILE, aws configure or AWS_ACCESS_KEY_ID/"
+    "AWS_SECRET_ACCESS_KEY), or pass --mock aws=http://HOST:PORT",
+    "gcp": "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS, "
+    "or pass --mock gcp=http://HOST:PORT",
+}
+
+
+@contextlib.contextmanager
+def _cloud_access(cloud: str, mocks: dict[str, str]) -> Iterator[None]:
+    """A cloud SDK failure (no credentials, endpoint down) as one line with the fix."""
+    if cloud in mocks:
+        hint = f"is the stand-in at {mocks[cloud]} running?"
+    else:
+        hint = _HINTS.get(cloud, " or ".join(_HINTS.values()))
+    with cloud_errors(f"list {cloud} instances", hint):
+        yield
 
 
 def _parse_mocks(values: list[str]) -> dict[str, str]:
@@ -162,41 +208,39 @@ def _provisioners(
     return found
 
 
-def _print(actions: list[Any], *, owner: str, dry_run: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def _print(actions: list[Any], *, owner: str, dry_run: bool, output: OutputFormat) -> None:
     now = time.time()
-    table = Table(title=f"Instances of owner {owner!r}")
-    for column in ("cloud", "instance", "where", "type", "run", "heartbeat", "action", "why"):
-        table.add_column(column)
+    rows = []
     for action in actions:
         inst = action.instance
-        beat = f"{now - inst.heartbeat:.0f} s ago" if inst.heartbeat else "none"
         if not action.reap:
             verb = "kept"
         elif dry_run:
             verb = "would terminate"
         else:
             verb = "terminated" if action.done else "skipped"
-        table.add_row(
-            inst.cloud,
-            inst.instance_id,
-            inst.zone or inst.region,
-            inst.instance_type,
-            inst.run_id,
-            beat,
-            verb,
-            action.reason,
-        )
-    console = Console()
-    if actions:
-        console.print(table)
+        rows.append({
+            "cloud": inst.cloud,
+            "instance": inst.instance_id,
+            "where": inst.zone or inst.region,
+            "type": inst.instance_type,
+            "run": inst.run_id,
+            "heartbeat": f"{now - inst.heartbeat:.0f} s ago" if inst.heartbeat else "none",
+            "action": verb,
+            "why": action.reason,
+        })  # fmt: skip
     stale = sum(a.reap for a in actions)
-    done = sum(a.done for a in actions)
+    count = stale if dry_run else sum(a.done for a in actions)
     verb = "would be terminated" if dry_run else "terminated"
-    count = stale if dry_run else done
-    console.print(
+    summary = (
         f"{len(actions)} instance(s) of owner {owner!r} found; {count} {verb}; "
         f"{len(actions) - stale} alive."
     )
+    fields = ("cloud", "instance", "where", "type", "run", "heartbeat", "action", "why")
+    if output is not OutputFormat.TABLE:
+        render_rows(rows, fields, output)
+        say(summary)
+        return
+    if rows:
+        render_rows(rows, fields, output, title=f"Instances of owner {owner!r}")
+    stdout_console().print(summary, markup=False)

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from prefect_cloudsched.cli._app import app
+from prefect_cloudsched.cli._common import (
+    FORMAT_HELP,
+    JSON_HELP,
+    open_ledger,
+    print_table,
+    require_extra,
+    resolve_format,
+    stdout_console,
+    writable_path,
+)
+from prefect_cloudsched.cli._common import OutputFormat as ReportFormat
 from prefect_cloudsched.errors import InputError
-
-
-class ReportFormat(StrEnum):
-    """Output formats of the cost report."""
-
-    TABLE = "table"
-    CSV = "csv"
-    JSON = "json"
-    MARKDOWN = "markdown"
 
 
 class GroupBy(StrEnum):
@@ -27,6 +30,7 @@ class GroupBy(StrEnum):
     FLOW = "flow"
     TASK = "task"
     CLOUD = "cloud"
+    REGION = "region"
     OPTION = "option"
     INSTANCE = "instance"
     DAY = "day"
@@ -42,7 +46,9 @@ def parse_when(text: str, option: str) -> datetime:
     except ValueError:
         try:
             return datetime.now(UTC) - parse_duration(text, option)
-        except NeedsError:
+        except NeedsError as err:
+            if "too long" in str(err):
+                raise InputError(str(err)) from None
             raise InputError(
                 f"{option} {text!r} is neither a date (2026-11-01, 2026-11-01T12:00) "
                 "nor a duration ago (24h, 7d)"
@@ -53,7 +59,8 @@ def parse_when(text: str, option: str) -> datetime:
 @app.command("report")
 def report(
     group_by: Annotated[
-        GroupBy, typer.Option("--group-by", "-g", help="flow, task, cloud, option, instance, day.")
+        GroupBy,
+        typer.Option("--group-by", "-g", help="flow, task, cloud, region, option, instance, day."),
     ] = GroupBy.FLOW,
     since: Annotated[
         str | None, typer.Option(help="Start: a date (2026-11-01) or a duration ago (7d).")
@@ -61,13 +68,21 @@ def report(
     until: Annotated[
         str | None, typer.Option(help="End (exclusive), same forms as --since.")
     ] = None,
-    flow: Annotated[str | None, typer.Option("--flow", help="Only this flow name.")] = None,
+    flow: Annotated[
+        str | None,
+        typer.Option("--flow", help="Only this flow: its name or its function's name."),
+    ] = None,
     last_run: Annotated[
         bool, typer.Option("--last-run", help="Only the most recent flow run (after filters).")
     ] = False,
-    output: Annotated[
-        ReportFormat, typer.Option("--format", "-f", help="table, csv, json or markdown.")
-    ] = ReportFormat.TABLE,
+    output: Annotated[ReportFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="Write a PNG: daily spend vs on-demand, by purchase option and cloud."
+        ),
+    ] = None,
     ledger_url: Annotated[
         str | None,
         typer.Option("--ledger", help="Ledger database URL (default: the local SQLite ledger)."),
@@ -80,9 +95,10 @@ def report(
     * `prefect-cloudsched report`
     * `prefect-cloudsched report --group-by task --flow ml-pipeline --last-run`
     * `prefect-cloudsched report -g day --since 7d -f csv > spend.csv`
-    * `prefect-cloudsched report -g option -f json`
+    * `prefect-cloudsched report -g region --json`
+    * `prefect-cloudsched report --since 30d --plot spend.png`
     """
-    from prefect_cloudsched.adapters.ledger import Ledger, redact_url
+    from prefect_cloudsched.adapters.ledger import redact_url
     from prefect_cloudsched.core.report import (
         build_report,
         render_csv,
@@ -90,16 +106,28 @@ def report(
         render_markdown,
     )
 
+    output = resolve_format(output, as_json)
     start = parse_when(since, "--since") if since else None
     end = parse_when(until, "--until") if until else None
     if start and end and end <= start:
         raise InputError("--until must be later than --since")
-    ledger = Ledger(ledger_url)
-    records = ledger.placements(since=start, until=end, flow_name=flow)
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise InputError(f"--plot {str(plot)!r} must name a .png file")
+        require_extra("matplotlib", "report --plot")
+        writable_path(plot, "--plot")
+    ledger = open_ledger(ledger_url)
+    records = ledger.placements(since=start, until=end)
+    if flow is not None:
+        records = [r for r in records if _same_flow(r.flow_name, flow)]
     if last_run and records:
         latest = max(records, key=lambda r: r.started_at).flow_run_id
         records = [r for r in records if r.flow_run_id == latest]
     result = build_report(records, group_by.value)
+    if plot is not None:
+        from prefect_cloudsched.cli.report_plot import plot_daily_spend
+
+        typer.echo(f"wrote {plot_daily_spend(records, plot)}", err=True)
     if output is ReportFormat.JSON:
         typer.echo(render_json(result))
     elif output is ReportFormat.CSV:
@@ -107,14 +135,10 @@ def report(
     elif output is ReportFormat.MARKDOWN:
         typer.echo(render_markdown(result), nl=False)
     else:
-        from rich.console import Console
-
         from prefect_cloudsched.core.report import render_rich
 
-        console = Console()
-        if not console.is_terminal:  # piped or captured: no terminal width to respect
-            console = Console(width=120)
-        console.print(render_rich(result))
+        console = stdout_console()
+        print_table(render_rich(result), console)
         if not records:
             console.print(
                 f"[dim]No placements in {redact_url(ledger.url)} for this filter yet: "
@@ -127,3 +151,8 @@ def report(
                 f"Spent [bold]${result.total.spend:.6f}[/bold] vs ${result.total.baseline:.6f} "
                 f"on plain on-demand: saved {saved}; {result.total.interruptions} interruption(s)."
             )
+
+
+def _same_flow(stored: str, wanted: str) -> bool:
+    """A flow's name, or its function's name (Prefect names ``my_flow`` as ``my-flow``)."""
+    return stored == wanted or stored.replace("_", "-") == wanted.replace("_", "-")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
@@ -82,17 +83,19 @@ class TaskNeeds:
 
     def __post_init__(self) -> None:
         _check_nonneg_int("gpus", self.gpus)
-        if self.cpus <= 0:
-            raise NeedsError(f"cpus must be > 0, got {self.cpus!r}")
-        if self.memory_gib <= 0:
-            raise NeedsError(f"memory_gib must be > 0, got {self.memory_gib!r}")
-        if self.input_gib < 0:
-            raise NeedsError(f"input_gib must be >= 0, got {self.input_gib!r}")
-        if not isinstance(self.est_runtime, timedelta) or self.est_runtime <= timedelta(0):
-            raise NeedsError(f"est_runtime must be a positive timedelta, got {self.est_runtime!r}")
-        if isinstance(self.deadline, timedelta) and self.deadline <= timedelta(0):
-            raise NeedsError(f"deadline must be a positive duration, got {self.deadline!r}")
-        if self.deadline is not None and not isinstance(self.deadline, timedelta | datetime):
+        _check_number("cpus", self.cpus, positive=True)
+        _check_number("memory_gib", self.memory_gib, positive=True)
+        _check_number("input_gib", self.input_gib, positive=False)
+        for name in ("spot_ok", "checkpointable"):
+            if not isinstance(getattr(self, name), bool):
+                raise NeedsError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}; "
+                    "a string such as 'no' is not a bool"
+                )
+        _check_duration("est_runtime", self.est_runtime)
+        if isinstance(self.deadline, timedelta):
+            _check_duration("deadline", self.deadline)
+        elif self.deadline is not None and not isinstance(self.deadline, datetime):
             raise NeedsError(
                 f"deadline must be a timedelta or datetime, got {type(self.deadline).__name__}"
             )
@@ -100,9 +103,11 @@ class TaskNeeds:
             object.__setattr__(self, "gpu_type", normalize_gpu_type(self.gpu_type))
             if self.gpus == 0:
                 object.__setattr__(self, "gpus", 1)
+        if self.data_region is not None:
+            object.__setattr__(self, "data_region", check_region(self.data_region))
         try:
             object.__setattr__(self, "priority", Priority(self.priority))
-        except ValueError:
+        except (ValueError, TypeError):
             raise NeedsError(
                 f"priority must be one of {', '.join(p.value for p in Priority)};"
                 f" got {self.priority!r}"
@@ -143,10 +148,118 @@ class TaskNeeds:
 
 def normalize_gpu_type(name: str) -> str:
     """Canonical GPU name, or a :class:`NeedsError` that lists the known ones."""
-    canon = _GPU_BY_LOWER.get(str(name).strip().lower())
+    canon = _GPU_BY_LOWER.get(name.strip().lower()) if isinstance(name, str) else None
     if canon is None:
         raise NeedsError(f"gpu_type {name!r} is unknown; use one of: {', '.join(KNOWN_GPU_TYPES)}")
     return canon
+
+
+#: Public regions of the two clouds (``data_region`` must name one: a typo would silently
+#: price every placement as cross-region egress).
+AWS_REGIONS: frozenset[str] = frozenset(
+    [
+        "us-east-1",
+        "us-east-2",
+        "us-west-1",
+        "us-west-2",
+        "af-south-1",
+        "ap-east-1",
+        "ap-east-2",
+        "ap-south-1",
+        "ap-south-2",
+        "ap-southeast-1",
+        "ap-southeast-2",
+        "ap-southeast-3",
+        "ap-southeast-4",
+        "ap-southeast-5",
+        "ap-southeast-7",
+        "ap-northeast-1",
+        "ap-northeast-2",
+        "ap-northeast-3",
+        "ca-central-1",
+        "ca-west-1",
+        "eu-central-1",
+        "eu-central-2",
+        "eu-west-1",
+        "eu-west-2",
+        "eu-west-3",
+        "eu-south-1",
+        "eu-south-2",
+        "eu-north-1",
+        "il-central-1",
+        "me-south-1",
+        "me-central-1",
+        "mx-central-1",
+        "sa-east-1",
+        "us-gov-east-1",
+        "us-gov-west-1",
+        "cn-north-1",
+        "cn-northwest-1",
+    ]
+)
+GCP_REGIONS: frozenset[str] = frozenset(
+    [
+        "africa-south1",
+        "asia-east1",
+        "asia-east2",
+        "asia-northeast1",
+        "asia-northeast2",
+        "asia-northeast3",
+        "asia-south1",
+        "asia-south2",
+        "asia-southeast1",
+        "asia-southeast2",
+        "australia-southeast1",
+        "australia-southeast2",
+        "europe-central2",
+        "europe-north1",
+        "europe-north2",
+        "europe-southwest1",
+        "europe-west1",
+        "europe-west2",
+        "europe-west3",
+        "europe-west4",
+        "europe-west6",
+        "europe-west8",
+        "europe-west9",
+        "europe-west10",
+        "europe-west12",
+        "me-central1",
+        "me-central2",
+        "me-west1",
+        "northamerica-northeast1",
+        "northamerica-northeast2",
+        "northamerica-south1",
+        "southamerica-east1",
+        "southamerica-west1",
+        "us-central1",
+        "us-east1",
+        "us-east4",
+        "us-east5",
+        "us-south1",
+        "us-west1",
+        "us-west2",
+        "us-west3",
+        "us-west4",
+    ]
+)
+KNOWN_REGIONS: frozenset[str] = AWS_REGIONS | GCP_REGIONS
+
+
+def check_region(name: object, field_name: str = "data_region") -> str:
+    """``name`` if it is a public AWS or GCP region, else a :class:`NeedsError` with a hint."""
+    if not isinstance(name, str):
+        raise NeedsError(f"{field_name} must be a region name such as us-east-1, got {name!r}")
+    region = name.strip().lower()
+    if region in KNOWN_REGIONS:
+        return region
+    zone_of = region.rsplit("-", 1)[0]
+    hint = (
+        f"{name!r} looks like a zone; use its region {zone_of!r}"
+        if zone_of in KNOWN_REGIONS
+        else f"{name!r} is not an AWS or GCP region; write e.g. us-east-1 or europe-west4"
+    )
+    raise NeedsError(f"{field_name}: {hint}")
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -170,7 +283,10 @@ def parse_duration(text: str, field_name: str = "duration") -> timedelta:
             f"{field_name} {text!r} is not a duration; write e.g. 90s, 30m, 2h, 1h30m or 1d"
         )
     days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    value = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    if total > MAX_DURATION.total_seconds():
+        raise NeedsError(f"{field_name} {text!r} is too long; at most {MAX_DURATION.days}d")
+    value = timedelta(seconds=total)
     if value <= timedelta(0):
         raise NeedsError(f"{field_name} {text!r} must be longer than zero")
     return value
@@ -182,7 +298,10 @@ def parse_memory_gib(text: str) -> float:
     if not match:
         raise NeedsError(f"mem {text!r} is not a size; write e.g. 32Gi, 512Mi or 1Ti")
     unit = (match.group(2) or "g")[0].lower()
-    return float(match.group(1)) * _MEMORY_FACTORS[unit]
+    value = float(match.group(1)) * _MEMORY_FACTORS[unit]
+    if not math.isfinite(value):
+        raise NeedsError(f"mem {text!r} is too large; write e.g. 32Gi, 512Mi or 1Ti")
+    return value
 
 
 def _parse_int(tag: str, value: str) -> int:
@@ -197,14 +316,44 @@ def _parse_int(tag: str, value: str) -> int:
 
 def _parse_float(tag: str, value: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise NeedsError(f"tag {tag!r}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise NeedsError(f"tag {tag!r}: {value!r} is not a finite number; write e.g. cpu:4")
+    return number
 
 
 def _check_nonneg_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise NeedsError(f"{name} must be a whole number >= 0, got {value!r}")
+
+
+def _check_number(name: str, value: object, *, positive: bool) -> None:
+    """A real, finite number (not a bool, not a string): ``"4"`` is refused, not coerced."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise NeedsError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise NeedsError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise NeedsError(f"{name} must be > 0, got {value!r}")
+    if not positive and value < 0:
+        raise NeedsError(f"{name} must be >= 0, got {value!r}")
+
+
+#: Longest runtime or deadline accepted: longer ones are typos, and they overflow datetimes.
+MAX_DURATION = timedelta(days=366)
+
+
+def _check_duration(name: str, value: object) -> None:
+    if not isinstance(value, timedelta):
+        raise NeedsError(
+            f"{name} must be a timedelta (e.g. timedelta(hours=2)), got {type(value).__name__}"
+        )
+    if value <= timedelta(0):
+        raise NeedsError(f"{name} must be a positive duration, got {value!r}")
+    if value > MAX_DURATION:
+        raise NeedsError(f"{name} must be at most {MAX_DURATION.days} days, got {value!r}")
 
 
 def _fmt_td(value: timedelta) -> str:
@@ -235,7 +384,7 @@ _VALUE_TAGS: dict[str, Callable[[str, str], tuple[str, Any]]] = {
         "priority",
         Priority(v.lower()) if v.lower() in Priority._value2member_map_ else _bad_priority(t),
     ),
-    "data-region": lambda t, v: ("data_region", v),
+    "data-region": lambda t, v: ("data_region", check_region(v, f"tag {t!r}")),
     "input": lambda t, v: ("input_gib", parse_memory_gib(v)),
 }
 _FLAG_TAGS: dict[str, tuple[str, Any]] = {

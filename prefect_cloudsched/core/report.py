@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 from prefect_cloudsched.core.records import PlacementRecord, to_usd
 
-GroupBy = Literal["flow", "task", "cloud", "option", "instance", "day"]
+GroupBy = Literal["flow", "task", "cloud", "region", "option", "instance", "day"]
 GROUP_KEYS: dict[str, Callable[[PlacementRecord], str]] = {
     "flow": lambda r: r.flow_name,
     "task": lambda r: r.task_name,
     "cloud": lambda r: r.cloud,
+    "region": lambda r: f"{r.cloud}/{r.region}",
     "option": lambda r: r.option,
     "instance": lambda r: f"{r.cloud}/{r.instance_type}",
     "day": lambda r: r.day,
@@ -106,7 +107,7 @@ def _sum(group: str, records: list[PlacementRecord]) -> ReportRow:
 
 
 def build_report(records: Iterable[PlacementRecord], group_by: str = "flow") -> CostReport:
-    """Aggregate placement records by ``group_by`` (flow|task|cloud|option|instance|day)."""
+    """Aggregate placement records by ``group_by`` (flow|task|cloud|region|option|instance|day)."""
     if group_by not in GROUP_KEYS:
         raise ValueError(f"group_by must be one of {', '.join(GROUP_KEYS)}; got {group_by!r}")
     key = GROUP_KEYS[group_by]

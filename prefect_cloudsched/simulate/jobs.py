@@ -113,7 +113,17 @@ def _number(row: dict[str, str], column: str, line: int, *, default: float | Non
         ) from None
     if not math.isfinite(value) or value < 0:
         raise InputError(f"jobs file line {line}: column {column}={text!r} must be >= 0")
+    if value > _MAX_VALUE.get(column, math.inf):
+        raise InputError(
+            f"jobs file line {line}: column {column}={text!r} is too large "
+            f"(at most {_MAX_VALUE[column]:,.0f})"
+        )
     return value
+
+
+#: Upper bounds: ten years in seconds (beyond, timedeltas overflow), and counts no offer has.
+_MAX_VALUE = {"submit_s": 3.2e8, "duration_s": 3.2e8, "gpus": 1e6, "cpus": 1e7,
+              "memory_gib": 1e9}  # fmt: skip
 
 
 def load_jobs(

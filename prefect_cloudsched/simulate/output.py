@@ -99,23 +99,30 @@ def plot(comparison: Comparison, out: Path, stem: str = "simulate") -> list[Path
     import matplotlib.pyplot as plt
 
     data = rows(comparison)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in data:
-        ax.scatter(100 * row["deadline_miss_rate"], row["cost"], s=40)
-        ax.annotate(row["policy"], (100 * row["deadline_miss_rate"], row["cost"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
-    ax.axhline(comparison.bound.total, linestyle="--", color="grey", label="omniscient bound")
+    # No text next to the points: policies often share a point (same cost, same misses) and
+    # their labels would overprint. Each policy has its own marker and colour, and the legend
+    # beside the axes carries its exact figures.
+    markers = "osD^vP*Xph<>8"
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    for i, row in enumerate(data):
+        miss = 100 * row["deadline_miss_rate"]
+        ax.scatter(miss, row["cost"], s=70, marker=markers[i % len(markers)], alpha=0.8,
+                   color=plt.get_cmap("tab20")(i % 20), edgecolors="black", linewidths=0.5,
+                   label=f"{row['policy']}: ${row['cost']:,.0f}, {miss:.1f}% missed")  # fmt: skip
+    ax.axhline(comparison.bound.total, linestyle="--", color="grey",
+               label=f"omniscient bound: ${comparison.bound.total:,.0f}")  # fmt: skip
     ax.set_xlabel("deadline misses (%)")
     ax.set_ylabel("total cost (USD)")
+    ax.yaxis.set_major_formatter(lambda value, _pos: f"${value:,.0f}")
     ax.set_title("Cost vs deadline misses")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     scatter = out / f"{stem}_cost_vs_misses.png"
     fig.savefig(scatter, dpi=110)
     plt.close(fig)
 
     options = ("reserved", "on-demand", "spot")
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     bottom = [0.0] * len(data)
     names = [row["policy"] for row in data]
     for option in options:
@@ -123,10 +130,11 @@ def plot(comparison: Comparison, out: Path, stem: str = "simulate") -> list[Path
         ax.bar(names, values, bottom=bottom, label=option)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_ylabel("cost (USD)")
+    ax.yaxis.set_major_formatter(lambda value, _pos: f"${value:,.0f}")
     ax.set_title("Cost by purchase option")
-    ax.tick_params(axis="x", labelrotation=45)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     bars = out / f"{stem}_cost_breakdown.png"
     fig.savefig(bars, dpi=110)
     plt.close(fig)

@@ -38,6 +38,9 @@ def moto_server() -> Iterator[str]:
 
     Other processes reach it with ``AWS_ENDPOINT_URL=<url>`` and dummy keys.
     """
+    from prefect_cloudsched._extras import require
+
+    require("moto.server", "the AWS stand-in (moto)")
     from moto.server import ThreadedMotoServer
 
     access_log = logging.getLogger("werkzeug")  # one line per request otherwise

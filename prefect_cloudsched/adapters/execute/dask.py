@@ -45,10 +45,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError
 from typing import Any, TypeVar
 
-import cloudpickle
-from distributed import Client, LocalCluster
-from distributed.comm.core import CommClosedError
-from distributed.scheduler import KilledWorker
+try:
+    import cloudpickle
+    from distributed import Client, LocalCluster
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+except ImportError as _missing:  # one line naming the [dask] extra, not a traceback
+    from prefect_cloudsched._extras import missing_extra
+
+    raise missing_extra(_missing, 'executor="dask"') from None
 
 from prefect_cloudsched.adapters.execute.base import Placement
 from prefect_cloudsched.adapters.execute.bootstrap import (

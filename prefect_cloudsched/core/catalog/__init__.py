@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -245,6 +246,20 @@ def _price(text: str) -> float | None:
     return float(text) if text else None
 
 
+def _check_row(line: int, on_demand: float, spot: float | None, reserved: float | None,
+               common: dict) -> None:  # fmt: skip
+    """Prices finite and positive, sizes sane: a NaN price would win every comparison."""
+    for label, price in (("ondemand", on_demand), ("spot", spot), ("reserved", reserved)):
+        if price is not None and not (math.isfinite(price) and price >= 0):
+            raise InputError(f"price catalog line {line}: {label} price {price} must be >= 0")
+    if on_demand <= 0:
+        raise InputError(f"price catalog line {line}: ondemand_usd_per_hour must be > 0")
+    if common["vcpus"] < 0 or not math.isfinite(common["memory_gib"]) or common["gpu_count"] < 0:
+        raise InputError(f"price catalog line {line}: vcpus/memory_gib/accelerator_count invalid")
+    if not common["cloud"] or not common["region"] or not common["instance_type"]:
+        raise InputError(f"price catalog line {line}: cloud, region and instance_type are needed")
+
+
 def offers_from_rows(rows: Iterable[dict[str, str]]) -> list[Offer]:
     """Expand catalog rows (one per instance type and place) into offers (one per option)."""
     offers: list[Offer] = []
@@ -267,8 +282,14 @@ def offers_from_rows(rows: Iterable[dict[str, str]]) -> list[Offer]:
                 ondemand_usd_per_hour=on_demand,
                 source=row.get("source", ""),
             )
-        except (KeyError, ValueError) as err:
-            raise InputError(f"price catalog line {line}: bad or missing value ({err})") from err
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as err:
+            raise InputError(f"price catalog line {line}: bad or missing value ({err})") from None
+        _check_row(line, on_demand, spot, reserved, common)
+        if band and band not in BAND_MONTHLY_FRACTION:
+            raise InputError(
+                f"price catalog line {line}: interruption_band {band!r}; use one of "
+                f"{', '.join(BAND_ORDER)} or leave it empty"
+            )
         offers.append(Offer(option=PurchaseOption.ON_DEMAND, usd_per_hour=on_demand, **common))
         if spot is not None and 0 < spot <= on_demand:
             offers.append(
@@ -281,20 +302,79 @@ def offers_from_rows(rows: Iterable[dict[str, str]]) -> list[Offer]:
     return offers
 
 
+#: Where ``prefect-cloudsched prices refresh`` writes a fresh catalog, under the cloudsched
+#: home; when present it is used over the shipped snapshot.
+REFRESHED_CATALOG = Path("catalog") / "offers.csv"
+HOME_ENV = "PREFECT_CLOUDSCHED_HOME"
+
+
+def refreshed_catalog_path() -> Path:
+    """``$PREFECT_CLOUDSCHED_HOME/catalog/offers.csv`` (the home defaults as the ledger's)."""
+    home = os.environ.get(HOME_ENV) or Path.home() / ".prefect-cloudsched"
+    return Path(home).expanduser() / REFRESHED_CATALOG
+
+
 def load_catalog(path: str | Path | None = None) -> Catalog:
-    """Load a catalog CSV; ``None`` loads the shipped snapshot (cached)."""
+    """Load a catalog CSV; ``None`` loads the refreshed catalog if any, else the snapshot."""
     if path is None:
+        fresh = refreshed_catalog_path()
+        if fresh.is_file():
+            stat = fresh.stat()
+            return _cached_file(str(fresh), stat.st_mtime_ns, stat.st_size)
         return _shipped_catalog()
     file = Path(path)
     if not file.is_file():
         raise InputError(f"price catalog {file} does not exist; pass a CSV in the offers format")
-    with file.open(newline="") as handle:
-        return Catalog(offers_from_rows(csv.DictReader(handle)))
+    return _read_file(file)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_file(path: str, _mtime_ns: int, _size: int) -> Catalog:
+    return _read_file(Path(path))
+
+
+def _read_file(file: Path) -> Catalog:
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            return catalog_from_csv(handle, str(file))
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"price catalog {file.name} is not UTF-8 text (byte {err.start}); save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise InputError(f"price catalog {file} cannot be read ({err.strerror})") from None
+
+
+REQUIRED_COLUMNS = ("cloud", "region", "instance_type", "vcpus", "memory_gib",
+                    "ondemand_usd_per_hour")  # fmt: skip
+
+
+def catalog_from_csv(handle: Iterable[str], name: str = "price catalog") -> Catalog:
+    """Parse catalog CSV text; an empty file, a missing column or no offer is an error."""
+    reader = csv.DictReader(handle)
+    columns = reader.fieldnames or []
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise InputError(
+            f"{name}: missing column(s) {', '.join(missing)}; the header must name "
+            f"{', '.join(REQUIRED_COLUMNS)} (see scripts/build_catalog.py)"
+        )
+    offers = offers_from_rows(reader)
+    if not offers:
+        raise InputError(f"{name} has a header but no offers; add rows or use the shipped one")
+    return Catalog(offers)
+
+
+def snapshot_rows() -> list[dict[str, str]]:
+    """The shipped snapshot's raw rows (``prices refresh`` keeps its types and places)."""
+    data = resources.files("prefect_cloudsched.core.catalog") / "data" / "offers.csv"
+    with data.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _data_rows(name: str) -> list[dict[str, str]]:
     data = resources.files("prefect_cloudsched.core.catalog") / "data" / name
-    with data.open(newline="") as handle:
+    with data.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
