@@ -37,6 +37,22 @@ class SpotInterrupted(CloudSchedError):
         return (type(self), (self.instance_id, self.offer_key, str(self)))
 
 
+class MoveRequested(CloudSchedError):
+    """The spot controller asked a task to stop and move; its checkpoint is already saved.
+
+    Raised by ``checkpoint.save()`` after saving, when ``checkpoint.request_move(key)`` was
+    called. The runner treats it as "re-place and retry from the checkpoint", not a failure.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"checkpoint {key}: move requested ({reason}); state saved")
+
+    def __reduce__(self):  # picklable across Dask / process boundaries
+        return (type(self), (self.key, self.reason))
+
+
 class InputError(CloudSchedError, ValueError):
     """Bad user input (a file, a column, an option). The CLI prints it and exits 2."""
 
