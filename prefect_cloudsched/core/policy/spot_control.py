@@ -18,11 +18,14 @@ What it decides, every time it is asked (see :meth:`SpotController.decide`):
    starts with ``work + d ≤ deadline − start``, whatever spot does.
 2. **Exploitation.** On spot in a zone that is still up: stay.
 3. **Which spot.** Every zone that is up now is scored by the expected saving of starting
-   there against doing the same work on on-demand: ``od·(L − d) − spot·L − egress``, where
-   ``L`` is the zone's *predicted remaining lifetime* (:class:`AvailabilityModel`). A zone in
-   another region than the checkpoint is a **move** and pays the checkpoint's egress.
-   From idle a start needs ``L > k·d/(k−1)``; leaving on-demand needs twice that (the
-   thresholds of the paper's lifetime oracle, with ``L`` learned instead of known).
+   there against doing the same work on on-demand, over the zone's *learned distribution of
+   remaining up time* ``R`` (:class:`AvailabilityModel`):
+   ``od·E[max(0, R − d)] − spot·E[R] − egress``. A run shorter than the change-over bills
+   and gives nothing, which is why the whole distribution counts, not its mean. Leaving
+   on-demand counts ``2d`` lost (the paper's lifetime-oracle thresholds ``k·d/(k−1)`` from
+   idle and ``2k·d/(k−1)`` from on-demand, with ``R`` learned instead of known). A zone in
+   another region than the checkpoint is a **move** and pays the checkpoint's egress. A new
+   start needs ``2d + horizon`` of slack: it spends ``d`` and must leave the safety net's.
 4. **Progress line** (Uniform Progress). With no spot worth taking: on-demand while behind
    the straight line from (start, 0) to (deadline, work), idle while ahead; once on
    on-demand stay until two change-overs ahead of the line (hysteresis). Unless spot alone,
@@ -189,6 +192,31 @@ class AvailabilityModel:
                     count += 1
         return total / count
 
+    def residual_stats(
+        self, zone: str, now_s: float, cap_s: float, lost_s: float
+    ) -> tuple[float, float]:
+        """``(E[min(R, cap)], E[max(0, min(R, cap) − lost)])`` of the residual up time ``R``.
+
+        The first is the billed time of a spot start now (``cap`` = the job's end), the
+        second its useful time after ``lost`` seconds of change-over: a run shorter than the
+        change-over bills and gives nothing, which a mean alone would hide. Over the runs
+        longer than the current age, plus the exponential prior (closed form).
+        """
+        runs = self._zones.get(zone)
+        age = self.up_age_s(zone, now_s)
+        m, w = self.prior_up_s, self.prior_weight
+        billed = w * m * (1 - math.exp(-cap_s / m))
+        useful = w * m * max(0.0, math.exp(-lost_s / m) - math.exp(-cap_s / m))
+        count = w
+        if runs is not None:
+            for length in runs.up_runs:
+                if length > age:
+                    rest = min(length - age, cap_s)
+                    billed += rest
+                    useful += max(0.0, rest - lost_s)
+                    count += 1
+        return billed / count, useful / count
+
     def mean_up_s(self, zone: str) -> float:
         """Mean up-run, shrunk towards the prior."""
         runs = self._zones.get(zone)
@@ -313,26 +341,26 @@ class SpotController:
         return job.done_s < self._line(job, job.now_s + lead_s) - EPS
 
     def _best_spot(self, job: JobStatus, *, leaving_on_demand: bool) -> tuple[Market, float] | None:
-        """The up zone with the largest expected saving that clears the lifetime threshold."""
+        """The up zone with the largest positive expected saving over on-demand, or None."""
         d = self.change_over_s
         best: tuple[Market, float] | None = None
         for market in self.markets.values():
             if not self.model.is_up(market.zone):
                 continue
-            life = min(self.model.residual_up_s(market.zone, job.now_s), job.remaining_s + d)
             k = market.on_demand_usd_per_hour / max(market.spot_usd_per_hour, EPS)
             if k <= 1:
                 continue
-            threshold = k * d / (k - 1) * (2 if leaving_on_demand else 1)
-            egress = 0.0
-            if job.checkpoint_region not in (None, market.region):
-                egress = self.egress_usd
-                threshold += egress / (market.spot_usd_per_hour * (k - 1)) * 3600
-            if life <= threshold:
-                continue
+            # leaving on-demand pays a second change-over when spot ends (the paper's 2kd/(k-1))
+            lost = d * (2 if leaving_on_demand else 1)
+            billed, useful = self.model.residual_stats(
+                market.zone, job.now_s, job.remaining_s + d, lost
+            )
+            egress = self.egress_usd if job.checkpoint_region not in (None, market.region) else 0.0
             saving = (
-                market.on_demand_usd_per_hour * max(0.0, life - d) - market.spot_usd_per_hour * life
+                market.on_demand_usd_per_hour * useful - market.spot_usd_per_hour * billed
             ) / 3600 - egress
+            if saving <= 0:
+                continue
             if best is None or saving > best[1]:
                 best = (market, saving)
         return best
