@@ -106,14 +106,16 @@ def test_stays_on_spot_while_up_and_waits_when_ahead() -> None:
     spot = Placement(Kind.SPOT, "us-east-1a", "us-east-1")
     assert controller.decide(_status(H, 0.9 * H, placement=spot)).kind is Kind.STAY
     controller.observe("us-east-1a", H, False)
-    ahead = controller.decide(_status(H, 0.9 * H))  # line at 1 h is 0.667 h
+    ahead = controller.decide(_status(H, 0.9 * H))  # the line still owes nothing at 1 h
     assert ahead.kind is Kind.WAIT and ahead.recheck_at_s == H + 300
 
 
 def test_behind_without_spot_goes_on_demand() -> None:
     controller = _controller()
     controller.observe("us-east-1a", 0, False)
-    assert controller.decide(_status(3 * H, 0.5 * H)).kind is Kind.ON_DEMAND
+    # the line owes nothing for half the 5 h slack, then 10 h of work by 15 h: 2.8 h at 6 h
+    assert controller.decide(_status(6 * H, 3 * H)).kind is Kind.WAIT
+    assert controller.decide(_status(6 * H, 2.5 * H)).kind is Kind.ON_DEMAND
 
 
 def test_prefers_the_zone_that_lasts_and_the_cheaper_one() -> None:
