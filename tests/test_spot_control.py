@@ -113,7 +113,8 @@ def test_stays_on_spot_while_up_and_waits_when_ahead() -> None:
 def test_behind_without_spot_goes_on_demand() -> None:
     controller = _controller()
     controller.observe("us-east-1a", 0, False)
-    # the line owes nothing for half the 5 h slack, then 10 h of work by 15 h: 2.8 h at 6 h
+    # slack 5 h of a 15 h window: the line owes nothing for 1.5 × 5/15 = half the slack,
+    # then rises to 10 h of work by 15 h: 2.8 h at 6 h
     assert controller.decide(_status(6 * H, 3 * H)).kind is Kind.WAIT
     assert controller.decide(_status(6 * H, 2.5 * H)).kind is Kind.ON_DEMAND
 
