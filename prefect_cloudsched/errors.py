@@ -41,6 +41,22 @@ class MissingExtraError(CloudSchedError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+class MoveRequested(CloudSchedError):
+    """The spot controller asked a task to stop and move; its checkpoint is already saved.
+
+    Raised by ``checkpoint.save()`` after saving, when ``checkpoint.request_move(key)`` was
+    called. The runner treats it as "re-place and retry from the checkpoint", not a failure.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"checkpoint {key}: move requested ({reason}); state saved")
+
+    def __reduce__(self):  # picklable across Dask / process boundaries
+        return (type(self), (self.key, self.reason))
+
+
 class InputError(CloudSchedError, ValueError):
     """Bad user input (a file, a column, an option). The CLI prints it and exits 2."""
 

@@ -146,6 +146,7 @@ class Context(Protocol):
     def spot_up(self, offer: Offer, now: float) -> bool: ...
     def next_spot_up(self, offer: Offer, now: float) -> float: ...
     def block(self, offer: Offer, now: float) -> None: ...
+    def unblock(self, offer: Offer) -> None: ...
     def next_reserved_release(self, run: JobRun, now: float) -> float: ...
 
 
@@ -357,6 +358,12 @@ class ElasticSimulator:
         self.state.block(offer.key, "no spot capacity in the replayed trace")
         self._blocks.append((now + self.block_s, offer.key))
         self.cache.bump()
+
+    def unblock(self, offer: Offer) -> None:
+        """Lift a block early (the failover found another offer; try this one first again)."""
+        if self.state.blocked.pop(offer.key, None) is not None:
+            self.state.version += 1
+            self.cache.bump()
 
     def next_reserved_release(self, run: JobRun, now: float) -> float:
         """When the first busy reserved instance that fits ``run`` frees up (inf: none).

@@ -21,8 +21,10 @@ here: every policy asks the shared ``decide()`` (through the engine's memoised
   first because ``decide()`` prices idle reserved capacity at zero), the runner's own
   placement for jobs that may not use spot, and UP's progress control for spot-tolerant
   jobs with two differences: the spot offer is ``decide()``'s cheapest expected-cost choice
-  among *all* regions, and a launch that fails blocks that offer and asks ``decide()``
-  again (the runner's fallback), so it moves to another region instead of waiting.
+  among *all* regions, and, when the job is behind the line and that offer is down, a
+  launch that fails blocks it and asks ``decide()`` again (the runner's fallback), so it
+  moves to another spot offer before paying on-demand; it moves back to the cheaper offer
+  when that returns.
 """
 
 from __future__ import annotations
@@ -189,12 +191,53 @@ class Hybrid(UniformProgress):
             return Action(None, release)
         return Action(offer, INF)
 
+    def act(self, run: JobRun, now: float, ctx: Context) -> Action:
+        """UP's control, plus: leave a dearer spot offer once the preferred one is back.
+
+        The failover (:meth:`fallback`) may put a job on a spot offer dearer than
+        ``decide()``'s first choice (another shape or region) while that one is down; UP's
+        "stay on spot" would keep it there for the rest of the job. So a job on spot is
+        re-evaluated when the preferred offer returns, and moves to it if it is cheaper.
+        """
+        if run.option is PurchaseOption.SPOT and run.offer is not None:
+            preferred, back = self.spot_offer(run, now, ctx)
+            if preferred is not None and preferred.key != run.offer.key:
+                if preferred.usd_per_hour < run.offer.usd_per_hour:
+                    return Action(preferred)
+            elif preferred is None and back < INF:
+                return Action(run.offer, back)
+        return super().act(run, now, ctx)
+
     def fallback(self, run: JobRun, now: float, ctx: Context) -> Offer | None:
-        """Reserved if idle (``decide()`` prices it at zero), else on-demand."""
-        return ctx.decide(run, now, "od")
+        """Behind the line with the preferred spot down: another spot offer, else non-spot.
+
+        The runner's failover: a spot offer that cannot launch is blocked and ``decide()``
+        is asked again (another region or shape), up to :data:`MAX_FAILOVER` times; then
+        reserved if idle (``decide()`` prices it at zero), else on-demand. Only here, where
+        UP would pay on-demand: while ahead of the line the job waits for the cheapest spot
+        instead of paying a dearer one (the failover used to run on every decision, so a
+        1-GPU job sat on a 4-GPU spot instance whenever its own was down). The replay knows
+        when each offer returns, so the blocks are lifted at once: the preferred offer stays
+        decide()'s first answer and the job moves back to it (see :meth:`act`).
+        """
+        tried: list[Offer] = []
+        found: Offer | None = None
+        if run.job.needs.allows_spot and _slack(run, now) > 2 * ctx.change_over_s + EPS:
+            for _ in range(MAX_FAILOVER):
+                offer = ctx.decide(run, now, "unreserved")
+                if offer is None or offer.option is not PurchaseOption.SPOT:
+                    break
+                if ctx.spot_up(offer, now):
+                    found = offer
+                    break
+                ctx.block(offer, now)
+                tried.append(offer)
+        for offer in tried:  # blocked only to ask for the next one: the preferred stays first
+            ctx.unblock(offer)
+        return found or ctx.decide(run, now, "od")
 
     def spot_offer(self, run: JobRun, now: float, ctx: Context) -> tuple[Offer | None, float]:
-        """``decide()``'s cheapest spot choice; a failed launch moves region.
+        """``decide()``'s cheapest spot choice, if it is up (else when it returns).
 
         Asked with the reservation hidden (variant ``unreserved``): a spot-tolerant job that
         takes an idle reserved instance pays nothing now, but the next job that may not use
@@ -207,16 +250,12 @@ class Hybrid(UniformProgress):
             # A new spot start spends one change-over; after it, another must remain for
             # the on-demand fallback should this spot be lost too. Otherwise stay put.
             return None, INF
-        back = INF
-        for _ in range(MAX_FAILOVER):
-            offer = ctx.decide(run, now, "unreserved")
-            if offer is None or offer.option is not PurchaseOption.SPOT:
-                break
-            if ctx.spot_up(offer, now):
-                return offer, now
-            back = min(back, ctx.next_spot_up(offer, now))
-            ctx.block(offer, now)
-        return None, back
+        offer = ctx.decide(run, now, "unreserved")
+        if offer is None or offer.option is not PurchaseOption.SPOT:
+            return None, INF
+        if ctx.spot_up(offer, now):
+            return offer, now
+        return None, ctx.next_spot_up(offer, now)
 
 
 ELASTIC_POLICIES = {p.name: p for p in (OnDemandOnly, SpotOnly, Greedy, UniformProgress, Hybrid)}

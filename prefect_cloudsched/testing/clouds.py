@@ -14,14 +14,24 @@ Example:
         my_flow.with_options(task_runner=runner)()
         assert clouds.running_instances(owner_id="demo") == []   # nothing leaked
     ```
+
+**Following a real market.** ``MockClouds(spot_trace="bench/data/aws_p3.2xlarge_avail_….csv",
+seconds_per_trace_hour=0.1)`` replays that availability trace in scaled time (trace time 0 =
+entering the context): a spot launch of the trace's instance type in a traced region is
+refused with EC2's ``InsufficientInstanceCapacity`` while every zone of the region is down,
+and a running one is interrupted when the zone it landed in (the first one up, as the
+simulator does) goes down. :class:`TraceClock` converts between the two clocks.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from prefect_cloudsched.adapters.provision.aws import AwsProvisioner
@@ -30,6 +40,7 @@ from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner
 from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.adapters.provision.settings import AwsSettings, GcpSettings
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.simulate.spot import SpotTrace, load_spot_trace
 from prefect_cloudsched.testing.aws import DUMMY_KEYS, MOCK_AMI, MotoControl, moto_server
 
 _DUMMY_ENV = {
@@ -41,6 +52,58 @@ _DUMMY_ENV = {
     "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
 }
 _FAST = Backoff(attempts=5, base_seconds=0.02, max_seconds=0.2, deadline_seconds=10)
+
+
+class TraceClock:
+    """A spot availability trace played back in scaled wall time.
+
+    Args:
+        trace: The availability trace (1 = a spot launch would succeed).
+        seconds_per_trace_hour: Wall seconds per trace hour (0.1 = an hour in 0.1 s).
+        clock: Wall clock (``time.monotonic``; tests may pass their own).
+    """
+
+    def __init__(
+        self,
+        trace: SpotTrace,
+        seconds_per_trace_hour: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if seconds_per_trace_hour <= 0:
+            raise ValueError("seconds_per_trace_hour must be > 0")
+        self.trace = trace
+        self.scale = seconds_per_trace_hour / 3600.0  # wall seconds per trace second
+        self.clock = clock
+        self.started = clock()
+
+    def restart(self) -> None:
+        """Trace time 0 = now."""
+        self.started = self.clock()
+
+    def now(self) -> float:
+        """Current trace time (seconds since the trace's first tick)."""
+        return (self.clock() - self.started) / self.scale
+
+    def covers(self, offer: Offer) -> bool:
+        """Whether the trace decides this offer's spot capacity."""
+        return (
+            offer.option is PurchaseOption.SPOT
+            and offer.instance_type == self.trace.instance_type
+            and offer.region in self.trace.regions
+        )
+
+    def launch(self, region: str, at: float | None = None) -> tuple[str, float] | None:
+        """(zone, trace time its up-run ends) for a launch now, or None if all are down."""
+        at = self.now() if at is None else at
+        for zone in self.trace.regions[region]:
+            end = self.trace.lanes[zone].up_at(at)
+            if end is not None:
+                return zone, end
+        return None
+
+    def wall_delay(self, trace_time: float) -> float:
+        """Wall seconds from now until ``trace_time``."""
+        return max(0.0, (trace_time - self.now()) * self.scale)
 
 
 class MockClouds:
@@ -57,6 +120,8 @@ class MockClouds:
         warm_seconds: Warm pool of both provisioners (0 = terminate on release).
         ledger_url: Ledger for instance rows (``None`` = the default ledger).
         record_instances: Write instance rows at all.
+        spot_trace: An availability trace (path or loaded) to replay; see the module doc.
+        seconds_per_trace_hour: Its time scale.
 
     Attributes:
         provisioners: ``{"aws": ..., "gcp": ...}`` for ``CloudSchedTaskRunner``.
@@ -77,6 +142,8 @@ class MockClouds:
         warm_seconds: float = 0.0,
         ledger_url: str | None = None,
         record_instances: bool = True,
+        spot_trace: SpotTrace | str | Path | None = None,
+        seconds_per_trace_hour: float = 0.1,
     ) -> None:
         if interrupt_first_spot < 0 or interrupt_after < 0:
             raise ValueError("interrupt_first_spot and interrupt_after must be >= 0")
@@ -94,6 +161,13 @@ class MockClouds:
         self._stack: ExitStack | None = None
         self._saved_env: dict[str, str | None] = {}
         self.interrupted: list[str] = []
+        #: (trace time, region, zone or None when refused) of every traced spot launch.
+        self.trace_launches: list[tuple[float, str, str | None]] = []
+        if isinstance(spot_trace, str | Path):
+            spot_trace = load_spot_trace(spot_trace)
+        self.trace_clock = (
+            TraceClock(spot_trace, seconds_per_trace_hour) if spot_trace is not None else None
+        )
         self.provisioners: dict[str, Any] = {}
         self.aws_url = self.gcp_url = ""
         self.moto = MotoControl()
@@ -119,6 +193,8 @@ class MockClouds:
             self.gcp = stack.enter_context(FakeGcpCompute())
             self.gcp_url = self.gcp.url
             self._build()
+            if self.trace_clock is not None:
+                self.trace_clock.restart()
         except BaseException:
             stack.close()
             raise
@@ -208,6 +284,15 @@ class MockClouds:
             self.gcp.state.preempt(self.project, zone, instance_id)
         with self._lock:
             self.interrupted.append(instance_id)
+
+    def zone_went_down(self, instance_id: str) -> None:
+        """The trace's zone went down: interrupt the instance unless it already ended."""
+        region = self.moto.launched.get(instance_id)
+        if region is not None:
+            state = self.moto.backend(region).get_instance(instance_id).state
+            if state in ("terminated", "shutting-down", "stopped", "stopping"):
+                return
+        self.interrupt(instance_id)
 
     def stockout(self, offer: Offer, count: int = 1) -> None:
         """The next ``count`` launches of ``offer``'s instance type there fail for capacity."""
@@ -334,10 +419,27 @@ class _Interrupting:
     def ensure(
         self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
     ) -> InstanceHandle:
-        """The real ``ensure``, then an interruption if one is armed for this cloud."""
+        """The real ``ensure``, then an interruption if one is armed (or the trace says so)."""
+        trace = self._clouds.trace_clock
+        landed = None
+        if trace is not None and trace.covers(offer):
+            landed = trace.launch(offer.region)
+            with self._clouds._lock:
+                self._clouds.trace_launches.append(
+                    (trace.now(), offer.region, landed[0] if landed else None)
+                )
+            if landed is None:  # the cloud refuses it, with its own error
+                self._clouds.stockout(offer)
         handle = self.inner.ensure(
             offer, run_id=run_id, task_name=task_name, startup_script=startup_script
         )
+        if landed is not None and trace is not None:
+            timer = threading.Timer(
+                trace.wall_delay(landed[1]), self._clouds.zone_went_down, (handle.instance_id,)
+            )
+            timer.daemon = True
+            timer.start()
+            return handle
         if offer.option is PurchaseOption.SPOT and self._clouds._take_arm(self.cloud):
             delay = self._clouds.interrupt_after
             if delay <= 0:
