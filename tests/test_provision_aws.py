@@ -32,6 +32,11 @@ from prefect_cloudsched.adapters.provision.base import (
     Provisioner,
 )
 from prefect_cloudsched.adapters.provision.factory import build_provisioner
+from prefect_cloudsched.adapters.provision.images import (
+    AWS_CPU_PARAMETER,
+    AWS_GPU_PARAMETER,
+    aws_arch,
+)
 from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
@@ -249,9 +254,61 @@ def test_unknown_region_is_a_one_line_provisioning_error(settings: AwsSettings) 
         AwsProvisioner(replace(settings, regions=("us-nowhere-9",)))
 
 
-def test_missing_ami_names_the_setting(make: Callable[..., AwsProvisioner]) -> None:
-    with pytest.raises(ProvisioningError, match=r"AwsSettings\.ami_per_region"):
+def publish_gpu_image(region: str, ami: str) -> None:
+    """Put the Deep Learning AMI parameter into moto's SSM, as AWS publishes it."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ssm.models import Parameter, ssm_backends
+
+    name = AWS_GPU_PARAMETER.format(arch="x86_64")
+    backend = ssm_backends[DEFAULT_ACCOUNT_ID][region]
+    backend._parameters[name].append(
+        Parameter(
+            account_id=DEFAULT_ACCOUNT_ID,
+            name=name,
+            value=ami,
+            parameter_type="String",
+            description=None,
+            allowed_pattern=None,
+            keyid=None,
+            last_modified_date=time.time(),
+            version=1,
+            data_type="aws:ec2:image",
+        )
+    )
+
+
+def test_images_resolve_per_region_from_public_ssm_parameters(
+    make: Callable[..., AwsProvisioner],
+) -> None:
+    aws = make(ami_per_region={})
+    cpu_ami = boto3.client("ssm", region_name=REGION).get_parameter(
+        Name=AWS_CPU_PARAMETER.format(arch="x86_64")
+    )["Parameter"]["Value"]
+    cpu = aws.ensure(offer("m5.xlarge", "on-demand"), run_id="r", task_name="cpu")
+    assert describe(cpu.instance_id)["ImageId"] == cpu_ami
+    publish_gpu_image(REGION, "ami-0123456789abcdef0")
+    publish_gpu_image("us-west-2", "ami-0fedcba9876543210")
+    east = aws.ensure(offer(), run_id="r", task_name="gpu")
+    west = aws.ensure(offer(region="us-west-2"), run_id="r", task_name="gpu")
+    assert describe(east.instance_id)["ImageId"] == "ami-0123456789abcdef0"
+    assert describe(west.instance_id, "us-west-2")["ImageId"] == "ami-0fedcba9876543210"
+    pinned = make(ami_per_region={REGION: MOCK_AMI}).ensure(offer(), run_id="r", task_name="p")
+    assert describe(pinned.instance_id)["ImageId"] == MOCK_AMI
+
+
+def test_image_missing_in_a_region_names_the_setting(make: Callable[..., AwsProvisioner]) -> None:
+    with pytest.raises(ProvisioningError, match=r"^AwsSettings\.gpu_image_parameter: .*us-east-1"):
         make(ami_per_region={}).ensure(offer(), run_id="r", task_name="t")
+    assert running() == []
+    custom = make(ami_per_region={}, cpu_image_parameter="/my/missing/{arch}")
+    with pytest.raises(ProvisioningError, match=r"cpu_image_parameter.*/my/missing/x86_64"):
+        custom.ensure(offer("m5.xlarge", "on-demand"), run_id="r", task_name="t")
+
+
+def test_graviton_types_get_arm64_images() -> None:
+    assert aws_arch("m7g.large") == "arm64" and aws_arch("c7gn.xlarge") == "arm64"
+    assert aws_arch("g5g.xlarge") == "arm64"
+    assert aws_arch("g5.xlarge") == "x86_64" and aws_arch("g4dn.xlarge") == "x86_64"
 
 
 def test_nonexistent_ami_with_validation(

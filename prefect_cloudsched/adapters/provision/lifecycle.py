@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,6 +90,8 @@ class InstanceBook:
         warm_seconds: How long a released instance stays idle for reuse (0 = never).
         ledger_url: Ledger to record instances in (``None`` = the default ledger).
         record_instances: Write ledger rows at all.
+        warm_across_runs: A warm instance may serve the next task of *another* flow run
+            served by this provisioner (opt-in: its run tag is moved to the new run).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class InstanceBook:
         warm_seconds: float,
         ledger_url: str | None,
         record_instances: bool,
+        warm_across_runs: bool = False,
     ) -> None:
         self.cloud = cloud
         self.owner_id = owner_id
@@ -112,6 +115,7 @@ class InstanceBook:
         self.warm_seconds = warm_seconds
         self._ledger_url = ledger_url
         self._record = record_instances
+        self.warm_across_runs = warm_across_runs
         self._ledger: Any = None
         self._lock = threading.Lock()
         self._live: dict[str, InstanceHandle] = {}
@@ -152,13 +156,28 @@ class InstanceBook:
         return True
 
     def take_warm(self, offer_key: str, run_id: str) -> InstanceHandle | None:
-        """An idle warm instance of this offer and run, removed from the pool."""
+        """An idle warm instance of this offer (and run, unless shared across runs)."""
         with self._lock:
             for instance_id, (handle, _) in list(self._warm.items()):
-                if handle.offer_key == offer_key and handle.run_id == run_id:
+                same_run = handle.run_id == run_id or self.warm_across_runs
+                if handle.offer_key == offer_key and same_run:
                     del self._warm[instance_id]
                     return handle
         return None
+
+    def handle_for_run(self, handle: InstanceHandle, run_id: str) -> InstanceHandle:
+        """``handle`` as the instance of ``run_id`` (a warm one moved to another run)."""
+        if handle.run_id == run_id:
+            return handle
+        moved = replace(handle, run_id=run_id)
+        with self._lock:
+            self._live.pop(handle.instance_id, None)
+        return moved
+
+    def parked(self, run_id: str) -> list[InstanceHandle]:
+        """Warm instances of ``run_id`` waiting for a next task."""
+        with self._lock:
+            return [h for h, _ in self._warm.values() if h.run_id == run_id]
 
     def _expired(self) -> list[InstanceHandle]:
         limit = time.monotonic() - self.warm_seconds
