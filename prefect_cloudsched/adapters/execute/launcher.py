@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from prefect_cloudsched.adapters.execute.bootstrap import WorkerSpec
+from prefect_cloudsched.adapters.execute.tls import worker_tls_args
 
 
 @runtime_checkable
@@ -157,6 +158,7 @@ class LocalWorkerLauncher:
                 resources=dict(spec.resources),
                 death_timeout=spec.death_timeout,
                 memory_limit=0,
+                security=spec.tls.worker_security() if spec.tls else None,
             )
             await worker
             return worker
@@ -178,6 +180,12 @@ class LocalWorkerLauncher:
         if self._logdir is None:
             self._logdir = Path(tempfile.mkdtemp(prefix="cloudsched-workers-"))
         log = (self._logdir / f"{spec.name}.log").open("ab")
+        tls_args: list[str] = []
+        if spec.tls is not None:
+            files = spec.tls.write_worker_files(self._logdir / f"{spec.name}-tls")
+            tls_args = worker_tls_args(
+                str(files["ca.pem"]), str(files["worker.pem"]), str(files["worker-key.pem"])
+            )
         try:
             return subprocess.Popen(
                 [
@@ -186,6 +194,7 @@ class LocalWorkerLauncher:
                     "dask",
                     "worker",
                     *spec.cli_args(),
+                    *tls_args,
                     "--no-nanny",
                     "--no-dashboard",
                     "--memory-limit",
