@@ -283,6 +283,47 @@ def test_losing_the_worker_mid_task_raises_spot_interrupted(processes: bool, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_worker_with_other_versions_is_refused_and_retired(
+    tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_cloudsched.adapters.execute import versions
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
+
+    flow = {**versions.flow_versions(), "python": "3.99", "cloudpickle": "0.0.1"}
+    monkeypatch.setattr(versions, "flow_versions", lambda: flow)
+    launcher = LocalWorkerLauncher()
+    executor = DaskExecutor(launcher=launcher, join_timeout=30, tls=tls)
+    executor.start()
+    try:
+        placement = _placement(TaskNeeds(cpus=1), "i-old-image")
+        expected = (
+            r"^CloudSchedExecutor\.container_image / python: worker i-old-image refused.*"
+            r"python 3\.\d+ \(flow: 3\.99\).*cloudpickle"
+        )
+        with pytest.raises(ProvisioningError, match=expected):
+            executor.attach(_handle(placement), placement)
+        assert launcher.names == []
+        deadline = time.monotonic() + 10
+        while executor.client.scheduler_info(n_workers=-1)["workers"]:
+            assert time.monotonic() < deadline, "the refused worker is still connected"
+            time.sleep(0.05)
+    finally:
+        executor.stop()
+
+
+def test_version_differences_ignore_only_an_absent_optional_package() -> None:
+    from prefect_cloudsched.adapters.execute.versions import differences
+
+    flow = {"python": "3.11", "distributed": "1", "cloudpickle": "2", "prefect_cloudsched": "0.1"}
+    assert differences(flow, {**flow, "prefect_cloudsched": None}) == []
+    assert differences(flow, {**flow, "prefect_cloudsched": "0.2"}) == [
+        "prefect_cloudsched 0.2 (flow: 0.1)"
+    ]
+    assert differences(flow, {**flow, "distributed": None}) == ["distributed missing (flow: 1)"]
+
+
 def test_a_worker_that_never_joins_is_a_bounded_provisioning_error() -> None:
     from prefect_cloudsched.adapters.execute.dask import DaskExecutor
 
@@ -334,7 +375,9 @@ def test_boot_script_starts_a_worker_that_joins_and_powers_off_when_retired(tmp_
         (stubs / name).chmod(0o755)
     log = tmp_path / "worker.log"
     executor = DaskExecutor(
-        bootstrap=BootstrapConfig(python=sys.executable, install=False, log_path=str(log)),
+        bootstrap=BootstrapConfig(
+            python=sys.executable, install=False, log_path=str(log), workdir=str(tmp_path)
+        ),
         worker_args=("--no-dashboard", "--memory-limit", "0"),
         join_timeout=60,
         monitor_interval=0.1,

@@ -165,6 +165,8 @@ class BootstrapConfig:
         system_site_packages: Create the venv with ``--system-site-packages`` (reuse what
             the image has, e.g. the Deep Learning AMI's CUDA wheels).
         pip_args: More ``pip install`` options (``--no-index``, ``--find-links DIR``).
+        site_dirs: Directories of packages the venv also sees, after its own (a ``.pth``
+            file: e.g. a volume holding a prepared environment, or an offline sandbox).
         workdir: Where the script keeps the TLS files.
         metadata_url: The cloud metadata server (``None`` = the cloud's; a loopback URL in
             the sandbox test).
@@ -181,6 +183,7 @@ class BootstrapConfig:
     container_image: str | None = None
     system_site_packages: bool = False
     pip_args: tuple[str, ...] = ()
+    site_dirs: tuple[str, ...] = ()
     workdir: str = "/var/lib/cloudsched"
     metadata_url: str | None = None
     power_off_command: str = "shutdown -h now"
@@ -248,6 +251,7 @@ def startup_script(
         "set -euo pipefail",
         f"mkdir -p {shlex.quote(str(PurePosixPath(cfg.log_path).parent))}",
         f"exec >>{shlex.quote(cfg.log_path)} 2>&1",
+        f"mkdir -p {shlex.quote(cfg.workdir)} && cd {shlex.quote(cfg.workdir)}",
     ]
     for key, value in sorted(cfg.extra_env.items()):
         lines.append(f"export {key}={shlex.quote(value)}")
@@ -285,8 +289,15 @@ def _venv_lines(cfg: BootstrapConfig) -> list[str]:
     venv = shlex.quote(cfg.venv)
     site = " --system-site-packages" if cfg.system_site_packages else ""
     requirements = shlex.join([*cfg.pip_args, *worker_requirements(), *cfg.packages])
+    lines = [f"{py} -m venv{site} {venv}"]
+    if cfg.site_dirs:
+        purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        lines += [
+            f"SITE=$({venv}/bin/python -c {shlex.quote(purelib)})",
+            f'printf "%s\\n" {shlex.join(cfg.site_dirs)} > "$SITE/cloudsched-extra.pth"',
+        ]
     return [
-        f"{py} -m venv{site} {venv}",
+        *lines,
         f"{venv}/bin/python -m pip install --quiet --disable-pip-version-check {requirements}",
         f"PY={venv}/bin/python",
     ]
