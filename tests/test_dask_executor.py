@@ -558,3 +558,34 @@ def test_flow_places_each_task_on_its_pool_and_survives_a_worker_kill(
     assert sum(len(c.started) for c in clouds.values()) == 3
     assert all(script and "dask worker" in script for c in clouds.values() for script in c.scripts)
     assert not [t for t in threading.enumerate() if t.name == "cloudsched-dask-monitor"]
+
+
+def test_boot_script_carries_the_worker_key_only_when_it_is_not_on_the_image() -> None:
+    from prefect_cloudsched.adapters.execute.tls import TlsMaterial
+
+    tls = TlsMaterial.generate()
+    offer = _offer("aws", "T4", PurchaseOption.SPOT)
+    inline = startup_script(offer, scheduler_address="tls://10.0.0.5:8786", run_id="r", tls=tls)
+    subprocess.run(["bash", "-n"], input=inline.encode(), check=True)
+    assert tls.worker_key_pem.strip() in inline and tls.key_pem.strip() not in inline
+    assert "--tls-key /var/lib/cloudsched/tls/worker-key.pem" in inline
+    baked = startup_script(
+        offer,
+        scheduler_address="tls://10.0.0.5:8786",
+        run_id="r",
+        tls=tls,
+        config=BootstrapConfig(tls_dir_on_image="/etc/dask"),
+    )
+    assert "PRIVATE KEY" not in baked and "--tls-key /etc/dask/worker-key.pem" in baked
+    container = startup_script(
+        offer,
+        scheduler_address="tls://10.0.0.5:8786",
+        run_id="r",
+        tls=tls,
+        config=BootstrapConfig(container_image="ghcr.io/me/worker:py3.11"),
+    )
+    subprocess.run(["bash", "-n"], input=container.encode(), check=True)
+    run = next(line for line in container.splitlines() if line.startswith("docker run"))
+    assert "--gpus all" in run and "--network host" in run
+    assert "-v /var/lib/cloudsched/tls:/cloudsched-tls:ro" in run
+    assert "--tls-ca-file /cloudsched-tls/ca.pem" in run and "pip install" not in container

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
@@ -142,9 +143,9 @@ class MockClouds:
         aws_regions = tuple(sorted({o.region for o in catalog.offers if o.cloud == "aws"}))
         gcp_zones = tuple(sorted({o.zone for o in catalog.offers if o.cloud == "gcp" and o.zone}))
         common = dict(owner_id=self.owner_id, poll_seconds=0.02, backoff=_FAST, **self._options)
+        self._publish_images(aws_regions)
         self.aws_settings = AwsSettings(
-            regions=aws_regions,
-            ami_per_region={region: MOCK_AMI for region in aws_regions},
+            regions=aws_regions,  # images: moto's SSM, as on a real account (see below)
             endpoint_url=self.aws_url,
             **DUMMY_KEYS,
             **common,  # type: ignore[arg-type]
@@ -161,6 +162,40 @@ class MockClouds:
                     offer.usd_per_hour
                 )
         self.provisioners = self.provisioners_for(self.owner_id)
+
+    def _publish_images(self, aws_regions: tuple[str, ...]) -> None:
+        """Make the default images resolvable, as they are on a real account.
+
+        moto's SSM already serves the public Amazon Linux parameters; the Deep Learning AMI
+        parameter AWS also publishes is put into moto's store here (it cannot be created
+        through the API: ``/aws/`` names are reserved). The fake GCE learns the Deep
+        Learning VM image family.
+        """
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ssm.models import Parameter, ssm_backends
+
+        from prefect_cloudsched.adapters.provision.images import AWS_GPU_PARAMETER, GCP_GPU_IMAGE
+
+        for region in aws_regions:
+            store = ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters
+            for arch in ("x86_64", "arm64"):
+                name = AWS_GPU_PARAMETER.format(arch=arch)
+                if not store.get(name):
+                    store[name].append(
+                        Parameter(
+                            account_id=DEFAULT_ACCOUNT_ID,
+                            name=name,
+                            value=MOCK_AMI,
+                            parameter_type="String",
+                            description=None,
+                            allowed_pattern=None,
+                            keyid=None,
+                            last_modified_date=time.time(),
+                            version=1,
+                            data_type="aws:ec2:image",
+                        )
+                    )
+        self.gcp.state.add_image(GCP_GPU_IMAGE)
 
     def provisioners_for(self, owner_id: str, **changes: Any) -> dict[str, Any]:
         """A fresh pair of provisioners for another owner id (same mocks, same faults).

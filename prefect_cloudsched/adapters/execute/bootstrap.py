@@ -171,6 +171,9 @@ class BootstrapConfig:
         metadata_url: The cloud metadata server (``None`` = the cloud's; a loopback URL in
             the sandbox test).
         power_off_command: What powers the instance off when the worker exits.
+        tls_dir_on_image: The worker's ``ca.pem``, ``worker.pem`` and ``worker-key.pem``
+            are already on the image here (baked in, or fetched by an earlier boot step
+            with the instance role): the script then carries no key.
     """
 
     python: str = "python3"
@@ -187,6 +190,7 @@ class BootstrapConfig:
     workdir: str = "/var/lib/cloudsched"
     metadata_url: str | None = None
     power_off_command: str = "shutdown -h now"
+    tls_dir_on_image: str | None = None
 
 
 @functools.cache
@@ -227,7 +231,7 @@ def startup_script(
             f"{sorted(_INSTANCE_ID_COMMANDS)}"
         )
     id_command = id_template.format(base=cfg.metadata_url or _METADATA_URLS[offer.cloud])
-    tls_dir = f"{cfg.workdir}/tls"
+    tls_dir = cfg.tls_dir_on_image or f"{cfg.workdir}/tls"
     in_container = cfg.container_image is not None
     seen_tls_dir = "/cloudsched-tls" if in_container else tls_dir
     tls_args = (
@@ -255,7 +259,7 @@ def startup_script(
     ]
     for key, value in sorted(cfg.extra_env.items()):
         lines.append(f"export {key}={shlex.quote(value)}")
-    if tls is not None:
+    if tls is not None and cfg.tls_dir_on_image is None:
         lines += _tls_lines(tls, tls_dir)
     lines += ["WORKER_NAME=$(", id_command, ")"]
     lines.append(f'echo "cloudsched: starting worker $WORKER_NAME for run {run_id}"')

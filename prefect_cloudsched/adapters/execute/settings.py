@@ -38,6 +38,8 @@ class ExecutorSettings:
         tls: Encrypt and authenticate the scheduler link with per-run certificates.
         tls_ca_file / tls_cert_file / tls_key_file: Certificates of an existing TLS
             scheduler (used by the client and the workers).
+        worker_tls_dir: The worker certificates are already on the image in this directory
+            (``ca.pem``, ``worker.pem``, ``worker-key.pem``): boot scripts then carry no key.
         container_image: Run the worker in this image (``docker run --gpus all`` on GPU
             shapes) instead of a venv on the machine image.
         python: Interpreter on the image that creates the worker's venv.
@@ -62,6 +64,7 @@ class ExecutorSettings:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    worker_tls_dir: str | None = None
     container_image: str | None = None
     python: str = "python3"
     packages: tuple[str, ...] = ()
@@ -137,6 +140,7 @@ def build_executor(
             system_site_packages=settings.system_site_packages,
             extra_env=dict(settings.extra_env),
             container_image=settings.container_image,
+            tls_dir_on_image=settings.worker_tls_dir,
         ),
         join_timeout=settings.join_timeout_seconds,
         idle_timeout=settings.idle_seconds,

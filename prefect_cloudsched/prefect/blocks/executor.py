@@ -72,6 +72,11 @@ class CloudSchedExecutor(_LoadNamed, Block):
         default=None, description="Certificate file the client and workers present to it."
     )
     tls_key_file: str | None = Field(default=None, description="Key file of that certificate.")
+    worker_tls_dir: str | None = Field(
+        default=None,
+        description="Directory on the image holding the worker's ca.pem, worker.pem and "
+        "worker-key.pem (empty = sent in the boot script).",
+    )
     container_image: str | None = Field(
         default=None,
         description="Run the worker in this container image (GPU access on GPU shapes) "
@@ -156,6 +161,7 @@ class CloudSchedExecutor(_LoadNamed, Block):
             tls_ca_file=self.tls_ca_file,
             tls_cert_file=self.tls_cert_file,
             tls_key_file=self.tls_key_file,
+            worker_tls_dir=self.worker_tls_dir,
             container_image=self.container_image,
             python=self.python,
             packages=tuple(self.packages),
