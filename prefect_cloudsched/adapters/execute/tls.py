@@ -56,7 +56,10 @@ class TlsMaterial:
         return cls(ca, cert, key, cert, key)
 
     def security(self) -> Any:
-        """``distributed.Security`` for the scheduler and the client (encryption required)."""
+        """``distributed.Security`` for this process: scheduler, client and local workers.
+
+        Encryption is required; workers a ``LocalCluster`` starts here get the worker pair.
+        """
         from distributed.security import Security
 
         return Security(
@@ -65,6 +68,8 @@ class TlsMaterial:
             tls_client_key=self.key_pem,
             tls_scheduler_cert=self.cert_pem,
             tls_scheduler_key=self.key_pem,
+            tls_worker_cert=self.worker_cert_pem,
+            tls_worker_key=self.worker_key_pem,
             **_REQUIRE,
         )
 
