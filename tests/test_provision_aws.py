@@ -34,13 +34,13 @@ from prefect_cloudsched.adapters.provision.base import (
 from prefect_cloudsched.adapters.provision.factory import build_provisioner
 from prefect_cloudsched.adapters.provision.images import (
     AWS_CPU_PARAMETER,
-    AWS_GPU_PARAMETER,
     aws_arch,
 )
 from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
 from prefect_cloudsched.testing.aws import MOCK_AMI, MotoControl
+from prefect_cloudsched.testing.clouds import publish_aws_gpu_image
 
 REGION = "us-east-1"
 FAST = Backoff(attempts=4, base_seconds=0.001, max_seconds=0.01, deadline_seconds=5)
@@ -254,29 +254,6 @@ def test_unknown_region_is_a_one_line_provisioning_error(settings: AwsSettings) 
         AwsProvisioner(replace(settings, regions=("us-nowhere-9",)))
 
 
-def publish_gpu_image(region: str, ami: str) -> None:
-    """Put the Deep Learning AMI parameter into moto's SSM, as AWS publishes it."""
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.ssm.models import Parameter, ssm_backends
-
-    name = AWS_GPU_PARAMETER.format(arch="x86_64")
-    backend = ssm_backends[DEFAULT_ACCOUNT_ID][region]
-    backend._parameters[name].append(
-        Parameter(
-            account_id=DEFAULT_ACCOUNT_ID,
-            name=name,
-            value=ami,
-            parameter_type="String",
-            description=None,
-            allowed_pattern=None,
-            keyid=None,
-            last_modified_date=time.time(),
-            version=1,
-            data_type="aws:ec2:image",
-        )
-    )
-
-
 def test_images_resolve_per_region_from_public_ssm_parameters(
     make: Callable[..., AwsProvisioner],
 ) -> None:
@@ -286,8 +263,8 @@ def test_images_resolve_per_region_from_public_ssm_parameters(
     )["Parameter"]["Value"]
     cpu = aws.ensure(offer("m5.xlarge", "on-demand"), run_id="r", task_name="cpu")
     assert describe(cpu.instance_id)["ImageId"] == cpu_ami
-    publish_gpu_image(REGION, "ami-0123456789abcdef0")
-    publish_gpu_image("us-west-2", "ami-0fedcba9876543210")
+    publish_aws_gpu_image(REGION, "ami-0123456789abcdef0")
+    publish_aws_gpu_image("us-west-2", "ami-0fedcba9876543210")
     east = aws.ensure(offer(), run_id="r", task_name="gpu")
     west = aws.ensure(offer(region="us-west-2"), run_id="r", task_name="gpu")
     assert describe(east.instance_id)["ImageId"] == "ami-0123456789abcdef0"

@@ -167,34 +167,14 @@ class MockClouds:
         """Make the default images resolvable, as they are on a real account.
 
         moto's SSM already serves the public Amazon Linux parameters; the Deep Learning AMI
-        parameter AWS also publishes is put into moto's store here (it cannot be created
-        through the API: ``/aws/`` names are reserved). The fake GCE learns the Deep
-        Learning VM image family.
+        parameter is published by :func:`publish_aws_gpu_image`. The fake GCE learns the
+        Deep Learning VM image family.
         """
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.ssm.models import Parameter, ssm_backends
-
-        from prefect_cloudsched.adapters.provision.images import AWS_GPU_PARAMETER, GCP_GPU_IMAGE
+        from prefect_cloudsched.adapters.provision.images import GCP_GPU_IMAGE
 
         for region in aws_regions:
-            store = ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters
             for arch in ("x86_64", "arm64"):
-                name = AWS_GPU_PARAMETER.format(arch=arch)
-                if not store.get(name):
-                    store[name].append(
-                        Parameter(
-                            account_id=DEFAULT_ACCOUNT_ID,
-                            name=name,
-                            value=MOCK_AMI,
-                            parameter_type="String",
-                            description=None,
-                            allowed_pattern=None,
-                            keyid=None,
-                            last_modified_date=time.time(),
-                            version=1,
-                            data_type="aws:ec2:image",
-                        )
-                    )
+                publish_aws_gpu_image(region, MOCK_AMI, arch=arch)
         self.gcp.state.add_image(GCP_GPU_IMAGE)
 
     def provisioners_for(self, owner_id: str, **changes: Any) -> dict[str, Any]:
@@ -368,6 +348,36 @@ class MockClouds:
             ),
         )
         return name
+
+
+def publish_aws_gpu_image(region: str, ami: str, *, arch: str = "x86_64") -> None:
+    """Put the Deep Learning AMI's public SSM parameter into moto, as AWS publishes it.
+
+    It cannot be created through the API (``/aws/`` names are reserved), so it goes into
+    moto's store directly; works for ``mock_aws()`` and the in-process moto server alike.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ssm.models import Parameter, ssm_backends
+
+    from prefect_cloudsched.adapters.provision.images import AWS_GPU_PARAMETER
+
+    name = AWS_GPU_PARAMETER.format(arch=arch)
+    store = ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters
+    store.pop(name, None)
+    store[name].append(
+        Parameter(
+            account_id=DEFAULT_ACCOUNT_ID,
+            name=name,
+            value=ami,
+            parameter_type="String",
+            description=None,
+            allowed_pattern=None,
+            keyid=None,
+            last_modified_date=time.time(),
+            version=1,
+            data_type="aws:ec2:image",
+        )
+    )
 
 
 class _Interrupting:

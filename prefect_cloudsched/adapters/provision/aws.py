@@ -40,7 +40,7 @@ from prefect_cloudsched.adapters.provision.base import (
     TASK_TAG,
     InstanceHandle,
 )
-from prefect_cloudsched.adapters.provision.common import CloudProvisioner, Phase
+from prefect_cloudsched.adapters.provision.common import CloudProvisioner, LaunchRequest, Phase
 from prefect_cloudsched.adapters.provision.images import aws_arch, aws_image_parameter
 from prefect_cloudsched.adapters.provision.lifecycle import (
     OwnedInstance,
@@ -223,32 +223,20 @@ class AwsProvisioner(CloudProvisioner):
         self._images[(region, name)] = image
         return image
 
-    def _launch_once(
-        self,
-        offer: Offer,
-        *,
-        location: str,
-        image: str,
-        digest: str,
-        run_id: str,
-        task_name: str,
-        startup_script: str | None,
-    ) -> InstanceHandle | None:
+    def _launch_once(self, request: LaunchRequest) -> InstanceHandle | None:
         called = datetime.now(UTC)
-        subnet = self._subnet(location)
-        instance = self._launch(
-            offer, image, subnet, digest[:64], run_id, task_name, startup_script
-        )
-        if self._replayed_dead(location, instance, called):
+        region = request.location
+        instance = self._launch(request, self._subnet(region))
+        if self._replayed_dead(region, instance, called):
             return None
         return InstanceHandle(
             cloud="aws",
             instance_id=instance["InstanceId"],
-            offer_key=offer.key,
-            region=location,
+            offer_key=request.offer.key,
+            region=region,
             zone=instance.get("Placement", {}).get("AvailabilityZone"),
-            option=offer.option.value,
-            run_id=run_id,
+            option=request.offer.option.value,
+            run_id=request.run_id,
         )
 
     def _subnet(self, region: str) -> str | None:
@@ -278,16 +266,9 @@ class AwsProvisioner(CloudProvisioner):
         self._subnets[region] = subnet
         return subnet
 
-    def _launch(
-        self,
-        offer: Offer,
-        image: str,
-        subnet: str | None,
-        token: str,
-        run_id: str,
-        task_name: str,
-        startup_script: str | None,
-    ) -> dict[str, Any]:
+    def _launch(self, request: LaunchRequest, subnet: str | None) -> dict[str, Any]:
+        offer, run_id, task_name = request.offer, request.run_id, request.task_name
+        image, startup_script = request.image, request.startup_script
         tags = [
             *({"Key": k, "Value": v} for k, v in self.settings.extra_tags.items()),
             {"Key": OWNER_TAG, "Value": self.settings.owner_id},
@@ -302,7 +283,7 @@ class AwsProvisioner(CloudProvisioner):
             InstanceType=offer.instance_type,
             MinCount=1,
             MaxCount=1,
-            ClientToken=token,
+            ClientToken=request.digest[:64],
             InstanceInitiatedShutdownBehavior="terminate",  # a powered-off worker costs nothing
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},  # IMDSv2
             TagSpecifications=[

@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
@@ -32,6 +33,25 @@ Phase = Literal["pending", "running", "gone"]
 
 #: Launch keys tried per ``ensure`` before the offer is refused as capacity.
 LAUNCH_KEYS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    """One launch attempt: the offer, where and from what image, under which idempotency key.
+
+    Attributes:
+        location: The region (AWS) or zone (GCP) ``_admit`` chose.
+        digest: Hex idempotency digest of (owner, run, task, offer, sequence).
+        startup_script: Boot script (user-data / ``startup-script`` metadata), if any.
+    """
+
+    offer: Offer
+    location: str
+    image: str
+    digest: str
+    run_id: str
+    task_name: str
+    startup_script: str | None
 
 
 class CloudProvisioner(ABC):
@@ -80,15 +100,10 @@ class CloudProvisioner(ABC):
         handle = None
         for _ in range(LAUNCH_KEYS):
             digest = self._next_digest(run_id, task_name, offer.key)
-            handle = self._launch_once(
-                offer,
-                location=location,
-                image=image,
-                digest=digest,
-                run_id=run_id,
-                task_name=task_name,
-                startup_script=startup_script,
+            request = LaunchRequest(
+                offer, location, image, digest, run_id, task_name, startup_script
             )
+            handle = self._launch_once(request)
             if handle is not None:
                 break
         if handle is None:
@@ -182,18 +197,8 @@ class CloudProvisioner(ABC):
         """The boot image for ``offer`` (``ProvisioningError`` naming the setting if none)."""
 
     @abstractmethod
-    def _launch_once(
-        self,
-        offer: Offer,
-        *,
-        location: str,
-        image: str,
-        digest: str,
-        run_id: str,
-        task_name: str,
-        startup_script: str | None,
-    ) -> InstanceHandle | None:
-        """Launch with idempotency key ``digest``; ``None`` = key taken by an ended instance."""
+    def _launch_once(self, request: LaunchRequest) -> InstanceHandle | None:
+        """Launch ``request``; ``None`` = its key was taken by an instance that has ended."""
 
     @abstractmethod
     def _state(self, handle: InstanceHandle) -> tuple[Phase, str]:

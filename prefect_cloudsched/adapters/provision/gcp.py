@@ -34,7 +34,7 @@ from prefect_cloudsched.adapters.provision.base import (
     TASK_TAG,
     InstanceHandle,
 )
-from prefect_cloudsched.adapters.provision.common import CloudProvisioner, Phase
+from prefect_cloudsched.adapters.provision.common import CloudProvisioner, LaunchRequest, Phase
 from prefect_cloudsched.adapters.provision.images import gcp_image
 from prefect_cloudsched.adapters.provision.lifecycle import (
     OwnedInstance,
@@ -167,19 +167,10 @@ class GcpProvisioner(CloudProvisioner):
         return self.settings.backoff.call(lambda: fn(**kwargs), _retryable)
 
     # ------------------------------------------------------------------ lifecycle hooks
-    def _launch_once(
-        self,
-        offer: Offer,
-        *,
-        location: str,
-        image: str,
-        digest: str,
-        run_id: str,
-        task_name: str,
-        startup_script: str | None,
-    ) -> InstanceHandle | None:
+    def _launch_once(self, request: LaunchRequest) -> InstanceHandle | None:
         from google.api_core import exceptions as gexc
 
+        offer, task_name, digest = request.offer, request.task_name, request.digest
         slug = _NAME_BAD.sub("-", task_name.lower()).strip("-")[:40] or "task"
         name = f"cs-{slug}-{digest[:10]}"
         handle = InstanceHandle(
@@ -187,11 +178,11 @@ class GcpProvisioner(CloudProvisioner):
             instance_id=name,
             offer_key=offer.key,
             region=offer.region,
-            zone=location,
+            zone=request.location,
             option=offer.option.value,
-            run_id=run_id,
+            run_id=request.run_id,
         )
-        body = self._instance_body(offer, location, name, image, run_id, task_name, startup_script)
+        body = self._instance_body(request, name)
         # Conflict: our own earlier insert of this request, or an earlier process's VM.
         with contextlib.suppress(gexc.Conflict):
             self._insert(handle, body, request_id=str(uuid.UUID(digest[:32])))
@@ -232,20 +223,12 @@ class GcpProvisioner(CloudProvisioner):
             HEARTBEAT_TAG: str(int(time.time())),
         }
 
-    def _instance_body(
-        self,
-        offer: Offer,
-        zone: str,
-        name: str,
-        image: str,
-        run_id: str,
-        task_name: str,
-        startup_script: str | None,
-    ) -> Any:
+    def _instance_body(self, request: LaunchRequest, name: str) -> Any:
         from google.cloud import compute_v1
 
-        settings = self.settings
-        labels = self._labels(run_id, task_name, offer.option.value)
+        settings, offer, zone = self.settings, request.offer, request.location
+        startup_script = request.startup_script
+        labels = self._labels(request.run_id, request.task_name, offer.option.value)
         spot = offer.option is PurchaseOption.SPOT
         gpu = bool(offer.gpu_count)
         scheduling = compute_v1.Scheduling(
@@ -273,7 +256,7 @@ class GcpProvisioner(CloudProvisioner):
                     boot=True,
                     auto_delete=True,
                     initialize_params=compute_v1.AttachedDiskInitializeParams(
-                        source_image=image,
+                        source_image=request.image,
                         disk_size_gb=settings.disk_size_gb,
                         labels=labels,
                     ),
