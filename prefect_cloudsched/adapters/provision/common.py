@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
@@ -97,6 +98,7 @@ class CloudProvisioner(ABC):
         if warm is not None and self._reuse(warm, run_id, task_name):
             return self.book.handle_for_run(warm, run_id)
         image = self._image(offer)
+        requested_at = datetime.now(UTC)
         handle = None
         for _ in range(LAUNCH_KEYS):
             digest = self._next_digest(run_id, task_name, offer.key)
@@ -115,7 +117,7 @@ class CloudProvisioner(ABC):
         except BaseException:
             self._end_quietly(handle)  # never leave a half-started instance behind
             raise
-        self.book.started(handle, offer_key=offer.key)
+        self.book.started(handle, offer_key=offer.key, requested_at=requested_at)
         logger.info("started %s %s for %s", handle.instance_id, offer.key, task_name)
         return handle
 
@@ -146,7 +148,9 @@ class CloudProvisioner(ABC):
             self._end_quietly(handle)
             return False
         self._relabel(handle, run_id, task_name)
-        self.book.started(self.book.handle_for_run(handle, run_id), offer_key=handle.offer_key)
+        self.book.started(
+            self.book.handle_for_run(handle, run_id), offer_key=handle.offer_key, reused=True
+        )
         return True
 
     def check(self, handle: InstanceHandle) -> None:

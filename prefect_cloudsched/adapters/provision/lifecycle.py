@@ -124,13 +124,31 @@ class InstanceBook:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ live set
-    def started(self, handle: InstanceHandle, *, offer_key: str) -> None:
-        """A new instance runs: heartbeat it and write its ledger row."""
+    def started(
+        self,
+        handle: InstanceHandle,
+        *,
+        offer_key: str,
+        requested_at: datetime | None = None,
+        reused: bool = False,
+    ) -> None:
+        """An instance runs (new, or a warm one reused): heartbeat it, write its ledger row.
+
+        The row's ``launched_at`` is when the launch was *requested* (the cloud bills the
+        boot), and a reused instance keeps its original one (the idle time between its
+        tasks is billed too), so launched→terminated is what the cloud charges.
+        """
         with self._lock:
             self._live[handle.instance_id] = handle
             self.released.discard(handle.instance_id)
             self._ensure_thread()
-        self.write(handle, state="running", offer_key=offer_key, launched=True)
+        self.write(
+            handle,
+            state="running",
+            offer_key=offer_key,
+            launched=not reused,
+            launched_at=requested_at,
+        )
 
     def stopped(self, handle: InstanceHandle, state: str = "terminated") -> None:
         """We terminated it (or saw it gone): stop its heartbeat, close its ledger row."""
@@ -222,7 +240,13 @@ class InstanceBook:
 
     # ------------------------------------------------------------------ ledger
     def write(
-        self, handle: InstanceHandle, *, state: str, offer_key: str, launched: bool = False
+        self,
+        handle: InstanceHandle,
+        *,
+        state: str,
+        offer_key: str,
+        launched: bool = False,
+        launched_at: datetime | None = None,
     ) -> None:
         """Upsert the instance's ledger row; a ledger problem never stops provisioning."""
         if not self._record:
@@ -239,7 +263,7 @@ class InstanceBook:
             state=state,
         )
         if launched:
-            values.update(launched_at=now, terminated_at=None)
+            values.update(launched_at=launched_at or now, terminated_at=None)
         elif state in ("terminated", "interrupted", "reaped"):
             values["terminated_at"] = now
         try:
