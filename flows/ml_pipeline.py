@@ -221,13 +221,13 @@ WARM_SECONDS = 3.0
 
 def _run_on_mock_clouds(chunks: int) -> dict[str, Any]:
     """Provision through real SDK calls against the mocks; run each body on its instance."""
-    from prefect_cloudsched import Ledger
-    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
-    from prefect_cloudsched.testing.clouds import MockClouds
-
     import logging
 
     import distributed  # configures its loggers on import: quiet them after
+
+    from prefect_cloudsched import Ledger
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
+    from prefect_cloudsched.testing.clouds import MockClouds
 
     logging.getLogger(distributed.__name__).setLevel(logging.WARNING)  # a line per worker event
     owner = "cloudsched-demo"
