@@ -1,14 +1,15 @@
 """The boot script is executed, not string-matched.
 
-The user-data the Dask executor generates for an EC2 instance runs here for real, with bash,
-in a sandbox: a fresh directory and venv, the package installed from a wheel built from this
-checkout (offline: ``--no-index``; ``distributed`` and friends come from this interpreter's
-site-packages through a ``.pth``), the instance id read from a loopback stand-in of the EC2
-metadata service (IMDSv2: token first). The worker it starts must join our scheduler over
-loopback *with TLS* (per-run certificates written by the script), pass the version check,
-run a task body in the sandbox venv, and — once idle — be retired and run the script's
-power-off step. Only the metadata URL, the paths and the power-off command differ from what
-a real instance gets.
+The user-data / startup script the Dask executor generates for an EC2 instance or a GCE VM
+runs here for real, with bash, in a sandbox: a fresh directory and venv, the package
+installed from a wheel built from this checkout (offline: ``--no-index``; ``distributed``
+and friends come from this interpreter's site-packages through a ``.pth``), the instance id
+read from a loopback stand-in of the metadata service (EC2's IMDSv2: token first; GCE's: the
+``Metadata-Flavor`` header). The worker it starts must join our scheduler over loopback
+*with TLS* (per-run certificates written by the script), pass the version check, run a task
+body in the sandbox venv, and — once idle — be retired and run the script's power-off step.
+Only the metadata URL, the paths and the power-off command differ from what a real instance
+gets.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide
 
 REPO = Path(__file__).resolve().parents[1]
-INSTANCE_ID = "i-0sandbox0000001"
+#: The instance id each cloud's metadata server reports (AWS: the id; GCP: the VM name).
+INSTANCE_IDS = {"aws": "i-0sandbox0000001", "gcp": "cs-sandbox-4f2a9c01"}
 TOKEN = "sandbox-imds-token"
 
 
@@ -81,7 +83,7 @@ def build_wheel(out: Path) -> Path:
 
 
 class _Imds(BaseHTTPRequestHandler):
-    """EC2's instance metadata service, IMDSv2 only (a token is required)."""
+    """EC2's instance metadata service (IMDSv2 only: a token is required) and GCE's."""
 
     def do_PUT(self) -> None:
         if self.path == "/latest/api/token":
@@ -90,10 +92,13 @@ class _Imds(BaseHTTPRequestHandler):
             self._answer(404, "")
 
     def do_GET(self) -> None:
-        if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
+        if self.path == "/computeMetadata/v1/instance/name":
+            google = self.headers.get("Metadata-Flavor") == "Google"
+            self._answer(200 if google else 403, INSTANCE_IDS["gcp"] if google else "")
+        elif self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
             self._answer(401, "")
         elif self.path == "/latest/meta-data/instance-id":
-            self._answer(200, INSTANCE_ID)
+            self._answer(200, INSTANCE_IDS["aws"])
         else:
             self._answer(404, "")
 
@@ -118,14 +123,14 @@ def imds() -> Iterator[str]:
         server.shutdown()
 
 
-def _placement() -> Placement:
+def _placement(cloud: str) -> Placement:
     now = datetime.now(UTC)
-    needs = TaskNeeds(gpus=1, gpu_type="A10G", spot_ok=True)
+    needs = TaskNeeds(gpus=1, spot_ok=True)
     decision = decide(
         needs, load_catalog(), now=now, submitted_at=now, state=PlacementState(),
-        config=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+        config=PolicyConfig(allowed_clouds=frozenset({cloud})),
     )  # fmt: skip
-    return Placement(decision, "run-sandbox", "task-1", 1, INSTANCE_ID)
+    return Placement(decision, "run-sandbox", "task-1", 1, INSTANCE_IDS[cloud])
 
 
 def _sandbox_probe() -> object:
@@ -151,8 +156,9 @@ def _sandbox_probe() -> object:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
 def test_generated_user_data_boots_a_tls_worker_that_runs_a_task_and_powers_off(
-    tmp_path: Path, imds: str
+    cloud: str, tmp_path: Path, imds: str
 ) -> None:
     wheel = build_wheel(tmp_path / "build")
     sandbox = tmp_path / "instance"
@@ -177,9 +183,10 @@ def test_generated_user_data_boots_a_tls_worker_that_runs_a_task_and_powers_off(
             power_off_command=f"touch {powered_off}",
         ),
     )
-    placement = _placement()
+    placement = _placement(cloud)
     offer = placement.decision.offer
-    handle = InstanceHandle("aws", INSTANCE_ID, offer.key, offer.region, None, "spot", "run")
+    instance_id = INSTANCE_IDS[cloud]
+    handle = InstanceHandle(cloud, instance_id, offer.key, offer.region, offer.zone, "spot", "r")
     executor.start()
     proc = None
     try:
@@ -196,7 +203,7 @@ def test_generated_user_data_boots_a_tls_worker_that_runs_a_task_and_powers_off(
         )
         executor.attach(handle, placement)
         [(worker_address, info)] = executor.client.scheduler_info(n_workers=-1)["workers"].items()
-        assert worker_address.startswith("tls://") and info["name"] == INSTANCE_ID
+        assert worker_address.startswith("tls://") and info["name"] == instance_id
         seen = executor.run(_sandbox_probe(), placement)  # type: ignore[arg-type]
         assert seen["prefix"] == str(sandbox / "venv")
         assert seen["package"].startswith(str(sandbox / "venv"))  # the wheel, not this tree
@@ -208,7 +215,7 @@ def test_generated_user_data_boots_a_tls_worker_that_runs_a_task_and_powers_off(
         assert proc.wait(timeout=60) == 0
         assert powered_off.exists()
         log = (sandbox / "log" / "worker.log").read_text()
-        assert f"starting worker {INSTANCE_ID}" in log and "powering off" in log
+        assert f"starting worker {instance_id}" in log and "powering off" in log
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, 9)
