@@ -460,3 +460,23 @@ def test_unreachable_scheduler_is_one_line_naming_the_setting() -> None:
     with pytest.raises(ProvisioningError, match=r"^CloudSchedExecutor\.scheduler_address: "):
         executor.start()
     assert executor._session is None
+
+
+@pytest.mark.harness
+def test_executor_block_is_picked_up_by_name(prefect_harness) -> None:
+    from prefect_cloudsched.adapters.execute.settings import ExecutorSettings
+    from prefect_cloudsched.prefect.blocks import (
+        CloudSchedExecutor,
+        MissingBlockError,
+        load_executor_settings,
+    )
+
+    CloudSchedExecutor(scheduler_host="10.0.1.15", idle_seconds=90).save(
+        "remote-test", overwrite=True
+    )
+    settings = load_executor_settings("remote-test")
+    assert settings.scheduler_host == "10.0.1.15" and settings.idle_seconds == 90
+    assert load_executor_settings(settings) is settings
+    assert isinstance(settings, ExecutorSettings)
+    with pytest.raises(MissingBlockError, match="CloudSched Executor block 'nope' is not saved"):
+        load_executor_settings("nope")

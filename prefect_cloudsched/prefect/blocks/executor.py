@@ -181,7 +181,15 @@ class CloudSchedExecutor(_LoadNamed, Block):
         return build_executor(self.to_settings(), launcher=launcher)
 
 
-def load_executor_settings(spec: str | CloudSchedExecutor) -> ExecutorSettings:
-    """The executor settings of a block instance or of a saved block's name."""
+def load_executor_settings(spec: str | CloudSchedExecutor | ExecutorSettings) -> ExecutorSettings:
+    """The executor settings of a saved block's name, a block, or settings as they are.
+
+    Raises:
+        MissingBlockError: no ``cloudsched-executor`` block is saved under that name.
+    """
+    from prefect_cloudsched.adapters.execute.settings import ExecutorSettings
+
+    if isinstance(spec, ExecutorSettings):
+        return spec
     block = CloudSchedExecutor.load_named(spec) if isinstance(spec, str) else spec
     return block.to_settings()
