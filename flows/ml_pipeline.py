@@ -243,7 +243,6 @@ def _run_on_mock_clouds(chunks: int) -> dict[str, Any]:
                 "tls": True,
                 "idle_timeout": WARM_SECONDS + 2,
                 "join_timeout": 60,
-                "monitor_interval": 0.2,
             },
         )
         state = ml_pipeline.with_options(task_runner=runner)(chunks=chunks, return_state=True)
