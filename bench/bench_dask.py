@@ -24,8 +24,8 @@ from _common import isolate, write
 
 home = isolate()
 
+from _flows import make_flow  # noqa: E402
 from distributed import LocalCluster  # noqa: E402
-from prefect import flow, task  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 
@@ -41,19 +41,6 @@ from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide 
 TARGET = 1.15
 MAX_WORKERS = 8  # local engine threads of the CloudSched runner (as in runner_overhead)
 ROUND_TRIPS = 300
-
-
-@task
-def trivial(x: int) -> int:
-    return x + 1
-
-
-def make_flow(runner: object, name: str):
-    @flow(name=name, task_runner=runner)
-    def mapped(n: int) -> int:
-        return sum(trivial.map(range(n)).result())
-
-    return mapped
 
 
 def pinned_round_trips(n: int) -> list[float]:

@@ -6,10 +6,12 @@ inference over chunks of new images. Runs in well under a minute on 2 CPU cores.
 
 Run it: ``python flows/ml_pipeline.py`` (then ``prefect-cloudsched report``). By default every
 placement starts a real instance through boto3 / google-cloud-compute against local mocked
-clouds (moto and the fake GCE server), the first spot instance is interrupted so the retry
-and re-placement are visible, and every instance is terminated when its task ends; the bodies
-run here. ``--accounting-only`` skips provisioning: each task is only accounted as if it ran
-on the instance the scheduler chose.
+clouds (moto and the fake GCE server), and every task body runs on the Dask worker of its own
+instance — over TLS, as on a real account; here a real ``distributed`` worker on this machine
+stands in for each mocked instance, named after it. The first spot instance is interrupted so
+the retry and re-placement are visible; instances are kept warm for the next task of the same
+offer and terminated when the run ends. ``--accounting-only`` starts no instance: each body
+runs here and is only accounted as if it ran on the instance the scheduler chose.
 """
 
 from __future__ import annotations
@@ -212,27 +214,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return _run_on_mock_clouds(args.chunks)
 
 
+#: Seconds an instance stays warm for the next task of its offer; its worker idles longer,
+#: so the provisioner always ends an idle instance before its worker is retired.
+WARM_SECONDS = 3.0
+
+
 def _run_on_mock_clouds(chunks: int) -> dict[str, Any]:
-    """Provision through real SDK calls against moto and the fake GCE server, then check."""
+    """Provision through real SDK calls against the mocks; run each body on its instance."""
+    import logging
+
+    import distributed  # configures its loggers on import: quiet them after
+
     from prefect_cloudsched import Ledger
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
     from prefect_cloudsched.testing.clouds import MockClouds
 
+    logging.getLogger(distributed.__name__).setLevel(logging.WARNING)  # a line per worker event
     owner = "cloudsched-demo"
     print("starting mocked clouds: moto (AWS EC2) and the fake GCE server (GCP), on loopback")
-    with MockClouds(owner_id=owner, interrupt_first_spot=1) as clouds:
-        runner = CloudSchedTaskRunner(max_workers=4, provisioners=clouds.provisioners)
+    launcher = LocalWorkerLauncher()
+    with MockClouds(owner_id=owner, interrupt_first_spot=1, warm_seconds=WARM_SECONDS) as clouds:
+        runner = CloudSchedTaskRunner(
+            max_workers=4,
+            provisioners=clouds.provisioners,
+            executor="dask",
+            executor_options={
+                "launcher": launcher,  # a local worker per mocked instance (the boot script's)
+                "tls": True,
+                "idle_timeout": WARM_SECONDS + 2,
+                "join_timeout": 60,
+            },
+        )
         state = ml_pipeline.with_options(task_runner=runner)(chunks=chunks, return_state=True)
         left = clouds.running_instances(owner_id=owner)
         interrupted = list(clouds.interrupted)
+    workers_left = launcher.names
+    launcher.close()
     run_id = str(state.state_details.flow_run_id)
-    rows = Ledger().instances(run_id=run_id)
+    ledger = Ledger()
+    rows = ledger.instances(run_id=run_id)
+    placements = ledger.placements(flow_run_id=run_id)
+    on_instances = sum(1 for p in placements if p.instance_id)
     by_cloud = {c: sum(r["cloud"] == c for r in rows) for c in ("aws", "gcp")}
     print(
-        f"instances started: {len(rows)} (aws {by_cloud['aws']}, gcp {by_cloud['gcp']}); "
-        f"spot interruptions injected: {len(interrupted)}; still running: {len(left)}"
+        f"instances started: {len(rows)} (aws {by_cloud['aws']}, gcp {by_cloud['gcp']}) for "
+        f"{len(placements)} placements, {on_instances} of them on an instance's worker; spot "
+        f"interruptions injected: {len(interrupted)}; still running: {len(left)} instances, "
+        f"{len(workers_left)} workers"
     )
-    if left:
-        raise SystemExit(f"leaked instances: {[i['instance_id'] for i in left]}")
+    if left or workers_left:
+        raise SystemExit(f"leaked: {[i['instance_id'] for i in left]} {workers_left}")
     return state.result()
 
 

@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "AwsComputePool": "prefect_cloudsched.prefect.blocks",
     "GcpComputePool": "prefect_cloudsched.prefect.blocks",
     "CloudSchedLedger": "prefect_cloudsched.prefect.blocks",
+    "CloudSchedExecutor": "prefect_cloudsched.prefect.blocks",
     "checkpoint": "prefect_cloudsched.prefect.checkpoint",
 }
 

@@ -30,6 +30,7 @@ BLOCKS = _package_blocks()
 def test_every_public_block_is_registered() -> None:
     assert {cls.__name__ for cls in BLOCKS} == {
         "AwsComputePool",
+        "CloudSchedExecutor",
         "CloudSchedLedger",
         "CloudSchedPolicy",
         "GcpComputePool",

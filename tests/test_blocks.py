@@ -391,3 +391,92 @@ def test_blocks_apply_is_idempotent(
     assert main([*args, "--overwrite"]) == 0
     assert "updated   cloudsched-policy/idem-dev" in capsys.readouterr().out
     assert CloudSchedPolicy.load_named("idem-dev").budget_per_run_usd == 7.5
+
+
+# --------------------------------------------------------------------------- executor block
+def test_executor_block_defaults_are_remote_tls_on_loopback() -> None:
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
+    from prefect_cloudsched.prefect.blocks import CloudSchedExecutor
+
+    settings = CloudSchedExecutor().to_settings()
+    assert settings.mode == "remote" and settings.tls and settings.scheduler_host == "127.0.0.1"
+    executor = CloudSchedExecutor(idle_seconds=5, packages=["torch==2.5.1"]).build_executor()
+    assert isinstance(executor, DaskExecutor)
+    assert executor._config["tls"] is True and executor._config["idle_timeout"] == 5
+    assert executor._config["cluster_kwargs"] == {"host": "127.0.0.1", "scheduler_port": 8786}
+    assert executor._config["bootstrap"].packages == ("torch==2.5.1",)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"scheduler_host": "0.0.0.0"}, "scheduler_host"),
+        ({"scheduler_host": "::"}, "scheduler_host"),
+        ({"scheduler_address": "10.0.1.5:8786"}, "scheduler_address"),
+        ({"tls_ca_file": "/ca.pem"}, "tls_ca_file"),
+        ({"idle_seconds": -1}, "idle_seconds"),
+    ],
+)
+def test_executor_block_refuses_bad_settings(kwargs: dict, field: str) -> None:
+    from pydantic import ValidationError
+
+    from prefect_cloudsched.prefect.blocks import CloudSchedExecutor
+
+    with pytest.raises(ValidationError) as caught:
+        CloudSchedExecutor(**kwargs)
+    assert field in str(caught.value) or "tls_ca_file" in str(caught.value)
+
+
+def test_build_executor_bad_input_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    from prefect_cloudsched.adapters.execute.settings import ExecutorSettings, build_executor
+    from prefect_cloudsched.errors import ProvisioningError
+
+    with pytest.raises(ProvisioningError, match=r"^CloudSchedExecutor\.mode: "):
+        build_executor(ExecutorSettings(mode="accounting-only"))
+    missing = ExecutorSettings(
+        tls_ca_file=str(tmp_path / "ca.pem"),
+        tls_cert_file=str(tmp_path / "c.pem"),
+        tls_key_file=str(tmp_path / "k.pem"),
+    )
+    with pytest.raises(ProvisioningError, match=r"^CloudSchedExecutor\.tls_ca_file.*ca\.pem"):
+        build_executor(missing)
+    with pytest.raises(ProvisioningError, match=r"^CloudSchedExecutor\.tls_ca_file: .*uses TLS"):
+        build_executor(ExecutorSettings(scheduler_address="tls://10.0.1.5:8786"))
+
+
+def test_unreachable_scheduler_is_one_line_naming_the_setting() -> None:
+    import socket
+
+    from prefect_cloudsched.adapters.execute.settings import ExecutorSettings, build_executor
+    from prefect_cloudsched.errors import ProvisioningError
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    executor = build_executor(
+        ExecutorSettings(scheduler_address=f"tcp://127.0.0.1:{port}", tls=False)
+    )
+    executor._config["client_kwargs"]["timeout"] = 2
+    with pytest.raises(ProvisioningError, match=r"^CloudSchedExecutor\.scheduler_address: "):
+        executor.start()
+    assert executor._session is None
+
+
+@pytest.mark.harness
+def test_executor_block_is_picked_up_by_name(prefect_harness) -> None:
+    from prefect_cloudsched.adapters.execute.settings import ExecutorSettings
+    from prefect_cloudsched.prefect.blocks import (
+        CloudSchedExecutor,
+        MissingBlockError,
+        load_executor_settings,
+    )
+
+    CloudSchedExecutor(scheduler_host="10.0.1.15", idle_seconds=90).save(
+        "remote-test", overwrite=True
+    )
+    settings = load_executor_settings("remote-test")
+    assert settings.scheduler_host == "10.0.1.15" and settings.idle_seconds == 90
+    assert load_executor_settings(settings) is settings
+    assert isinstance(settings, ExecutorSettings)
+    with pytest.raises(MissingBlockError, match="CloudSched Executor block 'nope' is not saved"):
+        load_executor_settings("nope")

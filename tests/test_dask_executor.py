@@ -283,6 +283,47 @@ def test_losing_the_worker_mid_task_raises_spot_interrupted(processes: bool, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_worker_with_other_versions_is_refused_and_retired(
+    tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_cloudsched.adapters.execute import versions
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
+
+    flow = {**versions.flow_versions(), "python": "3.99", "cloudpickle": "0.0.1"}
+    monkeypatch.setattr(versions, "flow_versions", lambda: flow)
+    launcher = LocalWorkerLauncher()
+    executor = DaskExecutor(launcher=launcher, join_timeout=30, tls=tls)
+    executor.start()
+    try:
+        placement = _placement(TaskNeeds(cpus=1), "i-old-image")
+        expected = (
+            r"^CloudSchedExecutor\.container_image / python: worker i-old-image refused.*"
+            r"python 3\.\d+ \(flow: 3\.99\).*cloudpickle"
+        )
+        with pytest.raises(ProvisioningError, match=expected):
+            executor.attach(_handle(placement), placement)
+        assert launcher.names == []
+        deadline = time.monotonic() + 10
+        while executor.client.scheduler_info(n_workers=-1)["workers"]:
+            assert time.monotonic() < deadline, "the refused worker is still connected"
+            time.sleep(0.05)
+    finally:
+        executor.stop()
+
+
+def test_version_differences_ignore_only_an_absent_optional_package() -> None:
+    from prefect_cloudsched.adapters.execute.versions import differences
+
+    flow = {"python": "3.11", "distributed": "1", "cloudpickle": "2", "prefect_cloudsched": "0.1"}
+    assert differences(flow, {**flow, "prefect_cloudsched": None}) == []
+    assert differences(flow, {**flow, "prefect_cloudsched": "0.2"}) == [
+        "prefect_cloudsched 0.2 (flow: 0.1)"
+    ]
+    assert differences(flow, {**flow, "distributed": None}) == ["distributed missing (flow: 1)"]
+
+
 def test_a_worker_that_never_joins_is_a_bounded_provisioning_error() -> None:
     from prefect_cloudsched.adapters.execute.dask import DaskExecutor
 
@@ -334,7 +375,9 @@ def test_boot_script_starts_a_worker_that_joins_and_powers_off_when_retired(tmp_
         (stubs / name).chmod(0o755)
     log = tmp_path / "worker.log"
     executor = DaskExecutor(
-        bootstrap=BootstrapConfig(python=sys.executable, install=False, log_path=str(log)),
+        bootstrap=BootstrapConfig(
+            python=sys.executable, install=False, log_path=str(log), workdir=str(tmp_path)
+        ),
         worker_args=("--no-dashboard", "--memory-limit", "0"),
         join_timeout=60,
         monitor_interval=0.1,
@@ -515,3 +558,34 @@ def test_flow_places_each_task_on_its_pool_and_survives_a_worker_kill(
     assert sum(len(c.started) for c in clouds.values()) == 3
     assert all(script and "dask worker" in script for c in clouds.values() for script in c.scripts)
     assert not [t for t in threading.enumerate() if t.name == "cloudsched-dask-monitor"]
+
+
+def test_boot_script_carries_the_worker_key_only_when_it_is_not_on_the_image() -> None:
+    from prefect_cloudsched.adapters.execute.tls import TlsMaterial
+
+    tls = TlsMaterial.generate()
+    offer = _offer("aws", "T4", PurchaseOption.SPOT)
+    inline = startup_script(offer, scheduler_address="tls://10.0.0.5:8786", run_id="r", tls=tls)
+    subprocess.run(["bash", "-n"], input=inline.encode(), check=True)
+    assert tls.worker_key_pem.strip() in inline and tls.key_pem.strip() not in inline
+    assert "--tls-key /var/lib/cloudsched/tls/worker-key.pem" in inline
+    baked = startup_script(
+        offer,
+        scheduler_address="tls://10.0.0.5:8786",
+        run_id="r",
+        tls=tls,
+        config=BootstrapConfig(tls_dir_on_image="/etc/dask"),
+    )
+    assert "PRIVATE KEY" not in baked and "--tls-key /etc/dask/worker-key.pem" in baked
+    container = startup_script(
+        offer,
+        scheduler_address="tls://10.0.0.5:8786",
+        run_id="r",
+        tls=tls,
+        config=BootstrapConfig(container_image="ghcr.io/me/worker:py3.11"),
+    )
+    subprocess.run(["bash", "-n"], input=container.encode(), check=True)
+    run = next(line for line in container.splitlines() if line.startswith("docker run"))
+    assert "--gpus all" in run and "--network host" in run
+    assert "-v /var/lib/cloudsched/tls:/cloudsched-tls:ro" in run
+    assert "--tls-ca-file /cloudsched-tls/ca.pem" in run and "pip install" not in container

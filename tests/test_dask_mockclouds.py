@@ -309,3 +309,43 @@ def test_spot_reclaimed_before_its_worker_joins_is_retried(
     rows = Ledger(ledger_url).placements()
     assert [r.state for r in rows] == ["interrupted", "completed"]
     assert rows[0].instance_id in clouds.interrupted and worker == rows[1].instance_id
+
+
+@pytest.mark.slow
+@pytest.mark.harness
+def test_a_refused_worker_fails_the_task_with_one_line_and_leaves_nothing_running(
+    prefect_harness: None, clouds: MockClouds, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose versions differ from the flow's: one-line error, instance released."""
+    from prefect import flow, task
+
+    from prefect_cloudsched import CloudSchedTaskRunner, Ledger, requires
+    from prefect_cloudsched.adapters.execute import versions
+    from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
+
+    flow_side = {**versions.flow_versions(), "python": "3.99"}
+    monkeypatch.setattr(versions, "flow_versions", lambda: flow_side)
+    launcher = LocalWorkerLauncher()
+
+    @requires(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=4))
+    @task
+    def aws_gpu() -> str:
+        return "never runs"
+
+    @flow(
+        task_runner=CloudSchedTaskRunner(
+            provisioners=clouds.provisioners,
+            executor="dask",
+            executor_options={"launcher": launcher, "tls": True, "monitor_interval": 0.1},
+        )
+    )
+    def pipeline() -> str:
+        return aws_gpu.submit().result()
+
+    with pytest.raises(Exception, match=r"^CloudSchedExecutor\.container_image / python: ") as err:
+        pipeline()
+    assert "\n" not in str(err.value)
+    assert clouds.running_instances(owner_id=OWNER) == []
+    assert launcher.names == []
+    [row] = Ledger(ledger_url).placements()
+    assert row.state == "failed" and row.instance_id in clouds.moto.launched

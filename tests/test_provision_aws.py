@@ -32,10 +32,15 @@ from prefect_cloudsched.adapters.provision.base import (
     Provisioner,
 )
 from prefect_cloudsched.adapters.provision.factory import build_provisioner
+from prefect_cloudsched.adapters.provision.images import (
+    AWS_CPU_PARAMETER,
+    aws_arch,
+)
 from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer, load_catalog
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
 from prefect_cloudsched.testing.aws import MOCK_AMI, MotoControl
+from prefect_cloudsched.testing.clouds import publish_aws_gpu_image
 from prefect_cloudsched.testing.offers import shipped_offer
 
 REGION = "us-east-1"
@@ -243,9 +248,38 @@ def test_unknown_region_is_a_one_line_provisioning_error(settings: AwsSettings) 
         AwsProvisioner(replace(settings, regions=("us-nowhere-9",)))
 
 
-def test_missing_ami_names_the_setting(make: Callable[..., AwsProvisioner]) -> None:
-    with pytest.raises(ProvisioningError, match=r"AwsSettings\.ami_per_region"):
+def test_images_resolve_per_region_from_public_ssm_parameters(
+    make: Callable[..., AwsProvisioner],
+) -> None:
+    aws = make(ami_per_region={})
+    cpu_ami = boto3.client("ssm", region_name=REGION).get_parameter(
+        Name=AWS_CPU_PARAMETER.format(arch="x86_64")
+    )["Parameter"]["Value"]
+    cpu = aws.ensure(offer("m5.xlarge", "on-demand"), run_id="r", task_name="cpu")
+    assert describe(cpu.instance_id)["ImageId"] == cpu_ami
+    publish_aws_gpu_image(REGION, "ami-0123456789abcdef0")
+    publish_aws_gpu_image("us-west-2", "ami-0fedcba9876543210")
+    east = aws.ensure(offer(), run_id="r", task_name="gpu")
+    west = aws.ensure(offer(region="us-west-2"), run_id="r", task_name="gpu")
+    assert describe(east.instance_id)["ImageId"] == "ami-0123456789abcdef0"
+    assert describe(west.instance_id, "us-west-2")["ImageId"] == "ami-0fedcba9876543210"
+    pinned = make(ami_per_region={REGION: MOCK_AMI}).ensure(offer(), run_id="r", task_name="p")
+    assert describe(pinned.instance_id)["ImageId"] == MOCK_AMI
+
+
+def test_image_missing_in_a_region_names_the_setting(make: Callable[..., AwsProvisioner]) -> None:
+    with pytest.raises(ProvisioningError, match=r"^AwsSettings\.gpu_image_parameter: .*us-east-1"):
         make(ami_per_region={}).ensure(offer(), run_id="r", task_name="t")
+    assert running() == []
+    custom = make(ami_per_region={}, cpu_image_parameter="/my/missing/{arch}")
+    with pytest.raises(ProvisioningError, match=r"cpu_image_parameter.*/my/missing/x86_64"):
+        custom.ensure(offer("m5.xlarge", "on-demand"), run_id="r", task_name="t")
+
+
+def test_graviton_types_get_arm64_images() -> None:
+    assert aws_arch("m7g.large") == "arm64" and aws_arch("c7gn.xlarge") == "arm64"
+    assert aws_arch("g5g.xlarge") == "arm64"
+    assert aws_arch("g5.xlarge") == "x86_64" and aws_arch("g4dn.xlarge") == "x86_64"
 
 
 def test_nonexistent_ami_with_validation(
@@ -326,7 +360,7 @@ def test_heartbeat_is_refreshed(make: Callable[..., AwsProvisioner]) -> None:
 
 
 def test_warm_pool_reuses_then_expires(make: Callable[..., AwsProvisioner]) -> None:
-    aws = make(warm_seconds=1.0)
+    aws = make(warm_seconds=3.0)  # long enough for a loaded machine to describe it warm
     first = aws.ensure(offer(), run_id="r", task_name="a")
     aws.release(first)
     assert describe(first.instance_id)["State"]["Name"] == "running"  # kept warm
@@ -335,7 +369,7 @@ def test_warm_pool_reuses_then_expires(make: Callable[..., AwsProvisioner]) -> N
     tags = {t["Key"]: t["Value"] for t in describe(first.instance_id)["Tags"]}
     assert tags[TASK_TAG] == "b"
     aws.release(reused)
-    deadline = time.time() + 5
+    deadline = time.time() + 15
     while describe(first.instance_id)["State"]["Name"] == "running" and time.time() < deadline:
         time.sleep(0.05)
     assert describe(first.instance_id)["State"]["Name"] == "terminated"
@@ -383,3 +417,48 @@ def test_unreachable_prices_keep_the_snapshot(settings: AwsSettings) -> None:
 def test_owned_reservations_fall_back_to_configuration(make: Callable[..., AwsProvisioner]) -> None:
     aws = make(reservations={"aws/us-east-1/g5.xlarge": 2})
     assert aws.owned_reservations() == {"aws/us-east-1/g5.xlarge": 2}
+
+
+def test_instance_rows_bill_boot_and_idle_time(
+    make: Callable[..., AwsProvisioner], settings: AwsSettings
+) -> None:
+    """launched_at is the launch request and survives warm reuse: the row spans the bill."""
+    from datetime import UTC, datetime, timedelta
+
+    aws = make(warm_seconds=30.0)
+    before = datetime.now(UTC)
+    first = aws.ensure(offer(), run_id="run-w", task_name="a")
+    aws.release(first)  # parked warm: idle from now, still billed
+    [parked] = Ledger(settings.ledger_url).instances(run_id="run-w")
+    assert parked["state"] == "warm"
+    time.sleep(0.2)
+    again = aws.ensure(offer(), run_id="run-w", task_name="b")
+    assert again.instance_id == first.instance_id
+    [row] = Ledger(settings.ledger_url).instances(run_id="run-w")
+    assert row["launched_at"] == parked["launched_at"]
+    assert before.timestamp() - 1 <= row["launched_at"].timestamp() <= before.timestamp() + 5
+    assert aws.release_run("run-w") == 1  # parked or busy, the run's end ends it
+    [ended] = Ledger(settings.ledger_url).instances(run_id="run-w")
+    assert ended["state"] == "terminated"
+    assert ended["terminated_at"] - ended["launched_at"] >= timedelta(seconds=0.2)
+
+
+def test_warm_instances_cross_runs_only_when_opted_in(
+    make: Callable[..., AwsProvisioner],
+) -> None:
+    closed = make(warm_seconds=30.0)
+    first = closed.ensure(offer(), run_id="run-1", task_name="a")
+    closed.release(first)
+    other = closed.ensure(offer(), run_id="run-2", task_name="a")
+    assert other.instance_id != first.instance_id
+    closed.release_run("run-1")
+    closed.release_run("run-2")
+    shared = make(warm_seconds=30.0, warm_across_runs=True)
+    first = shared.ensure(offer(), run_id="run-3", task_name="a")
+    shared.release(first)
+    moved = shared.ensure(offer(), run_id="run-4", task_name="b")
+    assert moved.instance_id == first.instance_id and moved.run_id == "run-4"
+    tags = {t["Key"]: t["Value"] for t in describe(moved.instance_id)["Tags"]}
+    assert tags[RUN_TAG] == "run-4" and tags[TASK_TAG] == "b"
+    assert shared.release_run("run-3") == 0  # it belongs to run-4 now
+    assert shared.release_run("run-4") == 1

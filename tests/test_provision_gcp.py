@@ -27,6 +27,7 @@ from prefect_cloudsched.adapters.provision.base import (
 )
 from prefect_cloudsched.adapters.provision.factory import build_provisioner
 from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner, GcpSettings
+from prefect_cloudsched.adapters.provision.images import GCP_CPU_IMAGE, GCP_GPU_IMAGE
 from prefect_cloudsched.adapters.provision.lifecycle import label_value
 from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
@@ -46,6 +47,7 @@ def offer(instance_type: str = "g2-standard-4", option: str = "spot", zone: str 
 
 @pytest.fixture
 def fake(fake_gcp: FakeGcpCompute) -> FakeGcpCompute:
+    fake_gcp.state.add_image(GCP_GPU_IMAGE)  # the default image of GPU shapes
     return fake_gcp
 
 
@@ -99,7 +101,11 @@ def test_spot_vm_body_labels_and_startup_script(
     assert labels[TASK_TAG] == label_value("Train Model") and labels[OPTION_TAG] == "spot"
     assert abs(int(labels[HEARTBEAT_TAG]) - time.time()) < 60
     assert vm["disks"][0]["initializeParams"]["labels"][OWNER_TAG] == "tester"
-    assert vm["metadata"]["items"] == [{"key": "startup-script", "value": "echo hi"}]
+    assert vm["metadata"]["items"] == [
+        {"key": "startup-script", "value": "echo hi"},
+        {"key": "install-nvidia-driver", "value": "True"},
+    ]
+    assert vm["disks"][0]["initializeParams"]["sourceImage"] == GCP_GPU_IMAGE
     [request] = [r for r in fake.state.requests if r.path.endswith("/instances")]
     assert re.fullmatch(r"[0-9a-f-]{36}", request.query["requestId"])
     assert handle.zone == ZONE and handle.region == "us-central1"
@@ -251,8 +257,9 @@ def test_release_run_touches_only_ours(
 def test_bad_settings_are_one_line_provisioning_errors(
     fake: FakeGcpCompute, make: Callable[..., GcpProvisioner]
 ) -> None:
+    cpu = offer("e2-standard-4", "on-demand")
     with pytest.raises(ProvisioningError, match=r"GcpSettings\.image"):
-        make(image="projects/nope/global/images/missing").ensure(offer(), run_id=RUN, task_name="t")
+        make(image="projects/nope/global/images/missing").ensure(cpu, run_id=RUN, task_name="t")
     fake.state.fail_next(
         404,
         "notFound",
@@ -326,3 +333,32 @@ def test_distinct_texts_keep_distinct_labels() -> None:
     assert label_value("Run-1") != label_value("run-1")
     assert label_value("x" * 80) != label_value("x" * 81)
     assert label_value("plain-run-id") == "plain-run-id"
+
+
+def test_cpu_shapes_boot_debian_gpu_shapes_the_driver_image(
+    fake: FakeGcpCompute, make: Callable[..., GcpProvisioner]
+) -> None:
+    make().ensure(offer("e2-standard-4", "on-demand"), run_id=RUN, task_name="prep")
+    [vm] = vms(fake)
+    assert vm["disks"][0]["initializeParams"]["sourceImage"] == GCP_CPU_IMAGE
+    assert "metadata" not in vm or all(
+        item["key"] != "install-nvidia-driver" for item in vm["metadata"]["items"]
+    )
+
+
+def test_missing_gpu_image_names_the_setting_and_leaves_nothing(
+    fake: FakeGcpCompute, make: Callable[..., GcpProvisioner]
+) -> None:
+    missing = "projects/deeplearning-platform-release/global/images/family/no-such-family"
+    with pytest.raises(ProvisioningError, match=r"^GcpSettings\.gpu_image: .*no-such-family"):
+        make(gpu_image=missing).ensure(offer(), run_id=RUN, task_name="t")
+    assert vms(fake) == []
+
+
+def test_the_protocol_declares_reservations_and_prices(
+    make: Callable[..., GcpProvisioner],
+) -> None:
+    gcp = make(reservations={"gcp/us-central1-a/g2-standard-4": 1})
+    assert gcp.owned_reservations() == {"gcp/us-central1-a/g2-standard-4": 1}
+    assert gcp.spot_prices("us-central1", ["g2-standard-4"]) == {}
+    assert {"owned_reservations", "spot_prices"} <= set(dir(Provisioner))

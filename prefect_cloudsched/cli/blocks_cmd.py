@@ -69,12 +69,19 @@ class BlockDocument:
 def _block_classes() -> dict[str, type]:
     from prefect_cloudsched.prefect.blocks import (
         AwsComputePool,
+        CloudSchedExecutor,
         CloudSchedLedger,
         CloudSchedPolicy,
         GcpComputePool,
     )
 
-    classes = (CloudSchedPolicy, AwsComputePool, GcpComputePool, CloudSchedLedger)
+    classes = (
+        CloudSchedPolicy,
+        AwsComputePool,
+        GcpComputePool,
+        CloudSchedLedger,
+        CloudSchedExecutor,
+    )
     return {cls.get_block_type_slug(): cls for cls in classes}
 
 

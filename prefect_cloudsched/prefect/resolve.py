@@ -15,12 +15,13 @@ from prefect_cloudsched.adapters.provision.base import Provisioner
 from prefect_cloudsched.core.budget import BudgetPolicy
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import InputError
-from prefect_cloudsched.runtime.config import RunnerConfig, SessionSettings
+from prefect_cloudsched.runtime.config import ExecutionMode, RunnerConfig, SessionSettings
 
 
 def resolve_settings(config: RunnerConfig) -> SessionSettings:
     """Load every block ``config`` names and return plain settings for one flow run."""
     policy, budget, default_slack = policy_parts(config.policy)
+    executor, execution = executor_for(config.executor, config.execution)
     ledger = open_ledger(config.ledger, config.ledger_url)
     return SessionSettings(
         policy=policy,
@@ -29,15 +30,34 @@ def resolve_settings(config: RunnerConfig) -> SessionSettings:
         budget=budget,
         default_slack=default_slack,
         provisioners=provisioners_for(config.provisioners, config.pools, ledger.url),
-        executor=config.executor,
+        executor=executor,
         executor_options=config.executor_options,
         reserved=config.reserved,
         use_plan=config.use_plan,
         live_prices=config.live_prices,
         spot_retries=config.spot_retries,
         on_deadline_risk=config.on_deadline_risk,
-        execution=config.execution,
+        execution=execution,
     )
+
+
+def executor_for(spec: Any, execution: ExecutionMode) -> tuple[Any, ExecutionMode]:
+    """An executor from a ``CloudSchedExecutor`` block (or its saved name), else ``spec``.
+
+    A block in ``accounting-only`` mode means: start no instance, run bodies here.
+    """
+    from prefect_cloudsched.adapters.execute.settings import ExecutorSettings
+
+    is_block = hasattr(spec, "to_settings") or isinstance(spec, ExecutorSettings)
+    if not is_block and not (isinstance(spec, str) and spec not in ("local", "dask")):
+        return spec, execution
+    from prefect_cloudsched.adapters.execute.settings import build_executor
+    from prefect_cloudsched.prefect.blocks import load_executor_settings
+
+    settings = load_executor_settings(spec)
+    if settings.mode == "accounting-only":
+        return "local", "accounting"
+    return build_executor(settings), execution
 
 
 def resolve_policy(policy: PolicyConfig | Any | str | None) -> PolicyConfig:
@@ -101,4 +121,11 @@ def provisioners_for(
     return provisioners
 
 
-__all__ = ["open_ledger", "policy_parts", "provisioners_for", "resolve_policy", "resolve_settings"]
+__all__ = [
+    "executor_for",
+    "open_ledger",
+    "policy_parts",
+    "provisioners_for",
+    "resolve_policy",
+    "resolve_settings",
+]

@@ -41,11 +41,8 @@ def owned_reservations(
     """Reservations / committed use the clouds (or the pool settings) say we own."""
     owned: dict[str, int] = {}
     for cloud, provisioner in provisioners.items():
-        read = getattr(provisioner, "owned_reservations", None)
-        if read is None:
-            continue
         try:
-            found = read()
+            found = provisioner.owned_reservations()
         except Exception as err:  # a planning aid, never a reason to fail the flow
             observer.log(f"could not read {cloud} reservations ({err}); assuming none", "warning")
             continue
@@ -82,7 +79,7 @@ def with_live_prices(
     API did not price keep the snapshot's price and source.
     """
     aws = provisioners.get("aws")
-    if aws is None or not hasattr(aws, "spot_prices"):
+    if aws is None:
         return catalog
     from prefect_cloudsched.adapters.provision.aws import LIVE_SOURCE, refresh_spot_prices
 

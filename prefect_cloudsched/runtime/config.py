@@ -84,9 +84,10 @@ class RunnerConfig:
             )
         if self.executor_options and self.executor != "dask":
             raise InputError('executor_options apply only to executor="dask"')
-        if isinstance(self.executor, str) and self.executor not in ("local", "dask"):
+        if isinstance(self.executor, str) and not self.executor.strip():
             raise InputError(
-                f'executor must be "local", "dask" or an Executor, got {self.executor!r}'
+                'executor must be "local", "dask", a CloudSchedExecutor block name or an '
+                "Executor; got an empty string"
             )
         # frozen: normalise through object.__setattr__ once, here
         object.__setattr__(self, "label_task_runs", label_mode(self.label_task_runs))

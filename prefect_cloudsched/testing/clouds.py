@@ -218,9 +218,9 @@ class MockClouds:
         aws_regions = tuple(sorted({o.region for o in catalog.offers if o.cloud == "aws"}))
         gcp_zones = tuple(sorted({o.zone for o in catalog.offers if o.cloud == "gcp" and o.zone}))
         common = dict(owner_id=self.owner_id, poll_seconds=0.02, backoff=_FAST, **self._options)
+        self._publish_images(aws_regions)
         self.aws_settings = AwsSettings(
-            regions=aws_regions,
-            ami_per_region={region: MOCK_AMI for region in aws_regions},
+            regions=aws_regions,  # images: moto's SSM, as on a real account (see below)
             endpoint_url=self.aws_url,
             **DUMMY_KEYS,
             **common,  # type: ignore[arg-type]
@@ -237,6 +237,20 @@ class MockClouds:
                     offer.usd_per_hour
                 )
         self.provisioners = self.provisioners_for(self.owner_id)
+
+    def _publish_images(self, aws_regions: tuple[str, ...]) -> None:
+        """Make the default images resolvable, as they are on a real account.
+
+        moto's SSM already serves the public Amazon Linux parameters; the Deep Learning AMI
+        parameter is published by :func:`publish_aws_gpu_image`. The fake GCE learns the
+        Deep Learning VM image family.
+        """
+        from prefect_cloudsched.adapters.provision.images import GCP_GPU_IMAGE
+
+        for region in aws_regions:
+            for arch in ("x86_64", "arm64"):
+                publish_aws_gpu_image(region, MOCK_AMI, arch=arch)
+        self.gcp.state.add_image(GCP_GPU_IMAGE)
 
     def provisioners_for(self, owner_id: str, **changes: Any) -> dict[str, Any]:
         """A fresh pair of provisioners for another owner id (same mocks, same faults).
@@ -400,6 +414,36 @@ class MockClouds:
         name = f"foreign-{len(self.gcp.state.instances(self.project)) + 1}"
         self.gcp.insert_foreign_instance(self.project, zone, name, tags)
         return name
+
+
+def publish_aws_gpu_image(region: str, ami: str, *, arch: str = "x86_64") -> None:
+    """Put the Deep Learning AMI's public SSM parameter into moto, as AWS publishes it.
+
+    It cannot be created through the API (``/aws/`` names are reserved), so it goes into
+    moto's store directly; works for ``mock_aws()`` and the in-process moto server alike.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ssm.models import Parameter, ssm_backends
+
+    from prefect_cloudsched.adapters.provision.images import AWS_GPU_PARAMETER
+
+    name = AWS_GPU_PARAMETER.format(arch=arch)
+    store = ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters
+    store.pop(name, None)
+    store[name].append(
+        Parameter(
+            account_id=DEFAULT_ACCOUNT_ID,
+            name=name,
+            value=ami,
+            parameter_type="String",
+            description=None,
+            allowed_pattern=None,
+            keyid=None,
+            last_modified_date=time.time(),
+            version=1,
+            data_type="aws:ec2:image",
+        )
+    )
 
 
 class _Interrupting:

@@ -36,6 +36,7 @@ started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -65,6 +66,8 @@ from prefect_cloudsched.adapters.execute.bootstrap import (
     startup_script,
 )
 from prefect_cloudsched.adapters.execute.launcher import BootScriptLauncher, WorkerLauncher
+from prefect_cloudsched.adapters.execute.tls import TlsMaterial
+from prefect_cloudsched.adapters.execute.versions import WorkerVersionMismatch, check_worker
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
 from prefect_cloudsched.core.catalog import Offer
 from prefect_cloudsched.errors import ProvisioningError, SpotInterrupted
@@ -107,6 +110,11 @@ class DaskExecutor:
         death_timeout: Seconds a worker waits for a lost scheduler before exiting (and its
             instance powering off).
         monitor_interval: Seconds between worker liveness sweeps and idle checks.
+        tls: ``True`` = a fresh CA and certificates for this flow run (our own scheduler
+            requires them; workers get theirs in the boot script); a
+            :class:`~prefect_cloudsched.adapters.execute.tls.TlsMaterial` = these (an
+            existing TLS scheduler); ``False`` = plaintext (loopback only).
+        check_versions: Refuse a worker whose Python or packages differ from the flow's.
 
     Raises:
         ValueError: conflicting or out-of-range options.
@@ -129,6 +137,8 @@ class DaskExecutor:
         idle_timeout: float = 60.0,
         death_timeout: float = 300.0,
         monitor_interval: float = 1.0,
+        tls: bool | TlsMaterial = False,
+        check_versions: bool = True,
     ) -> None:
         if address is not None and cluster_kwargs:
             raise ValueError("pass either address (an existing scheduler) or cluster_kwargs")
@@ -153,6 +163,8 @@ class DaskExecutor:
             idle_timeout=idle_timeout,
             death_timeout=death_timeout,
             monitor_interval=monitor_interval,
+            tls=tls,
+            check_versions=check_versions,
         )
         self._session: _Session | None = None
 
@@ -185,17 +197,29 @@ class DaskExecutor:
         if self._session is not None:
             raise RuntimeError("this DaskExecutor is already running a flow")
         cfg = self._config
+        material = TlsMaterial.generate() if cfg["tls"] is True else cfg["tls"] or None
+        client_kwargs = dict(cfg["client_kwargs"])
+        cluster_kwargs = {**DEFAULT_CLUSTER_KWARGS, **cfg["cluster_kwargs"]}
+        if material is not None:
+            client_kwargs["security"] = material.security()
+            cluster_kwargs.update(protocol="tls://", security=material.security())
         cluster = None
         try:
             if cfg["address"] is None:
-                cluster = LocalCluster(**{**DEFAULT_CLUSTER_KWARGS, **cfg["cluster_kwargs"]})
+                cluster = LocalCluster(**cluster_kwargs)
                 target: Any = cluster
             else:
                 target = cfg["address"]
-            client = Client(target, set_as_default=False, **cfg["client_kwargs"])
-        except BaseException:
+            client = Client(target, set_as_default=False, **client_kwargs)
+        except BaseException as err:
             if cluster is not None:
                 cluster.close()
+            if isinstance(err, OSError | TimeoutError) and cfg["address"] is not None:
+                raise ProvisioningError(
+                    f"CloudSchedExecutor.scheduler_address: cannot reach the Dask scheduler "
+                    f"at {cfg['address']} ({type(err).__name__}); start it, or check the "
+                    "address, the tunnel and the TLS files"
+                ) from None
             raise
         self._session = _Session(
             client=client,
@@ -204,6 +228,8 @@ class DaskExecutor:
             contact_address=cfg["worker_scheduler_address"] or client.scheduler.address,
             idle_timeout=cfg["idle_timeout"],
             monitor_interval=cfg["monitor_interval"],
+            tls=material,
+            check_versions=cfg["check_versions"],
         )
 
     def stop(self) -> None:
@@ -223,6 +249,7 @@ class DaskExecutor:
             config=cfg["bootstrap"],
             death_timeout=cfg["death_timeout"],
             extra_worker_args=cfg["worker_args"],
+            tls=session.tls,
         )
 
     def attach(self, handle: InstanceHandle, placement: Placement) -> None:
@@ -233,14 +260,16 @@ class DaskExecutor:
                 without the pool resource its placement needs.
         """
         cfg = self._config
+        session = self._live()
         spec = WorkerSpec.for_offer(
             placement.decision.offer,
-            scheduler_address=self._live().contact_address,
+            scheduler_address=session.contact_address,
             name=handle.instance_id,
             death_timeout=cfg["death_timeout"],
             extra_args=cfg["worker_args"],
+            tls=session.tls,
         )
-        self._live().attach(spec, timeout=cfg["join_timeout"])
+        session.attach(spec, timeout=cfg["join_timeout"])
 
     def detach(self, handle: InstanceHandle) -> None:
         """The instance's task is over: its worker starts counting idle time."""
@@ -275,8 +304,12 @@ class _Session:
         contact_address: str,
         idle_timeout: float,
         monitor_interval: float,
+        tls: TlsMaterial | None = None,
+        check_versions: bool = True,
     ) -> None:
         self.client = client
+        self.tls = tls
+        self.check_versions = check_versions
         self.cluster = cluster
         self.launcher = launcher
         self.contact_address = contact_address
@@ -307,11 +340,24 @@ class _Session:
         try:
             self.launcher.launch(spec)
             address = self._wait_for_worker(name, next(iter(spec.resources)), timeout)
+            if self.check_versions:
+                self._vet(address, name)
         except BaseException:
             self.detach(name)
             raise
         with self._lock:
             self._address[name] = address
+
+    def _vet(self, address: str, name: str) -> None:
+        """Refuse (retire) a worker whose versions differ from the flow's."""
+        try:
+            check_worker(self.client, address, name)
+        except WorkerVersionMismatch:
+            with contextlib.suppress(Exception):  # it powers its instance off on exit
+                self.client.retire_workers(workers=[address], close_workers=True)
+            with contextlib.suppress(Exception):
+                self.launcher.stop(name)
+            raise
 
     def detach(self, name: str) -> None:
         with self._lock:

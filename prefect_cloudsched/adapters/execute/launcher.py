@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from prefect_cloudsched.adapters.execute.bootstrap import WorkerSpec
+from prefect_cloudsched.adapters.execute.tls import worker_tls_args
 
 
 @runtime_checkable
@@ -142,7 +143,7 @@ class LocalWorkerLauncher:
 
     # ------------------------------------------------------------------ in-process
     def _start_inprocess(self, spec: WorkerSpec) -> Any:
-        from distributed import Worker
+        import dask
 
         with self._lock:
             if self._loop is None:
@@ -150,16 +151,8 @@ class LocalWorkerLauncher:
             loop = self._loop
 
         async def start() -> Any:
-            worker = Worker(
-                spec.scheduler_address,
-                name=spec.name,
-                nthreads=spec.nthreads,
-                resources=dict(spec.resources),
-                death_timeout=spec.death_timeout,
-                memory_limit=0,
-            )
-            await worker
-            return worker
+            with dask.config.set(_INPROCESS_CONFIG):  # read when the worker starts
+                return await _started_worker(spec)
 
         return loop.call(start(), timeout=self.start_timeout)
 
@@ -178,6 +171,12 @@ class LocalWorkerLauncher:
         if self._logdir is None:
             self._logdir = Path(tempfile.mkdtemp(prefix="cloudsched-workers-"))
         log = (self._logdir / f"{spec.name}.log").open("ab")
+        tls_args: list[str] = []
+        if spec.tls is not None:
+            files = spec.tls.write_worker_files(self._logdir / f"{spec.name}-tls")
+            tls_args = worker_tls_args(
+                str(files["ca.pem"]), str(files["worker.pem"]), str(files["worker-key.pem"])
+            )
         try:
             return subprocess.Popen(
                 [
@@ -186,6 +185,7 @@ class LocalWorkerLauncher:
                     "dask",
                     "worker",
                     *spec.cli_args(),
+                    *tls_args,
                     "--no-nanny",
                     "--no-dashboard",
                     "--memory-limit",
@@ -197,6 +197,33 @@ class LocalWorkerLauncher:
             )
         finally:
             log.close()  # the child holds its own descriptor
+
+
+#: In-process workers share one interpreter with the flow and each other: per-worker
+#: samplers (the statistical profiler every 10 ms, the GIL monitor every 1 ms, psutil every
+#: 500 ms) would each sample the whole process and contend for the GIL with the task bodies.
+_INPROCESS_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.admin.system-monitor.interval": "5s",
+}
+
+
+async def _started_worker(spec: WorkerSpec) -> Any:
+    """A ``distributed.Worker`` for ``spec``, registered with its scheduler."""
+    from distributed import Worker
+
+    worker = Worker(
+        spec.scheduler_address,
+        name=spec.name,
+        nthreads=spec.nthreads,
+        resources=dict(spec.resources),
+        death_timeout=spec.death_timeout,
+        memory_limit=0,
+        security=spec.tls.worker_security() if spec.tls else None,
+    )
+    await worker
+    return worker
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:

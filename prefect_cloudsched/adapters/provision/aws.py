@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import statistics
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -41,16 +40,16 @@ from prefect_cloudsched.adapters.provision.base import (
     TASK_TAG,
     InstanceHandle,
 )
+from prefect_cloudsched.adapters.provision.common import CloudProvisioner, LaunchRequest, Phase
+from prefect_cloudsched.adapters.provision.images import aws_arch, aws_image_parameter
 from prefect_cloudsched.adapters.provision.lifecycle import (
-    InstanceBook,
     OwnedInstance,
-    idempotency_digest,
     logger,
     parse_heartbeat,
 )
 from prefect_cloudsched.adapters.provision.settings import AwsSettings, secret_value
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
-from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
+from prefect_cloudsched.errors import CapacityError, ProvisioningError
 
 __all__ = ("AwsProvisioner", "AwsSettings", "refresh_spot_prices")
 
@@ -92,7 +91,7 @@ def _session(settings: AwsSettings) -> Any:
     )
 
 
-class AwsProvisioner:
+class AwsProvisioner(CloudProvisioner):
     """Starts, checks, releases and finds our EC2 instances (see ``Provisioner``).
 
     Thread-safe: the runner calls ``ensure``/``release`` from its worker threads.
@@ -104,20 +103,10 @@ class AwsProvisioner:
         self.settings = settings
         self._session = _session(settings)
         self._check_regions()
-        self._clients: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._sequence: dict[tuple[str, str, str], int] = defaultdict(int)
+        self._clients: dict[tuple[str, str], Any] = {}
         self._subnets: dict[str, str | None] = {}
-        self.book = InstanceBook(
-            cloud="aws",
-            owner_id=settings.owner_id,
-            refresh=self._refresh_heartbeats,
-            expire=self._terminate_handle,
-            heartbeat_seconds=settings.heartbeat_seconds,
-            warm_seconds=settings.warm_seconds,
-            ledger_url=settings.ledger_url,
-            record_instances=settings.record_instances,
-        )
+        self._images: dict[tuple[str, str], str] = {}
+        self._init_lifecycle()
 
     def __repr__(self) -> str:
         return (
@@ -133,10 +122,10 @@ class AwsProvisioner:
                     f"AwsSettings.regions: {region!r} is not an AWS region; use e.g. us-east-1"
                 )
 
-    def client(self, region: str) -> Any:
-        """The (cached, thread-safe) EC2 client of one region."""
+    def client(self, region: str, service: str = "ec2") -> Any:
+        """The (cached, thread-safe) client of one region (EC2 unless ``service`` says)."""
         with self._lock:
-            found = self._clients.get(region)
+            found = self._clients.get((service, region))
             if found is not None:
                 return found
             from botocore.config import Config
@@ -148,13 +137,13 @@ class AwsProvisioner:
                 user_agent_extra="prefect-cloudsched",
             )
             client = self._session.client(
-                "ec2", region_name=region, endpoint_url=self.settings.endpoint_url, config=config
+                service, region_name=region, endpoint_url=self.settings.endpoint_url, config=config
             )
-            self._clients[region] = client
+            self._clients[(service, region)] = client
             return client
 
-    def _call(self, region: str, operation: str, **kwargs: Any) -> Any:
-        """One EC2 call with throttling backoff; credential/endpoint problems made readable."""
+    def _call(self, region: str, operation: str, *, service: str = "ec2", **kwargs: Any) -> Any:
+        """One call with throttling backoff; credential/endpoint problems made readable."""
         from botocore.exceptions import (
             ClientError,
             EndpointConnectionError,
@@ -162,7 +151,7 @@ class AwsProvisioner:
             PartialCredentialsError,
         )
 
-        client = self.client(region)
+        client = self.client(region, service)
         try:
             return self.settings.backoff.call(
                 lambda: getattr(client, operation)(**kwargs), is_throttle
@@ -174,7 +163,7 @@ class AwsProvisioner:
             ) from None
         except EndpointConnectionError as err:
             raise ProvisioningError(
-                f"AwsSettings.endpoint_url: cannot reach EC2 in {region} "
+                f"AwsSettings.endpoint_url: cannot reach {service} in {region} "
                 f"({err.kwargs.get('endpoint_url')}); check the endpoint and the network"
             ) from None
         except ClientError as err:
@@ -182,65 +171,12 @@ class AwsProvisioner:
                 raise ProvisioningError(
                     f"AwsSettings.aws_access_key_id/aws_secret_access_key: AWS refused the "
                     f"credentials for {operation} in {region} ({error_code(err)}); check the "
-                    "keys and the IAM policy in docs/provisioning.md"
+                    "keys and the IAM policy in docs/real-clouds.md"
                 ) from None
             raise
 
-    # ------------------------------------------------------------------ ensure
-    def ensure(
-        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
-    ) -> InstanceHandle:
-        """Start (or reuse a warm instance of ours) for ``offer`` and wait until it runs.
-
-        Raises:
-            CapacityError: EC2 refused this offer now, or it is outside this pool.
-            ProvisioningError: a setting is wrong (credentials, region, AMI, subnet).
-        """
-        self._admit(offer)
-        warm = self.book.take_warm(offer.key, run_id)
-        if warm is not None and self._reuse(warm, task_name):
-            return warm
-        region = offer.region
-        image = self.settings.ami_per_region.get(region)
-        if not image:
-            raise ProvisioningError(
-                f"AwsSettings.ami_per_region: no AMI for region {region}; add e.g. "
-                f"{{'{region}': 'ami-...'}}"
-            )
-        subnet = self._subnet(region)
-        for _ in range(3):
-            with self._lock:
-                identity = (run_id, task_name, offer.key)
-                sequence = self._sequence[identity]
-                self._sequence[identity] += 1
-            token = idempotency_digest(self.settings.owner_id, *identity, sequence)[:64]
-            called = datetime.now(UTC)
-            instance = self._launch(offer, image, subnet, token, run_id, task_name, startup_script)
-            if not self._replayed_dead(region, instance, called):
-                break
-        else:
-            raise CapacityError(
-                offer.key, "LaunchFailed", "instances ended as soon as they started"
-            )
-        handle = InstanceHandle(
-            cloud="aws",
-            instance_id=instance["InstanceId"],
-            offer_key=offer.key,
-            region=region,
-            zone=instance.get("Placement", {}).get("AvailabilityZone"),
-            option=offer.option.value,
-            run_id=run_id,
-        )
-        try:
-            self._wait_running(handle)
-        except BaseException:
-            self._end_quietly(handle)  # never leave a half-started instance behind
-            raise
-        self.book.started(handle, offer_key=offer.key)
-        logger.info("started %s %s for %s", handle.instance_id, offer.key, task_name)
-        return handle
-
-    def _admit(self, offer: Offer) -> None:
+    # ------------------------------------------------------------------ lifecycle hooks
+    def _admit(self, offer: Offer) -> str:
         if offer.cloud != "aws":
             raise ProvisioningError(f"AwsProvisioner got a {offer.cloud} offer {offer.key}")
         if offer.region not in self.settings.regions:
@@ -256,6 +192,52 @@ class AwsProvisioner:
                 "FamilyNotInPool",
                 f"{offer.instance_type} is not in AwsSettings.allowed_families {list(families)}",
             )
+        return offer.region
+
+    def _image(self, offer: Offer) -> str:
+        """``ami_per_region`` if set there, else the public SSM parameter of the shape."""
+        region = offer.region
+        configured = self.settings.ami_per_region.get(region)
+        if configured:
+            return configured
+        arch = aws_arch(offer.instance_type)
+        if offer.gpu_count:
+            setting, custom = "gpu_image_parameter", self.settings.gpu_image_parameter
+        else:
+            setting, custom = "cpu_image_parameter", self.settings.cpu_image_parameter
+        name = (custom or aws_image_parameter(offer)).format(arch=arch)
+        cached = self._images.get((region, name))
+        if cached:
+            return cached
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self._call(region, "get_parameter", service="ssm", Name=name)
+        except ClientError as err:
+            raise ProvisioningError(
+                f"AwsSettings.{setting}: no image for {offer.instance_type} in {region} "
+                f"(SSM parameter {name}: {error_code(err) or err}); set "
+                f"AwsSettings.ami_per_region[{region!r}] to an AMI id of that region"
+            ) from None
+        image = str(answer["Parameter"]["Value"])
+        self._images[(region, name)] = image
+        return image
+
+    def _launch_once(self, request: LaunchRequest) -> InstanceHandle | None:
+        called = datetime.now(UTC)
+        region = request.location
+        instance = self._launch(request, self._subnet(region))
+        if self._replayed_dead(region, instance, called):
+            return None
+        return InstanceHandle(
+            cloud="aws",
+            instance_id=instance["InstanceId"],
+            offer_key=request.offer.key,
+            region=region,
+            zone=instance.get("Placement", {}).get("AvailabilityZone"),
+            option=request.offer.option.value,
+            run_id=request.run_id,
+        )
 
     def _subnet(self, region: str) -> str | None:
         """The configured subnet of ``region``, checked once to exist there."""
@@ -284,16 +266,9 @@ class AwsProvisioner:
         self._subnets[region] = subnet
         return subnet
 
-    def _launch(
-        self,
-        offer: Offer,
-        image: str,
-        subnet: str | None,
-        token: str,
-        run_id: str,
-        task_name: str,
-        startup_script: str | None,
-    ) -> dict[str, Any]:
+    def _launch(self, request: LaunchRequest, subnet: str | None) -> dict[str, Any]:
+        offer, run_id, task_name = request.offer, request.run_id, request.task_name
+        image, startup_script = request.image, request.startup_script
         tags = [
             *({"Key": k, "Value": v} for k, v in self.settings.extra_tags.items()),
             {"Key": OWNER_TAG, "Value": self.settings.owner_id},
@@ -308,8 +283,9 @@ class AwsProvisioner:
             InstanceType=offer.instance_type,
             MinCount=1,
             MaxCount=1,
-            ClientToken=token,
+            ClientToken=request.digest[:64],
             InstanceInitiatedShutdownBehavior="terminate",  # a powered-off worker costs nothing
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},  # IMDSv2
             TagSpecifications=[
                 {"ResourceType": "instance", "Tags": tags},
                 {"ResourceType": "volume", "Tags": tags},
@@ -370,83 +346,44 @@ class AwsProvisioner:
                 return instance
         return None
 
-    def _wait_running(self, handle: InstanceHandle) -> None:
-        """Poll until ``running``; terminate and refuse the offer on a timeout or an early end."""
-        deadline = time.monotonic() + self.settings.launch_timeout_seconds
-        while True:
-            instance = self._describe(handle.region, handle.instance_id)
-            state = instance["State"]["Name"] if instance else "terminated"
-            if state == "running":
-                return
-            if state in _GONE_STATES or time.monotonic() >= deadline:
-                reason = (instance or {}).get("StateReason", {}).get("Code", state)
-                code = "LaunchTimeout" if state not in _GONE_STATES else "EndedAtLaunch"
-                raise CapacityError(handle.offer_key, code, f"{handle.instance_id}: {reason}")
-            time.sleep(self.settings.poll_seconds)
-
-    def _reuse(self, handle: InstanceHandle, task_name: str) -> bool:
+    def _state(self, handle: InstanceHandle) -> tuple[Phase, str]:
         instance = self._describe(handle.region, handle.instance_id)
-        if instance is None or instance["State"]["Name"] != "running":
-            self.book.stopped(handle)
-            return False
-        self._call(
-            handle.region,
-            "create_tags",
-            Resources=[handle.instance_id],
-            Tags=[{"Key": TASK_TAG, "Value": task_name[:255]}],
-        )
-        self.book.started(handle, offer_key=handle.offer_key)
-        return True
+        state = instance["State"]["Name"] if instance else "terminated"
+        if state == "running":
+            return "running", state
+        if state in _GONE_STATES:
+            return "gone", (instance or {}).get("StateReason", {}).get("Code", state)
+        return "pending", state
 
-    # ------------------------------------------------------------------ check / release
-    def check(self, handle: InstanceHandle) -> None:
-        """Raise ``SpotInterrupted`` if EC2 reclaimed the instance while the task ran.
-
-        Raises:
-            SpotInterrupted: a spot instance ended without us ending it.
-            ProvisioningError: a non-spot instance ended without us ending it.
-        """
-        if handle.instance_id in self.book.released:
-            return
+    def _lost(self, handle: InstanceHandle) -> tuple[bool, str] | None:
         instance = self._describe(handle.region, handle.instance_id)
         state = instance["State"]["Name"] if instance else "terminated"
         if state not in _GONE_STATES:
-            return
+            return None
         reason = (instance or {}).get("StateReason", {}).get("Code", "instance vanished")
-        self.book.stopped(handle, state="interrupted")
         if handle.option == PurchaseOption.SPOT.value or reason == SPOT_TERMINATION:
-            raise SpotInterrupted(
-                handle.instance_id,
-                handle.offer_key,
+            return True, (
                 f"spot instance {handle.instance_id} ({handle.offer_key}) was {state} by EC2: "
-                f"{reason}",
+                f"{reason}"
             )
-        raise ProvisioningError(
+        return False, (
             f"instance {handle.instance_id} ({handle.offer_key}) was {state} by someone else: "
             f"{reason}"
         )
 
-    def release(self, handle: InstanceHandle) -> None:
-        """Terminate the instance (or park it warm when ``warm_seconds`` > 0)."""
-        if handle.instance_id in self.book.released:
-            return
-        if self.book.park(handle):
-            return
-        self._terminate_handle(handle)
+    def _relabel(self, handle: InstanceHandle, run_id: str, task_name: str) -> None:
+        self._call(
+            handle.region,
+            "create_tags",
+            Resources=[handle.instance_id],
+            Tags=[
+                {"Key": TASK_TAG, "Value": task_name[:255]},
+                {"Key": RUN_TAG, "Value": run_id},
+            ],
+        )
 
-    def _terminate_handle(self, handle: InstanceHandle) -> None:
+    def _end(self, handle: InstanceHandle) -> None:
         self._terminate(handle.region, [handle.instance_id])
-        self.book.stopped(handle)
-
-    def _end_quietly(self, handle: InstanceHandle) -> None:
-        try:
-            self._terminate_handle(handle)
-        except Exception as err:  # its tags and stale heartbeat leave it to the reaper
-            logger.error(
-                "could not terminate %s: %s (run `prefect-cloudsched reap`)",
-                handle.instance_id,
-                err,
-            )
 
     def _terminate(self, region: str, instance_ids: list[str]) -> None:
         from botocore.exceptions import ClientError
@@ -471,7 +408,7 @@ class AwsProvisioner:
             for start in range(0, len(ids), 500):
                 self._terminate(region, ids[start : start + 500])
             count += len(ids)
-        for handle in self.book.live(run_id):
+        for handle in [*self.book.live(run_id), *self.book.parked(run_id)]:
             self.book.stopped(handle)
         return count
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -62,4 +63,12 @@ class Provisioner(Protocol):
 
     def release_run(self, run_id: str) -> int:
         """Terminate every instance of ours tagged with ``run_id``; return how many."""
+        ...
+
+    def owned_reservations(self) -> dict[str, int]:
+        """Reserved / committed capacity we own per ``Offer.capacity_key`` (used first)."""
+        ...
+
+    def spot_prices(self, region: str, instance_types: Iterable[str]) -> dict[str, float]:
+        """Live spot price per instance type in ``region``; ``{}`` where none is published."""
         ...

@@ -17,12 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -35,17 +34,16 @@ from prefect_cloudsched.adapters.provision.base import (
     TASK_TAG,
     InstanceHandle,
 )
+from prefect_cloudsched.adapters.provision.common import CloudProvisioner, LaunchRequest, Phase
+from prefect_cloudsched.adapters.provision.images import gcp_image
 from prefect_cloudsched.adapters.provision.lifecycle import (
-    InstanceBook,
     OwnedInstance,
-    idempotency_digest,
     label_value,
-    logger,
     parse_heartbeat,
 )
 from prefect_cloudsched.adapters.provision.settings import GcpSettings, secret_value
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption
-from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
+from prefect_cloudsched.errors import CapacityError, ProvisioningError
 
 __all__ = ("GPU_ACCELERATORS", "GcpProvisioner", "GcpSettings")
 
@@ -92,7 +90,7 @@ def _is_loopback(endpoint: str | None) -> bool:
     )
 
 
-class GcpProvisioner:
+class GcpProvisioner(CloudProvisioner):
     """Starts, checks, releases and finds our Compute Engine VMs (see ``Provisioner``).
 
     ``InstanceHandle.instance_id`` is the VM *name* (unique per zone and deterministic).
@@ -112,20 +110,9 @@ class GcpProvisioner:
                     f"GcpSettings.zones: {zone!r} is not a zone name; use e.g. us-central1-a"
                 )
         self.settings = settings
-        self._lock = threading.Lock()
         self._instances: Any = None
         self._operations: Any = None
-        self._sequence: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.book = InstanceBook(
-            cloud="gcp",
-            owner_id=settings.owner_id,
-            refresh=self._refresh_heartbeats,
-            expire=self._delete_handle,
-            heartbeat_seconds=settings.heartbeat_seconds,
-            warm_seconds=settings.warm_seconds,
-            ledger_url=settings.ledger_url,
-            record_instances=settings.record_instances,
-        )
+        self._init_lifecycle()
 
     def __repr__(self) -> str:
         s = self.settings
@@ -179,60 +166,32 @@ class GcpProvisioner:
     def _call(self, fn: Any, **kwargs: Any) -> Any:
         return self.settings.backoff.call(lambda: fn(**kwargs), _retryable)
 
-    # ------------------------------------------------------------------ ensure
-    def ensure(
-        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
-    ) -> InstanceHandle:
-        """Start (or reuse a warm VM of ours) for ``offer`` and wait until it is RUNNING.
-
-        Raises:
-            CapacityError: GCE refused this offer now (stockout, quota, rate), or it is
-                outside this pool.
-            ProvisioningError: a setting is wrong (credentials, project, zone, image, network).
-        """
-        zone = self._admit(offer)
-        warm = self.book.take_warm(offer.key, run_id)
-        if warm is not None and self._reuse(warm, task_name):
-            return warm
+    # ------------------------------------------------------------------ lifecycle hooks
+    def _launch_once(self, request: LaunchRequest) -> InstanceHandle | None:
         from google.api_core import exceptions as gexc
 
-        for _ in range(3):
-            with self._lock:
-                identity = (run_id, task_name, offer.key)
-                sequence = self._sequence[identity]
-                self._sequence[identity] += 1
-            digest = idempotency_digest(self.settings.owner_id, *identity, sequence)
-            slug = _NAME_BAD.sub("-", task_name.lower()).strip("-")[:40] or "task"
-            name = f"cs-{slug}-{digest[:10]}"
-            handle = InstanceHandle(
-                cloud="gcp",
-                instance_id=name,
-                offer_key=offer.key,
-                region=offer.region,
-                zone=zone,
-                option=offer.option.value,
-                run_id=run_id,
-            )
-            body = self._instance_body(offer, zone, name, run_id, task_name, startup_script)
-            try:
-                self._insert(handle, body, request_id=str(uuid.UUID(digest[:32])))
-            except gexc.Conflict:
-                if self._adoptable(handle):  # our own earlier insert of this very request
-                    break
-                continue  # a VM of an earlier process of this run holds the name
-            if self._adoptable(handle):
-                break
-            # GCE answered the request id with an earlier process's insert whose VM is gone
-        else:
-            raise CapacityError(offer.key, "NameTaken", "every deterministic VM name is in use")
-        try:
-            self._wait_running(handle)
-        except BaseException:
-            self._end_quietly(handle)
-            raise
-        self.book.started(handle, offer_key=offer.key)
-        logger.info("started %s %s for %s", name, offer.key, task_name)
-        return handle
+        offer, task_name, digest = request.offer, request.task_name, request.digest
+        slug = _NAME_BAD.sub("-", task_name.lower()).strip("-")[:40] or "task"
+        name = f"cs-{slug}-{digest[:10]}"
+        handle = InstanceHandle(
+            cloud="gcp",
+            instance_id=name,
+            offer_key=offer.key,
+            region=offer.region,
+            zone=request.location,
+            option=offer.option.value,
+            run_id=request.run_id,
+        )
+        body = self._instance_body(request, name)
+        # Conflict: our own earlier insert of this request, or an earlier process's VM.
+        with contextlib.suppress(gexc.Conflict):
+            self._insert(handle, body, request_id=str(uuid.UUID(digest[:32])))
+        # Adopt only a live VM of this run: GCE may answer the request id with an earlier
+        # process's insert whose VM is gone, or the name may be held by another run's VM.
+        return handle if self._adoptable(handle) else None
+
+    def _image(self, offer: Offer) -> str:
+        return gcp_image(offer, cpu_image=self.settings.image, gpu_image=self.settings.gpu_image)
 
     def _admit(self, offer: Offer) -> str:
         if offer.cloud != "gcp":
@@ -264,19 +223,12 @@ class GcpProvisioner:
             HEARTBEAT_TAG: str(int(time.time())),
         }
 
-    def _instance_body(
-        self,
-        offer: Offer,
-        zone: str,
-        name: str,
-        run_id: str,
-        task_name: str,
-        startup_script: str | None,
-    ) -> Any:
+    def _instance_body(self, request: LaunchRequest, name: str) -> Any:
         from google.cloud import compute_v1
 
-        settings = self.settings
-        labels = self._labels(run_id, task_name, offer.option.value)
+        settings, offer, zone = self.settings, request.offer, request.location
+        startup_script = request.startup_script
+        labels = self._labels(request.run_id, request.task_name, offer.option.value)
         spot = offer.option is PurchaseOption.SPOT
         gpu = bool(offer.gpu_count)
         scheduling = compute_v1.Scheduling(
@@ -304,17 +256,20 @@ class GcpProvisioner:
                     boot=True,
                     auto_delete=True,
                     initialize_params=compute_v1.AttachedDiskInitializeParams(
-                        source_image=settings.image,
+                        source_image=request.image,
                         disk_size_gb=settings.disk_size_gb,
                         labels=labels,
                     ),
                 )
             ],
         )
+        items = []
         if startup_script:
-            body.metadata = compute_v1.Metadata(
-                items=[compute_v1.Items(key="startup-script", value=startup_script)]
-            )
+            items.append(compute_v1.Items(key="startup-script", value=startup_script))
+        if gpu and settings.install_gpu_driver:
+            items.append(compute_v1.Items(key="install-nvidia-driver", value="True"))
+        if items:
+            body.metadata = compute_v1.Metadata(items=items)
         if offer.instance_type.startswith("n1-") and offer.gpu_type:
             body.guest_accelerators = [
                 compute_v1.AcceleratorConfig(
@@ -373,8 +328,11 @@ class GcpProvisioner:
                 f"GcpSettings.service_account_info / project {self.settings.project!r}: GCE "
                 f"refused permission ({text}); grant the roles in docs/provisioning.md"
             )
+        image_setting = "GcpSettings.image"
+        if self.settings.gpu_image.rsplit("/", 1)[-1] in message:
+            image_setting = "GcpSettings.gpu_image"
         for needle, setting in (
-            ("image", "GcpSettings.image"),
+            ("image", image_setting),
             ("network", "GcpSettings.network"),
             ("zone", "GcpSettings.zones"),
             ("project", "GcpSettings.project"),
@@ -430,55 +388,34 @@ class GcpProvisioner:
             and vm.status in ("PROVISIONING", "STAGING", "RUNNING")
         )
 
-    def _wait_running(self, handle: InstanceHandle) -> None:
-        deadline = time.monotonic() + self.settings.launch_timeout_seconds
-        while True:
-            vm = self._get(handle)
-            status = vm.status if vm is not None else "DELETED"
-            if status == "RUNNING":
-                return
-            if status in _GONE or status == "DELETED" or time.monotonic() >= deadline:
-                code = "LaunchTimeout" if status not in _GONE else "EndedAtLaunch"
-                raise CapacityError(handle.offer_key, code, f"{handle.instance_id}: {status}")
-            time.sleep(self.settings.poll_seconds)
-
-    def _reuse(self, handle: InstanceHandle, task_name: str) -> bool:
+    def _state(self, handle: InstanceHandle) -> tuple[Phase, str]:
         vm = self._get(handle)
-        if vm is None or vm.status != "RUNNING":
-            self._end_quietly(handle)
-            return False
-        self._set_labels(handle, vm, {TASK_TAG: label_value(task_name)})
-        self.book.started(handle, offer_key=handle.offer_key)
-        return True
+        status = vm.status if vm is not None else "DELETED"
+        if status == "RUNNING":
+            return "running", status
+        return ("gone" if status in _GONE or status == "DELETED" else "pending"), status
+
+    def _relabel(self, handle: InstanceHandle, run_id: str, task_name: str) -> None:
+        vm = self._get(handle)
+        if vm is not None:
+            changes = {TASK_TAG: label_value(task_name), RUN_TAG: label_value(run_id)}
+            self._set_labels(handle, vm, changes)
 
     # ------------------------------------------------------------------ check / release
-    def check(self, handle: InstanceHandle) -> None:
-        """Raise ``SpotInterrupted`` if GCE preempted the VM while the task ran.
-
-        Raises:
-            SpotInterrupted: a Spot VM is TERMINATED/deleted or has a preempted operation.
-            ProvisioningError: a standard VM ended without us ending it.
-        """
-        if handle.instance_id in self.book.released:
-            return
+    def _lost(self, handle: InstanceHandle) -> tuple[bool, str] | None:
         vm = self._get(handle)
         status = vm.status if vm is not None else "DELETED"
         preempted = self._preempted(handle)
         if status not in _GONE and status != "DELETED" and not preempted:
-            return
+            return None
         if status != "DELETED":
             self._end_quietly(handle)  # a stopped VM still bills its disk
-        self.book.stopped(handle, state="interrupted")
         if handle.option == PurchaseOption.SPOT.value or preempted:
-            raise SpotInterrupted(
-                handle.instance_id,
-                handle.offer_key,
+            return True, (
                 f"spot VM {handle.instance_id} ({handle.offer_key}) was preempted by GCE "
-                f"(status {status})",
+                f"(status {status})"
             )
-        raise ProvisioningError(
-            f"VM {handle.instance_id} ({handle.offer_key}) ended without us ({status})"
-        )
+        return False, f"VM {handle.instance_id} ({handle.offer_key}) ended without us ({status})"
 
     def _preempted(self, handle: InstanceHandle) -> bool:
         if handle.option != PurchaseOption.SPOT.value:
@@ -495,25 +432,8 @@ class GcpProvisioner:
         found = self._call(lambda: list(operations.list(request=request)))
         return any(op.target_link.endswith(suffix) for op in found)
 
-    def release(self, handle: InstanceHandle) -> None:
-        """Delete the VM (or park it warm when ``warm_seconds`` > 0)."""
-        if handle.instance_id in self.book.released:
-            return
-        if self.book.park(handle):
-            return
-        self._delete_handle(handle)
-
-    def _delete_handle(self, handle: InstanceHandle) -> None:
+    def _end(self, handle: InstanceHandle) -> None:
         self._delete(handle.zone or "", handle.instance_id, handle.offer_key)
-        self.book.stopped(handle)
-
-    def _end_quietly(self, handle: InstanceHandle) -> None:
-        try:
-            self._delete_handle(handle)
-        except Exception as err:  # its labels and stale heartbeat leave it to the reaper
-            logger.error(
-                "could not delete %s: %s (run `prefect-cloudsched reap`)", handle.instance_id, err
-            )
 
     def _delete(self, zone: str, name: str, offer_key: str = "") -> None:
         from google.api_core import exceptions as gexc
@@ -533,7 +453,7 @@ class GcpProvisioner:
         found = self._owned(f'labels.{RUN_TAG} = "{label_value(run_id)}"')
         for vm in found:
             self._delete(vm.zone or "", vm.instance_id)
-        for handle in self.book.live(run_id):
+        for handle in [*self.book.live(run_id), *self.book.parked(run_id)]:
             self.book.stopped(handle)
         return len(found)
 
@@ -632,10 +552,6 @@ class GcpProvisioner:
                     self._set_labels(handle, vm, stamp)
             except (gexc.NotFound, gexc.PreconditionFailed):
                 continue  # deleted or relabelled meanwhile: the next beat sees it fresh
-
-    def owned_reservations(self) -> dict[str, int]:
-        """Committed-use / reserved VMs per ``capacity_key``, from ``GcpSettings.reservations``."""
-        return dict(self.settings.reservations)
 
 
 def _label_key(key: str) -> str:

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,6 +90,8 @@ class InstanceBook:
         warm_seconds: How long a released instance stays idle for reuse (0 = never).
         ledger_url: Ledger to record instances in (``None`` = the default ledger).
         record_instances: Write ledger rows at all.
+        warm_across_runs: A warm instance may serve the next task of *another* flow run
+            served by this provisioner (opt-in: its run tag is moved to the new run).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class InstanceBook:
         warm_seconds: float,
         ledger_url: str | None,
         record_instances: bool,
+        warm_across_runs: bool = False,
     ) -> None:
         self.cloud = cloud
         self.owner_id = owner_id
@@ -112,6 +115,7 @@ class InstanceBook:
         self.warm_seconds = warm_seconds
         self._ledger_url = ledger_url
         self._record = record_instances
+        self.warm_across_runs = warm_across_runs
         self._ledger: Any = None
         self._lock = threading.Lock()
         self._live: dict[str, InstanceHandle] = {}
@@ -120,13 +124,31 @@ class InstanceBook:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ live set
-    def started(self, handle: InstanceHandle, *, offer_key: str) -> None:
-        """A new instance runs: heartbeat it and write its ledger row."""
+    def started(
+        self,
+        handle: InstanceHandle,
+        *,
+        offer_key: str,
+        requested_at: datetime | None = None,
+        reused: bool = False,
+    ) -> None:
+        """An instance runs (new, or a warm one reused): heartbeat it, write its ledger row.
+
+        The row's ``launched_at`` is when the launch was *requested* (the cloud bills the
+        boot), and a reused instance keeps its original one (the idle time between its
+        tasks is billed too), so launched→terminated is what the cloud charges.
+        """
         with self._lock:
             self._live[handle.instance_id] = handle
             self.released.discard(handle.instance_id)
             self._ensure_thread()
-        self.write(handle, state="running", offer_key=offer_key, launched=True)
+        self.write(
+            handle,
+            state="running",
+            offer_key=offer_key,
+            launched=not reused,
+            launched_at=requested_at,
+        )
 
     def stopped(self, handle: InstanceHandle, state: str = "terminated") -> None:
         """We terminated it (or saw it gone): stop its heartbeat, close its ledger row."""
@@ -152,13 +174,28 @@ class InstanceBook:
         return True
 
     def take_warm(self, offer_key: str, run_id: str) -> InstanceHandle | None:
-        """An idle warm instance of this offer and run, removed from the pool."""
+        """An idle warm instance of this offer (and run, unless shared across runs)."""
         with self._lock:
             for instance_id, (handle, _) in list(self._warm.items()):
-                if handle.offer_key == offer_key and handle.run_id == run_id:
+                same_run = handle.run_id == run_id or self.warm_across_runs
+                if handle.offer_key == offer_key and same_run:
                     del self._warm[instance_id]
                     return handle
         return None
+
+    def handle_for_run(self, handle: InstanceHandle, run_id: str) -> InstanceHandle:
+        """``handle`` as the instance of ``run_id`` (a warm one moved to another run)."""
+        if handle.run_id == run_id:
+            return handle
+        moved = replace(handle, run_id=run_id)
+        with self._lock:
+            self._live.pop(handle.instance_id, None)
+        return moved
+
+    def parked(self, run_id: str) -> list[InstanceHandle]:
+        """Warm instances of ``run_id`` waiting for a next task."""
+        with self._lock:
+            return [h for h, _ in self._warm.values() if h.run_id == run_id]
 
     def _expired(self) -> list[InstanceHandle]:
         limit = time.monotonic() - self.warm_seconds
@@ -203,7 +240,13 @@ class InstanceBook:
 
     # ------------------------------------------------------------------ ledger
     def write(
-        self, handle: InstanceHandle, *, state: str, offer_key: str, launched: bool = False
+        self,
+        handle: InstanceHandle,
+        *,
+        state: str,
+        offer_key: str,
+        launched: bool = False,
+        launched_at: datetime | None = None,
     ) -> None:
         """Upsert the instance's ledger row; a ledger problem never stops provisioning."""
         if not self._record:
@@ -220,7 +263,7 @@ class InstanceBook:
             state=state,
         )
         if launched:
-            values.update(launched_at=now, terminated_at=None)
+            values.update(launched_at=launched_at or now, terminated_at=None)
         elif state in ("terminated", "interrupted", "reaped"):
             values["terminated_at"] = now
         try:

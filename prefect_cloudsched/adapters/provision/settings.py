@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect_cloudsched.adapters.provision.images import GCP_CPU_IMAGE, GCP_GPU_IMAGE
 from prefect_cloudsched.adapters.provision.retry import Backoff
 
 
@@ -22,7 +23,12 @@ class AwsSettings:
         regions: Regions tasks may be placed in (offers elsewhere are refused as capacity,
             so the runner falls back).
         allowed_families: Only these instance families (``("g5", "p4d")``); ``None`` = all.
-        ami_per_region: Machine image to boot, per region (required for each region used).
+        ami_per_region: Machine image to boot, per region (overrides the SSM lookup there).
+        gpu_image_parameter: SSM parameter naming the image of GPU shapes (``None`` = the
+            Deep Learning Base OSS Nvidia Driver GPU AMI, Amazon Linux 2023; ``{arch}`` is
+            replaced by ``x86_64`` or ``arm64``).
+        cpu_image_parameter: SSM parameter naming the image of CPU shapes (``None`` = the
+            current Amazon Linux 2023).
         subnet_id: A subnet per region (``{"us-east-1": "subnet-..."}``), one subnet id for
             a single-region pool, or ``None`` for the region's default VPC.
         security_group_ids: Security groups on every instance.
@@ -38,6 +44,8 @@ class AwsSettings:
             ``describe_reserved_instances`` reports.
         warm_seconds: Keep a released instance idle this long for the run's next task of
             the same offer (0 = terminate at once).
+        warm_across_runs: A warm instance may also serve other flow runs this provisioner
+            serves (opt-in; its run tag moves to the new run).
         heartbeat_seconds: Refresh the heartbeat tag this often while instances run
             (0 = off; the reaper's heartbeat TTL must then not be used for this owner).
         launch_timeout_seconds: Longest wait for an instance to reach ``running``.
@@ -50,6 +58,8 @@ class AwsSettings:
     regions: tuple[str, ...] = ("us-east-1",)
     allowed_families: tuple[str, ...] | None = None
     ami_per_region: Mapping[str, str] = field(default_factory=dict)
+    gpu_image_parameter: str | None = None
+    cpu_image_parameter: str | None = None
     subnet_id: str | Mapping[str, str] | None = None
     security_group_ids: tuple[str, ...] = ()
     instance_profile_arn: str | None = None
@@ -61,6 +71,7 @@ class AwsSettings:
     owner_id: str = "prefect-cloudsched"
     reservations: Mapping[str, int] = field(default_factory=dict)
     warm_seconds: float = 0.0
+    warm_across_runs: bool = False
     heartbeat_seconds: float = 60.0
     launch_timeout_seconds: float = 600.0
     poll_seconds: float = 2.0
@@ -76,7 +87,11 @@ class GcpSettings:
     Attributes:
         project: Project id the VMs are created in.
         zones: Zones tasks may be placed in (offers elsewhere are refused as capacity).
-        image: Boot disk image (``projects/P/global/images/[family/]N`` or a URL).
+        image: Boot disk image of CPU shapes (``projects/P/global/images/[family/]N`` or a URL).
+        gpu_image: Boot disk image of GPU shapes (default: a Deep Learning VM family with
+            CUDA; the driver is installed at first boot, see ``install_gpu_driver``).
+        install_gpu_driver: Set the ``install-nvidia-driver=True`` metadata on GPU VMs (the
+            Deep Learning VM images read it).
         network: VPC network (``None`` = ``global/networks/default``).
         extra_labels: Labels besides ours on every VM (sanitised to GCP's label rules).
         endpoint: Compute API endpoint override (the local fake GCE server); every GCP
@@ -94,6 +109,7 @@ class GcpSettings:
         service_account_email: Service account the VM runs as (``None`` = none attached).
         warm_seconds: Keep a released VM idle this long for the run's next task of the
             same offer (0 = delete at once).
+        warm_across_runs: A warm VM may also serve other flow runs this provisioner serves.
         heartbeat_seconds: Refresh the heartbeat label this often (0 = off).
         launch_timeout_seconds: Longest wait for a VM to be ``RUNNING``.
         poll_seconds: Interval between operation/state polls (``wait`` returns early).
@@ -104,7 +120,9 @@ class GcpSettings:
 
     project: str = "cloudsched-dev"
     zones: tuple[str, ...] = ("us-central1-a",)
-    image: str = "projects/debian-cloud/global/images/family/debian-12"
+    image: str = GCP_CPU_IMAGE
+    gpu_image: str = GCP_GPU_IMAGE
+    install_gpu_driver: bool = True
     network: str | None = None
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     endpoint: str | None = None
@@ -116,6 +134,7 @@ class GcpSettings:
     external_ip: bool = True
     service_account_email: str | None = None
     warm_seconds: float = 0.0
+    warm_across_runs: bool = False
     heartbeat_seconds: float = 60.0
     launch_timeout_seconds: float = 600.0
     poll_seconds: float = 2.0

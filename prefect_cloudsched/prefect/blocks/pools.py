@@ -1,35 +1,25 @@
-"""Prefect blocks: the policy, the compute pools and the ledger, editable in the Prefect UI.
-
-This module is the ``prefect.collections`` entry point, so a Prefect server started in an
-environment where the package is installed lists the blocks without a manual
-``prefect block register``. The runner takes block names or instances::
-
-    CloudSchedTaskRunner(policy="prod", pools=["aws-main", "gcp-main"], ledger="team")
-
-Blocks map onto the plain core objects (``PolicyConfig``, ``BudgetPolicy``, the
-provisioners' settings dataclasses, ``Ledger``) so the core never imports Prefect.
-"""
+"""The compute pool blocks: the AWS account / GCP project the runner may start instances in."""
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 from prefect.blocks.core import Block
-from prefect.exceptions import ObjectNotFound
 from pydantic import Field, SecretStr, field_validator
 
-from prefect_cloudsched.core.budget import BudgetPolicy
-from prefect_cloudsched.core.catalog import load_catalog
-from prefect_cloudsched.core.needs import normalize_gpu_type
-from prefect_cloudsched.core.policy import PolicyConfig
-from prefect_cloudsched.errors import CloudSchedError
+from prefect_cloudsched.adapters.provision.images import GCP_CPU_IMAGE, GCP_GPU_IMAGE
+from prefect_cloudsched.prefect.blocks._common import (
+    DOCS_URL,
+    LOGO_URL,
+    MissingBlockError,
+    _check_owner,
+    _check_regions,
+    _LoadNamed,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from prefect_cloudsched.adapters.ledger import Ledger
     from prefect_cloudsched.adapters.provision.base import Provisioner
     from prefect_cloudsched.adapters.provision.settings import AwsSettings, GcpSettings
 
@@ -41,243 +31,6 @@ try:
     from prefect_gcp import GcpCredentials
 except ImportError:  # pragma: no cover - depends on the installed extras
     GcpCredentials = None  # type: ignore[assignment,misc]
-
-DOCS_URL = (
-    "https://github.com/prefect-cloudsched/prefect-cloudsched/blob/main/docs/configuration.md"
-)
-LOGO_URL = (
-    "https://raw.githubusercontent.com/prefect-cloudsched/prefect-cloudsched/main/docs/img/logo.png"
-)
-
-_OWNER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-#: The catalog's spot interruption bands (``catalog.BAND_ORDER``; a test keeps them equal).
-SpotBand = Literal["<5%", "5-10%", "10-15%", "15-20%", ">20%"]
-
-
-class MissingBlockError(CloudSchedError, ValueError):
-    """A block the runner or CLI was told to load is not saved on the Prefect API."""
-
-
-class _LoadNamed:
-    """Loading behaviour shared by every block here (a mixin: not a block type itself)."""
-
-    @classmethod
-    def load_named(cls, name: str) -> Any:
-        """Load a saved block synchronously, also from inside an async flow.
-
-        ``Block.load`` returns a coroutine in an async context (the runner's ``__enter__``
-        under an async flow), so this forces the sync path.
-
-        Raises:
-            MissingBlockError: nothing of this block type is saved under ``name``.
-        """
-        try:
-            return cls.load(name, _sync=True)  # type: ignore[attr-defined]
-        except ValueError as err:
-            if not isinstance(err.__cause__, ObjectNotFound):
-                raise
-            kind = cls.get_block_type_name()  # type: ignore[attr-defined]
-            raise MissingBlockError(
-                f"{kind} block {name!r} is not saved on the Prefect API; "
-                f"create it with `prefect-cloudsched blocks apply` or "
-                f'`{cls.__name__}(...).save("{name}")`'
-            ) from None
-
-
-def _catalog_regions(cloud: str) -> set[str]:
-    return {o.region for o in load_catalog().offers if o.cloud == cloud}
-
-
-def _check_regions(values: list[str] | None, cloud: str | None) -> list[str] | None:
-    if values is None:
-        return None
-    known = set(load_catalog().regions) if cloud is None else _catalog_regions(cloud)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = "the price catalog" if cloud is None else f"the price catalog's {cloud} offers"
-        raise ValueError(f"unknown region(s) {unknown}; {where} has: {', '.join(sorted(known))}")
-    return list(dict.fromkeys(values))
-
-
-def _check_owner(value: str) -> str:
-    if not _OWNER_RE.match(value):
-        raise ValueError(
-            "must be 1-63 lowercase letters, digits, '_' or '-', starting with a letter "
-            "(it becomes a tag on AWS and a label on GCP)"
-        )
-    return value
-
-
-class CloudSchedPolicy(_LoadNamed, Block):
-    """Where tasks may run, how much they may cost, and how capacity is planned.
-
-    The task runner reads it at the start of every flow run: placement limits (clouds,
-    regions, GPU types, spot risk), budget caps per flow run, day and month with hard or
-    soft enforcement, and the settings the capacity planner uses.
-
-    Example:
-        ```python
-        from prefect_cloudsched import CloudSchedPolicy
-        policy = CloudSchedPolicy.load("BLOCK_NAME")
-        ```
-    """
-
-    _block_type_name = "CloudSched Policy"
-    _block_type_slug = "cloudsched-policy"
-    _logo_url = LOGO_URL  # type: ignore[assignment]
-    _documentation_url = DOCS_URL  # type: ignore[assignment]
-
-    objective: Literal["cost", "cost_carbon"] = Field(
-        default="cost",
-        description="What the capacity plan minimises: cost, or cost plus a carbon price.",
-    )
-    carbon_usd_per_tonne: float = Field(
-        default=0.0,
-        ge=0,
-        description="Carbon price in USD per tonne of CO2 (used with the cost_carbon objective).",
-    )
-    budget_per_run_usd: float | None = Field(
-        default=None,
-        gt=0,
-        description="Most a single flow run may spend, in USD (empty = no cap).",
-    )
-    budget_per_day_usd: float | None = Field(
-        default=None,
-        gt=0,
-        description="Most all flow runs may spend per UTC day, in USD (empty = no cap).",
-    )
-    budget_per_month_usd: float | None = Field(
-        default=None,
-        gt=0,
-        description="Most all flow runs may spend per UTC calendar month, in USD (empty = no cap).",
-    )
-    budget_enforcement: Literal["hard", "soft"] = Field(
-        default="hard",
-        description=(
-            "hard: a placement whose expected cost would cross a cap is refused; "
-            "soft: it runs and a cloudsched.budget.exceeded event is emitted."
-        ),
-    )
-    on_budget: Literal["fail", "cheapest"] = Field(
-        default="fail",
-        description=(
-            "With a hard cap, fail the task, or first try the cheapest offer the task's "
-            "hardware allows (spot despite deadline risk) if that fits the cap."
-        ),
-    )
-    spot_max_share: float = Field(
-        default=1.0,
-        ge=0,
-        le=1,
-        description="Largest share of a flow run's placements that may use spot (0 to 1).",
-    )
-    default_deadline_slack_hours: float | None = Field(
-        default=None,
-        gt=0,
-        description=(
-            "Tasks without a deadline get one: their estimated runtime plus this many hours."
-        ),
-    )
-    allowed_clouds: list[Literal["aws", "gcp"]] | None = Field(
-        default=None, description="Only these clouds (empty = all)."
-    )
-    allowed_regions: list[str] | None = Field(
-        default=None, description="Only these regions, as named by their cloud (empty = all)."
-    )
-    allowed_gpu_types: list[str] | None = Field(
-        default=None, description="Only these GPU models, e.g. A10G, L4 (empty = all)."
-    )
-    reserved_first: bool = Field(
-        default=True, description="Use idle reserved capacity before any other offer."
-    )
-    max_spot_band: SpotBand | None = Field(
-        default=None,
-        description="Worst spot interruption band accepted (empty = any).",
-    )
-    max_usd_per_hour: float | None = Field(
-        default=None, gt=0, description="Never choose an offer dearer than this per hour, in USD."
-    )
-    change_over_minutes: float = Field(
-        default=3.0,
-        ge=0,
-        le=240,
-        description="Minutes to get a replacement instance running after a spot loss.",
-    )
-    service_level: float = Field(
-        default=0.9,
-        gt=0,
-        lt=1,
-        description="Forecast quantile of demand the capacity plan covers (0.9 = upper 80%).",
-    )
-    plan_horizon_hours: int = Field(
-        default=168, ge=1, le=8760, description="Hours the forecast and capacity plan cover."
-    )
-    solver: Literal["cbc", "highs"] = Field(
-        default="cbc", description="MILP solver of the capacity plan."
-    )
-    solver_time_limit_s: float = Field(
-        default=60.0, gt=0, le=3600, description="Time limit of one plan solve, in seconds."
-    )
-
-    @field_validator("allowed_regions")
-    @classmethod
-    def _known_regions(cls, value: list[str] | None) -> list[str] | None:
-        return _check_regions(value, None)
-
-    @field_validator("allowed_gpu_types")
-    @classmethod
-    def _known_gpus(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        return list(dict.fromkeys(normalize_gpu_type(v) for v in value))
-
-    def to_policy_config(self) -> PolicyConfig:
-        """The placement knobs as the pure ``decide()`` takes them."""
-        return PolicyConfig(
-            allowed_clouds=_frozen(self.allowed_clouds),
-            allowed_regions=_frozen(self.allowed_regions),
-            allowed_gpu_types=_frozen(self.allowed_gpu_types),
-            max_spot_band=self.max_spot_band,
-            change_over=timedelta(minutes=self.change_over_minutes),
-            reserved_first=self.reserved_first,
-            max_usd_per_hour=self.max_usd_per_hour,
-        )
-
-    def to_budget(self) -> BudgetPolicy:
-        """The budget caps and spot share as the runner enforces them."""
-        return BudgetPolicy(
-            per_run_usd=self.budget_per_run_usd,
-            per_day_usd=self.budget_per_day_usd,
-            per_month_usd=self.budget_per_month_usd,
-            hard=self.budget_enforcement == "hard",
-            fallback_cheapest=self.on_budget == "cheapest",
-            spot_max_share=self.spot_max_share,
-        )
-
-    def default_deadline_slack(self) -> timedelta | None:
-        """Slack added to the estimated runtime of tasks that declare no deadline."""
-        if self.default_deadline_slack_hours is None:
-            return None
-        return timedelta(hours=self.default_deadline_slack_hours)
-
-    def plan_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``planning.plan_capacity`` this policy implies."""
-        return {
-            "service_level": self.service_level,
-            "spot_max_share": self.spot_max_share,
-            "budget_usd": self.budget_per_month_usd,
-            "carbon_usd_per_tonne": self.carbon_usd_per_tonne
-            if self.objective == "cost_carbon"
-            else None,
-            "clouds": self.allowed_clouds,
-            "regions": self.allowed_regions,
-            "solver": self.solver,
-            "time_limit_s": self.solver_time_limit_s,
-        }
-
-
-def _frozen(values: list[str] | None) -> frozenset[str] | None:
-    return None if values is None else frozenset(values)
 
 
 class AwsComputePool(_LoadNamed, Block):
@@ -326,7 +79,17 @@ class AwsComputePool(_LoadNamed, Block):
         description="Only these instance families, e.g. g5, p4d (empty = all in the catalog).",
     )
     ami_per_region: dict[str, str] = Field(
-        default_factory=dict, description="Machine image (AMI id) to boot, per region."
+        default_factory=dict,
+        description="AMI id to boot, per region (empty = the current public image per shape).",
+    )
+    gpu_image_parameter: str | None = Field(
+        default=None,
+        description="SSM parameter naming the GPU-shape image (empty = Deep Learning Base "
+        "OSS Nvidia Driver GPU AMI, Amazon Linux 2023).",
+    )
+    cpu_image_parameter: str | None = Field(
+        default=None,
+        description="SSM parameter naming the CPU-shape image (empty = Amazon Linux 2023).",
     )
     subnet_per_region: dict[str, str] = Field(
         default_factory=dict, description="Subnet id to launch into, per region (empty = default)."
@@ -356,6 +119,10 @@ class AwsComputePool(_LoadNamed, Block):
         ge=0,
         le=3600,
         description="Keep a released instance idle this long for the next task (0 = terminate).",
+    )
+    warm_across_runs: bool = Field(
+        default=False,
+        description="Let a warm instance serve the next flow run too (opt-in).",
     )
     launch_timeout_seconds: float = Field(
         default=600.0, gt=0, le=3600, description="Longest wait for an instance to run."
@@ -388,6 +155,8 @@ class AwsComputePool(_LoadNamed, Block):
             if self.allowed_families is None
             else tuple(self.allowed_families),
             ami_per_region=dict(self.ami_per_region),
+            gpu_image_parameter=self.gpu_image_parameter,
+            cpu_image_parameter=self.cpu_image_parameter,
             subnet_id=dict(self.subnet_per_region) or None,
             security_group_ids=tuple(self.security_group_ids),
             instance_profile_arn=self.instance_profile_arn,
@@ -399,6 +168,7 @@ class AwsComputePool(_LoadNamed, Block):
             owner_id=self.owner_id,
             reservations=dict(self.reservations),
             warm_seconds=self.warm_seconds,
+            warm_across_runs=self.warm_across_runs,
             launch_timeout_seconds=self.launch_timeout_seconds,
         )
 
@@ -451,8 +221,12 @@ class GcpComputePool(_LoadNamed, Block):
         description="Zones the runner may place tasks in, e.g. us-central1-a.",
     )
     image: str = Field(
-        default="projects/debian-cloud/global/images/family/debian-12",
-        description="Boot disk image (URL or family path).",
+        default=GCP_CPU_IMAGE,
+        description="Boot disk image of CPU shapes (URL or family path).",
+    )
+    gpu_image: str = Field(
+        default=GCP_GPU_IMAGE,
+        description="Boot disk image of GPU shapes (a Deep Learning VM family with CUDA).",
     )
     network: str | None = Field(
         default=None, description="VPC network (empty = the project's default network)."
@@ -482,6 +256,10 @@ class GcpComputePool(_LoadNamed, Block):
         ge=0,
         le=3600,
         description="Keep a released VM idle this long for the next task (0 = delete).",
+    )
+    warm_across_runs: bool = Field(
+        default=False,
+        description="Let a warm VM serve the next flow run too (opt-in).",
     )
     launch_timeout_seconds: float = Field(
         default=600.0, gt=0, le=3600, description="Longest wait for a VM to run."
@@ -523,6 +301,7 @@ class GcpComputePool(_LoadNamed, Block):
             project=self.project,
             zones=tuple(self.zones),
             image=self.image,
+            gpu_image=self.gpu_image,
             network=self.network,
             extra_labels=dict(self.extra_labels),
             endpoint=self.endpoint,
@@ -533,6 +312,7 @@ class GcpComputePool(_LoadNamed, Block):
             disk_size_gb=self.disk_size_gb,
             external_ip=self.external_ip,
             warm_seconds=self.warm_seconds,
+            warm_across_runs=self.warm_across_runs,
             launch_timeout_seconds=self.launch_timeout_seconds,
         )
 
@@ -541,37 +321,6 @@ class GcpComputePool(_LoadNamed, Block):
         from prefect_cloudsched.adapters.provision.factory import build_provisioner
 
         return build_provisioner(replace(self.to_settings(), ledger_url=ledger_url))
-
-
-class CloudSchedLedger(_LoadNamed, Block):
-    """The database every flow run records its placements and costs in.
-
-    Point every flow of a team at one PostgreSQL database (``postgresql+psycopg://...``;
-    ``pip install 'prefect-cloudsched[postgres]'``) to get one cost report and budgets that
-    count all runs. The URL is a secret: it usually carries a password.
-
-    Example:
-        ```python
-        from prefect_cloudsched import CloudSchedLedger
-        ledger_block = CloudSchedLedger.load("BLOCK_NAME")
-        ledger = ledger_block.get_ledger()
-        ```
-    """
-
-    _block_type_name = "CloudSched Ledger"
-    _block_type_slug = "cloudsched-ledger"
-    _logo_url = LOGO_URL  # type: ignore[assignment]
-    _documentation_url = DOCS_URL  # type: ignore[assignment]
-
-    url: SecretStr = Field(
-        description="SQLAlchemy database URL, e.g. postgresql+psycopg://user:pw@host/db.",
-    )
-
-    def get_ledger(self) -> Ledger:
-        """Open (and migrate if needed) the ledger at this URL."""
-        from prefect_cloudsched.adapters.ledger import Ledger
-
-        return Ledger(self.url.get_secret_value())
 
 
 POOL_BLOCKS: tuple[type[AwsComputePool] | type[GcpComputePool], ...] = (
@@ -604,13 +353,3 @@ def load_pool(spec: str | AwsComputePool | GcpComputePool) -> AwsComputePool | G
         + "); create it with `prefect-cloudsched blocks apply` or "
         f'`AwsComputePool(...).save("{spec}")`'
     )
-
-
-__all__ = [
-    "AwsComputePool",
-    "CloudSchedLedger",
-    "CloudSchedPolicy",
-    "GcpComputePool",
-    "MissingBlockError",
-    "load_pool",
-]

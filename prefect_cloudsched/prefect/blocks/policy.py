@@ -1,0 +1,192 @@
+"""The ``CloudSchedPolicy`` block: placement limits, budgets and capacity-planning knobs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, field_validator
+
+from prefect_cloudsched.core.budget import BudgetPolicy
+from prefect_cloudsched.core.needs import normalize_gpu_type
+from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.prefect.blocks._common import (
+    DOCS_URL,
+    LOGO_URL,
+    SpotBand,
+    _check_regions,
+    _LoadNamed,
+)
+
+
+class CloudSchedPolicy(_LoadNamed, Block):
+    """Where tasks may run, how much they may cost, and how capacity is planned.
+
+    The task runner reads it at the start of every flow run: placement limits (clouds,
+    regions, GPU types, spot risk), budget caps per flow run, day and month with hard or
+    soft enforcement, and the settings the capacity planner uses.
+
+    Example:
+        ```python
+        from prefect_cloudsched import CloudSchedPolicy
+        policy = CloudSchedPolicy.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "CloudSched Policy"
+    _block_type_slug = "cloudsched-policy"
+    _logo_url = LOGO_URL  # type: ignore[assignment]
+    _documentation_url = DOCS_URL  # type: ignore[assignment]
+
+    objective: Literal["cost", "cost_carbon"] = Field(
+        default="cost",
+        description="What the capacity plan minimises: cost, or cost plus a carbon price.",
+    )
+    carbon_usd_per_tonne: float = Field(
+        default=0.0,
+        ge=0,
+        description="Carbon price in USD per tonne of CO2 (used with the cost_carbon objective).",
+    )
+    budget_per_run_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most a single flow run may spend, in USD (empty = no cap).",
+    )
+    budget_per_day_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most all flow runs may spend per UTC day, in USD (empty = no cap).",
+    )
+    budget_per_month_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most all flow runs may spend per UTC calendar month, in USD (empty = no cap).",
+    )
+    budget_enforcement: Literal["hard", "soft"] = Field(
+        default="hard",
+        description=(
+            "hard: a placement whose expected cost would cross a cap is refused; "
+            "soft: it runs and a cloudsched.budget.exceeded event is emitted."
+        ),
+    )
+    on_budget: Literal["fail", "cheapest"] = Field(
+        default="fail",
+        description=(
+            "With a hard cap, fail the task, or first try the cheapest offer the task's "
+            "hardware allows (spot despite deadline risk) if that fits the cap."
+        ),
+    )
+    spot_max_share: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Largest share of a flow run's placements that may use spot (0 to 1).",
+    )
+    default_deadline_slack_hours: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Tasks without a deadline get one: their estimated runtime plus this many hours."
+        ),
+    )
+    allowed_clouds: list[Literal["aws", "gcp"]] | None = Field(
+        default=None, description="Only these clouds (empty = all)."
+    )
+    allowed_regions: list[str] | None = Field(
+        default=None, description="Only these regions, as named by their cloud (empty = all)."
+    )
+    allowed_gpu_types: list[str] | None = Field(
+        default=None, description="Only these GPU models, e.g. A10G, L4 (empty = all)."
+    )
+    reserved_first: bool = Field(
+        default=True, description="Use idle reserved capacity before any other offer."
+    )
+    max_spot_band: SpotBand | None = Field(
+        default=None,
+        description="Worst spot interruption band accepted (empty = any).",
+    )
+    max_usd_per_hour: float | None = Field(
+        default=None, gt=0, description="Never choose an offer dearer than this per hour, in USD."
+    )
+    change_over_minutes: float = Field(
+        default=3.0,
+        ge=0,
+        le=240,
+        description="Minutes to get a replacement instance running after a spot loss.",
+    )
+    service_level: float = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
+        description="Forecast quantile of demand the capacity plan covers (0.9 = upper 80%).",
+    )
+    plan_horizon_hours: int = Field(
+        default=168, ge=1, le=8760, description="Hours the forecast and capacity plan cover."
+    )
+    solver: Literal["cbc", "highs"] = Field(
+        default="cbc", description="MILP solver of the capacity plan."
+    )
+    solver_time_limit_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Time limit of one plan solve, in seconds."
+    )
+
+    @field_validator("allowed_regions")
+    @classmethod
+    def _known_regions(cls, value: list[str] | None) -> list[str] | None:
+        return _check_regions(value, None)
+
+    @field_validator("allowed_gpu_types")
+    @classmethod
+    def _known_gpus(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        return list(dict.fromkeys(normalize_gpu_type(v) for v in value))
+
+    def to_policy_config(self) -> PolicyConfig:
+        """The placement knobs as the pure ``decide()`` takes them."""
+        return PolicyConfig(
+            allowed_clouds=_frozen(self.allowed_clouds),
+            allowed_regions=_frozen(self.allowed_regions),
+            allowed_gpu_types=_frozen(self.allowed_gpu_types),
+            max_spot_band=self.max_spot_band,
+            change_over=timedelta(minutes=self.change_over_minutes),
+            reserved_first=self.reserved_first,
+            max_usd_per_hour=self.max_usd_per_hour,
+        )
+
+    def to_budget(self) -> BudgetPolicy:
+        """The budget caps and spot share as the runner enforces them."""
+        return BudgetPolicy(
+            per_run_usd=self.budget_per_run_usd,
+            per_day_usd=self.budget_per_day_usd,
+            per_month_usd=self.budget_per_month_usd,
+            hard=self.budget_enforcement == "hard",
+            fallback_cheapest=self.on_budget == "cheapest",
+            spot_max_share=self.spot_max_share,
+        )
+
+    def default_deadline_slack(self) -> timedelta | None:
+        """Slack added to the estimated runtime of tasks that declare no deadline."""
+        if self.default_deadline_slack_hours is None:
+            return None
+        return timedelta(hours=self.default_deadline_slack_hours)
+
+    def plan_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``planning.plan_capacity`` this policy implies."""
+        return {
+            "service_level": self.service_level,
+            "spot_max_share": self.spot_max_share,
+            "budget_usd": self.budget_per_month_usd,
+            "carbon_usd_per_tonne": self.carbon_usd_per_tonne
+            if self.objective == "cost_carbon"
+            else None,
+            "clouds": self.allowed_clouds,
+            "regions": self.allowed_regions,
+            "solver": self.solver,
+            "time_limit_s": self.solver_time_limit_s,
+        }
+
+
+def _frozen(values: list[str] | None) -> frozenset[str] | None:
+    return None if values is None else frozenset(values)
