@@ -166,7 +166,7 @@ def test_executor_configuration_validates_compares_and_pickles() -> None:
     assert cloudpickle.loads(cloudpickle.dumps(runner)) == runner
     assert runner != CloudSchedTaskRunner(executor="dask", executor_options={"idle_timeout": 4})
     with pytest.raises(ValueError, match='"local", "dask"'):
-        CloudSchedTaskRunner(executor="ray")
+        CloudSchedTaskRunner(executor=" ")  # other names are CloudSchedExecutor blocks
     with pytest.raises(ValueError, match="only to"):
         CloudSchedTaskRunner(executor="local", executor_options={"idle_timeout": 3})
     with pytest.raises(TypeError):
