@@ -15,6 +15,7 @@ import pytest
 
 from prefect_cloudsched.adapters.ledger import Ledger
 from prefect_cloudsched.testing.clouds import MockClouds
+from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import fault_suite
@@ -106,7 +107,9 @@ def test_checkpointable_task_resumes_after_interruption(
 
     clouds.interrupt_next_spot(count=1)
     runner = CloudSchedTaskRunner(
-        provisioners=clouds.provisioners_for("ckpt-tests"), label_task_runs=False
+        provisioners=clouds.provisioners_for("ckpt-tests"),
+        executor=InstanceStandInExecutor(),
+        label_task_runs=False,
     )
 
     @flow(task_runner=runner)

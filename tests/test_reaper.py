@@ -27,6 +27,7 @@ from prefect_cloudsched.cli import main
 from prefect_cloudsched.core.catalog import PurchaseOption, load_catalog
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.testing.clouds import MockClouds
+from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
 AWS_OD = "aws/us-east-1/m5.large/on-demand"
 
@@ -248,6 +249,7 @@ def _flow_runner(clouds: MockClouds, owner: str) -> CloudSchedTaskRunner:
     )
     return CloudSchedTaskRunner(
         provisioners={"aws": aws},
+        executor=InstanceStandInExecutor(),
         policy=PolicyConfig(
             allowed_clouds=frozenset({"aws"}), allowed_regions=frozenset({"us-east-1"})
         ),
