@@ -79,7 +79,7 @@ def with_live_prices(
     API did not price keep the snapshot's price and source.
     """
     aws = provisioners.get("aws")
-    if aws is None:
+    if aws is None or not hasattr(aws, "settings"):  # stand-ins without AWS settings
         return catalog
     from prefect_cloudsched.adapters.provision.aws import LIVE_SOURCE, refresh_spot_prices
 
