@@ -74,10 +74,13 @@ def _fresh_ledger(tmp: Path) -> str:
 def _runner(provisioners: dict[str, Any], **policy: Any) -> Any:
     from prefect_cloudsched import CloudSchedTaskRunner
     from prefect_cloudsched.core.policy import PolicyConfig
+    from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
+    # Stand-in clouds have no machine to run a body on: the stand-in executor runs it here.
     return CloudSchedTaskRunner(
         max_workers=4,
         provisioners=provisioners,
+        executor=InstanceStandInExecutor(),
         policy=PolicyConfig(**policy),
         spot_retries=2,
         label_task_runs=False,
@@ -252,6 +255,7 @@ _KILLED_FLOW = textwrap.dedent(
     from prefect_cloudsched.core.policy import PolicyConfig
     from prefect_cloudsched.adapters.provision.aws import AwsProvisioner, AwsSettings
     from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner, GcpSettings
+    from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
     aws_url, gcp_url, project, owner = sys.argv[1:5]
     aws = AwsProvisioner(AwsSettings(regions=("us-east-1",), ami_per_region={"us-east-1": MOCK_AMI},
@@ -273,6 +277,7 @@ _KILLED_FLOW = textwrap.dedent(
 
     @flow(task_runner=CloudSchedTaskRunner(
         provisioners={"aws": aws, "gcp": gcp}, label_task_runs=False,
+        executor=InstanceStandInExecutor(),
         policy=PolicyConfig(allowed_regions=frozenset({"us-east-1", "us-central1"}))))
     def doomed() -> None:
         a, g = on_aws.submit(), on_gcp.submit()

@@ -258,6 +258,7 @@ def test_runner_provisions_through_a_saved_pool_block(prefect_harness, ledger_ur
 
     from prefect_cloudsched import Ledger, requires
     from prefect_cloudsched.testing.aws import MOCK_AMI, moto_server
+    from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
     planted = "PLANTEDaws5521"
 
@@ -277,13 +278,17 @@ def test_runner_provisions_through_a_saved_pool_block(prefect_harness, ledger_ur
         ).save("aws-moto", overwrite=True)
         policy = CloudSchedPolicy(allowed_clouds=["aws"], allowed_regions=["us-east-1"])
 
-        @flow(task_runner=CloudSchedTaskRunner(policy=policy, pools=["aws-moto"]))
+        @flow(task_runner=CloudSchedTaskRunner(
+            policy=policy, pools=["aws-moto"], executor=InstanceStandInExecutor()))
         def pooled() -> str:
             return train.submit().result()
 
         assert pooled() == "trained"
         ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url)
-        instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+        # moto's backend is process-wide: count only this owner's instances.
+        owned = [{"Name": "tag:cloudsched-owner", "Values": ["block-test"]}]
+        reservations = ec2.describe_instances(Filters=owned)["Reservations"]
+        instances = [i for r in reservations for i in r["Instances"]]
     assert len(instances) == 1 and instances[0]["State"]["Name"] == "terminated"
     tags = {t["Key"]: t["Value"] for t in instances[0]["Tags"]}
     assert tags["cloudsched-owner"] == "block-test"
