@@ -94,12 +94,21 @@ def report(
     end = parse_when(until, "--until") if until else None
     if start and end and end <= start:
         raise InputError("--until must be later than --since")
-    ledger = Ledger(ledger_url)
+    ledger = Ledger(ledger_url, create=False)  # a typo in --ledger creates nothing
+    pending = ledger.pending_journal_rows()
     records = ledger.placements(since=start, until=end, flow_name=flow)
     if last_run and records:
         latest = max(records, key=lambda r: r.started_at).flow_run_id
         records = [r for r in records if r.flow_run_id == latest]
     result = build_report(records, group_by.value)
+    notice = (
+        f"{pending} ledger row(s) are waiting in the journal {ledger.journal.path} (the "
+        "database refused them for a while); the next flow run on this ledger inserts them"
+        if pending
+        else ""
+    )
+    if notice and output is not ReportFormat.TABLE:
+        typer.echo(f"Note: {notice}", err=True)  # keep the machine-readable output clean
     if output is ReportFormat.JSON:
         typer.echo(render_json(result))
     elif output is ReportFormat.CSV:
@@ -127,3 +136,5 @@ def report(
                 f"Spent [bold]${result.total.spend:.6f}[/bold] vs ${result.total.baseline:.6f} "
                 f"on plain on-demand: saved {saved}; {result.total.interruptions} interruption(s)."
             )
+        if notice:
+            console.print(f"[yellow]Note: {notice}[/yellow]")
