@@ -24,33 +24,17 @@ from prefect_cloudsched.adapters.ledger import (
 from prefect_cloudsched.cli import main
 from prefect_cloudsched.core.budget import DAY_CAP, MONTH_CAP
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
-from prefect_cloudsched.testing.ledger_load import hold_sqlite_write_lock, run_writers
+from prefect_cloudsched.testing.ledger_load import (
+    hold_sqlite_write_lock,
+    run_writers,
+    sample_placement,
+)
 
 T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
 
 
 def row(number: int, *, cost_micro: int = 1000, start: datetime = T0, **extra) -> PlacementRecord:
-    return PlacementRecord(
-        flow_run_id="fr-1",
-        flow_name="pipe",
-        task_run_id=f"tr-{number}",
-        task_name=f"t{number}",
-        cloud="aws",
-        region="us-east-1",
-        zone=None,
-        instance_type="g5.xlarge",
-        option="on-demand",
-        offer_key="aws/us-east-1/g5.xlarge/on-demand",
-        gpu_type="A10G",
-        gpus=1,
-        price_micro_per_hour=1_006_000,
-        started_at=start,
-        ended_at=start + timedelta(seconds=3),
-        runtime_s=3.0,
-        cost_micro=cost_micro,
-        baseline_micro=cost_micro,
-        **extra,
-    )
+    return sample_placement("fr-1", number, cost_micro=cost_micro, started_at=start, **extra)
 
 
 # ---------------------------------------------------------------------- no row lost

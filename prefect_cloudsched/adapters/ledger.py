@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
@@ -20,8 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from prefect_cloudsched.adapters import ledger_holds
-from prefect_cloudsched.adapters.ledger_holds import HoldResult
+from prefect_cloudsched.adapters.ledger_holds import HoldResult, SharedBudget
 from prefect_cloudsched.adapters.ledger_journal import (
     Journal,
     journal_path,
@@ -88,8 +87,12 @@ def redact_url(url: str) -> str:
     return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
-class Ledger:
+class Ledger(SharedBudget):
     """Read and write the ledger. Thread-safe; one engine per ledger object.
+
+    Budget holds shared by every process (``hold_budget``, ``grow_hold``, ``settle_hold``,
+    ``release_hold``, ``release_run_holds``, ``window_spend``) come from
+    :class:`~prefect_cloudsched.adapters.ledger_holds.SharedBudget`.
 
     Args:
         url: SQLAlchemy URL (default :func:`default_url`).
@@ -407,64 +410,6 @@ class Ledger:
             "created_at": _utc(row["created_at"]),
             "bought_at": _utc(row["bought_at"]),
         }
-
-    # ------------------------------------------------------------------ shared budget caps
-    def hold_budget(
-        self,
-        window_caps: Mapping[str, int],
-        amount_micro: int,
-        run_id: str,
-        *,
-        task_name: str = "",
-        hard: bool = True,
-        now: datetime | None = None,
-    ) -> HoldResult:
-        """Hold ``amount_micro`` against the day/month caps every process shares.
-
-        Args:
-            window_caps: Caps in micro-dollars keyed ``budget_per_day_usd`` /
-                ``budget_per_month_usd`` (``BudgetPolicy.caps_micro()``; others ignored).
-            amount_micro: The placement's worst-case cost.
-            run_id: The flow run (its holds are released if its process dies).
-            hard: Refuse when a cap would be crossed (soft: hold and report).
-
-        Returns:
-            :class:`HoldResult`: ``hold_id`` (``None`` = refused) and the overruns.
-        """
-        return ledger_holds.hold(
-            self, window_caps, amount_micro, run_id, task_name=task_name, hard=hard, now=now
-        )
-
-    def grow_hold(
-        self, hold_id: int, new_amount_micro: int, window_caps: Mapping[str, int], *, hard=True
-    ) -> tuple[Any, ...]:
-        """Raise a live hold; returns the overruns (non-empty + hard = refused, unchanged)."""
-        return ledger_holds.grow(self, hold_id, new_amount_micro, window_caps, hard=hard)
-
-    def settle_hold(self, hold_id: int, actual_micro: int) -> None:
-        """Replace a hold by what the placement really cost."""
-        ledger_holds.finish(self, hold_id, actual_micro=actual_micro)
-
-    def release_hold(self, hold_id: int) -> None:
-        """Drop a hold whose placement never started."""
-        ledger_holds.finish(self, hold_id, actual_micro=None)
-
-    def release_run_holds(self, run_id: str) -> int:
-        """Release every live hold of a run; returns how many."""
-        return ledger_holds.release_run(self, run_id)
-
-    def window_spend(self, now: datetime | None = None) -> dict[str, int]:
-        """Micro-dollars counted against today's and this month's caps (holds included)."""
-        with self.engine.connect() as conn:
-            return ledger_holds.committed_micro(conn, now or datetime.now(UTC))
-
-    def holds(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        """Budget hold rows as dicts."""
-        query = sa.select(budget_holds).order_by(budget_holds.c.id)
-        if run_id is not None:
-            query = query.where(budget_holds.c.run_id == run_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
 
     def dispose(self) -> None:
         """Close pooled connections."""

@@ -21,6 +21,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from prefect_cloudsched.core.records import PlacementRecord
 
 _LOCK_HOLDER = textwrap.dedent(
     """
@@ -137,12 +140,44 @@ def run_writers(
     )
 
 
+def sample_placement(
+    run_id: str,
+    number: int,
+    *,
+    cost_micro: int,
+    started_at: datetime | None = None,
+    **extra: Any,
+) -> PlacementRecord:
+    """One 3-second on-demand A10G placement row (``extra`` sets any other field)."""
+    start = started_at or datetime.now(UTC)
+    return PlacementRecord(
+        flow_run_id=run_id,
+        flow_name="ledger-load",
+        task_run_id=f"{run_id}-{number}",
+        task_name=f"t{number}",
+        cloud="aws",
+        region="us-east-1",
+        zone=None,
+        instance_type="g5.xlarge",
+        option="on-demand",
+        offer_key="aws/us-east-1/g5.xlarge/on-demand",
+        gpu_type="A10G",
+        gpus=1,
+        price_micro_per_hour=1_006_000,
+        started_at=start,
+        ended_at=start + timedelta(seconds=3),
+        runtime_s=3.0,
+        cost_micro=cost_micro,
+        baseline_micro=cost_micro,
+        **extra,
+    )
+
+
 def _worker(
     url: str, tasks: int, day_cap: int, hold_micro: int, actual_micro: int, start_at: float
 ) -> dict[str, int | str]:
     from prefect_cloudsched.adapters.ledger import BufferedWriter, Ledger
     from prefect_cloudsched.core.budget import DAY_CAP
-    from prefect_cloudsched.core.records import PlacementRecord
 
     ledger = Ledger(url)
     writer = BufferedWriter(ledger, interval=0.05)
@@ -156,29 +191,8 @@ def _worker(
             refused += 1
             continue
         admitted += 1
-        now = datetime.now(UTC)
         writer.put(
-            PlacementRecord(
-                flow_run_id=run_id,
-                flow_name="ledger-load",
-                task_run_id=f"{run_id}-{number}",
-                task_name=f"t{number}",
-                cloud="aws",
-                region="us-east-1",
-                zone=None,
-                instance_type="g5.xlarge",
-                option="on-demand",
-                offer_key="aws/us-east-1/g5.xlarge/on-demand",
-                gpu_type="A10G",
-                gpus=1,
-                price_micro_per_hour=1_006_000,
-                started_at=now,
-                ended_at=now + timedelta(seconds=1),
-                runtime_s=1.0,
-                cost_micro=actual_micro,
-                baseline_micro=actual_micro,
-                budget_hold_id=result.hold_id,
-            )
+            sample_placement(run_id, number, cost_micro=actual_micro, budget_hold_id=result.hold_id)
         )
         ledger.settle_hold(result.hold_id, actual_micro)
     writer.close()
