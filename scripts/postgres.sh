@@ -16,6 +16,7 @@ ACTION="${1:-start}"
 DB_NAME="${CLOUDSCHED_PG_DATABASE:-cloudsched_test}"
 PGDIR="${CLOUDSCHED_PG_DIR:-/tmp/cloudsched-pg-$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)}"
 DATA="$PGDIR/data"
+cd /  # the postgres user may not be allowed into this checkout; initdb and pg_ctl need a cwd
 
 say() { echo ">> postgres: $*" >&2; }
 
