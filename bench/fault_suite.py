@@ -338,7 +338,7 @@ _KILLED_FLOW = textwrap.dedent(
 
 
 def sigkill(
-    clouds: Any, tmp: Path, backend: str, *, quick: int = 5, ttl: float = 2.0, timeout=120.0
+    clouds: Any, tmp: Path, backend: str, *, quick: int = 5, ttl: float = 2.0, timeout=300.0
 ) -> Outcome:
     """SIGKILL a flow process after ``quick`` tasks completed and while two instances run:
     the completed tasks' rows must be in the ledger; ``reap`` ends the orphans and records
@@ -408,8 +408,12 @@ def _kill_when_running(
     try:
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()  # before reading its stderr: a live child never closes it
                 error = process.stderr.read()[-2000:] if process.stderr else ""
-                raise RuntimeError(f"the flow process never reached its long tasks: {error}")
+                raise RuntimeError(
+                    f"the flow process never reached its long tasks ({completed} of {quick} "
+                    f"quick tasks completed): {error.strip().splitlines()[-1:]}"
+                )
             for _ in selector.select(timeout=0.2):
                 completed += process.stdout.readline().strip() == "completed"
             if completed < quick:
