@@ -415,7 +415,8 @@ def _kill_when_running(
                     f"quick tasks completed): {error.strip().splitlines()[-1:]}"
                 )
             for _ in selector.select(timeout=0.2):
-                completed += process.stdout.readline().strip() == "completed"
+                # raw reads: a buffered readline() could hide a second line from select()
+                completed += os.read(process.stdout.fileno(), 65536).count(b"completed")
             if completed < quick:
                 continue
             owned = [i for p in provisioners for i in p.list_owned()]
