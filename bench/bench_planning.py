@@ -1,6 +1,7 @@
 """Capacity plan quality on real traces, and solve times of the planning MILPs.
 
-Run: ``.venv/bin/python bench/bench_planning.py`` (add ``--quick`` to skip SARIMAX and use
+Run: ``.venv/bin/python bench/bench_planning.py`` (add ``--quick`` to skip the combined
+forecast (SARIMAX + members) and use
 the seasonal-naive forecast; ``--solve-only`` to re-measure solve times and keep the plan
 quality rows of the last ``planning.json``; ``--solvers cbc`` for one solver). Writes
 ``bench/results/planning.{json,md}``.
@@ -73,7 +74,7 @@ def quality(catalog: Any, quick: bool) -> list[dict[str, Any]]:
             frame = lag_forecast(prepare_series(history), HOLDOUT, DAY)
             forecast = Forecast(frame, "seasonal_naive", "seasonal-naive(24)")
         else:
-            forecast = fit_forecast(history, HOLDOUT)
+            forecast = fit_forecast(history, HOLDOUT, model="combined")
         fit_s = time.perf_counter() - started
         klass = f"gpu:{gpu}"
         truth = {klass: list(actual)}

@@ -39,7 +39,8 @@ def load_demand(series: str | None, column: str, gpu_type: str, ledger_url: str 
 
 @task
 def forecast_demand(history: Any, horizon: int, model: str) -> Any:
-    """SARIMAX chosen by AIC, or the seasonal-naive baseline (fast)."""
+    """The combined forecast (SARIMAX + ETS + Theta + naive members), the pure SARIMAX, or
+    the seasonal-naive baseline (fast)."""
     from prefect_cloudsched.core.forecast import (
         DAY,
         Forecast,
@@ -48,8 +49,8 @@ def forecast_demand(history: Any, horizon: int, model: str) -> Any:
         prepare_series,
     )
 
-    if model == "arima":
-        return fit_forecast(history, horizon)
+    if model in ("combined", "arima"):
+        return fit_forecast(history, horizon, model=model)
     return Forecast(lag_forecast(prepare_series(history), horizon, DAY), "seasonal_naive",
                     "seasonal-naive(24)")  # fmt: skip
 
@@ -124,7 +125,7 @@ def capacity_planning(
     service_level: float = 0.9,
     spot_max_share: float = 0.5,
     budget_usd: float | None = None,
-    forecast_model: str = "arima",
+    forecast_model: str = "combined",
     ledger_url: str | None = None,
 ) -> dict[str, Any]:
     """Forecast demand, plan capacity, store the plan, publish it as a table artifact.
@@ -137,7 +138,7 @@ def capacity_planning(
         service_level: Forecast quantile to cover (0.9 = upper 80 % bound).
         spot_max_share: Most of each hour's demand on spot.
         budget_usd: Highest expected USD over the horizon.
-        forecast_model: ``arima`` or ``seasonal-naive``.
+        forecast_model: ``combined`` (default), ``arima`` or ``seasonal-naive``.
         ledger_url: Ledger URL (default: the local ledger).
     """
     history = load_demand(series, column, gpu_type, ledger_url)
@@ -168,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--gpu-type", default="A100")
     parser.add_argument("--horizon", type=int, default=168)
     parser.add_argument("--service-level", type=float, default=0.9)
-    parser.add_argument("--forecast-model", choices=("arima", "seasonal-naive"), default="arima")
+    parser.add_argument(
+        "--forecast-model", choices=("combined", "arima", "seasonal-naive"), default="combined"
+    )
     parser.add_argument("--serve", action="store_true", help="serve daily at 06:00 UTC")
     args = parser.parse_args(argv)
     if args.horizon < 1:

@@ -58,3 +58,7 @@ class CapacityError(CloudSchedError):
 
 class ProvisioningError(CloudSchedError):
     """A provisioning setting is wrong (credentials, region, image, subnet); not retried."""
+
+
+class DeadlineAtRisk(CloudSchedError):
+    """A task cannot finish by its deadline even on-demand (``on_deadline_risk="fail"``)."""

@@ -98,6 +98,19 @@ def test_load_series_csv_reads_column_and_turns_blank_cells_into_gaps(tmp_path) 
         ("", "gpu_hours", "is empty"),
         ("hour,gpu_hours\n", "gpu_hours", "no rows"),
         ("hour,gpu_hours\n0,1\n0,2\n", "gpu_hours", "hour 0 appears twice"),
+        ("when,gpu_hours\n0,1\n", "gpu_hours", "no 'hour' or 'timestamp' column"),
+        ("timestamp,gpu_hours\nnoon,1\n", "gpu_hours", r"line 2: timestamp 'noon' is not an ISO"),
+        ("timestamp,gpu_hours\n2026-03-01T00:30:00Z,1\n", "gpu_hours", "not on a whole hour"),
+        (
+            "timestamp,gpu_hours\n2026-03-01T01:00:00+01:00,1\n2026-03-01T00:00:00Z,2\n",
+            "gpu_hours",
+            "timestamp 2026-03-01T00:00:00 appears twice",
+        ),
+        (
+            "timestamp,gpu_hours\n2026-03-01T00:00:00Z,x\n",
+            "gpu_hours",
+            r"line 2 \(2026-03-01T00:00:00\): gpu_hours value 'x' is not a number",
+        ),
     ],
 )
 def test_load_series_csv_rejects_bad_files_naming_the_problem(
@@ -107,6 +120,21 @@ def test_load_series_csv_rejects_bad_files_naming_the_problem(
     path.write_text(text)
     with pytest.raises(InputError, match=message):
         fc.load_series_csv(path, column)
+
+
+def test_load_series_csv_reads_iso_timestamps_as_utc_hours(tmp_path) -> None:
+    path = tmp_path / "ts.csv"
+    path.write_text(
+        "timestamp,gpu_hours\n2026-03-01T00:00:00Z,1\n2026-03-01T02:00:00+01:00,2\n"
+        "2026-03-01 03:00,\n"
+    )
+    series = fc.load_series_csv(path, "gpu_hours")
+    assert list(series.index) == list(pd.to_datetime(
+        ["2026-03-01T00:00", "2026-03-01T01:00", "2026-03-01T03:00"]
+    ))  # fmt: skip
+    assert np.isnan(series.iloc[2])
+    prepared = fc.prepare_series(series)  # the missing 02:00 becomes a gap
+    assert len(prepared) == 4 and prepared.isna().sum() == 2
 
 
 # --------------------------------------------------------------------------- baselines
@@ -331,7 +359,7 @@ def test_backtest_reports_every_model_and_seasonal_models_win_on_a_cycle() -> No
 
 
 def test_backtest_rejects_too_many_origins_naming_the_limit() -> None:
-    with pytest.raises(InputError, match="use --origins 8 or fewer"):
+    with pytest.raises(InputError, match="use --origins 6 or fewer"):
         fc.backtest(daily_series(days=10), origins=30, models=["naive"])
     with pytest.raises(InputError, match="unknown model 'prophet'"):
         fc.backtest(daily_series(days=10), origins=2, models=["prophet"])

@@ -210,8 +210,8 @@ def test_holds_settle_release_and_count_once(any_ledger_url: str) -> None:
     ledger.record([row(1, cost_micro=4_000, start=now, budget_hold_id=first.hold_id)])
     assert ledger.window_spend(now) == {DAY_CAP: 6_000, MONTH_CAP: 6_000}
     grown = ledger.hold_budget(caps, 1_000, "run-c", now=now)
-    assert ledger.grow_hold(grown.hold_id, 4_000, caps) == ()  # 6000 + 4000 = cap
-    assert [o.cap for o in ledger.grow_hold(grown.hold_id, 4_001, caps)] == [DAY_CAP]
+    assert ledger.extend_hold(grown.hold_id, 4_000, caps) == ()  # 6000 + 4000 = cap
+    assert [o.cap for o in ledger.extend_hold(grown.hold_id, 4_001, caps)] == [DAY_CAP]
     assert ledger.window_spend(now)[DAY_CAP] == 10_000  # the refused raise changed nothing
     assert ledger.release_run_holds("run-c") == 1
     assert ledger.window_spend(now)[DAY_CAP] == 6_000

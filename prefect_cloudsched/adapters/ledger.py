@@ -90,7 +90,7 @@ def redact_url(url: str) -> str:
 class Ledger(SharedBudget):
     """Read and write the ledger. Thread-safe; one engine per ledger object.
 
-    Budget holds shared by every process (``hold_budget``, ``grow_hold``, ``settle_hold``,
+    Budget holds shared by every process (``hold_budget``, ``extend_hold``, ``settle_hold``,
     ``release_hold``, ``release_run_holds``, ``window_spend``) come from
     :class:`~prefect_cloudsched.adapters.ledger_holds.SharedBudget`.
 

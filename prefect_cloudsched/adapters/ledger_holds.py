@@ -157,7 +157,7 @@ class SharedBudget:
             )
             return HoldResult(int(result.inserted_primary_key[0]), overruns)
 
-    def grow_hold(
+    def extend_hold(
         self,
         hold_id: int,
         new_amount_micro: int,

@@ -30,6 +30,13 @@ class Transform(StrEnum):
     LOG1P = "log1p"
 
 
+class Model(StrEnum):
+    """Which forecaster: the combination (default) or the pure ARIMA."""
+
+    COMBINED = "combined"
+    ARIMA = "arima"
+
+
 class Selection(StrEnum):
     """How the SARIMAX candidate is chosen."""
 
@@ -39,8 +46,14 @@ class Selection(StrEnum):
 
 @app.command("forecast")
 def forecast(
-    series: Annotated[str, typer.Argument(help="Hourly CSV with an `hour` column.")],
+    series: Annotated[
+        str, typer.Argument(help="Hourly CSV with an `hour` or ISO 8601 `timestamp` column.")
+    ],
     column: Annotated[str, typer.Option(help="Column to forecast.")] = "gpu_hours",
+    model: Annotated[
+        Model,
+        typer.Option(help="combined (SARIMAX + ETS + Theta + naive members) or arima."),
+    ] = Model.COMBINED,
     horizon: Annotated[int, typer.Option(help="Hours ahead to forecast.")] = 24,
     backtest: Annotated[
         bool, typer.Option("--backtest", help="Score every model on rolling 24 h origins.")
@@ -67,16 +80,19 @@ def forecast(
         str | None, typer.Option(help="Write a PNG of history, forecast and intervals.")
     ] = None,
 ) -> None:
-    """Forecast hourly demand with SARIMAX (daily season) and 80/95% intervals.
+    """Forecast hourly demand: a combination of SARIMAX, ETS, Theta, naive and seasonal-naive
+    members with conformal 80/95% intervals (or, with --model arima, the SARIMAX alone).
 
-    Falls back to seasonal-naive(24), with a warning, when history is under two days or
-    no SARIMAX candidate fits. See docs/forecast.md.
+    The combined forecast needs three days plus the horizon (up to a week) of history and
+    otherwise uses the ARIMA; both fall back to seasonal-naive(24), with a warning, when
+    history is under two days or no SARIMAX candidate fits. See docs/forecast.md.
 
     Examples:
 
     * `prefect-cloudsched forecast bench/data/alibaba_gpu2023_hourly.csv --horizon 24`
     * `prefect-cloudsched forecast philly.csv --column active_node_hours --plot fc.png`
     * `prefect-cloudsched forecast usage.csv --backtest --origins 7 --json`
+    * `prefect-cloudsched forecast demand.csv --model arima --horizon 48`
     """
     for flag, value in (("--horizon", horizon), ("--origins", origins)):
         if value < 1:
@@ -106,15 +122,14 @@ def forecast(
                 data, horizon=horizon, origins=origins, config=config, progress=progress
             )
         else:
-            prediction = fc.fit_forecast(data, horizon, config, progress)
+            prediction = fc.fit_forecast(data, horizon, config, progress, model=model.value)
     if backtest:
         _show_backtest(result, as_json)
         if plot:
-            _plot_backtest(fc.prepare_series(data), result, plot)
+            _plot_backtest(fc.prepare_series(data), result, plot, model.value)
         return
     if prediction.fallback_reason:
-        err.print(f"[yellow]Warning:[/] fell back to seasonal-naive(24): "
-                  f"{prediction.fallback_reason}")  # fmt: skip
+        err.print(f"[yellow]Warning:[/] fell back: {prediction.fallback_reason}")
     _show_forecast(prediction, as_json, series, column)
     if plot:
         _plot_forecast(fc.prepare_series(data), prediction, plot)
@@ -139,6 +154,16 @@ def _show_forecast(prediction: Forecast, as_json: bool, series: str, column: str
 
 
 def _model_line(prediction: Forecast) -> str:
+    if prediction.method == "combined":
+        members = "; ".join(
+            f"{name} = {label}" for name, label in (prediction.members or {}).items()
+            if label != name
+        )  # fmt: skip
+        return (
+            f"Model: {prediction.model} ({members}), recent {len(prediction.frame)} "
+            f"h-ahead MAE {prediction.validation_mae:.3g}, conformal intervals, "
+            f"fitted in {prediction.fit_seconds:.1f} s"
+        )
     if prediction.method != "sarimax":
         return f"Model: {prediction.model} (fallback: {prediction.fallback_reason})"
     line = f"Model: {prediction.model}, AIC {prediction.aic:.1f}"
@@ -171,6 +196,7 @@ def _show_backtest(result: BacktestResult, as_json: bool) -> None:
     out.print(table)
     if result.arima_models:
         out.print(f"arima used: {'; '.join(dict.fromkeys(result.arima_models))}")
+    out.print(f"backtest took {result.seconds:.1f} s ({result.cpu_seconds:.1f} s CPU)")
 
 
 def _plot_forecast(history: pd.Series, prediction: Forecast, path: str) -> None:
@@ -182,16 +208,16 @@ def _plot_forecast(history: pd.Series, prediction: Forecast, path: str) -> None:
     _save(fig, ax, path)
 
 
-def _plot_backtest(history: pd.Series, result: BacktestResult, path: str) -> None:
-    """Actuals over the scored hours with the ARIMA backtest forecasts and bands."""
-    frame = result.forecasts.get("arima")
+def _plot_backtest(history: pd.Series, result: BacktestResult, path: str, model: str) -> None:
+    """Actuals over the scored hours with the chosen model's backtest forecasts and bands."""
+    frame = result.forecasts.get(model)
     if frame is None:
-        raise InputError("--plot with --backtest needs the arima model in the backtest")
+        raise InputError(f"--plot with --backtest needs the {model} model in the backtest")
     shown = history.loc[frame.index[0] - 168 : frame.index[-1]]
     fig, ax = _figure()
     ax.plot(shown.index, shown.to_numpy(), color="black", lw=1, label="actual")
     for i in range(0, len(frame), result.horizon):  # one unconnected segment per origin
-        label = f"arima, {result.horizon} h ahead" if i == 0 else None
+        label = f"{model}, {result.horizon} h ahead" if i == 0 else None
         _draw_bands(ax, frame.iloc[i : i + result.horizon], label)
     _save(fig, ax, path)
 

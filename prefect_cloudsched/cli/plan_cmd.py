@@ -94,9 +94,10 @@ def run(
         str,
         typer.Option(
             "--forecast-model",
-            help="arima (SARIMAX chosen by AIC) or seasonal-naive (last day repeated; fast).",
+            help="combined (SARIMAX + ETS + Theta + naive members, conformal intervals), "
+            "arima (SARIMAX alone) or seasonal-naive (last day repeated; fast).",
         ),
-    ] = "arima",
+    ] = "combined",
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG of the hourly mix against the forecast.")
@@ -179,11 +180,11 @@ def run(
         raise typer.Exit(1)
 
 
-_FORECAST_MODELS = ("arima", "seasonal-naive")
+_FORECAST_MODELS = ("combined", "arima", "seasonal-naive")
 
 
 def _forecast(history: Any, horizon: int, model: str) -> Any:
-    """The forecaster's SARIMAX, or its seasonal-naive baseline when speed matters more."""
+    """The combined forecast (default), the pure SARIMAX, or seasonal-naive for speed."""
     from prefect_cloudsched.core.forecast import (
         DAY,
         Forecast,
@@ -192,8 +193,9 @@ def _forecast(history: Any, horizon: int, model: str) -> Any:
         prepare_series,
     )
 
-    if model == "arima":
-        return fit_forecast(history, horizon, progress=lambda label: _say(f"  fitting {label}"))
+    if model in ("combined", "arima"):
+        progress = lambda label: _say(f"  fitting {label}")  # noqa: E731
+        return fit_forecast(history, horizon, progress=progress, model=model)
     frame = lag_forecast(prepare_series(history), horizon, DAY)
     return Forecast(frame, "seasonal_naive", "seasonal-naive(24)")
 

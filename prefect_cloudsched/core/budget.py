@@ -11,7 +11,7 @@ with a *soft* cap it is admitted and the crossing reported once per cap and run.
 
 Hard means hard even when a task outruns its estimate: admission holds the *worst case*
 (:func:`worst_case_micro`), and while the task runs its hold is raised to what it has
-accrued plus one check interval (:meth:`BudgetTracker.grow`); a raise the cap refuses means
+accrued plus one check interval (:meth:`BudgetTracker.extend`); a raise the cap refuses means
 "stop the task now", before the cap is crossed. Day and month caps shared by several
 processes are held in the ledger database instead (``Ledger.hold_budget``); a tracker made
 with ``shared_windows=True`` then checks only the per-run cap.
@@ -170,7 +170,7 @@ def worst_case_micro(
     """The hold that admits a placement: its estimate stretched by ``overrun_factor``, plus
     one budget-check interval (the time a running task may spend between two checks).
 
-    A task that outruns even that is stopped by the running check (:meth:`BudgetTracker.grow`)
+    A task that outruns even that is stopped by the running check (:meth:`BudgetTracker.extend`)
     before a hard cap is crossed; the factor only makes that rarer.
     """
     if overrun_factor < 1:
@@ -256,24 +256,26 @@ class BudgetTracker:
             self._holds[hold] = expected_micro
             return hold, overruns
 
-    def grow(self, hold: int, new_expected_micro: int) -> list[Overrun]:
-        """Raise a running placement's hold to ``new_expected_micro`` (accrued + one interval).
+    def extend(self, hold: int, amount_micro: int) -> list[Overrun]:
+        """Raise a running placement's hold to ``amount_micro`` if every hard cap allows.
 
-        Returns the caps the raise would cross. Under a hard cap a crossing raise is refused
-        and the hold unchanged: the caller stops the task (it has spent at most its hold).
-        Under a soft cap the hold is raised and the overruns reported.
+        A placement that runs past its estimate must hold what it may still spend before
+        it spends it; the returned overruns are empty when the hold was raised.
         """
         with self._lock:
             current = self._holds.get(hold)
-            if current is None:
-                raise KeyError(f"no live budget hold {hold}")
-            extra = new_expected_micro - current
-            if extra <= 0:
+            if current is None or amount_micro <= current:
                 return []
-            overruns = self._overruns(extra)
-            if not overruns or not self.policy.hard:
-                self._holds[hold] = new_expected_micro
-            return overruns
+            overruns = self._overruns(amount_micro - current)
+            if overruns and self.policy.hard:
+                return overruns
+            self._holds[hold] = amount_micro
+            return []
+
+    def held(self, hold: int | None) -> int:
+        """What ``hold`` currently reserves (0 for no hold)."""
+        with self._lock:
+            return self._holds.get(hold, 0) if hold is not None else 0
 
     def headroom_micro(self) -> int | None:
         """What may still be committed before the tightest cap (``None``: no caps)."""

@@ -27,18 +27,20 @@ def train(cfg): ...
 def pipeline(): train.map(configs)
 ```
 
-For each ``.submit()``/``.map()``: resolve the task's needs → ``decide()`` → (provision) →
-run → record a ledger row. The Prefect engine still runs every task locally (state, retries,
-UI graph unchanged); only the body is dispatched to the chosen placement. Direct calls
-(``train(cfg)``) bypass every task runner, ours included.
+For each ``.submit()``/``.map()``: resolve the task's needs → ``Session.submit`` (decide) →
+a thin wrapper whose call is ``Session.place`` → ``Session.run`` → ``Session.finish`` (one
+ledger row). The Prefect engine still runs every task (state, retries, UI graph unchanged);
+only the body is dispatched to the chosen placement. Direct calls (``train(cfg)``) bypass
+every task runner, ours included. Everything about placement lives in
+:mod:`prefect_cloudsched.runtime`; this module only speaks Prefect.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect.context import FlowRunContext, TagsContext, tags
@@ -47,13 +49,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_cloudsched.adapters.execute.base import Executor
 from prefect_cloudsched.adapters.provision.base import Provisioner
-from prefect_cloudsched.core.catalog import PurchaseOption
 from prefect_cloudsched.core.needs import current_overrides, resolve_needs
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
 from prefect_cloudsched.core.records import PlacementRecord
 from prefect_cloudsched.errors import NoFeasibleOffer
-from prefect_cloudsched.prefect.placed_task import PlacedTask, failing_copy, spot_retry_condition
-from prefect_cloudsched.runtime.session import RunContext, make_executor, resolve_policy
+from prefect_cloudsched.prefect import visibility
+from prefect_cloudsched.prefect.resolve import resolve_policy, resolve_settings
+from prefect_cloudsched.prefect.wrapper import failing_copy, spot_retry_condition, wrap_body
+from prefect_cloudsched.runtime.config import DeadlineRisk, ExecutionMode, RunnerConfig
+from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.runtime.shared import MapBatch
 
 
@@ -71,21 +75,24 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             used first at zero marginal cost.
         use_plan: Also take reserved capacity from the latest capacity plan in the ledger.
         spot_retries: Extra attempts granted to a task after spot interruptions.
-        provisioners: Provisioners per cloud (``None`` = accounting only: run locally and
-            account as if on the chosen instance).
-        executor: Where bodies run: ``"local"`` (``None``, in this process), ``"dask"`` (on
-            the Dask worker each provisioned instance boots; a fresh
-            :class:`~prefect_cloudsched.adapters.execute.dask.DaskExecutor` per flow run), or an
-            ``Executor`` instance.
+        provisioners: Provisioners per cloud (``None`` = accounting only: no instance is
+            started, bodies run here and are accounted as if on the chosen instance).
+        executor: Where bodies run: ``None`` (on the instances when there are provisioners
+            or pools, else here), ``"dask"`` (on the Dask worker each provisioned instance
+            boots; a fresh :class:`~prefect_cloudsched.adapters.execute.dask.DaskExecutor`
+            per flow run), ``"local"`` (here), or an ``Executor``. "Never both": a body
+            never runs here while an instance is started and billed for it — that
+            combination is refused with a one-line error.
         executor_options: Keyword arguments of ``DaskExecutor`` for ``executor="dask"``
             (``address``, ``cluster_kwargs``, ``join_timeout``, ``idle_timeout``, ...).
-        label_task_runs: Which task runs get one tag naming the choice
-            (``cloudsched:aws-spot``): ``"declared"`` (default) the tasks that declared needs
-            (``@requires`` or need tags), ``"all"`` (or ``True``) every task, ``"none"`` (or
-            ``False``) none. Tasks without needs run exactly as before — no tag, ``chose``
-            log line or decision event (``"all"`` announces them too) — but are still in
-            the ledger: a tag costs Prefect an API round trip per task run and every log
-            line and event loads the API server (docs/benchmarks.md).
+        label_task_runs: Which task runs get one tag naming the choice made at submission
+            (``cloudsched:aws-spot``): ``"none"`` (default), ``"declared"`` (tasks that
+            declared needs) or ``"all"`` (``True``/``False`` mean "all"/"none"). A tag is
+            fixed when the task run is created, before admission, capacity fallback or map
+            packing may move the task, and it costs Prefect a concurrency-lease round trip
+            per task run; the ``cloudsched.placement.decided`` event and the log line of
+            each attempt always name the placement that really started.
+            Tasks without needs run as before (no log line or event) but are in the ledger.
         live_prices: With an AWS provisioner, re-read AWS spot prices from
             ``describe_spot_price_history`` when a flow run starts (the snapshot where it does
             not answer); each decision records its price source. Reservations the
@@ -98,11 +105,21 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             (``"aws-main"`` or ``"aws-compute-pool/aws-main"``); each becomes the
             provisioner of its cloud. Loaded when a flow run starts, never at import.
         ledger: A ``CloudSchedLedger`` block or its saved name (instead of ``ledger_url``).
+        on_deadline_risk: ``"warn"`` (default: a warning, and ``deadline_at_risk`` in the
+            decided event and the ledger row) or ``"fail"``: a task whose deadline cannot be
+            met even on-demand fails before it starts (``DeadlineAtRisk``).
+        execution: ``"auto"`` (default), ``"remote"`` (bodies on the instances; needs
+            provisioners), ``"local"`` (bodies here; refused with provisioners) or
+            ``"accounting"`` (start no instance even with provisioners; account only).
 
     A ``CloudSchedPolicy`` block also brings budget caps (hard: a placement that would
-    cross one fails with ``BudgetExceeded``; soft: it runs and a
+    cross one fails with ``BudgetExceeded``, and a running task is stopped — its instance
+    released — before its cost crosses one; soft: it runs and a
     ``cloudsched.budget.exceeded`` event is emitted), the spot share and a default
     deadline. At the end of each flow run the runner publishes its cost artifacts.
+
+    The run's session opens at the first submission: a configuration that cannot open
+    (a missing block, a bad ledger URL) fails the flow run with its one-line reason.
 
     Example:
         ```python
@@ -127,31 +144,15 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         provisioners: Mapping[str, Provisioner] | None = None,
         executor: Executor | str | None = None,
         executor_options: Mapping[str, Any] | None = None,
-        label_task_runs: bool | str = "declared",
+        label_task_runs: bool | str = "none",
         live_prices: bool = True,
         pack_maps: bool = True,
         pools: Sequence[str | Any] | None = None,
         ledger: str | Any | None = None,
+        on_deadline_risk: DeadlineRisk = "warn",
+        execution: ExecutionMode = "auto",
     ) -> None:
-        if max_workers is not None and max_workers < 1:
-            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-        if spot_retries < 0:
-            raise ValueError(f"spot_retries must be >= 0, got {spot_retries}")
-        bad = {k: v for k, v in (reserved or {}).items() if not isinstance(v, int) or v < 0}
-        if bad:
-            raise ValueError(f"reserved counts must be whole numbers >= 0: {bad}")
-        if ledger is not None and ledger_url is not None:
-            raise ValueError("give either ledger (a block) or ledger_url, not both")
-        if isinstance(pools, str) or any(
-            not isinstance(p, str) and not hasattr(p, "build_provisioner") for p in pools or ()
-        ):
-            raise ValueError(
-                f"pools must be a list of pool block names or AwsComputePool/GcpComputePool "
-                f"blocks, got {pools!r}"
-            )
-        label_mode = _label_mode(label_task_runs)
-        super().__init__(max_workers=max_workers)
-        self._config: dict[str, Any] = dict(
+        self.config = RunnerConfig(
             max_workers=max_workers,
             policy=policy,
             catalog_path=catalog_path,
@@ -162,53 +163,77 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             provisioners=dict(provisioners or {}),
             executor=executor,
             executor_options=dict(executor_options or {}),
-            label_task_runs=label_mode,
+            label_task_runs=label_task_runs,
             live_prices=live_prices,
             pack_maps=pack_maps,
             pools=tuple(pools or ()),
             ledger=ledger,
+            on_deadline_risk=on_deadline_risk,
+            execution=execution,
         )
-        make_executor(executor, self._config["executor_options"])  # fail fast on bad options
+        if executor == "dask":  # fail fast on options DaskExecutor does not take
+            from prefect_cloudsched.adapters.execute.dask import DaskExecutor
+
+            DaskExecutor(**self.config.executor_options)
+        super().__init__(max_workers=max_workers)
         self.records: list[PlacementRecord] = []
-        self._run: RunContext | None = None
+        self._session: Session | None = None
+        self._open_error: BaseException | None = None
+        self._open_lock = threading.Lock()
 
     # ------------------------------------------------------------------ Prefect plumbing
     def duplicate(self) -> CloudSchedTaskRunner:
         """A fresh runner with the same configuration (the engine starts only duplicates)."""
-        return type(self)(**self._config)
+        return type(self)(**self.config.as_kwargs())
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._config == self._config  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.config == self.config  # type: ignore[attr-defined]
 
     __hash__ = None  # type: ignore[assignment]
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_run"] = None  # clients, threads and locks never travel
+        state["_session"] = None  # clients, threads and locks never travel
+        state["_open_lock"] = None
         return state
 
-    def __enter__(self) -> CloudSchedTaskRunner:
-        super().__enter__()
-        try:
-            self._run = RunContext.open(self._config, self.logger)
-        except BaseException:
-            super().__exit__(None, None, None)
-            raise
-        return self
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._open_lock = threading.Lock()
 
     def __exit__(self, *exc_info: Any) -> None:
         try:
             super().__exit__(*exc_info)  # waits for running tasks first
         finally:
-            if self._run is not None:
-                run, self._run = self._run, None
-                self.records = run.close()
-                run.publish(self.records)
+            if self._session is not None:
+                session, self._session = self._session, None
+                self.records = session.close()
+                _publish(session, self.records)
+
+    def session(self) -> Session:
+        """This flow run's session, opened at the first submission.
+
+        Raises:
+            Exception: the reason the session cannot open (the same at every call), which
+                fails the flow run with that one line.
+        """
+        with self._open_lock:
+            if self._session is None:
+                if self._open_error is not None:
+                    raise self._open_error
+                try:
+                    self._session = Session.open(
+                        resolve_settings(self.config), visibility.PrefectObserver()
+                    )
+                except Exception as err:
+                    self._open_error = err
+                    raise
+            return self._session
 
     @property
     def placement_state(self) -> PlacementState | None:
         """This run's dynamic state (reserved capacity, interruptions, blocked offers)."""
-        return self._run.state if self._run else None
+        return self._session.state if self._session else None
 
     # ------------------------------------------------------------------ submit
     def map(  # type: ignore[override]
@@ -218,10 +243,10 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
     ) -> Any:
         """Submit one task per item; GPU tasks of the map may be packed onto shared instances."""
-        run = self._run
-        if run is None or not self._config["pack_maps"] or run.budget is not None:
+        session = self.session() if self._started else None
+        if session is None or not self.config.pack_maps or not session.packs_maps:
             return super().map(task, parameters, wait_for)
-        batch = MapBatch(run.pack)
+        batch = MapBatch(session.pack)
         token = _MAP_BATCH.set(batch)
         try:
             return super().map(task, parameters, wait_for)
@@ -237,43 +262,38 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         dependencies: dict[str, set[Any]] | None = None,
     ) -> PrefectConcurrentFuture[Any]:
         """Decide where ``task`` runs, then submit a copy whose body runs there."""
-        if not self._started or self._run is None:
+        if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
-        run = self._run
-        context_tags = TagsContext.get().current_tags
-        resolved = resolve_needs(task.fn, task.tags, context_tags, current_overrides())
-        needs = run.with_default_deadline(resolved.needs)
-        submitted_at = datetime.now(UTC)
+        session = self.session()
+        resolved = resolve_needs(
+            task.fn, task.tags, TagsContext.get().current_tags, current_overrides()
+        )
         flow_ctx = FlowRunContext.get()
-        run_id = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else "no-flow-run"
-        flow_name = flow_ctx.flow.name if flow_ctx and flow_ctx.flow else "unknown-flow"
+        label = self.config.label_task_runs
+        announce = label == "all" or resolved.declared
         try:
-            decision = run.decide_new(needs, submitted_at=submitted_at)
+            spec = session.submit(
+                task.name,
+                resolved.needs,
+                flow_run_id=str(flow_ctx.flow_run.id)
+                if flow_ctx and flow_ctx.flow_run
+                else "no-flow-run",
+                flow_name=flow_ctx.flow.name if flow_ctx and flow_ctx.flow else "unknown-flow",
+                announce=announce,
+                batch=_MAP_BATCH.get(),
+            )
         except NoFeasibleOffer as err:
             return super().submit(failing_copy(task, err), parameters, wait_for, dependencies)
-        batch = _MAP_BATCH.get() if needs.gpus else None
-        label = self._config["label_task_runs"]
-        # tasks that declared nothing "run as before": no tag, event or log line; a ledger row
-        announce = label == "all" or resolved.declared
-        placed = PlacedTask(
-            run,
-            task.name,
-            needs,
-            decision,
-            submitted_at,
-            run_id,
-            flow_name,
-            batch=batch,
-            announce=announce,
-        )
         remote = copy.copy(task)
-        remote.fn = placed.wrap(task.fn, is_async=task.isasync)
-        if decision.offer.option is PurchaseOption.SPOT and run.spot_retries:
-            remote.retries = task.retries + run.spot_retries
+        remote.fn = wrap_body(session, spec, task.fn, is_async=task.isasync)
+        if spec.needs.spot_ok and session.spot_retries:
+            # any attempt of a spot-tolerant task may land on spot (a capacity fallback
+            # included), so each gets the spot retries; only SpotInterrupted uses them
+            remote.retries = task.retries + session.spot_retries
             remote.retry_condition_fn = spot_retry_condition(task.retry_condition_fn, task.retries)
         if label == "none" or not announce:
             return super().submit(remote, parameters, wait_for, dependencies)
-        with tags(decision.tag):
+        with tags(spec.decision.tag):
             return super().submit(remote, parameters, wait_for, dependencies)
 
 
@@ -281,15 +301,16 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
 _MAP_BATCH: ContextVar[MapBatch | None] = ContextVar("cloudsched_map_batch", default=None)
 
 
-def _label_mode(value: bool | str) -> str:
-    """``True``/``False`` are kept for old configurations: they mean "all"/"none"."""
-    if isinstance(value, bool):
-        return "all" if value else "none"
-    if value not in ("declared", "all", "none"):
-        raise ValueError(
-            f'label_task_runs must be "declared", "all" or "none" (or a bool), got {value!r}'
-        )
-    return value
+def _publish(session: Session, records: list[PlacementRecord]) -> None:
+    """Cost artifacts of each flow run this session served (only real, API-backed runs)."""
+    for run_id, flow_name in session.flow_names.items():
+        if visibility.is_run_id(run_id):
+            visibility.publish_cost_artifacts(
+                [r for r in records if r.flow_run_id == run_id],
+                flow_run_id=run_id,
+                flow_name=flow_name,
+                refusals=session.refusals,
+            )
 
 
 __all__ = ["CloudSchedTaskRunner", "resolve_policy"]

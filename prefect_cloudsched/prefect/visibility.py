@@ -31,6 +31,7 @@ from prefect_cloudsched.core.report import build_report, render_markdown
 EVENT_DECIDED = "cloudsched.placement.decided"
 EVENT_INTERRUPTED = "cloudsched.spot.interrupted"
 EVENT_BUDGET = "cloudsched.budget.exceeded"
+EVENT_ROWS_DEFERRED = "cloudsched.ledger.deferred"
 
 _logger = logging.getLogger("prefect_cloudsched.prefect.visibility")
 
@@ -256,3 +257,56 @@ def emit_budget_exceeded(
             "decision": decision.to_dict(),
         },
     )
+
+
+class PrefectObserver:
+    """The runtime's observer under Prefect: task-run log lines and ``cloudsched.*`` events."""
+
+    def log(self, message: str, level: str = "info") -> None:
+        from prefect_cloudsched.prefect.run_log import log
+
+        log(message, level=level)
+
+    def decided(self, decision: Decision, *, task: Any, attempt: int) -> None:
+        emit_decided(
+            decision,
+            task_name=task.task_name,
+            flow_run_id=task.flow_run_id,
+            task_run_id=task.task_run_id,
+            attempt=attempt,
+        )
+
+    def interrupted(
+        self, decision: Decision, *, task: Any, instance_id: str | None, wasted_usd: float
+    ) -> None:
+        emit_interrupted(
+            decision,
+            task_name=task.task_name,
+            flow_run_id=task.flow_run_id,
+            task_run_id=task.task_run_id,
+            instance_id=instance_id,
+            wasted_usd=wasted_usd,
+        )
+
+    def budget_exceeded(
+        self, overrun: Overrun, *, refused: bool, decision: Decision, task: Any
+    ) -> None:
+        emit_budget_exceeded(
+            overrun,
+            refused=refused,
+            decision=decision,
+            task_name=task.task_name,
+            flow_run_id=task.flow_run_id,
+            task_run_id=task.task_run_id,
+        )
+
+    def rows_deferred(self, count: int, detail: str) -> None:
+        message = f"{count} ledger row(s) could not be written now: {detail}"
+        self.log(message, "warning")
+        _logger.warning(message)
+        _emit(
+            EVENT_ROWS_DEFERRED,
+            {"prefect.resource.id": "cloudsched.ledger", "prefect.resource.name": "ledger"},
+            [],
+            {"rows": count, "detail": detail},
+        )

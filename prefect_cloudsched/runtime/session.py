@@ -1,46 +1,67 @@
-"""One flow run's scheduling context: catalog, policy, ledger writer, provisioners, executor.
+"""One flow run's session: the sole owner of its state, its ledger writer and its budget.
 
-Built when the runner starts (the engine enters a fresh duplicate per flow run) and closed when
-it exits: closing releases every instance the run still holds, flushes the ledger and stops
+The Prefect layer calls four things, in this order, and nothing else:
+
+1. :meth:`Session.submit` — at ``.submit()``/``.map()``: decide where the task runs.
+2. :meth:`Session.place` — when an attempt starts: admission (spot share, budget), start or
+   share an instance with capacity fallback, attach the executor, announce the placement
+   that really started → an :class:`~prefect_cloudsched.runtime.attempt.Attempt`.
+3. :meth:`Session.run` — the body, on the attempt's placement.
+4. :meth:`Session.finish` — check for a spot loss, release the instance and capacity,
+   write one ledger row; whatever fails on the way, the instance is released.
+
+:meth:`Session.close` releases whatever the run still holds, flushes the ledger and stops
 the executor, so nothing outlives the flow run.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-from prefect_cloudsched.adapters.execute.base import Executor, LocalExecutor
+from prefect_cloudsched.adapters.execute.base import Executor, Placement
 from prefect_cloudsched.adapters.ledger import BufferedWriter, Ledger
-from prefect_cloudsched.adapters.provision.base import Provisioner
-from prefect_cloudsched.core.budget import (
-    BudgetExceeded,
-    BudgetPolicy,
-    BudgetTracker,
-    month_start,
-    spend_windows,
-)
+from prefect_cloudsched.adapters.provision.base import InstanceHandle, Provisioner
+from prefect_cloudsched.core.budget import BudgetExceeded, BudgetPolicy, BudgetTracker
 from prefect_cloudsched.core.catalog import Catalog, PurchaseOption, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
-from prefect_cloudsched.core.policy import Decision, PlacementState, PolicyConfig, decide
+from prefect_cloudsched.core.policy import (
+    Decision,
+    PlacementState,
+    PolicyConfig,
+    cost_of,
+    decide,
+)
+from prefect_cloudsched.core.policy.admission import (
+    OfferUnavailable,
+    admit,
+    needs_for_attempt,
+    start_with_fallback,
+)
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
-from prefect_cloudsched.prefect import visibility
-from prefect_cloudsched.prefect.run_log import log
+from prefect_cloudsched.errors import CapacityError, DeadlineAtRisk, SpotInterrupted
+from prefect_cloudsched.runtime import build
+from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
+from prefect_cloudsched.runtime.budget_watch import BudgetWatch, open_budget
+from prefect_cloudsched.runtime.config import ReservedCapacity, SessionSettings
+from prefect_cloudsched.runtime.observer import LoggingObserver, RunObserver
+from prefect_cloudsched.runtime.recording import attempt_record, interruption_row
+from prefect_cloudsched.runtime.shared import MapBatch
 
-#: Decisions remembered per run for identical needs (see ``RunContext.decide_new``).
+#: Decisions remembered per run for identical needs (see ``Session.decide_new``).
 MEMO_SIZE = 1024
 #: Solver time limit of the online packing program (the first mapped task waits for it).
 PACK_TIME_LIMIT_S = 2.0
 
-if TYPE_CHECKING:
-    from prefect_cloudsched.prefect.placed_task import PlacedTask
+R = TypeVar("R")
 
 
-class RunContext:
-    """Everything one flow run's runner owns: ledger writer, state, provisioners, executor."""
+class Session:
+    """Everything one flow run owns: ledger writer, placement state, budget, instances."""
 
     def __init__(
         self,
@@ -50,11 +71,13 @@ class RunContext:
         ledger: Ledger,
         state: PlacementState,
         spot_retries: int,
-        provisioners: Mapping[str, Provisioner],
+        provisioners: dict[str, Provisioner],
         executor: Executor,
-        logger: Any,
+        observer: RunObserver | None = None,
         budget: BudgetTracker | None = None,
         default_slack: timedelta | None = None,
+        reserved: ReservedCapacity | None = None,
+        on_deadline_risk: str = "warn",
     ) -> None:
         self.catalog = catalog
         self.policy = policy
@@ -62,48 +85,71 @@ class RunContext:
         self.writer = BufferedWriter(ledger)
         self.state = state
         self.spot_retries = spot_retries
-        self.provisioners = dict(provisioners)
+        self.provisioners = provisioners
         self.executor = executor
-        self.logger = logger
-        self.records: list[PlacementRecord] = []
-        self.run_ids: set[str] = set()
-        self.flow_names: dict[str, str] = {}
+        self.observer = observer or LoggingObserver()
         self.budget = budget
         self.default_slack = default_slack
+        self.reserved = reserved or ReservedCapacity()
+        self.on_deadline_risk = on_deadline_risk
+        self.records: list[PlacementRecord] = []
+        self.flow_names: dict[str, str] = {}
         self.refusals: list[str] = []
         self._memo: dict[tuple[TaskNeeds, int], Decision] = {}
         self._lock = threading.Lock()
+        self._watch = BudgetWatch(budget, self._stop_over_budget) if budget else None
 
     @classmethod
-    def open(cls, config: Mapping[str, Any], logger: Any) -> RunContext:
-        policy, budget_policy, default_slack = _policy_parts(config["policy"])
-        ledger = _open_ledger(config["ledger"], config["ledger_url"])
-        provisioners = _provisioners(config["provisioners"], config["pools"], ledger.url)
-        reserved = dict(config["reserved"])
-        held = [_owned_reservations(provisioners, logger)]
-        if config["use_plan"]:
-            held.append(_plan_reservations(ledger))
-        for source in held:
-            for key, count in source.items():
-                reserved[key] = reserved.get(key, 0) + count
-        catalog = load_catalog(config["catalog_path"])
-        if config["live_prices"]:
-            catalog = _with_live_prices(catalog, provisioners, logger)
-        executor = make_executor(config["executor"], config["executor_options"])
-        context = cls(
+    def open(cls, settings: SessionSettings, observer: RunObserver | None = None) -> Session:
+        """Build a session from resolved settings; the executor starts last."""
+        observer = observer or LoggingObserver()
+        provisioners = dict(settings.provisioners)
+        if settings.execution == "accounting":
+            provisioners = {}  # accounting only: no instance is ever started
+        executor = build.make_executor(
+            settings.executor,
+            settings.executor_options,
+            provisioners=provisioners,
+            execution=settings.execution,
+        )
+        ledger = settings.ledger
+        reserved = build.reserved_capacity(
+            settings.reserved, provisioners, ledger, use_plan=settings.use_plan, observer=observer
+        )
+        catalog = load_catalog(settings.catalog_path)
+        if settings.live_prices:
+            catalog = build.with_live_prices(catalog, provisioners, observer)
+        session = cls(
             catalog=catalog,
-            policy=policy,
+            policy=settings.policy,
             ledger=ledger,
-            state=PlacementState(reserved_free=reserved),
-            spot_retries=config["spot_retries"],
+            state=PlacementState(reserved_free=dict(reserved.counts)),
+            spot_retries=settings.spot_retries,
             provisioners=provisioners,
             executor=executor,
-            logger=logger,
-            budget=_budget_tracker(budget_policy, ledger),
-            default_slack=default_slack,
+            observer=observer,
+            budget=open_budget(settings.budget, ledger),
+            default_slack=settings.default_slack,
+            reserved=reserved,
+            on_deadline_risk=settings.on_deadline_risk,
         )
         executor.start()  # last: nothing after it can fail and leak a cluster
-        return context
+        return session
+
+    # ------------------------------------------------------------------ deciding
+    def decide(
+        self, needs: TaskNeeds, *, submitted_at: datetime | None = None, any_spot_band: bool = False
+    ) -> Decision:
+        """``decide()`` in this run's current state (idle reservations, blocked offers)."""
+        policy = replace(self.policy, max_spot_band=None) if any_spot_band else self.policy
+        return decide(
+            needs,
+            self.catalog,
+            now=datetime.now(UTC),
+            submitted_at=submitted_at,
+            state=self.state,
+            config=policy,
+        )
 
     def decide_new(self, needs: TaskNeeds, *, submitted_at: datetime) -> Decision:
         """The decision for a fresh submission, reused for identical needs.
@@ -126,15 +172,32 @@ class RunContext:
             return cached
         return replace(cached, decided_at=submitted_at, deadline=needs.deadline_at(submitted_at))
 
-    def decide(self, needs: TaskNeeds, *, submitted_at: datetime) -> Decision:
-        return decide(
-            needs,
-            self.catalog,
-            now=datetime.now(UTC),
-            submitted_at=submitted_at,
-            state=self.state,
-            config=self.policy,
-        )
+    def with_default_deadline(self, needs: TaskNeeds) -> TaskNeeds:
+        """Give a task without a deadline the policy's: its runtime plus the default slack."""
+        if self.default_slack is None or needs.deadline is not None:
+            return needs
+        return needs.merged({"deadline": needs.est_runtime + self.default_slack})
+
+    def submit(
+        self,
+        task_name: str,
+        needs: TaskNeeds,
+        *,
+        flow_run_id: str,
+        flow_name: str,
+        announce: bool,
+        batch: MapBatch | None = None,
+    ) -> TaskSpec:
+        """Decide where a submitted task runs (raises ``NoFeasibleOffer`` when nothing fits)."""
+        submitted_at = datetime.now(UTC)
+        needs = self.with_default_deadline(needs)
+        decision = self.decide_new(needs, submitted_at=submitted_at)
+        with self._lock:
+            self.flow_names[flow_run_id] = flow_name
+        spec = TaskSpec(task_name, needs, decision, submitted_at, flow_run_id, flow_name, announce)
+        if batch is not None and needs.gpus:
+            spec.batch, spec.batch_index = batch, batch.add(needs, submitted_at)
+        return spec
 
     def pack(self, tasks: Sequence[Any]) -> Any:
         """Pack a ``.map()``'s tasks onto instances (idle reserved capacity first)."""
@@ -147,279 +210,340 @@ class RunContext:
             config=self.policy,
             time_limit_s=PACK_TIME_LIMIT_S,
         )
-        self.logger.info(
-            "packing %d mapped tasks: %s, expected $%.4f vs $%.4f one instance each (%.2f s)",
-            len(tasks),
-            result.status,
-            result.cost,
-            result.alone_cost,
-            result.solve_seconds,
+        self.observer.log(
+            f"packing {len(tasks)} mapped tasks: {result.status}, expected "
+            f"${result.cost:.4f} vs ${result.alone_cost:.4f} one instance each "
+            f"({result.solve_seconds:.2f} s)"
         )
         return result
 
-    def with_default_deadline(self, needs: TaskNeeds) -> TaskNeeds:
-        """Give a task without a deadline the policy's: its runtime plus the default slack."""
-        if self.default_slack is None or needs.deadline is not None:
-            return needs
-        return needs.merged({"deadline": needs.est_runtime + self.default_slack})
+    @property
+    def packs_maps(self) -> bool:
+        """Maps are packed only without a budget (budgets are admitted per task)."""
+        return self.budget is None
 
-    def admit(
-        self, decision: Decision, needs: TaskNeeds, placed: PlacedTask, task_run_id: str
-    ) -> tuple[Decision, int | None]:
-        """Apply the spot share and the budget caps to a decision before it provisions.
-
-        Returns:
-            The decision to run (possibly on-demand instead of spot, or a cheaper fallback)
-            and the budget hold to settle when it ends.
+    # ------------------------------------------------------------------ one attempt
+    def place(self, spec: TaskSpec, *, task_run_id: str, attempt: int) -> Attempt:
+        """Admit, start (or share) and attach the placement of one attempt.
 
         Raises:
-            BudgetExceeded: a hard cap refuses it (the task fails with this message).
+            BudgetExceeded: a hard cap refuses the attempt.
+            DeadlineAtRisk: ``on_deadline_risk="fail"`` and the deadline cannot be met.
+            NoFeasibleOffer: every fallback offer failed to start.
+            SpotInterrupted: the instance was reclaimed before its worker joined.
         """
-        budget = self.budget
-        if budget is None:
-            return decision, None
-        spot_ok = budget.spot_allowed()
-        if decision.offer.option is PurchaseOption.SPOT and not spot_ok:
-            decision = self.decide(
-                needs.merged({"spot_ok": False}), submitted_at=placed.submitted_at
-            )
-            decision = replace(
-                decision,
-                reasons=(
-                    *decision.reasons,
-                    f"spot share cap {budget.policy.spot_max_share:.0%} reached: on-demand",
-                ),
-            )
-        hold, overruns = budget.admit(to_micro(decision.expected_cost))
-        if hold is None and budget.policy.fallback_cheapest:
-            relaxed = needs.merged(
-                {"deadline": None} if spot_ok else {"deadline": None, "spot_ok": False}
-            )
-            cheaper = decide(
-                relaxed,
-                self.catalog,
-                now=datetime.now(UTC),
-                state=self.state,
-                config=replace(self.policy, max_spot_band=None),
-            )
-            if cheaper.expected_cost < decision.expected_cost:
-                hold, fallback_overruns = budget.admit(to_micro(cheaper.expected_cost))
-                if hold is not None:
-                    overruns = fallback_overruns
-                    decision = replace(
-                        cheaper,
-                        reasons=(
-                            *cheaper.reasons,
-                            f"budget: cheapest fallback (deadline risk accepted) instead of "
-                            f"{decision.offer.describe()}",
-                        ),
-                    )
-        ids = dict(task_name=placed.task_name, flow_run_id=placed.run_id, task_run_id=task_run_id)
-        if hold is None:
-            error = BudgetExceeded(placed.task_name, overruns[0])
-            visibility.emit_budget_exceeded(overruns[0], refused=True, decision=decision, **ids)
-            with self._lock:
-                self.refusals.append(str(error))
-            raise error
-        for overrun in budget.first_report(overruns):
-            visibility.emit_budget_exceeded(overrun, refused=False, decision=decision, **ids)
-            log(f"{placed.task_name}: soft budget cap: {overrun.describe()}", level="warning")
-        budget.count_placement(spot=decision.offer.option is PurchaseOption.SPOT)
-        return decision, hold
+        needs = needs_for_attempt(spec.needs, attempt, self.spot_retries)
+        decision = spec.decision
+        if attempt > 1:
+            decision = self.decide(needs, submitted_at=spec.submitted_at)
+        self._check_deadline(spec, decision, task_run_id)
+        shared = spec.batch.instance_for(spec.batch_index) if spec.batch and attempt <= 1 else None
+        handle: InstanceHandle | None = None
+        hold: int | None = None
+        if shared is not None:
+            shared_decision = shared.decision_for(spec.decision)
+            try:
+                handle = shared.claim(lambda: self._start(shared_decision, spec))
+                decision = shared_decision
+            except OfferUnavailable:  # the shared instance could not start: go alone
+                shared = None
+        if shared is None:
+            decision, (handle, hold) = self._start_alone(decision, needs, spec, task_run_id)
+        placement = Placement(
+            decision, spec.flow_run_id, task_run_id, attempt, handle.instance_id if handle else None
+        )
+        started = Attempt(
+            spec, placement, handle, datetime.now(UTC), time.perf_counter(), hold, shared
+        )
+        try:
+            if spec.announce or attempt > 1 or handle is not None:
+                self.observer.log(f"{spec.task_name}: {decision.explanation()}")
+                self.observer.decided(decision, task=started, attempt=attempt)
+            if handle is not None:
+                self.executor.attach(handle, placement)
+        except BaseException as err:  # the instance is running: never leave it behind
+            lost = self._interrupted(handle)  # reclaimed before its worker joined?
+            self._end(started, lost or err, attached=False)
+            if lost is not None:
+                raise lost from err  # a spot loss: retried and re-placed like any other
+            raise
+        if self._watch is not None:
+            self._watch.add(started)
+        return started
 
-    def release_hold(self, hold: int | None) -> None:
-        """Drop a budget hold of a placement that never started."""
+    def run(self, attempt: Attempt, call: Callable[[], R]) -> R:
+        """Run the body on the attempt's placement."""
+        return self.executor.run(call, attempt.placement)
+
+    def finish(self, attempt: Attempt, error: BaseException | None) -> None:
+        """End an attempt: release what it held and record it.
+
+        Raises:
+            SpotInterrupted: the instance was reclaimed while the body ran (its result is
+                lost); the task is retried and re-placed.
+            BudgetExceeded: the attempt was stopped before it crossed a hard cap.
+        """
+        if self._watch is not None:
+            self._watch.remove(attempt)
+        stopped = attempt.stopped_by
+        if stopped is not None:
+            error = stopped
+        try:
+            if error is None:
+                self._check_instance(attempt)
+        except SpotInterrupted as lost:
+            error = lost
+            raise
+        finally:
+            self._end(attempt, error)
+        if stopped is not None:
+            raise stopped
+
+    def _start_alone(
+        self, decision: Decision, needs: TaskNeeds, spec: TaskSpec, task_run_id: str
+    ) -> tuple[Decision, tuple[InstanceHandle | None, int | None]]:
+        """Admit and start ``decision``, falling back to the next offer on capacity errors.
+
+        Returns:
+            The decision that really started (admission may have changed it), and its
+            instance (``None`` without a provisioner) with its budget hold.
+        """
+
+        def admit_and_start(
+            choice: Decision,
+        ) -> tuple[Decision, tuple[InstanceHandle | None, int | None]]:
+            admitted = self._admit(choice, needs, spec, task_run_id)
+            try:
+                return admitted.decision, (self._start(admitted.decision, spec), admitted.hold)
+            except BaseException:
+                self._release_hold(admitted.hold)
+                raise
+
+        return start_with_fallback(
+            decision,
+            needs,
+            admit_and_start,
+            lambda n: self.decide(n, submitted_at=spec.submitted_at),
+            what=spec.task_name,
+            blocked=lambda: sorted(self.state.blocked),
+        )
+
+    def _admit(self, decision: Decision, needs: TaskNeeds, spec: TaskSpec, task_run_id: str):
+        ids = _Ids(spec.task_name, spec.flow_run_id, task_run_id)
+        try:
+            admitted = admit(
+                decision,
+                needs,
+                self.budget,
+                lambda n, any_spot_band=False: self.decide(
+                    n, submitted_at=spec.submitted_at, any_spot_band=any_spot_band
+                ),
+                task_name=spec.task_name,
+            )
+        except BudgetExceeded as refused:
+            self.observer.budget_exceeded(
+                refused.overrun, refused=True, decision=decision, task=ids
+            )
+            with self._lock:
+                self.refusals.append(str(refused))
+            raise
+        for overrun in admitted.to_report:
+            self.observer.budget_exceeded(
+                overrun, refused=False, decision=admitted.decision, task=ids
+            )
+            self.observer.log(f"{spec.task_name}: soft budget cap: {overrun.describe()}", "warning")
+        return admitted
+
+    def _start(self, decision: Decision, spec: TaskSpec) -> InstanceHandle | None:
+        """Take reserved capacity and start an instance (``None``: accounting only).
+
+        Raises:
+            OfferUnavailable: the reservation is taken or the cloud has no capacity; the
+                offer is blocked for this run, so the next decision avoids it.
+        """
+        offer = decision.offer
+        reserved = offer.option is PurchaseOption.RESERVED
+        if reserved and not self.state.take_reserved(offer.capacity_key):
+            raise OfferUnavailable(offer.key)
+        provisioner = self.provisioners.get(offer.cloud)
+        if provisioner is None:
+            return None
+        run_id = spec.flow_run_id
+        try:
+            return provisioner.ensure(
+                offer,
+                run_id=run_id,
+                task_name=spec.task_name,
+                startup_script=self.executor.startup_script(offer, run_id),
+            )
+        except CapacityError as err:
+            if reserved:
+                self.state.release_reserved(offer.capacity_key)
+            self.state.block(offer.key, f"{err.code}")
+            self.observer.log(f"{spec.task_name}: {err}; falling back to the next offer", "warning")
+            raise OfferUnavailable(offer.key) from err
+
+    def _check_deadline(self, spec: TaskSpec, decision: Decision, task_run_id: str) -> None:
+        if not decision.deadline_at_risk:
+            return
+        message = (
+            f"{spec.task_name}: deadline at risk: {spec.needs.est_runtime} of work estimated "
+            f"and the deadline is {decision.deadline.isoformat() if decision.deadline else '?'}"
+        )
+        if self.on_deadline_risk == "fail":
+            raise DeadlineAtRisk(message + "; failed before start (on_deadline_risk='fail')")
+        self.observer.log(message + "; running on the fastest safe placement", "warning")
+
+    def _check_instance(self, attempt: Attempt) -> None:
+        handle = attempt.handle
+        provisioner = self.provisioners.get(handle.cloud) if handle else None
+        if handle is not None and provisioner is not None:
+            provisioner.check(handle)  # an interrupted instance loses the work
+
+    def _interrupted(self, handle: InstanceHandle | None) -> SpotInterrupted | None:
+        """The interruption that explains a failed attach, if the cloud reports one."""
+        provisioner = self.provisioners.get(handle.cloud) if handle else None
+        if handle is None or provisioner is None:
+            return None
+        try:
+            provisioner.check(handle)
+        except SpotInterrupted as err:
+            return err
+        except Exception:  # the check itself failed: keep the original error
+            return None
+        return None
+
+    def _release_hold(self, hold: int | None) -> None:
         if self.budget is not None:
             self.budget.release(hold)
 
-    def add(self, record: PlacementRecord, hold: int | None = None) -> None:
+    def _end(self, attempt: Attempt, error: BaseException | None, *, attached: bool = True) -> None:
+        """Release the instance and capacity, then record the attempt (never raises).
+
+        Bookkeeping errors are logged, never raised: an error here would replace the
+        body's own outcome (e.g. a ``SpotInterrupted`` that must be retried).
+        """
+        decision, handle = attempt.decision, attempt.handle
+        provisioner = self.provisioners.get(decision.offer.cloud) if handle else None
+        billed_s = attempt.billed_seconds(time.perf_counter())
+        cost, last = to_micro(cost_of(decision.offer, billed_s)), True
+        if attempt.shared is not None:  # the last member out releases the instance
+            cost, last = attempt.shared.leave(attempt.spec.needs, billed_s)
+        try:
+            if handle is not None and provisioner is not None and attached:
+                self.executor.detach(handle)
+        except Exception as err:
+            self.observer.log(
+                f"{attempt.task_name}: detaching the executor failed: {err}", "warning"
+            )
+        finally:
+            try:
+                if handle is not None and provisioner is not None and last and not attempt.released:
+                    provisioner.release(handle)
+            except Exception as err:  # the run's close() and the reaper are the backup
+                self.observer.log(
+                    f"{attempt.task_name}: could not release {handle.instance_id if handle else ''}"
+                    f": {err} (it is released when the run closes, or by `reap`)",
+                    "error",
+                )
+            if decision.offer.option is PurchaseOption.RESERVED and last:
+                self.state.release_reserved(decision.offer.capacity_key)
+            self._record(attempt, billed_s, error, cost)
+
+    def _record(
+        self, attempt: Attempt, runtime: float, error: BaseException | None, cost: int
+    ) -> None:
+        record = attempt_record(attempt, runtime, error, cost, self.reserved)
+        if isinstance(error, SpotInterrupted):
+            self.state.record_interruption(attempt.decision.offer.capacity_key)
+            self._record_interruption(attempt, error, cost)
+            self.observer.log(f"{attempt.task_name}: {error}; will re-place", "warning")
+            self.observer.interrupted(
+                attempt.decision,
+                task=attempt,
+                instance_id=attempt.placement.instance_id,
+                wasted_usd=cost / 1_000_000,
+            )
         with self._lock:
             self.records.append(record)
         if self.budget is not None:
-            self.budget.settle(hold, record.cost_micro)
+            self.budget.settle(attempt.hold, record.cost_micro)
         self.writer.put(record)
 
-    def publish(self, records: list[PlacementRecord]) -> None:
-        """Cost artifacts of each flow run this runner served (only real, API-backed runs)."""
-        for run_id, flow_name in self.flow_names.items():
-            if visibility.is_run_id(run_id):
-                visibility.publish_cost_artifacts(
-                    [r for r in records if r.flow_run_id == run_id],
-                    flow_run_id=run_id,
-                    flow_name=flow_name,
-                    refusals=self.refusals,
-                )
+    def _record_interruption(self, attempt: Attempt, error: SpotInterrupted, cost: int) -> None:
+        """The interruption's own row; a failed write is logged, never raised (it would
+        replace the ``SpotInterrupted`` that makes Prefect retry the task)."""
+        try:
+            self.ledger.record_interruption(**interruption_row(attempt, error, cost))
+        except Exception as err:
+            self.observer.log(
+                f"{attempt.task_name}: interruption row not written ({err}); the placement "
+                "row still records the interruption and its cost",
+                "error",
+            )
 
+    def _stop_over_budget(self, attempt: Attempt, refused: BudgetExceeded) -> None:
+        """The budget watch stops an attempt before its cost crosses a hard cap."""
+        attempt.stopped_by = refused
+        handle = attempt.handle
+        provisioner = self.provisioners.get(handle.cloud) if handle else None
+        if handle is not None and provisioner is not None and attempt.shared is None:
+            try:
+                provisioner.release(handle)
+                attempt.released = True
+            except Exception as err:
+                self.observer.log(f"{attempt.task_name}: release failed: {err}", "error")
+        self.observer.budget_exceeded(
+            refused.overrun, refused=True, decision=attempt.decision, task=attempt
+        )
+        self.observer.log(f"{refused}; stopped", "error")
+        with self._lock:
+            self.refusals.append(str(refused))
+
+    # ------------------------------------------------------------------ closing
     def close(self) -> list[PlacementRecord]:
         """Release every instance of this run, flush the ledger, stop the executor."""
         try:
+            if self._watch is not None:
+                self._watch.close()
             for provisioner in self.provisioners.values():
-                for run_id in self.run_ids:
-                    try:
-                        released = provisioner.release_run(run_id)
-                    except Exception as err:  # keep closing the others; the reaper is backup
-                        self.logger.error(
-                            "could not release %s instances of run %s: %s (run "
-                            "`prefect-cloudsched reap`)",
-                            provisioner.cloud,
-                            run_id,
-                            err,
-                        )
-                    else:
-                        if released:
-                            self.logger.info(
-                                "released %d leftover %s instance(s) of run %s",
-                                released,
-                                provisioner.cloud,
-                                run_id,
-                            )
+                for run_id in list(self.flow_names):
+                    self._release_run(provisioner, run_id)
         finally:
             self.executor.stop()
             self.writer.close()
-            for error in self.writer.errors:
-                self.logger.error(error)
+            for problem in self.writer.errors:
+                self.observer.log(problem, "error")
+            deferred = getattr(self.writer, "deferred", 0)
+            if deferred:
+                self.observer.rows_deferred(
+                    deferred, "kept in the local journal; replayed when the ledger is next opened"
+                )
         return list(self.records)
 
-
-def resolve_policy(policy: PolicyConfig | Any | str | None) -> PolicyConfig:
-    """Accept a ``PolicyConfig``, a ``CloudSchedPolicy`` block, or a saved block's name."""
-    if policy is None:
-        return PolicyConfig()
-    if isinstance(policy, PolicyConfig):
-        return policy
-    if isinstance(policy, str):
-        from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
-
-        policy = CloudSchedPolicy.load_named(policy)
-    to_config = getattr(policy, "to_policy_config", None)
-    if to_config is None:
-        raise TypeError(
-            f"policy must be a PolicyConfig, a CloudSchedPolicy or a block name; "
-            f"got {type(policy).__name__}"
-        )
-    return to_config()
-
-
-def _policy_parts(
-    spec: PolicyConfig | Any | str | None,
-) -> tuple[PolicyConfig, BudgetPolicy | None, timedelta | None]:
-    """Placement knobs, budget and default deadline slack of a policy (block loaded once)."""
-    if isinstance(spec, str):
-        from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
-
-        spec = CloudSchedPolicy.load_named(spec)
-    config = resolve_policy(spec)
-    to_budget = getattr(spec, "to_budget", None)
-    slack = getattr(spec, "default_deadline_slack", None)
-    return config, to_budget() if to_budget else None, slack() if slack else None
-
-
-def _open_ledger(block: str | Any | None, url: str | None) -> Ledger:
-    if block is None:
-        return Ledger(url)
-    if isinstance(block, str):
-        from prefect_cloudsched.prefect.blocks import CloudSchedLedger
-
-        block = CloudSchedLedger.load_named(block)
-    return block.get_ledger()
-
-
-def _provisioners(
-    explicit: Mapping[str, Provisioner], pools: Sequence[str | Any], ledger_url: str
-) -> dict[str, Provisioner]:
-    """Explicit provisioners plus one per pool block; two for one cloud is an error.
-
-    Pool provisioners record their instance rows in the run's ledger.
-    """
-    provisioners = dict(explicit)
-    if pools:
-        from prefect_cloudsched.prefect.blocks import load_pool
-
-        for spec in pools:
-            pool = load_pool(spec)
-            if pool.cloud in provisioners:
-                raise ValueError(
-                    f"two provisioners for {pool.cloud}: keep one pool per cloud "
-                    "(and no explicit provisioner for a cloud that has a pool)"
-                )
-            provisioners[pool.cloud] = pool.build_provisioner(ledger_url=ledger_url)
-    return provisioners
-
-
-def _budget_tracker(policy: BudgetPolicy | None, ledger: Ledger) -> BudgetTracker | None:
-    """This run's budget view; the ledger's day/month spend is read once, here."""
-    if policy is None or (not policy.caps_micro() and policy.spot_max_share >= 1):
-        return None
-    today = month = 0
-    if policy.needs_history:
-        now = datetime.now(UTC)
-        today, month = spend_windows(ledger.placements(since=month_start(now)), now)
-    return BudgetTracker(policy, spent_today_micro=today, spent_month_micro=month)
-
-
-def make_executor(spec: Executor | str | None, options: Mapping[str, Any]) -> Executor:
-    """The executor for one flow run: new for the string forms, the given one otherwise."""
-    if spec == "dask":
-        from prefect_cloudsched.adapters.execute.dask import DaskExecutor
-
-        return DaskExecutor(**options)
-    if options:
-        raise ValueError('executor_options apply only to executor="dask"')
-    if spec is None or spec == "local":
-        return LocalExecutor()
-    if isinstance(spec, str):
-        raise ValueError(f'executor must be "local", "dask" or an Executor, got {spec!r}')
-    return spec
-
-
-def _owned_reservations(provisioners: Mapping[str, Provisioner], logger: Any) -> dict[str, int]:
-    """Reservations / committed use the clouds (or the pool settings) say we own."""
-    owned: dict[str, int] = {}
-    for cloud, provisioner in provisioners.items():
-        read = getattr(provisioner, "owned_reservations", None)
-        if read is None:
-            continue
+    def _release_run(self, provisioner: Provisioner, run_id: str) -> None:
         try:
-            found = read()
-        except Exception as err:  # a planning aid, never a reason to fail the flow
-            logger.warning("could not read %s reservations (%s); assuming none", cloud, err)
-            continue
-        for key, count in found.items():
-            owned[key] = owned.get(key, 0) + int(count)
-    if owned:
-        logger.info("owned reservations used first: %s", owned)
-    return owned
+            released = provisioner.release_run(run_id)
+        except Exception as err:  # keep closing the others; the reaper is backup
+            self.observer.log(
+                f"could not release {provisioner.cloud} instances of run {run_id}: {err} "
+                "(run `prefect-cloudsched reap`)",
+                "error",
+            )
+            return
+        if released:
+            self.observer.log(
+                f"released {released} leftover {provisioner.cloud} instance(s) of run {run_id}"
+            )
 
 
-def _with_live_prices(
-    catalog: Catalog, provisioners: Mapping[str, Provisioner], logger: Any
-) -> Catalog:
-    """AWS spot prices re-read from ``describe_spot_price_history`` when it answers.
+class _Ids:
+    """Task identifiers for observer calls made before an attempt exists."""
 
-    Re-priced offers carry ``source="live:..."``, which every decision records; offers the
-    API did not price keep the snapshot's price and source.
-    """
-    aws = provisioners.get("aws")
-    if aws is None or not hasattr(aws, "spot_prices"):
-        return catalog
-    from prefect_cloudsched.adapters.provision.aws import LIVE_SOURCE, refresh_spot_prices
+    __slots__ = ("flow_run_id", "task_name", "task_run_id")
 
-    refreshed = refresh_spot_prices(catalog, aws)  # type: ignore[arg-type]
-    live = sum(o.source == LIVE_SOURCE for o in refreshed.offers)
-    logger.info("live AWS spot prices for %d offers; the rest from the snapshot", live)
-    return refreshed
+    def __init__(self, task_name: str, flow_run_id: str, task_run_id: str) -> None:
+        self.task_name, self.flow_run_id, self.task_run_id = task_name, flow_run_id, task_run_id
 
 
-def _plan_reservations(ledger: Ledger) -> dict[str, int]:
-    plan = ledger.latest_plan()
-    if not plan:
-        return {}
-    reserved: dict[str, int] = {}
-    for item in plan.get("reserved", []):
-        key, count = item.get("capacity_key"), int(item.get("count", 0))
-        if key and count > 0:
-            reserved[key] = reserved.get(key, 0) + count
-    return reserved
-
-
-__all__ = ["RunContext", "make_executor", "resolve_policy"]
+__all__ = ["BudgetPolicy", "Session"]

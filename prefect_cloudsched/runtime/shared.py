@@ -26,6 +26,7 @@ from typing import Any
 from prefect_cloudsched.core.catalog import Offer
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import Decision, cost_of
+from prefect_cloudsched.core.policy.admission import OfferUnavailable
 from prefect_cloudsched.core.records import to_micro
 
 #: Seconds a starting member waits for its ``.map()`` to finish submitting.
@@ -44,22 +45,28 @@ class SharedInstance:
         self.reason = reason
         self._lock = threading.Lock()
         self._claimed = False
+        self._failed = False
         self._handle: Any = None
         self._left = 0
         self._t0 = 0.0
         self._charged_micro = 0
 
     def claim(self, start: Callable[[], Any]) -> Any:
-        """The instance, started by the first member; ``False`` when it could not start.
+        """The instance, started by the first member that claims it.
 
-        A start that raises marks the instance failed for every member (they fall back to
-        their own placements) and re-raises for the member that tried.
+        Raises:
+            OfferUnavailable: the instance could not start (every member then falls back
+                to its own placement); a start that fails otherwise re-raises for the
+                member that tried and is ``OfferUnavailable`` for the others.
         """
         with self._lock:
             if not self._claimed:
-                self._claimed, self._handle = True, False
+                self._claimed, self._failed = True, True
                 self._handle = start()
+                self._failed = False
                 self._t0 = time.perf_counter()
+            if self._failed:
+                raise OfferUnavailable(self.offer.key)
             return self._handle
 
     def share(self, needs: TaskNeeds) -> float:

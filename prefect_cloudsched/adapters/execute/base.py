@@ -31,7 +31,14 @@ class Placement:
 
 @runtime_checkable
 class Executor(Protocol):
-    """Runs task bodies on their placements."""
+    """Runs task bodies on their placements.
+
+    ``runs_on_instance``: bodies run on the provisioned instances (Dask workers there).
+    An executor that runs them in this process must not be combined with provisioners:
+    the instance would be started and billed while the work happens here.
+    """
+
+    runs_on_instance: bool
 
     def start(self) -> None:
         """Acquire resources (clients, clusters). Called from the runner's ``__enter__``."""
@@ -58,6 +65,7 @@ class LocalExecutor:
     """Runs the body in the calling thread: the embedded default (accounting only)."""
 
     name = "local"
+    runs_on_instance = False
 
     def start(self) -> None:
         """Nothing to acquire."""

@@ -108,6 +108,7 @@ class DaskExecutor:
     """
 
     name = "dask"
+    runs_on_instance = True
 
     def __init__(
         self,

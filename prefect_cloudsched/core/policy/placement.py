@@ -132,6 +132,9 @@ class Decision:
     needs: TaskNeeds
     decided_at: datetime
     deadline: datetime | None
+    #: The deadline leaves less than the runtime estimate plus one change-over: even
+    #: on-demand may finish late (the runner can fail such a task before it starts).
+    deadline_at_risk: bool = False
 
     @property
     def tag(self) -> str:
@@ -180,6 +183,7 @@ class Decision:
                 "checkpointable": self.needs.checkpointable,
             },
             "deadline": self.deadline.isoformat() if self.deadline else None,
+            "deadline_at_risk": self.deadline_at_risk,
         }
 
 
@@ -331,7 +335,8 @@ def decide(
             + (f" ({'; '.join(reasons)})" if reasons else "")
             + "; relax the policy or the needs"
         )
-    if deadline is not None and deadline - now < needs.est_runtime + config.change_over:
+    at_risk = deadline is not None and deadline - now < needs.est_runtime + config.change_over
+    if at_risk:
         reasons.append(
             f"deadline at risk: {_fmt(deadline - now)} left for ~{_fmt(needs.est_runtime)} of work"
         )
@@ -376,6 +381,7 @@ def decide(
         needs=needs,
         decided_at=now,
         deadline=deadline,
+        deadline_at_risk=at_risk,
     )
 
 

@@ -1,0 +1,320 @@
+"""The combined forecaster: SARIMAX backbone plus ETS, Theta and the naive members.
+
+At one origin every member is fitted on the trailing window and forecasts ``horizon`` hours
+from the last ``config.combine_days`` in-window day boundaries (:mod:`.members`). The weights
+are inverse-squared-MAE weights over those days, pulled towards least-absolute-deviation
+stacked weights (``w >= 0, sum(w) = 1``, a linear programme) just as far as needed to be no
+worse than the best member on those days; the stacked weights themselves always are, because
+every single member is a feasible point. The intervals are split-conformal: the
+combination's in-window errors, scaled by the local volatility at their start, give per-step
+quantiles that are rescaled by the volatility at the window's end (so they widen after a
+level shift). See docs/forecast.md, "The combined forecaster".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from prefect_cloudsched.core.forecast.arima import interval_scale, sarimax_frame
+from prefect_cloudsched.core.forecast.baselines import interval_frame, lag_forecast
+from prefect_cloudsched.core.forecast.members import (
+    MemberFit,
+    baseline_members,
+    ets_member,
+    sarimax_member,
+    theta_member,
+    validation_starts,
+)
+from prefect_cloudsched.core.forecast.sarimax import (
+    ForecastConfig,
+    Selection,
+    _burn,
+    fit_sarimax,
+    refilter,
+    select_model,
+)
+from prefect_cloudsched.core.forecast.series import future_index
+from prefect_cloudsched.core.forecast.types import DAY, LEVELS, WEEK, Forecast
+from prefect_cloudsched.errors import InputError
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What a later origin may reuse: the SARIMAX choice and parameters, ETS parameters.
+
+    ``age`` is how many hours the window has moved since they were estimated.
+    """
+
+    selection: Selection | None
+    ets_params: dict[str, float] | None
+    age: int = 0
+    grid_age: int = 0
+    arima_scale: tuple[float, float] | None = None
+
+    def moved(self, hours: int) -> WarmStart:
+        """The same estimates, ``hours`` later."""
+        return replace(self, age=self.age + hours, grid_age=self.grid_age + hours)
+
+
+@dataclass(frozen=True)
+class CombinedFit:
+    """One origin: the combined forecast, every member's own frame, and the warm start."""
+
+    forecast: Forecast
+    member_frames: dict[str, pd.DataFrame]
+    weights: dict[str, float]
+    validation_mae: dict[str, float]
+    warm: WarmStart
+    arima_fallback: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def combined_window(
+    y: pd.Series,
+    horizon: int,
+    config: ForecastConfig,
+    warm: WarmStart | None = None,
+    progress: Callable[[str], None] | None = None,
+    arima_intervals: bool = False,
+) -> CombinedFit:
+    """Fit every member on the prepared window ``y`` and combine them (module docstring).
+
+    ``warm`` (from the previous origin) skips re-estimation while younger than
+    ``config.reselect_days`` days. ``arima_intervals`` also builds the pure ARIMA's own
+    recalibrated Gaussian intervals (the backtest scores them).
+
+    Raises:
+        InputError: fewer than two days plus the validation horizon of history.
+    """
+    check_horizon = min(horizon, WEEK)
+    values = y.interpolate(limit_direction="both").to_numpy(dtype=float)
+    starts = _starts(y, check_horizon, config)
+    clock = time.perf_counter()
+    fits = [*baseline_members(values, starts, horizon), theta_member(values, starts, horizon)]
+    ets_fit, ets_params = _ets(values, starts, horizon, warm, config)
+    fits.append(ets_fit)
+    seconds = {"baselines": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    selection, res, phase, how = _sarimax(y, horizon, config, warm, progress)
+    arima_frame, scale = None, None
+    if res is not None:
+        fits.insert(0, sarimax_member(res, selection.spec, y, starts, horizon, phase))
+        if arima_intervals:  # its own calibration, re-measured only when re-estimated
+            scale = warm.arima_scale if how == "refilter" else None
+            if scale is None:
+                scale = interval_scale(res, y, selection.spec, horizon, config.calibration_days)
+            arima_frame = sarimax_frame(res, y, selection.spec, horizon, scale, phase)
+    seconds["sarimax"] = time.perf_counter() - clock
+    fits = [f for f in fits if f.name in config.members]
+    actual = np.stack([y.to_numpy(dtype=float)[s : s + check_horizon] for s in starts])
+    frame, members, weights, maes = _combine(fits, actual, values, starts, y.index, config)
+    if arima_intervals:
+        members["arima"] = arima_frame if arima_frame is not None else lag_forecast(y, horizon, DAY)
+    label = " + ".join(
+        f"{w:.2f} {name}"
+        for name, w in sorted(weights.items(), key=lambda kv: -kv[1])
+        if w >= 0.005
+    )
+    forecast = Forecast(
+        frame, "combined", f"combined: {label}", selection.spec if selection else None,
+        selection.aic if selection else None, fit_seconds=sum(seconds.values()),
+        validation_mae=maes["combined"], weights=weights,
+        members={f.name: f.label for f in fits},
+    )  # fmt: skip
+    new_warm = _next_warm(warm, selection, ets_params, how, scale)
+    return CombinedFit(forecast, members, weights, maes, new_warm, res is None, seconds)
+
+
+def _starts(y: pd.Series, check_horizon: int, config: ForecastConfig) -> list[int]:
+    """In-window validation starts: a week in when the window allows, else two days in."""
+    n = len(y)
+    first = WEEK if n - check_horizon - WEEK >= 3 * DAY else 2 * DAY
+    starts = validation_starts(n, check_horizon, config.combine_days, first)
+    if int(y.notna().sum()) < 2 * DAY or len(starts) < 2:
+        raise InputError(
+            f"series has {n} hours; the combined forecast needs at least "
+            f"{3 * DAY + check_horizon} (three days plus the horizon, up to a week)"
+        )
+    return starts
+
+
+def _combine(fits, actual, values, starts, index, config):
+    """Weights from the members' paths, then the combined and the members' conformal frames.
+
+    Returns ``(frame, member_frames, weights, validation_maes)``.
+    """
+    horizon = len(fits[0].future)
+    paths = np.stack([f.paths[:, : actual.shape[1]] for f in fits])
+    weights = stack_weights(paths, actual, config.stack_shrink)
+    combined_paths = np.tensordot(weights, paths, axes=1)
+    scale_at_starts = [_local_scale(values, s) for s in starts]
+    scale_now = _local_scale(values, len(values))
+    future = future_index(index, horizon)
+
+    def frame_of(point: np.ndarray, residuals: np.ndarray) -> pd.DataFrame:
+        return conformal_frame(future, point, residuals, scale_at_starts, scale_now,
+                               config.conformal_pool)  # fmt: skip
+
+    point = np.tensordot(weights, np.stack([f.future for f in fits]), axes=1)
+    members = {f.name: frame_of(f.future, actual - p) for f, p in zip(fits, paths, strict=True)}
+    maes = {f.name: _mae(actual, p) for f, p in zip(fits, paths, strict=True)}
+    maes["combined"] = _mae(actual, combined_paths)
+    weight_map = {f.name: float(w) for f, w in zip(fits, weights, strict=True)}
+    return frame_of(point, actual - combined_paths), members, weight_map, maes
+
+
+def _sarimax(y, horizon, config, warm, progress):
+    """SARIMAX for this window: ``(selection, results, phase, how)``.
+
+    Re-filters the warm estimate while it is younger than ``reselect_days``; re-estimates the
+    warm spec from its parameters while the grid search is younger than ``regrid_days``;
+    otherwise searches the grid (:func:`select_model`).
+    """
+    if warm is not None and warm.selection is not None:
+        spec, params = warm.selection.spec, warm.selection.results.params
+        if warm.age < config.reselect_days * DAY:
+            res = refilter(y, spec, params, warm.age)
+            if res is not None:
+                return warm.selection, res, warm.age, "refilter"
+        if warm.grid_age < config.regrid_days * DAY:
+            res = fit_sarimax(y, spec, config.maxiter, config.ols_fourier, np.asarray(params))
+            if res is not None:
+                return Selection(spec, res, warm.selection.aic), res, 0, "refit"
+    if len(y) < 2 * DAY + max(_burn_of(config), 1):
+        return None, None, 0, "none"
+    selection = select_model(y, config, progress, min(horizon, DAY))
+    if selection is None:
+        return None, None, 0, "none"
+    return selection, selection.results, 0, "grid"
+
+
+def _burn_of(config: ForecastConfig) -> int:
+    from prefect_cloudsched.core.forecast.types import ModelSpec
+
+    return max(_burn(ModelSpec(o, s)) for o, s in config.orders)
+
+
+def _ets(values, starts, horizon, warm, config):
+    """ETS from the warm smoothing parameters while young enough, else estimated afresh."""
+    young = warm is not None and warm.age < config.reselect_days * DAY
+    params = warm.ets_params if young else None
+    try:
+        return ets_member(values, starts, horizon, params)
+    except (ValueError, np.linalg.LinAlgError):
+        paths = np.full((len(starts), horizon), np.nan)
+        return MemberFit("ets", paths, np.full(horizon, np.nan), "ETS failed"), None
+
+
+def _next_warm(warm, selection, ets_params, how, arima_scale) -> WarmStart:
+    """Keep ages while estimates were reused; restart the clocks that were re-estimated."""
+    if how == "refilter":
+        return replace(warm, arima_scale=arima_scale)
+    grid_age = warm.grid_age if how == "refit" and warm is not None else 0
+    return WarmStart(selection, ets_params, 0, grid_age, arima_scale)
+
+
+def stack_weights(paths: np.ndarray, actual: np.ndarray, shrink: float = 0.0) -> np.ndarray:
+    """Simplex weights minimising the MAE of ``sum_m w_m paths[m]`` against ``actual``.
+
+    Least-absolute-deviation stacking as a linear programme (HiGHS via scipy). With
+    ``shrink > 0`` the result is pulled up to that far (in steps of 0.1) towards
+    inverse-squared-MAE weights, as far as the blend stays no worse than the best single
+    member on validation: stacked weights alone overfit the few validation days and jump
+    between members from one day to the next. Members whose paths hold NaN get 0.
+    """
+    from scipy.optimize import linprog
+
+    m = paths.shape[0]
+    ok_member = np.isfinite(paths).reshape(m, -1).all(axis=1)
+    rows = np.isfinite(actual).reshape(-1)
+    design = paths.reshape(m, -1)[:, rows][ok_member].T  # (N, m_ok)
+    target = actual.reshape(-1)[rows]
+    k, count = design.shape[1], design.shape[0]
+    member_mae = np.abs(design - target[:, None]).mean(axis=0)
+    weights = np.zeros(k)
+    weights[int(np.argmin(member_mae))] = 1.0
+    if k > 1 and count:
+        # variables: w (k), e+ (N), e- (N); design @ w + e- - e+ = target
+        cost = np.concatenate([np.zeros(k), np.ones(2 * count)]) / count
+        a_eq = np.block(
+            [
+                [design, -np.eye(count), np.eye(count)],
+                [np.ones((1, k)), np.zeros((1, 2 * count))],
+            ]
+        )
+        b_eq = np.append(target, 1.0)
+        out = linprog(cost, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        if out.status == 0:
+            lp = np.clip(out.x[:k], 0, None)
+            lp /= lp.sum()
+            if np.abs(design @ lp - target).mean() <= member_mae.min() + 1e-12:
+                weights = lp
+        inverse = 1 / np.maximum(member_mae, 1e-12) ** 2
+        weights = _shrunk(weights, inverse / inverse.sum(), shrink, design, target)
+    full = np.zeros(m)
+    full[ok_member] = weights
+    return full
+
+
+def _shrunk(stacked, inverse, shrink, design, target) -> np.ndarray:
+    """The largest step (<= ``shrink``) from the stacked towards the inverse-error weights
+    whose validation MAE is still no worse than the best member's (the stacked one is)."""
+    bound = np.abs(design - target[:, None]).mean(axis=0).min()
+    for step in np.arange(round(shrink * 10), 0, -1) / 10:
+        blend = (1 - step) * stacked + step * inverse
+        if np.abs(design @ blend - target).mean() <= bound:
+            return blend
+    return stacked
+
+
+def conformal_frame(
+    index: pd.Index,
+    point: np.ndarray,
+    residuals: np.ndarray,
+    scale_at_starts: list[float],
+    scale_now: float,
+    pool: int = 2,
+) -> pd.DataFrame:
+    """Point forecast with split-conformal 80/95% intervals, clipped at 0.
+
+    ``residuals`` (starts x steps) are out-of-sample errors from in-window starts; divided by
+    the local volatility at their start they are exchangeable scores. Step ``h`` uses the
+    scores of steps ``h-pool..h+pool``, at the finite-sample level ``ceil((N+1)q)/N``; the
+    half-width is that quantile times the volatility now. Steps past the validated ones reuse
+    the last validated step's quantile.
+    """
+    scores = np.abs(residuals) / np.asarray(scale_at_starts, dtype=float)[:, None]
+    steps = scores.shape[1]
+    halves = {}
+    for level in LEVELS:
+        q = np.empty(steps)
+        for h in range(steps):
+            pooled = scores[:, max(0, h - pool) : h + pool + 1].reshape(-1)
+            pooled = pooled[np.isfinite(pooled)]
+            if len(pooled) == 0:
+                q[h] = np.nan
+                continue
+            rank = min(1.0, math.ceil((len(pooled) + 1) * level / 100) / len(pooled))
+            q[h] = np.quantile(pooled, rank, method="higher")
+        q = pd.Series(q).ffill().bfill().fillna(0.0).to_numpy()
+        extended = np.concatenate([q, np.full(max(0, len(point) - steps), q[-1])])[: len(point)]
+        halves[level] = extended * scale_now
+    return interval_frame(index, np.nan_to_num(point), halves[80], halves[95])
+
+
+def _local_scale(values: np.ndarray, end: int) -> float:
+    """Mean absolute hourly change over the day before ``end`` (floored for flat stretches)."""
+    recent = np.abs(np.diff(values[max(0, end - DAY - 1) : end]))
+    overall = np.abs(np.diff(values)).mean() if len(values) > 1 else 0.0
+    return float(max(recent.mean() if len(recent) else 0.0, 0.1 * overall, 1e-9))
+
+
+def _mae(actual: np.ndarray, predicted: np.ndarray) -> float:
+    err = np.abs(actual - predicted)
+    return float(np.nanmean(err)) if np.isfinite(err).any() else math.nan

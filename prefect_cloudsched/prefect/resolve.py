@@ -1,0 +1,104 @@
+"""Blocks → plain settings: the one place a runner configuration meets Prefect blocks.
+
+The runtime never loads a block; :func:`resolve_settings` does it here, once per flow run,
+and hands the runtime a :class:`~prefect_cloudsched.runtime.config.SessionSettings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from prefect_cloudsched.adapters.ledger import Ledger
+from prefect_cloudsched.adapters.provision.base import Provisioner
+from prefect_cloudsched.core.budget import BudgetPolicy
+from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.errors import InputError
+from prefect_cloudsched.runtime.config import RunnerConfig, SessionSettings
+
+
+def resolve_settings(config: RunnerConfig) -> SessionSettings:
+    """Load every block ``config`` names and return plain settings for one flow run."""
+    policy, budget, default_slack = policy_parts(config.policy)
+    ledger = open_ledger(config.ledger, config.ledger_url)
+    return SessionSettings(
+        policy=policy,
+        ledger=ledger,
+        catalog_path=config.catalog_path,
+        budget=budget,
+        default_slack=default_slack,
+        provisioners=provisioners_for(config.provisioners, config.pools, ledger.url),
+        executor=config.executor,
+        executor_options=config.executor_options,
+        reserved=config.reserved,
+        use_plan=config.use_plan,
+        live_prices=config.live_prices,
+        spot_retries=config.spot_retries,
+        on_deadline_risk=config.on_deadline_risk,
+        execution=config.execution,
+    )
+
+
+def resolve_policy(policy: PolicyConfig | Any | str | None) -> PolicyConfig:
+    """Accept a ``PolicyConfig``, a ``CloudSchedPolicy`` block, or a saved block's name."""
+    return policy_parts(policy)[0]
+
+
+def policy_parts(
+    spec: PolicyConfig | Any | str | None,
+) -> tuple[PolicyConfig, BudgetPolicy | None, timedelta | None]:
+    """Placement knobs, budget and default deadline slack of a policy (block loaded once)."""
+    if spec is None:
+        return PolicyConfig(), None, None
+    if isinstance(spec, PolicyConfig):
+        return spec, None, None
+    if isinstance(spec, str):
+        from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
+
+        spec = CloudSchedPolicy.load_named(spec)
+    to_config = getattr(spec, "to_policy_config", None)
+    if to_config is None:
+        raise InputError(
+            f"policy must be a PolicyConfig, a CloudSchedPolicy or a block name; "
+            f"got {type(spec).__name__}"
+        )
+    to_budget = getattr(spec, "to_budget", None)
+    slack = getattr(spec, "default_deadline_slack", None)
+    return to_config(), to_budget() if to_budget else None, slack() if slack else None
+
+
+def open_ledger(block: str | Any | None, url: str | None) -> Ledger:
+    """The ledger of a ``CloudSchedLedger`` block (or its name), or of a URL."""
+    if block is None:
+        return Ledger(url)
+    if isinstance(block, str):
+        from prefect_cloudsched.prefect.blocks import CloudSchedLedger
+
+        block = CloudSchedLedger.load_named(block)
+    return block.get_ledger()
+
+
+def provisioners_for(
+    explicit: Mapping[str, Provisioner], pools: Sequence[str | Any], ledger_url: str | None
+) -> dict[str, Provisioner]:
+    """Explicit provisioners plus one per pool block; two for one cloud is an error.
+
+    Pool provisioners record their instance rows in the run's ledger.
+    """
+    provisioners = dict(explicit)
+    if pools:
+        from prefect_cloudsched.prefect.blocks import load_pool
+
+        for spec in pools:
+            pool = load_pool(spec)
+            if pool.cloud in provisioners:
+                raise InputError(
+                    f"two provisioners for {pool.cloud}: keep one pool per cloud "
+                    "(and no explicit provisioner for a cloud that has a pool)"
+                )
+            provisioners[pool.cloud] = pool.build_provisioner(ledger_url=ledger_url)
+    return provisioners
+
+
+__all__ = ["open_ledger", "policy_parts", "provisioners_for", "resolve_policy", "resolve_settings"]

@@ -1,0 +1,82 @@
+"""What one finished attempt writes to the ledger: its placement row, and an interruption row.
+
+Kept apart from the session so the row's fields — the accounting model the report and the
+simulator share — are read in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect_cloudsched.core.policy import cost_of
+from prefect_cloudsched.core.records import PlacementRecord, to_micro
+from prefect_cloudsched.errors import SpotInterrupted
+from prefect_cloudsched.runtime.attempt import Attempt
+from prefect_cloudsched.runtime.config import ReservedCapacity
+
+
+def attempt_record(
+    attempt: Attempt,
+    runtime: float,
+    error: BaseException | None,
+    cost_micro: int,
+    reserved: ReservedCapacity,
+) -> PlacementRecord:
+    """The ledger row of one attempt.
+
+    An interrupted attempt's cost is wasted work: it is billed, and its on-demand baseline
+    is 0 (the baseline counts the work once, on the attempt that finished it).
+    """
+    decision, placement = attempt.decision, attempt.placement
+    offer = decision.offer
+    interrupted = isinstance(error, SpotInterrupted)
+    state = "interrupted" if interrupted else ("failed" if error else "completed")
+    details: dict[str, Any] = {**decision.to_dict(), "attempt": placement.attempt}
+    if offer.option.value == "reserved":
+        details["reserved_source"] = list(reserved.sources.get(offer.capacity_key, ()))
+    if attempt.stopped_by is not None:
+        details["stopped"] = str(attempt.stopped_by)
+    return PlacementRecord(
+        flow_run_id=attempt.flow_run_id,
+        flow_name=attempt.spec.flow_name,
+        task_run_id=placement.task_run_id,
+        task_name=attempt.task_name,
+        cloud=offer.cloud,
+        region=offer.region,
+        zone=offer.zone,
+        instance_type=offer.instance_type,
+        option=offer.option.value,
+        offer_key=offer.key,
+        gpu_type=offer.gpu_type,
+        gpus=offer.gpu_count,
+        price_micro_per_hour=to_micro(offer.usd_per_hour),
+        started_at=attempt.started_at,
+        ended_at=datetime.now(UTC),
+        runtime_s=runtime,
+        cost_micro=cost_micro,
+        baseline_micro=0 if interrupted else to_micro(cost_of(decision.baseline_offer, runtime)),
+        interruptions=int(interrupted),
+        wasted_micro=cost_micro if interrupted else 0,
+        state=state,
+        instance_id=placement.instance_id,
+        explanation=decision.explanation(),
+        decision_json=json.dumps(details),
+    )
+
+
+def interruption_row(attempt: Attempt, error: SpotInterrupted, cost_micro: int) -> dict[str, Any]:
+    """Keyword arguments of ``Ledger.record_interruption`` for a reclaimed attempt."""
+    return dict(
+        flow_run_id=attempt.flow_run_id,
+        task_run_id=attempt.task_run_id,
+        task_name=attempt.task_name,
+        offer_key=attempt.decision.offer.key,
+        instance_id=attempt.placement.instance_id,
+        wasted_micro=cost_micro,
+        detail=str(error),
+    )
+
+
+__all__ = ["attempt_record", "interruption_row"]

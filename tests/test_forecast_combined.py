@@ -1,0 +1,184 @@
+"""The combined forecaster: member paths, weights, conformal intervals, warm starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefect_cloudsched.core import forecast as fc
+from prefect_cloudsched.core.forecast import combined, members
+from prefect_cloudsched.errors import InputError
+
+FAST = {"transform": "none", "daily_fourier": 0, "weekly_fourier": 0}
+SMALL_GRID = (((1, 0, 0), (0, 0, 0, 0)), ((1, 0, 0), (0, 1, 1, 24)))
+
+
+def cyclic_ar_series(days: int, seed: int = 0, noise: float = 3.0) -> pd.Series:
+    """A daily cycle plus AR(1) noise around 100: every member has something to offer."""
+    rng = np.random.default_rng(seed)
+    hours = np.arange(days * 24)
+    ar = np.zeros(hours.size)
+    for t in range(1, hours.size):
+        ar[t] = 0.8 * ar[t - 1] + rng.normal(0, noise)
+    values = 100 + 15 * np.sin(2 * np.pi * hours / 24) + ar
+    return pd.Series(values, index=pd.RangeIndex(hours.size, name="hour"))
+
+
+# --------------------------------------------------------------------------- member paths
+
+
+def test_lag_paths_repeat_the_right_past_hours() -> None:
+    values = np.arange(100.0)
+    paths, future = members.lag_paths(values, [50, 74], 30, 24)
+    assert paths[0].tolist() == [*range(26, 50), *range(26, 32)]
+    assert future.tolist() == [*range(76, 100), *range(76, 82)]
+    naive, _ = members.lag_paths(values, [50], 3, None)
+    assert naive[0].tolist() == [49.0, 49.0, 49.0]
+
+
+def test_ets_paths_from_the_window_end_equal_statsmodels_forecast() -> None:
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    values = cyclic_ar_series(days=14).to_numpy()
+    fit, params = members.ets_member(values, [200, 224], 30)
+    res = ExponentialSmoothing(
+        values, trend="add", damped_trend=True, seasonal="add", seasonal_periods=24,
+        initialization_method="estimated",
+    ).fit()  # fmt: skip
+    np.testing.assert_allclose(fit.future, res.forecast(30), rtol=1e-6)
+    assert set(params) == {"smoothing_level", "smoothing_trend", "smoothing_seasonal",
+                           "damping_trend"}  # fmt: skip
+
+
+def test_theta_member_follows_the_daily_profile() -> None:
+    y = cyclic_ar_series(days=10, noise=0.5)
+    fit = members.theta_member(y.to_numpy(), [120], 24)
+    truth = 100 + 15 * np.sin(2 * np.pi * np.arange(240, 264) / 24)
+    assert np.abs(fit.future - truth).mean() < 5
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@pytest.mark.parametrize("shrink", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("seed", range(5))
+def test_weights_are_on_the_simplex_and_never_worse_than_the_best_member(
+    shrink: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    actual = rng.normal(100, 10, (6, 24))
+    paths = np.stack([actual + rng.normal(bias, sd, actual.shape)
+                      for bias, sd in ((0, 5), (3, 2), (-4, 8), (10, 1))])  # fmt: skip
+    weights = combined.stack_weights(paths, actual, shrink)
+    assert weights.min() >= 0 and weights.sum() == pytest.approx(1.0)
+    combined_mae = np.abs(np.tensordot(weights, paths, axes=1) - actual).mean()
+    best_member = min(np.abs(p - actual).mean() for p in paths)
+    assert combined_mae <= best_member + 1e-9
+    if shrink == 0.0:  # opposite biases cancel: stacking beats every member
+        assert combined_mae < 0.9 * best_member
+
+
+def test_a_member_without_paths_gets_no_weight() -> None:
+    actual = np.ones((3, 4))
+    paths = np.stack([actual + 1, np.full_like(actual, np.nan), actual - 0.5])
+    weights = combined.stack_weights(paths, actual)
+    assert weights[1] == 0 and weights.sum() == pytest.approx(1.0)
+
+
+def test_combined_fit_is_no_worse_than_each_member_on_its_validation_days() -> None:
+    y = cyclic_ar_series(days=21)
+    config = fc.ForecastConfig(orders=SMALL_GRID, **FAST)
+    fit = combined.combined_window(y, 24, config)
+    maes = dict(fit.validation_mae)
+    best = min(v for k, v in maes.items() if k != "combined")
+    assert maes["combined"] <= best + 1e-9
+    assert set(fit.weights) == set(config.members)
+    assert fit.forecast.method == "combined" and fit.forecast.weights == fit.weights
+
+
+# --------------------------------------------------------------------------- conformal
+
+
+def test_conformal_intervals_cover_what_they_claim_on_exchangeable_errors() -> None:
+    rng = np.random.default_rng(7)
+    residuals = rng.standard_t(df=5, size=(60, 24))  # heavy-tailed, scale 1 at every start
+    frame = combined.conformal_frame(pd.RangeIndex(24), np.full(24, 100.0), residuals,
+                                     [1.0] * 60, scale_now=1.0)  # fmt: skip
+    fresh = 100 + rng.standard_t(df=5, size=(4000, 24))
+    for level, lo, hi in ((80, "lo80", "hi80"), (95, "lo95", "hi95")):
+        inside = (fresh >= frame[lo].to_numpy()) & (fresh <= frame[hi].to_numpy())
+        assert abs(inside.mean() - level / 100) < 0.03
+
+
+def test_conformal_intervals_widen_with_the_volatility_now() -> None:
+    residuals = np.random.default_rng(1).normal(0, 1, (30, 6))
+    calm = combined.conformal_frame(pd.RangeIndex(10), np.full(10, 50.0), residuals,
+                                    [1.0] * 30, scale_now=1.0)  # fmt: skip
+    stormy = combined.conformal_frame(pd.RangeIndex(10), np.full(10, 50.0), residuals,
+                                      [1.0] * 30, scale_now=2.0)  # fmt: skip
+    np.testing.assert_allclose(stormy["hi80"] - 50, 2 * (calm["hi80"] - 50))
+    # steps past the validated six reuse the last validated step's width
+    assert calm["hi95"].iloc[9] == calm["hi95"].iloc[5]
+
+
+def test_combined_backtest_intervals_are_calibrated_on_a_synthetic_series() -> None:
+    config = fc.ForecastConfig(orders=SMALL_GRID, window=336, **FAST)
+    result = fc.backtest(cyclic_ar_series(days=36, seed=3), origins=14, config=config,
+                         models=["combined", "naive"])  # fmt: skip
+    score = result.score("combined")
+    assert 0.72 <= score.coverage80 <= 0.88, score
+    assert 0.89 <= score.coverage95 <= 0.99, score
+    assert score.mase < result.score("naive").mase
+    assert len(result.weights) == 14
+
+
+# --------------------------------------------------------------------------- warm starts
+
+
+def test_backtest_searches_the_grid_once_and_re_estimates_weekly(monkeypatch) -> None:
+    calls = {"grid": 0, "refit": 0}
+    real_select, real_fit = combined.select_model, combined.fit_sarimax
+
+    def counting_select(*args, **kwargs):
+        calls["grid"] += 1
+        return real_select(*args, **kwargs)
+
+    def counting_fit(*args, **kwargs):
+        calls["refit"] += 1
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(combined, "select_model", counting_select)
+    monkeypatch.setattr(combined, "fit_sarimax", counting_fit)
+    config = fc.ForecastConfig(orders=SMALL_GRID, window=240, **FAST)
+    fc.backtest(cyclic_ar_series(days=26), origins=15, config=config, models=["combined"])
+    assert calls == {"grid": 1, "refit": 2}  # origins 1 (grid), 8 and 15 (warm re-estimates)
+
+
+def test_fit_forecast_model_choice() -> None:
+    y = cyclic_ar_series(days=12)
+    config = fc.ForecastConfig(orders=SMALL_GRID, **FAST)
+    assert fc.fit_forecast(y, 6, config, model="combined").method == "combined"
+    assert fc.fit_forecast(y, 6, config).method == "sarimax"  # the library default is ARIMA
+    with pytest.raises(InputError, match="model 'prophet' is unknown; use combined or arima"):
+        fc.fit_forecast(y, 6, config, model="prophet")
+    with pytest.raises(InputError, match="members"):
+        fc.ForecastConfig(members=("arima", "prophet"))
+
+
+def test_refilter_keeps_the_weekly_fourier_phase_when_the_window_moves() -> None:
+    hours = np.arange(5 * 168)
+    rng = np.random.default_rng(2)
+    weekly = 100 + 30 * np.sin(2 * np.pi * hours / 168) + rng.normal(0, 1, hours.size)
+    y = pd.Series(weekly, index=pd.RangeIndex(hours.size))
+    spec = fc.ModelSpec((1, 0, 0), weekly=1)
+    first = fc.fit_sarimax(y.iloc[:672], spec)
+    moved = y.iloc[24:696]
+    from prefect_cloudsched.core.forecast.sarimax import refilter
+
+    right = refilter(moved, spec, first.params, phase=24)
+    wrong = refilter(moved, spec, first.params, phase=0)
+    # the moved window's one-step predictions match the original fit's on the shared hours
+    shared = np.asarray(first.fittedvalues)[200:672]
+    np.testing.assert_allclose(np.asarray(right.fittedvalues)[176:648], shared, atol=1e-6)
+    assert np.abs(np.asarray(wrong.fittedvalues)[176:648] - shared).mean() > 1.0
