@@ -1,18 +1,28 @@
-"""Fault suite: flows under injected cloud faults must finish, leak nothing and lose no rows.
+"""Fault suite: flows under injected faults must finish, leak nothing, lose no ledger row and
+never cross a hard cap. Every figure is measured; a scenario that fails is recorded as NO
+(with its error) and the suite goes on.
 
-Scenarios (each a real Prefect flow through ``CloudSchedTaskRunner`` and the real
+Cloud scenarios (real Prefect flows through ``CloudSchedTaskRunner`` and the real
 provisioners, against ``MockClouds``: moto EC2 server + fake GCE server, loopback only):
 
 - ``storm``: every spot instance is interrupted right after it starts, on both clouds.
 - ``capacity``: the first two offers the policy would choose are out of capacity.
 - ``throttle``: launches are throttled *after* EC2 started the instance (lost responses).
-- ``sigkill``: a flow process is killed with SIGKILL mid-run; ``reap`` must clean up.
+- ``sigkill``: a flow process is killed with SIGKILL mid-flow after some tasks completed; their
+  rows must be in the ledger, and ``reap`` must end the orphans and record what they cost.
 
-Each run reports faults injected, instances of ours still running at the end (target 0),
-ledger rows expected vs found (rows lost, target 0) and whether every task finished.
+Money scenarios (``bench/fault_money.py``): ``ledger_lock`` (another writer holds SQLite's
+write lock for 25 s), ``postgres_restart``, ``writers`` (8 processes × 150 tasks, one day
+cap), and two hooks that measure the runtime: ``runtime_overrun`` (hard per-run cap vs tasks
+that outrun their estimate) and ``shared_day_cap`` (four flow processes, one hard day cap).
 
-Run: ``.venv/bin/python bench/fault_suite.py [--runs N]`` → ``bench/results/fault_suite.{json,md}``.
-The tests in ``tests/test_fault_suite.py`` run each scenario once.
+The cloud and hook scenarios run on each ledger backend (SQLite and a real PostgreSQL server
+started by ``scripts/postgres.sh``). Each run reports tasks finished, faults injected,
+instances of ours still running (target 0), ledger rows expected vs found (rows lost, target
+0), max spend ÷ hard cap (target ≤ 1.00) and whether every deadline was met.
+
+Run: ``.venv/bin/python bench/fault_suite.py [--runs N] [--only a,b] [--backends sqlite]``
+→ ``bench/results/fault_suite.{json,md}``. ``tests/test_fault_suite.py`` runs each once.
 """
 
 from __future__ import annotations
@@ -24,22 +34,30 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEADLINE = timedelta(hours=3)
+#: Tasks estimate 1 s, replacement takes ~1 s: a 30 s deadline leaves room for two lost spot
+#: attempts and their re-placements, and is missed if recovery stalls.
+EST_RUNTIME = timedelta(seconds=1)
+DEADLINE = timedelta(seconds=30)
+CHANGE_OVER = timedelta(seconds=1)
 
 
 @dataclass
 class Outcome:
-    """One scenario run."""
+    """One scenario run; every number is measured during the run."""
 
     scenario: str
+    backend: str
     tasks: int
     tasks_ok: int
     faults_injected: int
@@ -47,9 +65,11 @@ class Outcome:
     instances_leaked: int
     rows_expected: int
     rows_found: int
-    deadlines_met: bool
+    deadlines_met: bool | None  # None: the scenario has no deadline to meet
     seconds: float
+    spend_over_cap: float | None = None  # max spend ÷ hard cap; None: no cap in play
     detail: str = ""
+    error: str = ""
 
     @property
     def rows_lost(self) -> int:
@@ -58,20 +78,38 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return (
-            self.tasks_ok == self.tasks
+            not self.error
+            and self.tasks_ok == self.tasks
             and self.instances_leaked == 0
             and self.rows_lost == 0
-            and self.deadlines_met
+            and self.deadlines_met is not False
+            and (self.spend_over_cap is None or self.spend_over_cap <= 1.0)
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rows_lost": self.rows_lost, "ok": self.ok}
 
-def _fresh_ledger(tmp: Path) -> str:
-    url = f"sqlite:///{tmp / f'ledger-{uuid.uuid4().hex[:8]}.db'}"
+
+def failed(scenario: str, backend: str, error: BaseException, seconds: float) -> Outcome:
+    """A scenario that raised: recorded as NO with its error, never skipped."""
+    line = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    return Outcome(scenario, backend, 1, 0, 0, 0, 0, 0, 0, None, seconds, error=line)
+
+
+# ---------------------------------------------------------------------- ledgers per backend
+def fresh_ledger(tmp: Path, backend: str) -> str:
+    """A new empty ledger on ``backend``, exported for the runner and the provisioners."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp / f'ledger-{uuid.uuid4().hex[:8]}.db'}"
+    else:
+        from prefect_cloudsched.testing.postgres import fresh_database, server_url
+
+        url = fresh_database(server_url(), prefix="fault")
     os.environ["PREFECT_CLOUDSCHED_LEDGER_URL"] = url
     return url
 
 
-def _runner(provisioners: dict[str, Any], **policy: Any) -> Any:
+def _runner(provisioners: dict[str, Any] | None, policy: Any = None, **config: Any) -> Any:
     from prefect_cloudsched import CloudSchedTaskRunner
     from prefect_cloudsched.core.policy import PolicyConfig
     from prefect_cloudsched.testing.executor import InstanceStandInExecutor
@@ -81,7 +119,7 @@ def _runner(provisioners: dict[str, Any], **policy: Any) -> Any:
         max_workers=4,
         provisioners=provisioners,
         executor=InstanceStandInExecutor(),
-        policy=PolicyConfig(**policy),
+        policy=policy or PolicyConfig(change_over=CHANGE_OVER, **config),
         spot_retries=2,
         label_task_runs=False,
     )
@@ -92,7 +130,7 @@ def _work_flow(runner: Any, tasks: int, *, spot_ok: bool) -> Any:
 
     from prefect_cloudsched import requires
 
-    @requires(gpus=1, est_runtime=timedelta(minutes=20), deadline=DEADLINE, spot_ok=spot_ok)
+    @requires(gpus=1, est_runtime=EST_RUNTIME, deadline=DEADLINE, spot_ok=spot_ok)
     @task
     def step(i: int) -> int:
         time.sleep(0.2)  # a GPU for 0.2 s costs whole micro-dollars: wasted spend shows
@@ -108,25 +146,35 @@ def _work_flow(runner: Any, tasks: int, *, spot_ok: bool) -> Any:
 def _rows(ledger_url: str) -> list[Any]:
     from prefect_cloudsched.adapters.ledger import Ledger
 
-    return Ledger(ledger_url).placements()
+    ledger = Ledger(ledger_url)
+    try:
+        return ledger.placements()
+    finally:
+        ledger.dispose()
 
 
-def _deadlines_met(rows: list[Any]) -> bool:
-    if not rows:
-        return False
-    return max(r.ended_at for r in rows) - min(r.started_at for r in rows) <= DEADLINE
+def _deadlines_met(rows: list[Any], submitted: datetime) -> bool:
+    """Every completed task ended within ``DEADLINE`` of the flow's submission."""
+    done = [r for r in rows if r.state == "completed"]
+    return bool(done) and max(r.ended_at for r in done) - submitted <= DEADLINE
 
 
-def storm(clouds: Any, tmp: Path, *, tasks: int = 4, interrupt: int = 10**6) -> Outcome:
+def _squares_ok(results: list[int]) -> int:
+    return sum(a == b for a, b in zip(results, [i * i for i in range(len(results))], strict=True))
+
+
+# ---------------------------------------------------------------------- cloud scenarios
+def storm(clouds: Any, tmp: Path, backend: str, *, tasks: int = 4, interrupt: int = 10**6):
     """Every spot instance (up to ``interrupt``) is reclaimed as soon as it starts."""
     from prefect_cloudsched.adapters.ledger import Ledger
 
     t0 = time.perf_counter()
     owner = f"storm-{uuid.uuid4().hex[:6]}"
-    ledger_url = _fresh_ledger(tmp)
+    ledger_url = fresh_ledger(tmp, backend)
     before = len(clouds.interrupted)
     clouds.interrupt_next_spot(count=interrupt)
     work = _work_flow(_runner(clouds.provisioners_for(owner)), tasks, spot_ok=True)
+    submitted = datetime.now(UTC)
     try:
         results = work()
     finally:
@@ -136,20 +184,21 @@ def storm(clouds: Any, tmp: Path, *, tasks: int = 4, interrupt: int = 10**6) -> 
     completed = [r for r in rows if r.state == "completed"]
     return Outcome(
         scenario="storm",
+        backend=backend,
         tasks=tasks,
-        tasks_ok=sum(a == b for a, b in zip(results, [i * i for i in range(tasks)], strict=True)),
+        tasks_ok=_squares_ok(results),
         faults_injected=interrupted,
         interruptions=len(Ledger(ledger_url).interruptions()),
         instances_leaked=len(clouds.running_instances(owner_id=owner)),
         rows_expected=interrupted + tasks,
         rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows),
+        deadlines_met=_deadlines_met(rows, submitted),
         seconds=time.perf_counter() - t0,
         detail=f"completed on: {sorted({r.option for r in completed})}",
     )
 
 
-def capacity(clouds: Any, tmp: Path, *, tasks: int = 3) -> Outcome:
+def capacity(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome:
     """The policy's first two choices are out of capacity; the runner falls back."""
     from prefect_cloudsched.core.catalog import load_catalog
     from prefect_cloudsched.core.needs import TaskNeeds
@@ -157,23 +206,19 @@ def capacity(clouds: Any, tmp: Path, *, tasks: int = 3) -> Outcome:
 
     t0 = time.perf_counter()
     owner = f"capacity-{uuid.uuid4().hex[:6]}"
-    ledger_url = _fresh_ledger(tmp)
+    ledger_url = fresh_ledger(tmp, backend)
     policy = dict(allowed_clouds=frozenset({"aws"}))
-    needs = TaskNeeds(gpus=1, est_runtime=timedelta(minutes=20), deadline=DEADLINE)
+    needs = TaskNeeds(gpus=1, est_runtime=EST_RUNTIME, deadline=DEADLINE)
     state, refused = PlacementState(), []
     for _ in range(2):
-        choice = decide(
-            needs,
-            load_catalog(),
-            now=datetime.now(UTC),
-            state=state,
-            config=PolicyConfig(**policy),
-        ).offer
-        refused.append(choice)
-        state.block(choice.key, "test")
+        config = PolicyConfig(change_over=CHANGE_OVER, **policy)
+        choice = decide(needs, load_catalog(), now=datetime.now(UTC), state=state, config=config)
+        refused.append(choice.offer)
+        state.block(choice.offer.key, "test")
     fired = clouds.moto.faults_fired
     for offer in refused:
         clouds.stockout(offer, count=10**6)
+    submitted = datetime.now(UTC)
     try:
         results = _work_flow(
             _runner(clouds.provisioners_for(owner), **policy), tasks, spot_ok=False
@@ -184,28 +229,28 @@ def capacity(clouds: Any, tmp: Path, *, tasks: int = 3) -> Outcome:
     dodged = all(r.offer_key not in {o.key for o in refused} for r in rows)
     return Outcome(
         scenario="capacity",
+        backend=backend,
         tasks=tasks,
-        tasks_ok=sum(a == b for a, b in zip(results, [i * i for i in range(tasks)], strict=True))
-        if dodged
-        else 0,
+        tasks_ok=_squares_ok(results) if dodged else 0,
         faults_injected=clouds.moto.faults_fired - fired,
         interruptions=0,
         instances_leaked=len(clouds.running_instances(owner_id=owner)),
         rows_expected=tasks,
         rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows),
+        deadlines_met=_deadlines_met(rows, submitted),
         seconds=time.perf_counter() - t0,
         detail=f"refused {[o.key for o in refused]}, ran on {sorted({r.offer_key for r in rows})}",
     )
 
 
-def throttle(clouds: Any, tmp: Path, *, tasks: int = 3) -> Outcome:
+def throttle(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome:
     """Launches answer RequestLimitExceeded after EC2 started the instance."""
     t0 = time.perf_counter()
     owner = f"throttle-{uuid.uuid4().hex[:6]}"
-    ledger_url = _fresh_ledger(tmp)
-    hits = clouds.moto.token_hits
+    ledger_url = fresh_ledger(tmp, backend)
+    fired, hits = clouds.moto.faults_fired, clouds.moto.token_hits
     clouds.throttle("aws", count=tasks * 2, after=True)
+    submitted = datetime.now(UTC)
     try:
         work = _work_flow(
             _runner(clouds.provisioners_for(owner), allowed_clouds=frozenset({"aws"})),
@@ -220,16 +265,18 @@ def throttle(clouds: Any, tmp: Path, *, tasks: int = 3) -> Outcome:
     duplicates = len(launched) - len({r.instance_id for r in rows})
     return Outcome(
         scenario="throttle",
+        backend=backend,
         tasks=tasks,
-        tasks_ok=sum(a == b for a, b in zip(results, [i * i for i in range(tasks)], strict=True)),
-        faults_injected=clouds.moto.token_hits - hits,
+        tasks_ok=_squares_ok(results),
+        faults_injected=clouds.moto.faults_fired - fired,
         interruptions=0,
         instances_leaked=len(clouds.running_instances(owner_id=owner)) + max(duplicates, 0),
         rows_expected=tasks,
         rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows),
+        deadlines_met=_deadlines_met(rows, submitted),
         seconds=time.perf_counter() - t0,
-        detail=f"instances launched {len(launched)} for {len(rows)} placements",
+        detail=f"instances launched {len(launched)} for {len(rows)} placements; "
+        f"{clouds.moto.token_hits - hits} retried launch(es) answered by idempotency token",
     )
 
 
@@ -257,13 +304,17 @@ _KILLED_FLOW = textwrap.dedent(
     from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner, GcpSettings
     from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
-    aws_url, gcp_url, project, owner = sys.argv[1:5]
+    aws_url, gcp_url, project, owner, quick_tasks = sys.argv[1:6]
     aws = AwsProvisioner(AwsSettings(regions=("us-east-1",), ami_per_region={"us-east-1": MOCK_AMI},
                                      endpoint_url=aws_url, owner_id=owner, heartbeat_seconds=0.3,
                                      poll_seconds=0.05, **DUMMY_KEYS))
     gcp = GcpProvisioner(GcpSettings(project=project, zones=("us-central1-a", "us-central1-b",
                                      "us-central1-c", "us-central1-f"), endpoint=gcp_url,
                                      owner_id=owner, heartbeat_seconds=0.3, poll_seconds=0.05))
+
+    @task
+    def quick(i: int) -> int:
+        return i
 
     @requires(gpus=1, gpu_type="A10G", est_runtime=timedelta(minutes=30))
     @task
@@ -280,6 +331,9 @@ _KILLED_FLOW = textwrap.dedent(
         executor=InstanceStandInExecutor(),
         policy=PolicyConfig(allowed_regions=frozenset({"us-east-1", "us-central1"}))))
     def doomed() -> None:
+        for future in quick.map(range(int(quick_tasks))):
+            future.result()
+            print("completed", flush=True)
         a, g = on_aws.submit(), on_gcp.submit()
         a.wait(); g.wait()
 
@@ -288,65 +342,197 @@ _KILLED_FLOW = textwrap.dedent(
 )
 
 
-def sigkill(clouds: Any, tmp: Path, *, ttl: float = 2.0, timeout: float = 120.0) -> Outcome:
-    """SIGKILL a flow process while its instances run; then ``reap`` must end them."""
+def sigkill(
+    clouds: Any, tmp: Path, backend: str, *, quick: int = 5, ttl: float = 2.0, timeout=300.0
+) -> Outcome:
+    """SIGKILL a flow process after ``quick`` tasks completed and while two instances run:
+    the completed tasks' rows must be in the ledger; ``reap`` ends the orphans and records
+    one row each."""
     from prefect.settings import PREFECT_API_URL
 
-    from prefect_cloudsched.adapters.provision.reaper import reap
+    from prefect_cloudsched.adapters.ledger import Ledger
+    from prefect_cloudsched.adapters.provision.reaper import ORPHANS_FLOW, reap
 
     t0 = time.perf_counter()
     owner = f"sigkill-{uuid.uuid4().hex[:6]}"
-    ledger_url = _fresh_ledger(tmp)
+    ledger_url = fresh_ledger(tmp, backend)
     env = {
         **os.environ,
         "PREFECT_API_URL": str(PREFECT_API_URL.value() or ""),
         "PREFECT_CLOUDSCHED_LEDGER_URL": ledger_url,
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
-    args = [clouds.aws_url, clouds.gcp_url, clouds.project, owner]
+    args = [clouds.aws_url, clouds.gcp_url, clouds.project, owner, str(quick)]
     process = subprocess.Popen(
         [sys.executable, "-c", _KILLED_FLOW, *args],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        text=True,
     )
-    deadline = time.monotonic() + timeout
-    try:
-        while len(clouds.running_instances(owner_id=owner)) < 2:
-            if process.poll() is not None or time.monotonic() > deadline:
-                error = process.stderr.read().decode()[-2000:] if process.stderr else ""
-                raise RuntimeError(f"the flow process never started both instances: {error}")
-            time.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
+    completed = _kill_when_running(process, clouds, owner, quick, timeout)
     orphans = len(clouds.running_instances(owner_id=owner))
     time.sleep(ttl + 1.5)  # the dead process's heartbeat goes stale
-    actions = reap(clouds.provisioners_for(owner).values(), heartbeat_ttl=ttl)
+    ledger = Ledger(ledger_url)
+    actions = reap(clouds.provisioners_for(owner).values(), heartbeat_ttl=ttl, ledger=ledger)
+    reaped = sum(a.done for a in actions)
+    rows = ledger.placements()
+    task_rows = [r for r in rows if r.flow_name != ORPHANS_FLOW and r.state == "completed"]
+    orphan_rows = [r for r in rows if r.flow_name == ORPHANS_FLOW]
+    ledger.dispose()
     return Outcome(
         scenario="sigkill",
-        tasks=0,
-        tasks_ok=0,
+        backend=backend,
+        tasks=quick,
+        tasks_ok=completed,
         faults_injected=1,
         interruptions=0,
         instances_leaked=len(clouds.running_instances(owner_id=owner)),
-        rows_expected=0,
-        rows_found=0,
-        deadlines_met=True,
+        rows_expected=completed + reaped,
+        rows_found=len(task_rows) + len(orphan_rows),
+        deadlines_met=None,
         seconds=time.perf_counter() - t0,
-        detail=f"{orphans} orphaned by the kill, {sum(a.done for a in actions)} reaped",
+        detail=f"{completed} tasks completed before the kill, {len(task_rows)} of their rows "
+        f"kept; {orphans} orphaned by the kill, {reaped} reaped, {len(orphan_rows)} orphan "
+        f"row(s) costing ${sum(r.cost_micro for r in orphan_rows) / 1e6:.6f}",
     )
 
 
-SCENARIOS = {"storm": storm, "capacity": capacity, "throttle": throttle, "sigkill": sigkill}
+def _kill_when_running(
+    process: subprocess.Popen, clouds: Any, owner: str, quick: int, timeout: float
+) -> int:
+    """Count the child's completed quick tasks; SIGKILL it once they all completed and only
+    the two long tasks' instances run."""
+    import selectors
+
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    provisioners = clouds.provisioners_for(owner).values()
+    completed, deadline = 0, time.monotonic() + timeout
+    try:
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()  # before reading its stderr: a live child never closes it
+                error = process.stderr.read()[-2000:] if process.stderr else ""
+                raise RuntimeError(
+                    f"the flow process never reached its long tasks ({completed} of {quick} "
+                    f"quick tasks completed): {error.strip().splitlines()[-1:]}"
+                )
+            for _ in selector.select(timeout=0.2):
+                # raw reads: a buffered readline() could hide a second line from select()
+                completed += os.read(process.stdout.fileno(), 65536).count(b"completed")
+            if completed < quick:
+                continue
+            owned = [i for p in provisioners for i in p.list_owned()]
+            if len(owned) == 2 and all(i.task_name.startswith("on_") for i in owned):
+                return completed
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+
+
+# ---------------------------------------------------------------------- the suite
+CLOUD_SCENARIOS: dict[str, Callable[..., Outcome]] = {
+    "storm": storm,
+    "capacity": capacity,
+    "throttle": throttle,
+    "sigkill": sigkill,
+}
+
+
+def scenarios() -> dict[str, tuple[Callable[..., Outcome], tuple[str, ...], bool]]:
+    """name → (function, backends it runs on, needs MockClouds)."""
+    import fault_money
+
+    both = ("sqlite", "postgresql")
+    table: dict[str, tuple[Callable[..., Outcome], tuple[str, ...], bool]] = {
+        name: (fn, both, True) for name, fn in CLOUD_SCENARIOS.items()
+    }
+    table.update(
+        {
+            "ledger_lock": (fault_money.ledger_lock, ("sqlite",), False),
+            "postgres_restart": (fault_money.postgres_restart, ("postgresql",), False),
+            "writers": (fault_money.writers, both, False),
+            "runtime_overrun": (fault_money.runtime_overrun, both, False),
+            "shared_day_cap": (fault_money.shared_day_cap, both, False),
+        }
+    )
+    return table
+
+
+def run_one(fn: Callable[..., Outcome], name: str, backend: str, *args: Any) -> Outcome:
+    """Run a scenario; an exception becomes a NO outcome carrying the error."""
+    t0 = time.perf_counter()
+    try:
+        return fn(*args, backend)
+    except Exception as err:  # recorded, never fatal: the suite goes on
+        traceback.print_exc()
+        return failed(name, backend, err, time.perf_counter() - t0)
+
+
+def summarise(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for outcome in outcomes:
+        key = f"{outcome.scenario}/{outcome.backend}"
+        summary.setdefault(key, {"runs": []})["runs"].append(outcome)
+    for key, entry in summary.items():
+        mine: list[Outcome] = entry.pop("runs")
+        ratios = [o.spend_over_cap for o in mine if o.spend_over_cap is not None]
+        deadlines = [o.deadlines_met for o in mine if o.deadlines_met is not None]
+        summary[key] = {
+            "runs": len(mine),
+            "all_ok": all(o.ok for o in mine),
+            "tasks": sum(o.tasks for o in mine),
+            "tasks_ok": sum(o.tasks_ok for o in mine),
+            "faults_injected": sum(o.faults_injected for o in mine),
+            "interruptions_recorded": sum(o.interruptions for o in mine),
+            "instances_leaked": sum(o.instances_leaked for o in mine),
+            "rows_expected": sum(o.rows_expected for o in mine),
+            "rows_lost": sum(o.rows_lost for o in mine),
+            "max_spend_over_cap": max(ratios) if ratios else None,
+            "deadlines_met": f"{sum(deadlines)}/{len(deadlines)}" if deadlines else "n/a",
+            "median_seconds": sorted(o.seconds for o in mine)[len(mine) // 2],
+            "errors": sorted({o.error for o in mine if o.error}),
+        }
+    return summary
+
+
+def render(summary: dict[str, dict[str, Any]], outcomes: list[Outcome]) -> str:
+    lines = [
+        "| scenario | ledger | runs | tasks ok | faults injected | interruptions recorded | "
+        "instances leaked (target 0) | rows lost (target 0) | max spend ÷ hard cap "
+        "(target ≤ 1.00) | deadlines met | median s | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, s in summary.items():
+        name, backend = key.split("/")
+        ratio = "n/a" if s["max_spend_over_cap"] is None else f"{s['max_spend_over_cap']:.2f}"
+        lines.append(
+            f"| {name} | {backend} | {s['runs']} | {s['tasks_ok']}/{s['tasks']} | "
+            f"{s['faults_injected']} | {s['interruptions_recorded']} | {s['instances_leaked']} | "
+            f"{s['rows_lost']} of {s['rows_expected']} | {ratio} | {s['deadlines_met']} | "
+            f"{s['median_seconds']:.1f} | {'YES' if s['all_ok'] else 'NO'} |"
+        )
+    seen: set[str] = set()
+    details = []
+    for o in outcomes:
+        key = f"{o.scenario}/{o.backend}"
+        if key not in seen:
+            seen.add(key)
+            details.append(f"- {key}: {o.error or o.detail}")
+    return "\n".join([*lines, "", "One run of each, in words:", *details, ""])
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every scenario ``--runs`` times (SIGKILL at most 3) and write the results."""
+    """Run every scenario ``--runs`` times on each backend and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args(argv)
 
     from _common import isolate, write
@@ -356,48 +542,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect_cloudsched.testing.clouds import MockClouds
 
+    wanted = {n for n in args.only.split(",") if n}
+    backends = {b for b in args.backends.split(",") if b}
     outcomes: list[Outcome] = []
     with (
         prefect_test_harness(server_startup_timeout=120),
         MockClouds(owner_id="fault-suite", heartbeat_seconds=0.5) as clouds,
     ):
-        for name, scenario in SCENARIOS.items():
-            runs = min(args.runs, 3) if name == "sigkill" else args.runs
-            for _ in range(runs):
-                outcomes.append(scenario(clouds, home))
-                print(outcomes[-1])
-    summary: dict[str, dict[str, Any]] = {}
-    for name in SCENARIOS:
-        mine = [o for o in outcomes if o.scenario == name]
-        summary[name] = {
-            "runs": len(mine),
-            "all_ok": all(o.ok for o in mine),
-            "tasks": sum(o.tasks for o in mine),
-            "tasks_ok": sum(o.tasks_ok for o in mine),
-            "faults_injected": sum(o.faults_injected for o in mine),
-            "interruptions_recorded": sum(o.interruptions for o in mine),
-            "instances_leaked": sum(o.instances_leaked for o in mine),
-            "rows_lost": sum(o.rows_lost for o in mine),
-            "median_seconds": sorted(o.seconds for o in mine)[len(mine) // 2],
-        }
-    lines = [
-        "| scenario | runs | tasks ok | faults injected | interruptions recorded | "
-        "instances leaked (target 0) | ledger rows lost (target 0) | median s | pass |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, s in summary.items():
-        tasks = f"{s['tasks_ok']}/{s['tasks']}" if s["tasks"] else "n/a"
-        lines.append(
-            f"| {name} | {s['runs']} | {tasks} | {s['faults_injected']} | "
-            f"{s['interruptions_recorded']} | {s['instances_leaked']} | {s['rows_lost']} | "
-            f"{s['median_seconds']:.1f} | {'yes' if s['all_ok'] else 'NO'} |"
-        )
-    details = [f"- {o.scenario}: {o.detail}" for o in outcomes[:: max(1, args.runs)]]
-    markdown = "\n".join([*lines, "", "Examples:", *details, ""])
+        for name, (fn, on, cloudy) in scenarios().items():
+            if wanted and name not in wanted:
+                continue
+            runs = min(args.runs, 2) if name in ("sigkill", "ledger_lock") else args.runs
+            for backend in (b for b in on if b in backends):
+                for _ in range(runs):
+                    extra = (clouds, home) if cloudy else (home,)
+                    outcomes.append(run_one(fn, name, backend, *extra))
+                    print(outcomes[-1], flush=True)
+    summary = summarise(outcomes)
     write(
         "fault_suite",
-        {"summary": summary, "runs": [{**asdict(o), "rows_lost": o.rows_lost} for o in outcomes]},
-        markdown,
+        {"summary": summary, "runs": [o.as_dict() for o in outcomes]},
+        render(summary, outcomes),
     )
     return 0 if all(s["all_ok"] for s in summary.values()) else 1
 

@@ -28,6 +28,9 @@ os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
+# Fixtures running one ledger test on SQLite and on a real PostgreSQL server.
+from ledger_backends import any_ledger_url, postgres_url  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:

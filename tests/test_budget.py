@@ -181,3 +181,63 @@ def test_caps_micro_lists_only_set_caps() -> None:
     assert BudgetPolicy(per_month_usd=12.5).caps_micro() == {MONTH_CAP: 12_500_000}
     assert not BudgetPolicy().needs_history
     assert BudgetPolicy(per_day_usd=1).needs_history
+
+
+# ---------------------------------------------------------------- hard means hard (issue 11, 3)
+def test_worst_case_hold_and_exact_cost_round_up() -> None:
+    from prefect_cloudsched.core.budget import cost_micro, worst_case_micro
+
+    assert cost_micro(3_600_000, 1.0) == 1_000 and cost_micro(1, 1.0) == 1  # never below a bill
+    assert cost_micro(98_320_000, 0) == 0
+    # 8xH100 at $98.32/h estimated at 1 s: the hold covers 2 s + a 0.5 s check interval
+    assert worst_case_micro(98_320_000, 1.0, check_interval_s=0.5) == cost_micro(98_320_000, 2.5)
+    with pytest.raises(ValueError, match="overrun_factor"):
+        worst_case_micro(1, 1.0, overrun_factor=0.5)
+
+
+def test_a_running_task_is_stopped_before_a_hard_cap_is_crossed() -> None:
+    """The $0.05 cap and 1 s-estimated, 3 s-running 8xH100 tasks of the issue: extending each
+    hold as the task accrues cost is refused before the cap would be crossed."""
+    from prefect_cloudsched.core.budget import cost_micro
+
+    price, cap = 98_320_000, to_micro(0.05)
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=0.05))
+    running: dict[int, float] = {}
+    for _ in range(8):
+        hold, _ = tracker.admit(cost_micro(price, 1.0))
+        if hold is not None:
+            running[hold] = 1.0
+    stopped = 0
+    for tick in (1.5, 2.0, 2.5, 3.0):  # the running check every 0.5 s
+        for hold in list(running):
+            if tracker.extend(hold, cost_micro(price, tick)):
+                tracker.settle(hold, cost_micro(price, running.pop(hold)))  # stopped here
+                stopped += 1
+            else:
+                running[hold] = tick
+    for hold, seconds in running.items():
+        tracker.settle(hold, cost_micro(price, seconds))
+    assert stopped > 0
+    assert tracker.spent_micro <= cap  # before: $0.138 spent, 2.77x the cap
+
+
+def test_headroom_under_a_soft_cap_can_go_negative() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0, hard=False))
+    hold, _ = tracker.admit(to_micro(0.9))
+    assert tracker.headroom_micro() == to_micro(0.1)
+    assert tracker.extend(hold, to_micro(1.2)) == []  # soft: raised anyway
+    assert tracker.in_flight_micro == to_micro(1.2)
+    assert tracker.headroom_micro() == to_micro(-0.2)
+
+
+def test_shared_windows_leave_day_and_month_to_the_ledger() -> None:
+    policy = BudgetPolicy(per_run_usd=1.0, per_day_usd=0.5, per_month_usd=2.0)
+    assert policy.window_caps_micro() == {DAY_CAP: to_micro(0.5), MONTH_CAP: to_micro(2.0)}
+    local = BudgetTracker(policy, spent_today_micro=to_micro(0.4))
+    assert local.admit(to_micro(0.2))[0] is None  # the day cap, checked in this process
+    shared = BudgetTracker(policy, spent_today_micro=to_micro(0.4), shared_windows=True)
+    hold, overruns = shared.admit(to_micro(0.2))
+    assert hold is not None and overruns == []
+    assert shared.headroom_micro() == to_micro(0.8)
+    day_only = BudgetTracker(BudgetPolicy(per_day_usd=1.0), shared_windows=True)
+    assert day_only.headroom_micro() is None

@@ -7,6 +7,7 @@ and ``release_run`` never touch what we did not start.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,10 +23,16 @@ from prefect_cloudsched.adapters.provision.aws import AwsProvisioner
 from prefect_cloudsched.adapters.provision.base import HEARTBEAT_TAG, OWNER_TAG
 from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner
 from prefect_cloudsched.adapters.provision.lifecycle import OwnedInstance
-from prefect_cloudsched.adapters.provision.reaper import reap, stale_reason
+from prefect_cloudsched.adapters.provision.reaper import (
+    ORPHANS_FLOW,
+    orphan_record,
+    reap,
+    stale_reason,
+)
 from prefect_cloudsched.cli import main
 from prefect_cloudsched.core.catalog import PurchaseOption, load_catalog
 from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.core.records import to_micro
 from prefect_cloudsched.testing.clouds import MockClouds
 from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
@@ -128,8 +135,21 @@ def test_stale_reason_rules() -> None:
     assert stale_reason(owned(None, launched_ago=10), now=now, heartbeat_ttl=60) is None
     assert "no heartbeat" in stale_reason(owned(None, launched_ago=600), now=now, heartbeat_ttl=60)
     assert "ledger" in stale_reason(owned(now), now=now, heartbeat_ttl=60, ended_ids={"i-1"})
-    with pytest.raises(ValueError, match="heartbeat_ttl"):
-        reap([], heartbeat_ttl=0)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="heartbeat_ttl"):
+            reap([], heartbeat_ttl=bad)
+
+
+def test_orphan_row_counts_from_launch_or_from_its_release() -> None:
+    ended = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    instance = replace(owned(None), launched_at=ended - timedelta(hours=1))
+    row = orphan_record(instance, ended_at=ended, usd_per_hour=1.5)
+    assert row.cost_micro == to_micro(1.5) and row.runtime_s == 3600
+    assert row.baseline_micro == row.wasted_micro == row.cost_micro  # waste, no savings claimed
+    assert "from launch" in row.explanation and row.flow_name == ORPHANS_FLOW
+    released = {"terminated_at": (ended - timedelta(minutes=30)).replace(tzinfo=None)}
+    late = orphan_record(instance, ended_at=ended, usd_per_hour=1.5, ledger_row=released)
+    assert late.cost_micro == to_micro(0.75) and "from its release" in late.explanation
 
 
 def test_reap_only_stale_instances_of_our_owner(clouds: MockClouds, tmp_path: Path) -> None:
@@ -167,6 +187,14 @@ def test_reap_only_stale_instances_of_our_owner(clouds: MockClouds, tmp_path: Pa
     assert {fresh_aws.instance_id, fresh_gcp.instance_id} <= live_ids(clouds, "owner-a")
     rows = {r["instance_id"]: r["state"] for r in Ledger(ledger_url).instances()}
     assert rows[dead_aws.instance_id] == rows[dead_gcp.instance_id] == "reaped"
+    orphans = {r.instance_id: r for r in Ledger(ledger_url).placements()}
+    assert set(orphans) == {dead_aws.instance_id, dead_gcp.instance_id}  # one row per orphan
+    for orphan in orphans.values():
+        assert orphan.state == "reaped" and orphan.flow_name == ORPHANS_FLOW
+        assert orphan.flow_run_id == "dead"
+        assert orphan.cost_micro > 0 and orphan.wasted_micro == orphan.cost_micro
+        price = load_catalog().find(orphan.offer_key).usd_per_hour
+        assert orphan.price_micro_per_hour == to_micro(price)
     aws.release_run("alive")
     gcp.release_run("alive")
     assert live_ids(clouds, "owner-a") == set()
@@ -220,6 +248,29 @@ def test_reap_cli(clouds: MockClouds, tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "2 terminated" in out
     assert live_ids(clouds, "owner-d") == set() and foreign in live_ids(clouds)
+    assert main(["report", "--ledger", ledger_url, "-f", "json"]) == 0
+    groups = {r["group"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert groups[ORPHANS_FLOW]["tasks"] == 2 and float(groups[ORPHANS_FLOW]["spend_usd"]) > 0
+
+
+def test_reap_scans_only_the_clouds_named(
+    clouds: MockClouds, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    from prefect_cloudsched.adapters.provision import factory
+
+    built: list[str] = []
+    real = factory.build_provisioner
+
+    def spy(settings, *args, **kwargs):
+        built.append(type(settings).__name__)
+        return real(settings, *args, **kwargs)
+
+    monkeypatch.setattr(factory, "build_provisioner", spy)
+    ledger_url = f"sqlite:///{tmp_path / 'l.db'}"
+    argv = ["reap", "--owner", "owner-f", "--mock", f"gcp={clouds.gcp_url}"]
+    assert main([*argv, "--ledger-url", ledger_url]) == 0
+    assert built == ["GcpSettings"]  # AWS is not named: not scanned, no credentials used
+    assert "0 terminated" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -227,6 +278,8 @@ def test_reap_cli(clouds: MockClouds, tmp_path: Path, capsys: pytest.CaptureFixt
     [
         (["--mock", "aws"], "--mock 'aws'"),
         (["--heartbeat-ttl", "0"], "--heartbeat-ttl"),
+        (["--heartbeat-ttl", "nan"], "--heartbeat-ttl must be a finite number"),
+        (["--heartbeat-ttl", "-5"], "--heartbeat-ttl -5"),
         (["--cloud", "gcp"], "--gcp-project is required"),
     ],
 )

@@ -8,104 +8,48 @@ through ``PREFECT_CLOUDSCHED_LEDGER_URL`` or the ``url`` argument — no code ch
 from __future__ import annotations
 
 import json
+import logging
 import os
-import queue
-import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from prefect_cloudsched.adapters.ledger_holds import HoldResult, SharedBudget
+from prefect_cloudsched.adapters.ledger_journal import (
+    Journal,
+    journal_path,
+    placement_from_json,
+    placement_to_json,
+)
+from prefect_cloudsched.adapters.ledger_schema import (
+    SCHEMA_VERSION,
+    add_missing_columns,
+    budget_holds,
+    instances,
+    interruptions,
+    journal_batches,
+    meta_table,
+    metadata,
+    placements,
+    plans,
+)
 from prefect_cloudsched.core.records import PlacementRecord
 from prefect_cloudsched.errors import LedgerError
 
-SCHEMA_VERSION = 1
+logger = logging.getLogger("prefect_cloudsched.ledger")
+
 HOME_ENV = "PREFECT_CLOUDSCHED_HOME"
 URL_ENV = "PREFECT_CLOUDSCHED_LEDGER_URL"
-
-metadata = sa.MetaData()
-
-meta_table = sa.Table(
-    "cloudsched_meta",
-    metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(255), nullable=False),
-)
-
-placements = sa.Table(
-    "placements",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("flow_run_id", sa.String(64), nullable=False, index=True),
-    sa.Column("flow_name", sa.String(255), nullable=False, index=True),
-    sa.Column("task_run_id", sa.String(64), nullable=False),
-    sa.Column("task_name", sa.String(255), nullable=False),
-    sa.Column("cloud", sa.String(16), nullable=False),
-    sa.Column("region", sa.String(64), nullable=False),
-    sa.Column("zone", sa.String(64)),
-    sa.Column("instance_type", sa.String(64), nullable=False),
-    sa.Column("option", sa.String(16), nullable=False),
-    sa.Column("offer_key", sa.String(160), nullable=False),
-    sa.Column("gpu_type", sa.String(32)),
-    sa.Column("gpus", sa.Integer, nullable=False),
-    sa.Column("price_micro_per_hour", sa.BigInteger, nullable=False),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("runtime_s", sa.Float, nullable=False),
-    sa.Column("cost_micro", sa.BigInteger, nullable=False),
-    sa.Column("baseline_micro", sa.BigInteger, nullable=False),
-    sa.Column("interruptions", sa.Integer, nullable=False, default=0),
-    sa.Column("wasted_micro", sa.BigInteger, nullable=False, default=0),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("instance_id", sa.String(128)),
-    sa.Column("explanation", sa.Text, nullable=False),
-    sa.Column("decision_json", sa.Text, nullable=False),
-)
-
-interruptions = sa.Table(
-    "interruptions",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("flow_run_id", sa.String(64), nullable=False, index=True),
-    sa.Column("task_run_id", sa.String(64), nullable=False),
-    sa.Column("task_name", sa.String(255), nullable=False),
-    sa.Column("offer_key", sa.String(160), nullable=False),
-    sa.Column("instance_id", sa.String(128)),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("wasted_micro", sa.BigInteger, nullable=False),
-    sa.Column("detail", sa.Text, nullable=False, default=""),
-)
-
-instances = sa.Table(
-    "instances",
-    metadata,
-    sa.Column("instance_id", sa.String(128), primary_key=True),
-    sa.Column("cloud", sa.String(16), nullable=False),
-    sa.Column("region", sa.String(64), nullable=False),
-    sa.Column("zone", sa.String(64)),
-    sa.Column("offer_key", sa.String(160), nullable=False),
-    sa.Column("owner_id", sa.String(128), nullable=False, index=True),
-    sa.Column("run_id", sa.String(64), nullable=False, index=True),
-    sa.Column("state", sa.String(32), nullable=False),
-    sa.Column("launched_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("terminated_at", sa.DateTime(timezone=True)),
-)
-
-plans = sa.Table(
-    "plans",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("status", sa.String(32), nullable=False),
-    sa.Column("expected_micro", sa.BigInteger, nullable=False),
-    sa.Column("ondemand_micro", sa.BigInteger, nullable=False),
-    sa.Column("plan_json", sa.Text, nullable=False),
-)
+#: Plan purchase states: a draft never changes a placement; a bought plan is capacity we hold.
+PLAN_DRAFT, PLAN_BOUGHT = "draft", "bought"
+#: How long one SQLite statement waits for another writer's lock before it fails.
+DEFAULT_BUSY_TIMEOUT_S = 10.0
 
 _PLACEMENT_FIELDS = tuple(f.name for f in fields(PlacementRecord) if f.name != "id")
 
@@ -143,10 +87,28 @@ def redact_url(url: str) -> str:
     return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
-class Ledger:
-    """Read and write the ledger. Thread-safe; one engine per ledger object."""
+class Ledger(SharedBudget):
+    """Read and write the ledger. Thread-safe; one engine per ledger object.
 
-    def __init__(self, url: str | None = None) -> None:
+    Budget holds shared by every process (``hold_budget``, ``extend_hold``, ``settle_hold``,
+    ``release_hold``, ``release_run_holds``, ``window_spend``) come from
+    :class:`~prefect_cloudsched.adapters.ledger_holds.SharedBudget`.
+
+    Args:
+        url: SQLAlchemy URL (default :func:`default_url`).
+        create: Create the database and its tables when missing (writers). ``False`` (the
+            report) refuses a database that does not exist or holds no ledger, creating
+            nothing, and leaves a pending journal for the next writer.
+        busy_timeout_s: How long one SQLite statement waits for another writer's lock.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        create: bool = True,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
         self.url = url or default_url()
         try:
             parsed = sa.engine.make_url(self.url)
@@ -155,41 +117,50 @@ class Ledger:
                 f"ledger URL {redact_url(self.url)!r} is not a database URL; "
                 "write e.g. sqlite:///path/ledger.db or postgresql+psycopg://user@host/db"
             ) from None
-        if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-            folder = Path(parsed.database).expanduser().parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise LedgerError(
-                    f"cannot create the ledger folder {folder}: {err.strerror}; set {HOME_ENV} "
-                    f"or {URL_ENV} to a writable place"
-                ) from None
+        self.is_sqlite = parsed.drivername.startswith("sqlite")
+        on_disk = self.is_sqlite and parsed.database not in (None, "", ":memory:")
+        if on_disk:
+            _prepare_sqlite_file(Path(str(parsed.database)).expanduser(), self.url, create)
+        self.journal = Journal(
+            journal_path(self.url, parsed.database, self.is_sqlite, default_home())
+        )
         try:
-            self.engine: Engine = sa.create_engine(self.url, future=True)
+            self.engine: Engine = sa.create_engine(self.url, future=True, pool_pre_ping=True)
         except ImportError as err:
             raise LedgerError(
                 f"ledger URL {redact_url(self.url)!r} needs the database driver "
                 f"{err.name!r}; install it (PostgreSQL: pip install 'prefect-cloudsched[postgres]')"
             ) from None
-        if parsed.drivername.startswith("sqlite"):
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._migrate()
+        if self.is_sqlite:
+            _sqlite_begin_on_demand(self.engine, busy_timeout_s)
+        self._migrate(create)
+        if create:
+            self._replay_quietly()
 
-    def _migrate(self) -> None:
+    def _migrate(self, create: bool) -> None:
         try:
             with self.engine.begin() as conn:
+                if not create and not sa.inspect(conn).has_table(placements.name):
+                    raise LedgerError(
+                        f"{redact_url(self.url)} holds no prefect-cloudsched ledger; "
+                        "check --ledger or run a flow first"
+                    )
                 metadata.create_all(conn)
                 found = conn.execute(
                     sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
                 ).scalar()
-                if found is None:
-                    conn.execute(
-                        meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
-                    )
-                elif int(found) > SCHEMA_VERSION:
+                if found is not None and int(found) > SCHEMA_VERSION:
                     raise LedgerError(
                         f"ledger {redact_url(self.url)} has schema v{found}, newer than this "
                         f"package's v{SCHEMA_VERSION}; upgrade prefect-cloudsched"
+                    )
+                if found is None or int(found) < SCHEMA_VERSION:
+                    added = add_missing_columns(conn)
+                    if added:
+                        logger.info("ledger migrated to v%d: added %s", SCHEMA_VERSION, added)
+                    conn.execute(meta_table.delete().where(meta_table.c.key == "schema_version"))
+                    conn.execute(
+                        meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
                     )
         except sa.exc.SQLAlchemyError as err:
             raise LedgerError(
@@ -207,15 +178,75 @@ class Ledger:
                 ).scalar_one()
             )
 
+    @contextmanager
+    def locked(self) -> Iterator[Connection]:
+        """A transaction holding the database-wide write lock (budget holds use it).
+
+        SQLite: ``BEGIN IMMEDIATE`` (one writer at a time, readers continue under WAL).
+        PostgreSQL: a transaction-scoped advisory lock, released at commit or rollback.
+        """
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn.execution_options(cloudsched_immediate=True)
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+                yield conn
+
+    # ------------------------------------------------------------------ journal
+    def pending_journal_rows(self) -> int:
+        """Rows in the local journal that the database has not taken yet."""
+        return self.journal.pending_rows()
+
+    def replay_journal(self) -> int:
+        """Insert the journal's rows (each batch once, ever); returns how many rows."""
+        return self.journal.replay(self._apply_batches)
+
+    def _replay_quietly(self) -> None:
+        try:
+            replayed = self.replay_journal()
+        except Exception as err:  # the database is busy or down: keep the journal for later
+            logger.warning(
+                "ledger journal %s not replayed yet (%s); it is kept", self.journal.path, err
+            )
+            return
+        if replayed:
+            logger.warning(
+                "ledger: %d deferred row(s) replayed from %s", replayed, self.journal.path
+            )
+
+    def _apply_batches(self, batches: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            done = set(conn.execute(sa.select(journal_batches.c.batch_id)).scalars())
+            for batch in batches:
+                if batch["batch"] in done:
+                    continue
+                if batch["kind"] == "placements":
+                    rows = [_placement_row(placement_from_json(r)) for r in batch["rows"]]
+                    conn.execute(placements.insert(), rows)
+                elif batch["kind"] == "interruptions":
+                    rows = [{**r, "at": datetime.fromisoformat(r["at"])} for r in batch["rows"]]
+                    conn.execute(interruptions.insert(), rows)
+                else:
+                    raise LedgerError(f"ledger journal batch of unknown kind {batch['kind']!r}")
+                conn.execute(
+                    journal_batches.insert().values(
+                        batch_id=batch["batch"], replayed_at=datetime.now(UTC)
+                    )
+                )
+
     # ------------------------------------------------------------------ placements
     def record(self, records: Sequence[PlacementRecord] | PlacementRecord) -> None:
         """Insert placement rows (one transaction)."""
         batch = [records] if isinstance(records, PlacementRecord) else list(records)
         if not batch:
             return
-        rows = [{name: getattr(r, name) for name in _PLACEMENT_FIELDS} for r in batch]
         with self.engine.begin() as conn:
-            conn.execute(placements.insert(), rows)
+            conn.execute(placements.insert(), [_placement_row(r) for r in batch])
+
+    def journal_placements(self, records: Sequence[PlacementRecord]) -> None:
+        """Append rows to the local journal (fsync) for the next open to insert."""
+        self.journal.append("placements", [placement_to_json(r) for r in records])
 
     def placements(
         self,
@@ -243,6 +274,7 @@ class Ledger:
                     **{k: row[k] for k in _PLACEMENT_FIELDS},
                     "started_at": _utc(row["started_at"]),
                     "ended_at": _utc(row["ended_at"]),
+                    "deadline_at_risk": bool(row["deadline_at_risk"]),
                 },
                 id=row["id"],
             )
@@ -317,8 +349,16 @@ class Ledger:
         ondemand_micro: int,
         plan: dict[str, Any],
         created_at: datetime | None = None,
+        purchase_status: str = PLAN_DRAFT,
     ) -> int:
-        """Store a capacity plan; returns its id."""
+        """Store a capacity plan (a draft unless said otherwise); returns its id.
+
+        ``status`` is the solver's (optimal, ...); ``purchase_status`` whether its
+        reservations were bought — only a bought plan is capacity placements may count on.
+        """
+        if purchase_status not in (PLAN_DRAFT, PLAN_BOUGHT):
+            raise ValueError(f"purchase_status must be draft or bought, got {purchase_status!r}")
+        now = created_at or datetime.now(UTC)
         with self.engine.begin() as conn:
             result = conn.execute(
                 plans.insert().values(
@@ -327,14 +367,36 @@ class Ledger:
                     expected_micro=expected_micro,
                     ondemand_micro=ondemand_micro,
                     plan_json=json.dumps(plan, default=str),
-                    created_at=created_at or datetime.now(UTC),
+                    created_at=now,
+                    purchase_status=purchase_status,
+                    bought_at=now if purchase_status == PLAN_BOUGHT else None,
                 )
             )
             return int(result.inserted_primary_key[0])
 
+    def mark_plan_bought(self, plan_id: int, *, at: datetime | None = None) -> None:
+        """Record that ``plan apply --yes`` bought this plan's reservations."""
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                plans.update()
+                .where(plans.c.id == plan_id)
+                .values(purchase_status=PLAN_BOUGHT, bought_at=at or datetime.now(UTC))
+            ).rowcount
+        if not updated:
+            raise LedgerError(f"the ledger has no plan {plan_id}; list them with: plan apply")
+
     def latest_plan(self) -> dict[str, Any] | None:
-        """The newest stored plan (its JSON plus id, name, status, created_at), if any."""
+        """The newest stored plan, draft or bought (``plan apply`` shows it)."""
+        return self._newest_plan(None)
+
+    def bought_plan(self) -> dict[str, Any] | None:
+        """The newest *bought* plan: the only plan whose reservations placements may use."""
+        return self._newest_plan(PLAN_BOUGHT)
+
+    def _newest_plan(self, purchase_status: str | None) -> dict[str, Any] | None:
         query = sa.select(plans).order_by(plans.c.created_at.desc(), plans.c.id.desc()).limit(1)
+        if purchase_status is not None:
+            query = query.where(plans.c.purchase_status == purchase_status)
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
         if row is None:
@@ -344,7 +406,9 @@ class Ledger:
             "id": row["id"],
             "name": row["name"],
             "status": row["status"],
+            "purchase_status": row["purchase_status"],
             "created_at": _utc(row["created_at"]),
+            "bought_at": _utc(row["bought_at"]),
         }
 
     def dispose(self) -> None:
@@ -352,72 +416,77 @@ class Ledger:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+#: Advisory lock id of the PostgreSQL budget transaction ("CLOUDSCH" as a 64-bit integer).
+_LOCK_KEY = int.from_bytes(b"CLOUDSCH", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-class BufferedWriter:
-    """Writes placement rows from a background thread in small batches.
+def _placement_row(record: PlacementRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in _PLACEMENT_FIELDS}
 
-    Keeps the ledger's insert off the task's hot path (the runner-overhead benchmark counts
-    every millisecond) while still flushing within ``interval`` seconds, so a killed process
-    loses at most that window. ``close()`` flushes everything.
+
+def _prepare_sqlite_file(path: Path, url: str, create: bool) -> None:
+    if not create:
+        if not path.is_file():
+            raise LedgerError(
+                f"no ledger at {redact_url(url)}: the file does not exist; check --ledger "
+                f"(default: {default_url()})"
+            )
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LedgerError(
+            f"cannot create the ledger folder {path.parent}: {err.strerror}; set {HOME_ENV} "
+            f"or {URL_ENV} to a writable place"
+        ) from None
+
+
+def _sqlite_begin_on_demand(engine: Engine, busy_timeout_s: float) -> None:
+    """WAL, a busy timeout, and transactions begun by us: ``BEGIN IMMEDIATE`` when asked.
+
+    pysqlite opens transactions lazily on its own; SQLAlchemy's documented recipe turns that
+    off and emits ``BEGIN`` itself, which is what lets :meth:`Ledger.locked` take the write
+    lock up front.
     """
 
-    def __init__(self, ledger: Ledger, interval: float = 0.25) -> None:
-        self._ledger = ledger
-        self._interval = interval
-        self._queue: queue.Queue[PlacementRecord | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="cloudsched-ledger", daemon=True)
-        self.errors: list[str] = []
-        self._thread.start()
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
 
-    def put(self, record: PlacementRecord) -> None:
-        """Queue one row."""
-        self._queue.put(record)
+    def on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("cloudsched_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-    def _drain(self, first: PlacementRecord | None) -> tuple[list[PlacementRecord], bool]:
-        batch, stop = ([first] if first is not None else []), first is None
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return batch, stop
-            if item is None:
-                stop = True
-            else:
-                batch.append(item)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=self._interval)
-            except queue.Empty:
-                continue
-            batch, stop = self._drain(first)
-            self._write(batch)
-            if stop:
-                return
-
-    def _write(self, batch: list[PlacementRecord]) -> None:
-        if not batch:
-            return
-        try:
-            self._ledger.record(batch)
-        except Exception as err:  # keep the flow running; report at close
-            self.errors.append(f"{len(batch)} ledger row(s) not written: {type(err).__name__}")
-
-    def close(self) -> None:
-        """Flush and stop the writer thread."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+    sa.event.listen(engine, "connect", on_connect)
+    sa.event.listen(engine, "begin", on_begin)
 
 
 def records_as_dicts(records: Iterable[PlacementRecord]) -> Iterator[dict[str, Any]]:
     """Rows as plain dicts (for JSON/CSV)."""
     for record in records:
         yield asdict(record)
+
+
+from prefect_cloudsched.adapters.ledger_writer import BufferedWriter  # noqa: E402
+
+__all__ = [
+    "PLAN_BOUGHT",
+    "PLAN_DRAFT",
+    "SCHEMA_VERSION",
+    "BufferedWriter",
+    "HoldResult",
+    "Ledger",
+    "budget_holds",
+    "default_home",
+    "default_url",
+    "instances",
+    "interruptions",
+    "meta_table",
+    "placements",
+    "plans",
+    "redact_url",
+]

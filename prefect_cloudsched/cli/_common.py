@@ -267,8 +267,12 @@ def require_extra(module: str, purpose: str) -> None:
     require(module, purpose)
 
 
-def open_ledger(url: str | None, flag: str = "--ledger") -> Any:
-    """The ledger at ``url``; a URL SQLAlchemy cannot parse is one line naming the option."""
+def open_ledger(url: str | None, flag: str = "--ledger", *, create: bool = True) -> Any:
+    """The ledger at ``url``; a URL SQLAlchemy cannot parse is one line naming the option.
+
+    ``create=False`` for commands that only read: a typo in the path must not make (and then
+    report on) an empty database.
+    """
     import sqlalchemy as sa
 
     from prefect_cloudsched.adapters.ledger import Ledger
@@ -282,7 +286,7 @@ def open_ledger(url: str | None, flag: str = "--ledger") -> Any:
                 f"{flag} {hide_password(url)!r}: {reason}; write e.g. sqlite:///path/ledger.db "
                 "or postgresql+psycopg://user@host:5432/db"
             ) from None
-    return Ledger(url)
+    return Ledger(url, create=create)
 
 
 _USERINFO = re.compile(r"://([^:/@\s]+):[^@\s]*@")

@@ -279,7 +279,10 @@ def _save(plan: CapacityPlan, name: str, ledger_url: str | None) -> int | None:
         ondemand_micro=to_micro(plan.ondemand_cost),
         plan=plan.to_dict(),
     )
-    _say(f"saved as plan {plan_id}")
+    _say(
+        f"saved as plan {plan_id}, a draft: no placement counts on it until "
+        f"`prefect-cloudsched plan apply --plan-id {plan_id} --yes` buys it"
+    )
     return plan_id
 
 
@@ -426,6 +429,11 @@ def apply(
     stored = _stored_plan(ledger, plan_id)
     if stored["status"] == "infeasible":
         raise InputError(f"plan {stored['id']} is infeasible; there is nothing to buy")
+    if yes and stored.get("purchase_status") == "bought":
+        raise InputError(
+            f"plan {stored['id']} was already bought; buying it again would double the "
+            "reservations (make a new plan with: prefect-cloudsched plan SERIES.csv --save)"
+        )
     items = purchase_items(
         stored, load_catalog(text_file(catalog_path, "--catalog") if catalog_path else None)
     )
@@ -466,6 +474,8 @@ def apply(
     for receipt in receipts:
         item = receipt.item
         _say(f"bought {item.count} x {item.capacity_key}: {receipt.reference} ({receipt.detail})")
+    ledger.mark_plan_bought(stored["id"])  # from now on placements count on this capacity
+    _say(f"plan {stored['id']} marked bought in the ledger")
 
 
 def _stored_plan(ledger: Any, plan_id: int | None) -> dict[str, Any]:
@@ -491,6 +501,7 @@ def _stored_plan(ledger: Any, plan_id: int | None) -> dict[str, Any]:
         "id": row["id"],
         "name": row["name"],
         "status": row["status"],
+        "purchase_status": row["purchase_status"],
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -83,8 +84,8 @@ def reap_command(
     * `prefect-cloudsched reap --pool gpu-pool --json`
     """
     output = resolve_format(output, as_json)
-    if heartbeat_ttl <= 0:
-        raise InputError("--heartbeat-ttl must be > 0 seconds")
+    if not math.isfinite(heartbeat_ttl) or heartbeat_ttl <= 0:
+        raise InputError(f"--heartbeat-ttl {heartbeat_ttl}: give a number of seconds > 0, e.g. 900")
     from prefect_cloudsched.adapters.provision.reaper import reap
 
     mocks = _parse_mocks(mock or [])
@@ -167,7 +168,7 @@ def _provisioners(
                 raise InputError(f"--pool {name!r}: {err}") from None
             chosen.append(build_provisioner(replace(settings, ledger_url=ledger_url)))
         return [p for p in chosen if clouds is None or p.cloud in clouds]
-    wanted = clouds or ({"aws", "gcp"} if gcp_project or "gcp" in mocks else {"aws"})
+    wanted = clouds or _named_clouds(mocks, gcp_project=gcp_project, regions=regions)
     found: list[Any] = []
     if "aws" in wanted:
         aws_regions = tuple(
@@ -206,6 +207,22 @@ def _provisioners(
             )
         )
     return found
+
+
+def _named_clouds(
+    mocks: dict[str, str], *, gcp_project: str | None, regions: list[str] | None
+) -> set[str]:
+    """The clouds the options name: ``--mock gcp=URL`` alone must not scan real AWS.
+
+    ``--mock`` names its cloud, ``--gcp-project`` names GCP, ``--region`` names AWS; with
+    none of them, AWS (its credentials come from the usual chain).
+    """
+    named = set(mocks)
+    if gcp_project:
+        named.add("gcp")
+    if regions:
+        named.add("aws")
+    return named or {"aws"}
 
 
 def _print(actions: list[Any], *, owner: str, dry_run: bool, output: OutputFormat) -> None:

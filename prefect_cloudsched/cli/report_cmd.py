@@ -116,7 +116,8 @@ def report(
             raise InputError(f"--plot {str(plot)!r} must name a .png file")
         require_extra("matplotlib", "report --plot")
         writable_path(plot, "--plot")
-    ledger = open_ledger(ledger_url)
+    ledger = open_ledger(ledger_url, create=False)  # a typo in --ledger creates nothing
+    pending = ledger.pending_journal_rows()
     records = ledger.placements(since=start, until=end)
     if flow is not None:
         records = [r for r in records if _same_flow(r.flow_name, flow)]
@@ -128,6 +129,14 @@ def report(
         from prefect_cloudsched.cli.report_plot import plot_daily_spend
 
         typer.echo(f"wrote {plot_daily_spend(records, plot)}", err=True)
+    notice = (
+        f"{pending} ledger row(s) are waiting in the journal {ledger.journal.path} (the "
+        "database refused them for a while); the next flow run on this ledger inserts them"
+        if pending
+        else ""
+    )
+    if notice and output is not ReportFormat.TABLE:
+        typer.echo(f"Note: {notice}", err=True)  # keep the machine-readable output clean
     if output is ReportFormat.JSON:
         typer.echo(render_json(result))
     elif output is ReportFormat.CSV:
@@ -151,6 +160,8 @@ def report(
                 f"Spent [bold]${result.total.spend:.6f}[/bold] vs ${result.total.baseline:.6f} "
                 f"on plain on-demand: saved {saved}; {result.total.interruptions} interruption(s)."
             )
+        if notice:
+            console.print(f"[yellow]Note: {notice}[/yellow]")
 
 
 def _same_flow(stored: str, wanted: str) -> bool:

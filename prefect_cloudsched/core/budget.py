@@ -8,11 +8,19 @@ with its expected cost held; when it ends, the hold is replaced by what it reall
 
 With a *hard* cap a placement that would cross it is refused (:class:`BudgetExceeded`);
 with a *soft* cap it is admitted and the crossing reported once per cap and run.
+
+Hard means hard even when a task outruns its estimate: admission holds the *worst case*
+(:func:`worst_case_micro`), and while the task runs its hold is raised to what it has
+accrued plus one check interval (:meth:`BudgetTracker.extend`); a raise the cap refuses means
+"stop the task now", before the cap is crossed. Day and month caps shared by several
+processes are held in the ledger database instead (``Ledger.hold_budget``); a tracker made
+with ``shared_windows=True`` then checks only the per-run cap.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,6 +69,10 @@ class BudgetPolicy:
         """The set caps by name, in micro-dollars."""
         caps = {RUN_CAP: self.per_run_usd, DAY_CAP: self.per_day_usd, MONTH_CAP: self.per_month_usd}
         return {name: to_micro(usd) for name, usd in caps.items() if usd is not None}
+
+    def window_caps_micro(self) -> dict[str, int]:
+        """The day and month caps (what ``Ledger.hold_budget`` enforces across processes)."""
+        return {k: v for k, v in self.caps_micro().items() if k in (DAY_CAP, MONTH_CAP)}
 
     @property
     def needs_history(self) -> bool:
@@ -138,6 +150,34 @@ def spend_windows(records: Iterable[PlacementRecord], now: datetime) -> tuple[in
     return day, month
 
 
+def cost_micro(price_micro_per_hour: int, seconds: float) -> int:
+    """What ``seconds`` at this hourly price cost, rounded *up* to a whole micro-dollar.
+
+    Rounding up keeps a hold at least as large as what the cloud bills for the same time.
+    """
+    if seconds <= 0:
+        return 0
+    return math.ceil(price_micro_per_hour * seconds / 3600)
+
+
+def worst_case_micro(
+    price_micro_per_hour: int,
+    est_runtime_s: float,
+    *,
+    overrun_factor: float = 2.0,
+    check_interval_s: float = 0.0,
+) -> int:
+    """The hold that admits a placement: its estimate stretched by ``overrun_factor``, plus
+    one budget-check interval (the time a running task may spend between two checks).
+
+    A task that outruns even that is stopped by the running check (:meth:`BudgetTracker.extend`)
+    before a hard cap is crossed; the factor only makes that rarer.
+    """
+    if overrun_factor < 1:
+        raise ValueError(f"overrun_factor must be >= 1, got {overrun_factor}")
+    return cost_micro(price_micro_per_hour, est_runtime_s * overrun_factor + check_interval_s)
+
+
 def month_start(now: datetime) -> datetime:
     """00:00 UTC on the first day of ``now``'s UTC month (the ledger query bound)."""
     now = now.astimezone(UTC)
@@ -151,13 +191,21 @@ class BudgetTracker:
         policy: The caps.
         spent_today_micro: Ledger spend of the current UTC day before this run.
         spent_month_micro: Ledger spend of the current UTC month before this run.
+        shared_windows: The day and month caps are enforced by the ledger database for all
+            processes (``Ledger.hold_budget``); this tracker checks only the per-run cap.
     """
 
     def __init__(
-        self, policy: BudgetPolicy, *, spent_today_micro: int = 0, spent_month_micro: int = 0
+        self,
+        policy: BudgetPolicy,
+        *,
+        spent_today_micro: int = 0,
+        spent_month_micro: int = 0,
+        shared_windows: bool = False,
     ) -> None:
         self.policy = policy
-        self._caps = policy.caps_micro()
+        caps = policy.caps_micro()
+        self._caps = {k: v for k, v in caps.items() if k == RUN_CAP} if shared_windows else caps
         self._before = {RUN_CAP: 0, DAY_CAP: spent_today_micro, MONTH_CAP: spent_month_micro}
         self._spent = 0
         self._holds: dict[int, int] = {}
@@ -228,6 +276,14 @@ class BudgetTracker:
         """What ``hold`` currently reserves (0 for no hold)."""
         with self._lock:
             return self._holds.get(hold, 0) if hold is not None else 0
+
+    def headroom_micro(self) -> int | None:
+        """What may still be committed before the tightest cap (``None``: no caps)."""
+        with self._lock:
+            committed = self._spent + sum(self._holds.values())
+            if not self._caps:
+                return None
+            return min(limit - self._before[cap] - committed for cap, limit in self._caps.items())
 
     def release(self, hold: int | None) -> None:
         """Drop a hold without spending (the placement never started)."""

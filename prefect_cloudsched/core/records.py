@@ -23,6 +23,15 @@ def to_usd(micro: int) -> Decimal:
     return Decimal(micro) / MICRO
 
 
+#: Where reserved capacity comes from: what the cloud reports we own (AWS reserved instances /
+#: capacity reservations, GCP commitments), what the user declared in a block or argument,
+#: or what ``plan apply --yes`` bought. A draft plan is none of these.
+RESERVATION_OWNED, RESERVATION_DECLARED, RESERVATION_BOUGHT_PLAN = "owned", "declared", "plan"
+RESERVATION_SOURCES = (RESERVATION_OWNED, RESERVATION_DECLARED, RESERVATION_BOUGHT_PLAN)
+#: ``state`` of a ledger row the reaper wrote for an orphaned instance it ended.
+REAPED_STATE = "reaped"
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementRecord:
     """One task placement as the ledger stores it (one row per task run attempt chain)."""
@@ -51,6 +60,12 @@ class PlacementRecord:
     instance_id: str | None = None
     explanation: str = ""
     decision_json: str = "{}"
+    #: Where reserved capacity came from (``RESERVATION_SOURCES``); ``None`` when not reserved.
+    reservation_source: str | None = None
+    #: The shared budget hold (ledger ``budget_holds``) this row settled, if any.
+    budget_hold_id: int | None = None
+    #: The decision knew the deadline could not be met when it placed the task.
+    deadline_at_risk: bool = False
     id: int | None = field(default=None, compare=False)
 
     @property

@@ -11,20 +11,31 @@ An instance is reaped when it carries *our* owner tag and either
 
 An instance without our owner tag is never listed, and each one is re-read right before
 it is terminated, so a tag changed meanwhile also saves it.
+
+Each instance it ends gets a ledger placement row (state ``reaped``, flow
+``(reaped orphans)``) with its spend from launch — or from the moment the ledger says it was
+released — to termination, so the report shows what orphans cost as a group of their own.
+The dead run's live budget holds are released: the row now carries the real spend.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prefect_cloudsched.adapters.provision.lifecycle import OwnedInstance
+from prefect_cloudsched.core.catalog import Catalog
+from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord
 
 #: Default: 15 heartbeats of the default 60 s interval could be missed before we act.
 DEFAULT_HEARTBEAT_TTL = 900.0
 _ENDED = frozenset({"terminated", "interrupted", "reaped"})
+#: The report's group for reaped orphans (``--group-by flow``, the default).
+ORPHANS_FLOW = "(reaped orphans)"
 
 
 class Reapable(Protocol):
@@ -88,6 +99,7 @@ def reap(
     ledger: Any | None = None,
     dry_run: bool = False,
     now: float | None = None,
+    catalog: Catalog | None = None,
 ) -> list[ReapAction]:
     """Terminate every stale instance of ours on these provisioners' clouds.
 
@@ -95,21 +107,19 @@ def reap(
         provisioners: One per cloud (their owner id decides what "ours" is).
         heartbeat_ttl: Seconds without a heartbeat after which an instance is stale.
         ledger: A :class:`~prefect_cloudsched.adapters.ledger.Ledger` whose ``instances`` rows
-            mark instances we already ended (optional).
+            mark instances we already ended, and where each reaped orphan's spend is recorded.
+        catalog: Prices for those rows (default: the bundled catalog).
         dry_run: Decide and report, terminate nothing.
         now: Epoch seconds (tests).
 
     Returns:
         One action per instance of ours found, stale or not.
     """
-    if heartbeat_ttl <= 0:
-        raise ValueError(f"heartbeat_ttl must be > 0 seconds, got {heartbeat_ttl}")
+    if not math.isfinite(heartbeat_ttl) or heartbeat_ttl <= 0:
+        raise ValueError(f"heartbeat_ttl must be a number of seconds > 0, got {heartbeat_ttl}")
     clock = time.time() if now is None else now
-    ended = (
-        {row["instance_id"] for row in ledger.instances() if row["state"] in _ENDED}
-        if ledger is not None
-        else set()
-    )
+    known = {row["instance_id"]: row for row in ledger.instances()} if ledger is not None else {}
+    ended = {iid for iid, row in known.items() if row["state"] in _ENDED}
     actions: list[ReapAction] = []
     for provisioner in provisioners:
         for instance in provisioner.list_owned():
@@ -121,4 +131,83 @@ def reap(
             if not dry_run and not done:
                 reason = f"{reason}; skipped: no longer ours"
             actions.append(ReapAction(instance, reason, reap=True, done=done))
+            if done and ledger is not None:
+                _record_orphan(ledger, instance, known.get(instance.instance_id), catalog)
     return actions
+
+
+def orphan_record(
+    instance: OwnedInstance,
+    *,
+    ended_at: datetime,
+    usd_per_hour: float | None,
+    ledger_row: Mapping[str, Any] | None = None,
+) -> PlacementRecord:
+    """The ledger row of an orphan the reaper ended: what it cost while nobody used it.
+
+    Spend runs from the moment the ledger says it was released (an instance that outlived
+    its release: the run's own row already paid up to there) or else from its launch. The
+    whole spend is waste; its baseline equals it, so it claims no savings.
+    """
+    from prefect_cloudsched.core.records import to_micro
+
+    released = _utc((ledger_row or {}).get("terminated_at"))
+    launched = _utc(instance.launched_at) or _utc((ledger_row or {}).get("launched_at"))
+    started = released or launched or ended_at
+    seconds = max(0.0, (ended_at - started).total_seconds())
+    price_micro = to_micro(usd_per_hour) if usd_per_hour is not None else 0
+    cost = to_micro(usd_per_hour * seconds / 3600) if usd_per_hour is not None else 0
+    location = instance.zone if instance.cloud == "gcp" else instance.region
+    offer_key = f"{instance.cloud}/{location}/{instance.instance_type}/{instance.option}"
+    since = "its release" if released else "launch" if launched else "now (launch unknown)"
+    price = "price unknown" if usd_per_hour is None else f"${usd_per_hour:.4f}/h"
+    return PlacementRecord(
+        flow_run_id=instance.run_id or "unknown",
+        flow_name=ORPHANS_FLOW,
+        task_run_id=instance.instance_id,
+        task_name=f"orphan of {instance.task_name or 'unknown task'}",
+        cloud=instance.cloud,
+        region=instance.region,
+        zone=instance.zone,
+        instance_type=instance.instance_type,
+        option=instance.option or ("spot" if instance.spot else "on-demand"),
+        offer_key=offer_key,
+        gpu_type=None,
+        gpus=0,
+        price_micro_per_hour=price_micro,
+        started_at=started,
+        ended_at=ended_at,
+        runtime_s=seconds,
+        cost_micro=cost,
+        baseline_micro=cost,
+        wasted_micro=cost,
+        state=REAPED_STATE,
+        instance_id=instance.instance_id,
+        explanation=f"reaped orphan: {seconds:.0f} s from {since} to termination at {price}",
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _record_orphan(
+    ledger: Any, instance: OwnedInstance, row: Mapping[str, Any] | None, catalog: Catalog | None
+) -> None:
+    from prefect_cloudsched.core.catalog import load_catalog
+
+    record = orphan_record(instance, ended_at=datetime.now(UTC), usd_per_hour=None, ledger_row=row)
+    try:
+        offer = (catalog or load_catalog()).find(record.offer_key)
+    except KeyError:
+        offer = None
+    if offer is not None:
+        priced = orphan_record(
+            instance, ended_at=record.ended_at, usd_per_hour=offer.usd_per_hour, ledger_row=row
+        )
+        record = replace(priced, gpu_type=offer.gpu_type, gpus=offer.gpu_count)
+    ledger.record([record])
+    if instance.run_id:
+        ledger.release_run_holds(instance.run_id)
