@@ -7,11 +7,11 @@ concurrency. Every figure is measured from the ledger and the flows' own states.
 - ``postgres_restart``: the PostgreSQL server restarts while a flow writes its rows.
 - ``writers``: 8 processes × 150 tasks at once hold, write and settle against one day cap in
   the ledger (``Ledger.hold_budget``): rows lost and spend ÷ cap.
-- ``runtime_overrun`` (runtime hook): a hard per-run cap of $0.05, eight 8×H100 tasks
-  estimated at 1 s that really run 3 s. Passes once the runtime holds the worst case and
-  stops a running task before the cap (the lead's runtime work); until then it records NO.
-- ``shared_day_cap`` (runtime hook): four flow processes started together under one hard day
-  cap. Passes once the runtime admits through ``Ledger.hold_budget``; until then NO.
+- ``runtime_overrun``: a hard per-run cap of $0.05, eight 8×H100 tasks
+  estimated at 1 s that really run 3 s (the runtime's budget watch stops a running task
+  before its cost crosses the cap).
+- ``shared_day_cap``: four flow processes started together under one hard day cap (the
+  runtime admits through ``Ledger.hold_budget`` and raises the hold while a task runs).
 """
 
 from __future__ import annotations

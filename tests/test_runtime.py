@@ -186,13 +186,27 @@ def test_never_both_refuses_local_bodies_next_to_provisioners() -> None:
 
 
 def test_a_draft_plan_is_never_treated_as_owned_reservations(tmp_path) -> None:
+    """Observation 1: a saved draft made every 1xA100 task "reserved" at $0."""
+    from prefect_cloudsched.runtime.observer import LoggingObserver
+
     ledger = Ledger(f"sqlite:///{tmp_path / 'p.db'}")
-    plan = {"reserved": [{"capacity_key": "aws/us-east-1/p4d.24xlarge", "count": 4}]}
-    ledger.record_plan(
+    key = "aws/us-east-1/p4d.24xlarge"
+    plan = {"reserved": [{"capacity_key": key, "count": 1}]}
+    plan_id = ledger.record_plan(
         name="draft", status="optimal", expected_micro=1, ondemand_micro=2, plan=plan
     )
-    assert build.bought_plan_reservations(ledger) == {}
-    ledger.record_plan(
-        name="bought", status="bought", expected_micro=1, ondemand_micro=2, plan=plan
+
+    def held():
+        return build.reserved_capacity({}, {}, ledger, use_plan=True, observer=LoggingObserver())
+
+    assert held().counts == {}
+    ledger.mark_plan_bought(plan_id)
+    assert held().counts == {key: 1}
+    session = _session(
+        tmp_path, ledger=ledger, reserved=held(), state=PlacementState(reserved_free={key: 1})
     )
-    assert build.bought_plan_reservations(ledger) == {"aws/us-east-1/p4d.24xlarge": 4}
+    _attempt(session, TaskNeeds(gpus=8, gpu_type="A100"), lambda: None)
+    [record] = session.close()
+    assert record.option == "reserved" and record.reservation_source == "plan"
+    [row] = ledger.placements()
+    assert row.reservation_source == "plan"

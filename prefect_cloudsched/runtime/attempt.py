@@ -50,6 +50,8 @@ class Attempt:
     #: ``perf_counter()`` when the instance was released early (billing ends there).
     stopped_at: float | None = None
     released: bool = False
+    #: Which reservation paid for a reserved placement (``RESERVATION_SOURCES``).
+    reservation_source: str | None = None
 
     def billed_seconds(self, now: float) -> float:
         """Instance time billed for this attempt: until now, or until it was stopped."""

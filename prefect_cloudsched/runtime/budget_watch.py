@@ -18,6 +18,7 @@ from prefect_cloudsched.core.budget import (
     BudgetExceeded,
     BudgetPolicy,
     BudgetTracker,
+    Overrun,
     month_start,
     spend_windows,
 )
@@ -30,14 +31,100 @@ LOOKAHEAD_TICKS = 4
 
 
 def open_budget(policy: BudgetPolicy | None, ledger: object) -> BudgetTracker | None:
-    """This run's budget view; the ledger's day/month spend is read once, here."""
+    """This run's budget view.
+
+    Day and month caps are shared by every process that writes to the ledger, so with a
+    ledger that holds budgets (``Ledger.hold_budget``) they are checked and held there, in
+    one locked transaction per admission; otherwise the day's spend is read once, here.
+    """
     if policy is None or (not policy.caps_micro() and policy.spot_max_share >= 1):
         return None
+    if policy.window_caps_micro() and hasattr(ledger, "hold_budget"):
+        return SharedWindowBudget(policy, ledger)
     today = month = 0
     if policy.needs_history:
         now = datetime.now(UTC)
         today, month = spend_windows(ledger.placements(since=month_start(now)), now)  # type: ignore[attr-defined]
     return BudgetTracker(policy, spent_today_micro=today, spent_month_micro=month)
+
+
+class SharedWindowBudget(BudgetTracker):
+    """The run cap in memory; the day and month caps held in the ledger for all processes.
+
+    Every admission also takes a ledger hold (refused when a hard cap would be crossed by
+    what every process has spent or holds); the watch raises it ahead of the spend, in
+    steps of half its size so a long task does not lock the database every tick.
+    """
+
+    def __init__(self, policy: BudgetPolicy, ledger: object) -> None:
+        super().__init__(policy, shared_windows=True)
+        self._ledger = ledger
+        self._windows = policy.window_caps_micro()
+        self._in_ledger: dict[int, tuple[int, int]] = {}  # our hold -> (ledger hold, amount)
+        self.run_id = ""
+
+    def admit(self, expected_micro: int) -> tuple[int | None, list[Overrun]]:
+        hold, overruns = super().admit(expected_micro)
+        if hold is None:
+            return None, overruns
+        try:
+            result = self._ledger.hold_budget(  # type: ignore[attr-defined]
+                self._windows, expected_micro, self.run_id or "unknown", hard=self.policy.hard
+            )
+        except BaseException:
+            super().release(hold)
+            raise
+        if result.refused:
+            super().release(hold)
+            return None, [*overruns, *result.overruns]
+        with self._lock:
+            self._in_ledger[hold] = (result.hold_id, expected_micro)
+        return hold, [*overruns, *result.overruns]
+
+    def extend(self, hold: int, amount_micro: int) -> list[Overrun]:
+        with self._lock:
+            entry = self._in_ledger.get(hold)
+        if entry is not None and amount_micro > entry[1]:
+            hold_id, held = entry
+            ahead = max(amount_micro, held + held // 2)
+            hard = self.policy.hard
+            overruns = self._ledger.extend_hold(hold_id, ahead, self._windows, hard=hard)  # type: ignore[attr-defined]
+            if overruns and hard and ahead > amount_micro:
+                ahead = amount_micro
+                overruns = self._ledger.extend_hold(hold_id, ahead, self._windows, hard=hard)  # type: ignore[attr-defined]
+            if overruns and hard:
+                return list(overruns)
+            with self._lock:
+                self._in_ledger[hold] = (hold_id, ahead)
+        return super().extend(hold, amount_micro)
+
+    def ledger_hold_id(self, hold: int | None) -> int | None:
+        """The ledger's id of ``hold`` (the placement row points at it)."""
+        with self._lock:
+            entry = self._in_ledger.get(hold) if hold is not None else None
+        return entry[0] if entry else None
+
+    def release(self, hold: int | None) -> None:
+        super().release(hold)
+        hold_id = self._pop(hold)
+        if hold_id is not None:
+            self._ledger.release_hold(hold_id)  # type: ignore[attr-defined]
+
+    def settle(self, hold: int | None, actual_micro: int) -> None:
+        super().settle(hold, actual_micro)
+        hold_id = self._pop(hold)
+        if hold_id is not None:
+            self._ledger.settle_hold(hold_id, actual_micro)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Release what this run still holds (the process is ending)."""
+        if self.run_id:
+            self._ledger.release_run_holds(self.run_id)  # type: ignore[attr-defined]
+
+    def _pop(self, hold: int | None) -> int | None:
+        with self._lock:
+            entry = self._in_ledger.pop(hold, None) if hold is not None else None
+        return entry[0] if entry else None
 
 
 class BudgetWatch:
@@ -104,4 +191,4 @@ class BudgetWatch:
         self._on_stop(attempt, BudgetExceeded(attempt.task_name, overruns[0]))
 
 
-__all__ = ["BudgetWatch", "open_budget"]
+__all__ = ["BudgetWatch", "SharedWindowBudget", "open_budget"]

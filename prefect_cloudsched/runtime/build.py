@@ -13,9 +13,10 @@ from typing import Any
 from prefect_cloudsched.adapters.execute.base import Executor, LocalExecutor
 from prefect_cloudsched.adapters.ledger import Ledger
 from prefect_cloudsched.adapters.provision.base import Provisioner
+from prefect_cloudsched.adapters.reservations import HeldReservations, held_reservations
 from prefect_cloudsched.core.catalog import Catalog
 from prefect_cloudsched.errors import InputError
-from prefect_cloudsched.runtime.config import ExecutionMode, ReservedCapacity
+from prefect_cloudsched.runtime.config import ExecutionMode
 from prefect_cloudsched.runtime.observer import RunObserver
 
 
@@ -26,12 +27,20 @@ def reserved_capacity(
     *,
     use_plan: bool,
     observer: RunObserver,
-) -> ReservedCapacity:
-    """The reserved instances this run may use first, each with where it came from."""
-    held = ReservedCapacity().plus("declared", declared)
-    held = held.plus("owned", owned_reservations(provisioners, observer))
-    if use_plan:
-        held = held.plus("bought-plan", bought_plan_reservations(ledger))
+) -> HeldReservations:
+    """The reserved capacity this run may use first: owned, declared, or a *bought* plan.
+
+    A plan saved with ``plan --save`` is a draft: it holds nothing, so it never makes a
+    placement "reserved" (on a real account that task would start an on-demand instance).
+    """
+    held = held_reservations(
+        owned=owned_reservations(provisioners, observer),
+        declared=declared,
+        ledger=ledger,
+        use_plan=use_plan,
+    )
+    if held.counts:
+        observer.log(f"reserved capacity used first: {held.counts}")
     return held
 
 
@@ -48,26 +57,7 @@ def owned_reservations(
             continue
         for key, count in found.items():
             owned[key] = owned.get(key, 0) + int(count)
-    if owned:
-        observer.log(f"owned reservations used first: {owned}")
     return owned
-
-
-def bought_plan_reservations(ledger: Ledger) -> dict[str, int]:
-    """Reserved capacity of the latest plan that was bought (``plan apply --yes``).
-
-    A plan saved with ``plan --save`` is a draft: it holds nothing, so it never makes a
-    placement "reserved" (on a real account that task would start an on-demand instance).
-    """
-    plan = ledger.latest_plan()
-    if not plan or plan.get("status") != "bought":
-        return {}
-    reserved: dict[str, int] = {}
-    for item in plan.get("reserved", []):
-        key, count = item.get("capacity_key"), int(item.get("count", 0))
-        if key and count > 0:
-            reserved[key] = reserved.get(key, 0) + count
-    return reserved
 
 
 def with_live_prices(
@@ -133,7 +123,6 @@ def make_executor(
 
 
 __all__ = [
-    "bought_plan_reservations",
     "make_executor",
     "owned_reservations",
     "reserved_capacity",

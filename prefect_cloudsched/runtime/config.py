@@ -112,29 +112,6 @@ def label_mode(value: bool | str) -> LabelMode:
     return value  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class ReservedCapacity:
-    """Reserved instances a run may use first, each key with where it came from.
-
-    Only capacity we really hold counts: ``declared`` (the runner's ``reserved=`` or a
-    block), ``owned`` (what the clouds report: AWS reserved instances / capacity
-    reservations, GCP commitments) and ``bought`` (a capacity plan applied with
-    ``plan apply --yes``). A draft plan never changes a placement.
-    """
-
-    counts: Mapping[str, int] = field(default_factory=dict)
-    sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def plus(self, source: str, found: Mapping[str, int]) -> ReservedCapacity:
-        counts, sources = dict(self.counts), dict(self.sources)
-        for key, count in found.items():
-            if count > 0:
-                counts[key] = counts.get(key, 0) + int(count)
-                if source not in sources.get(key, ()):
-                    sources[key] = (*sources.get(key, ()), source)
-        return ReservedCapacity(counts, sources)
-
-
 @dataclass
 class SessionSettings:
     """One flow run's inputs with every block resolved: what a ``Session`` is built from."""
@@ -159,7 +136,6 @@ __all__ = [
     "DeadlineRisk",
     "ExecutionMode",
     "LabelMode",
-    "ReservedCapacity",
     "RunnerConfig",
     "SessionSettings",
     "label_mode",

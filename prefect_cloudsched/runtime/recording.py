@@ -14,7 +14,6 @@ from prefect_cloudsched.core.policy import cost_of
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
 from prefect_cloudsched.errors import SpotInterrupted
 from prefect_cloudsched.runtime.attempt import Attempt
-from prefect_cloudsched.runtime.config import ReservedCapacity
 
 
 def attempt_record(
@@ -22,7 +21,7 @@ def attempt_record(
     runtime: float,
     error: BaseException | None,
     cost_micro: int,
-    reserved: ReservedCapacity,
+    budget_hold_id: int | None = None,
 ) -> PlacementRecord:
     """The ledger row of one attempt.
 
@@ -34,8 +33,6 @@ def attempt_record(
     interrupted = isinstance(error, SpotInterrupted)
     state = "interrupted" if interrupted else ("failed" if error else "completed")
     details: dict[str, Any] = {**decision.to_dict(), "attempt": placement.attempt}
-    if offer.option.value == "reserved":
-        details["reserved_source"] = list(reserved.sources.get(offer.capacity_key, ()))
     if attempt.stopped_by is not None:
         details["stopped"] = str(attempt.stopped_by)
     return PlacementRecord(
@@ -63,6 +60,9 @@ def attempt_record(
         instance_id=placement.instance_id,
         explanation=decision.explanation(),
         decision_json=json.dumps(details),
+        reservation_source=attempt.reservation_source,
+        budget_hold_id=budget_hold_id,
+        deadline_at_risk=decision.deadline_at_risk,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from prefect_cloudsched.adapters.execute.base import Executor, Placement
 from prefect_cloudsched.adapters.ledger import BufferedWriter, Ledger
 from prefect_cloudsched.adapters.provision.base import InstanceHandle, Provisioner
+from prefect_cloudsched.adapters.reservations import HeldReservations
 from prefect_cloudsched.core.budget import BudgetExceeded, BudgetPolicy, BudgetTracker
 from prefect_cloudsched.core.catalog import Catalog, PurchaseOption, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
@@ -47,7 +48,7 @@ from prefect_cloudsched.errors import CapacityError, DeadlineAtRisk, SpotInterru
 from prefect_cloudsched.runtime import build
 from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
 from prefect_cloudsched.runtime.budget_watch import BudgetWatch, open_budget
-from prefect_cloudsched.runtime.config import ReservedCapacity, SessionSettings
+from prefect_cloudsched.runtime.config import SessionSettings
 from prefect_cloudsched.runtime.observer import LoggingObserver, RunObserver
 from prefect_cloudsched.runtime.recording import attempt_record, interruption_row
 from prefect_cloudsched.runtime.shared import MapBatch
@@ -76,7 +77,7 @@ class Session:
         observer: RunObserver | None = None,
         budget: BudgetTracker | None = None,
         default_slack: timedelta | None = None,
-        reserved: ReservedCapacity | None = None,
+        reserved: HeldReservations | None = None,
         on_deadline_risk: str = "warn",
     ) -> None:
         self.catalog = catalog
@@ -90,7 +91,7 @@ class Session:
         self.observer = observer or LoggingObserver()
         self.budget = budget
         self.default_slack = default_slack
-        self.reserved = reserved or ReservedCapacity()
+        self.reserved = reserved or HeldReservations({})
         self.on_deadline_risk = on_deadline_risk
         self.records: list[PlacementRecord] = []
         self.flow_names: dict[str, str] = {}
@@ -194,6 +195,8 @@ class Session:
         decision = self.decide_new(needs, submitted_at=submitted_at)
         with self._lock:
             self.flow_names[flow_run_id] = flow_name
+            if self.budget is not None and not getattr(self.budget, "run_id", "x"):
+                self.budget.run_id = flow_run_id  # type: ignore[attr-defined]  # its ledger holds
         spec = TaskSpec(task_name, needs, decision, submitted_at, flow_run_id, flow_name, announce)
         if batch is not None and needs.gpus:
             spec.batch, spec.batch_index = batch, batch.add(needs, submitted_at)
@@ -255,6 +258,8 @@ class Session:
         started = Attempt(
             spec, placement, handle, datetime.now(UTC), time.perf_counter(), hold, shared
         )
+        if decision.offer.option is PurchaseOption.RESERVED:
+            started.reservation_source = self._reservation_source(decision, shared is not None)
         try:
             if spec.announce or attempt > 1 or handle is not None:
                 self.observer.log(f"{spec.task_name}: {decision.explanation()}")
@@ -383,6 +388,17 @@ class Session:
             self.observer.log(f"{spec.task_name}: {err}; falling back to the next offer", "warning")
             raise OfferUnavailable(offer.key) from err
 
+    def _reservation_source(self, decision: Decision, shared: bool) -> str | None:
+        """Which reservation pays for this placement (owned, declared, a bought plan).
+
+        A lone placement takes a unit (given back when it ends); members of a shared
+        instance name the source that unit came from without taking another.
+        """
+        key = decision.offer.capacity_key
+        if shared:
+            return next(iter(self.reserved.sources(key)), None)
+        return self.reserved.take(key)
+
     def _check_deadline(self, spec: TaskSpec, decision: Decision, task_run_id: str) -> None:
         if not decision.deadline_at_risk:
             return
@@ -448,12 +464,15 @@ class Session:
                 )
             if decision.offer.option is PurchaseOption.RESERVED and last:
                 self.state.release_reserved(decision.offer.capacity_key)
+                if attempt.reservation_source and attempt.shared is None:
+                    self.reserved.give_back(decision.offer.capacity_key, attempt.reservation_source)
             self._record(attempt, billed_s, error, cost)
 
     def _record(
         self, attempt: Attempt, runtime: float, error: BaseException | None, cost: int
     ) -> None:
-        record = attempt_record(attempt, runtime, error, cost, self.reserved)
+        hold_id = getattr(self.budget, "ledger_hold_id", lambda _hold: None)(attempt.hold)
+        record = attempt_record(attempt, runtime, error, cost, hold_id)
         if isinstance(error, SpotInterrupted):
             self.state.record_interruption(attempt.decision.offer.capacity_key)
             self._record_interruption(attempt, error, cost)
@@ -474,7 +493,7 @@ class Session:
         """The interruption's own row; a failed write is logged, never raised (it would
         replace the ``SpotInterrupted`` that makes Prefect retry the task)."""
         try:
-            self.ledger.record_interruption(**interruption_row(attempt, error, cost))
+            self.writer.put_interruption(**interruption_row(attempt, error, cost))
         except Exception as err:
             self.observer.log(
                 f"{attempt.task_name}: interruption row not written ({err}); the placement "
@@ -511,15 +530,26 @@ class Session:
                     self._release_run(provisioner, run_id)
         finally:
             self.executor.stop()
+            self._close_budget()
             self.writer.close()
             for problem in self.writer.errors:
                 self.observer.log(problem, "error")
-            deferred = getattr(self.writer, "deferred", 0)
-            if deferred:
+            if self.writer.deferred_rows:
                 self.observer.rows_deferred(
-                    deferred, "kept in the local journal; replayed when the ledger is next opened"
+                    self.writer.deferred_rows,
+                    f"kept in the journal {self.writer.journal_path}; inserted when the ledger "
+                    "is next opened",
                 )
         return list(self.records)
+
+    def _close_budget(self) -> None:
+        close = getattr(self.budget, "close", None)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception as err:  # holds of a dead run are released by `reap`
+            self.observer.log(f"could not release this run's budget holds: {err}", "warning")
 
     def _release_run(self, provisioner: Provisioner, run_id: str) -> None:
         try:
