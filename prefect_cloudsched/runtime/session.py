@@ -314,6 +314,7 @@ class Session:
             # a body that yielded for a move (issue 12) may also have lost its spot instance
             if error is None or isinstance(error, MoveRequested):
                 self._check_instance(attempt)
+                self.spot_live.check_lost(attempt)  # a loss its monitor saw while it ran
         except SpotInterrupted as lost:
             error = lost
             raise

@@ -108,6 +108,7 @@ class _Job:
     placement: Placement = IDLE
     checkpoint_region: str | None = None
     running_since: float | None = None
+    decided_at: float | None = None
     moves: int = 0
     log: list[tuple[float, str, str]] = field(default_factory=list)
 
@@ -143,6 +144,7 @@ class SpotLive:
         #: The cooperative yield (``prefect_cloudsched.prefect.checkpoint``: ``request_move``,
         #: ``cancel_move``), given by the layer that owns checkpoints; None = never move.
         self.mover: Any = None
+        self._losses: dict[int, SpotInterrupted] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -221,6 +223,9 @@ class SpotLive:
         done = job.done_s
         if job.running_since is not None:
             done += max(0.0, now - job.running_since - self.change_over_s)
+        # the model's progress is an estimate: until the body returns, the job is not done
+        # (it may have lost the time since its last checkpoint), so a decision stays due
+        done = min(done, job.work_s - min(self.horizon_s, job.work_s))
         return JobStatus(
             now, job.work_s, done, job.deadline_s, job.start_s, job.placement,
             job.checkpoint_region,
@@ -246,6 +251,8 @@ class SpotLive:
         self._observe(job, now)
         decision = job.controller.decide(self._status(job, now))
         job.log.append((now, decision.kind.value, decision.reason))
+        if decision.kind in (Kind.SPOT, Kind.ON_DEMAND):
+            job.decided_at = now  # the change-over (provisioning included) starts here
         return decision
 
     # ------------------------------------------------------------------ at place()
@@ -306,7 +313,10 @@ class SpotLive:
         if job.checkpoint_region not in (None, offer.region):
             job.moves += 1
         job.checkpoint_region = offer.region
-        job.running_since = now
+        job.log.append((now, "started", offer.key))
+        # progress counts from the decision: the change-over d includes provisioning
+        job.running_since = now if job.decided_at is None else min(now, job.decided_at)
+        job.decided_at = None
         if self.mover is not None:  # a request left over from the last attempt is void
             self.mover.cancel_move(attempt.task_run_id)
         stop = threading.Event()
@@ -329,9 +339,29 @@ class SpotLive:
             if self.mover is None:
                 continue
             control = self.ask(job)
-            if control.kind is not Kind.STAY:
+            if control.kind is Kind.STAY:
+                continue
+            if self._market_down(job) and self._confirm_loss(attempt, job, stop):
+                self._move(attempt, "spot instance reclaimed")
+            else:
                 self._move(attempt, control.reason)
-                return
+            return
+
+    def _market_down(self, job: _Job) -> bool:
+        zone = job.placement.zone
+        return job.placement.kind is Kind.SPOT and zone is not None and not self.model.is_up(zone)
+
+    def _confirm_loss(self, attempt: Attempt, job: _Job, stop: threading.Event) -> bool:
+        """The probe saw our spot market go down: wait (up to one decision) for the cloud
+        to reclaim the instance, so the attempt ends as the interruption it is."""
+        seen = time.perf_counter()
+        deadline = time.monotonic() + self.horizon_s / self.clock.speed
+        while time.monotonic() < deadline and not stop.is_set():
+            if self._lost(attempt, job):
+                attempt.stopped_at = seen  # billing ended when the market went down
+                return True
+            stop.wait(min(0.01, self.horizon_s / self.clock.speed / 10))
+        return False
 
     def _move(self, attempt: Attempt, reason: str) -> None:
         if self.mover is not None:
@@ -346,17 +376,31 @@ class SpotLive:
             if provisioner is not None:
                 provisioner.check(attempt.handle)
             return False
-        except SpotInterrupted:
+        except SpotInterrupted as lost:
             attempt.stopped_at = time.perf_counter()
+            with self._lock:
+                self._losses[id(attempt)] = lost  # the cloud reports a loss only once
             job.controller.observe(job.placement.zone or "", self.clock.now(), False)
             return True
         except Exception:  # a failed check is not a loss; finish() checks again
             return False
 
+    def check_lost(self, attempt: Attempt) -> None:
+        """Raise the interruption the monitor saw (the cloud's check reports it only once).
+
+        Raises:
+            SpotInterrupted: the attempt's spot instance was reclaimed while it ran.
+        """
+        with self._lock:
+            lost = self._losses.pop(id(attempt), None)
+        if lost is not None:
+            raise lost
+
     def ended(self, attempt: Attempt, error: BaseException | None) -> None:
         """Stop the monitor and count the attempt's progress (the replay's model)."""
         with self._lock:
             monitor = self._monitors.pop(id(attempt), None)
+            self._losses.pop(id(attempt), None)
         if monitor is not None:
             monitor[0].set()
         job = self.jobs.get(attempt.task_run_id)

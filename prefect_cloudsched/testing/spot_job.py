@@ -3,7 +3,7 @@
 Used by the live-vs-simulated check (``bench/bench_live_spot.py``) and the session test of
 spot control: the body is the replay's job model played in real (scaled) time — it loads
 its checkpoint, counts progress as trace time after one change-over, saves a checkpoint
-every decision tick (where a requested move stops it) and returns once the work is done.
+four times per decision tick (where a requested move stops it) and returns once the work is done.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from prefect_cloudsched.prefect import checkpoint
 from prefect_cloudsched.runtime.session import Session
 
 LOCATION = "memory://cloudsched-live"
+#: Checkpoints per decision tick: a move stops the body within a quarter of a tick.
+SAVES_PER_TICK = 4
 
 
 @dataclass
@@ -43,7 +45,8 @@ def run_controlled_job(
 
     def body() -> float:
         state = checkpoint.load(default={"done": 0.0}, key=key, location=LOCATION)
-        t0, base = clock.now(), state["done"]
+        # the change-over runs from the controller's decision (provisioning is part of it)
+        t0, base = live.jobs[key].running_since or clock.now(), state["done"]
         run.bases.append(base)
         while True:
             done = base + max(0.0, clock.now() - t0 - live.change_over_s)
@@ -51,7 +54,7 @@ def run_controlled_job(
                 checkpoint.clear(key=key, location=LOCATION)
                 return done
             checkpoint.save({"done": done}, key=key, location=LOCATION)
-            time.sleep(live.horizon_s / clock.speed)
+            time.sleep(live.horizon_s / clock.speed / SAVES_PER_TICK)
 
     spec = session.submit("train", needs, flow_run_id="run-live", flow_name="live", announce=True)
     for number in range(1, max_attempts + 1):
