@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 import tempfile
 import time
@@ -163,20 +164,22 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
         spot.change_over_s, spot.horizon_s, spot.egress_usd = CHANGE_OVER_S, gap, EGRESS_USD
         prime(spot.model, REGION, start_s)
         unit = timedelta(seconds=seconds_per_trace_hour)
+        # the replay's deadline is its last whole tick before slack × work
+        deadline_h = math.floor(SLACK * WORK_H * 3600 / gap + 1e-6) * gap / 3600
         needs = TaskNeeds(
             gpus=1,
             gpu_type="V100",
             spot_ok=True,
             checkpointable=True,
             est_runtime=unit * WORK_H,
-            deadline=unit * WORK_H * SLACK,
+            deadline=unit * deadline_h,
         )
         warm_up(session)
         trace = clouds.trace_clock
         trace.started = trace.clock() - start_s * trace.scale  # trace time = the job's start
         wall = time.perf_counter()
-        run_controlled_job(session, needs, f"job-{start_tick}")
-        finish_h = (trace.now() - start_s) / 3600
+        run = run_controlled_job(session, needs, f"job-{start_tick}")
+        finish_h = (run.finished_s - start_s) / 3600
         wall = time.perf_counter() - wall
         records = session.close()
         left = clouds.running_instances(owner_id=owner)
@@ -188,6 +191,7 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
         "cost_micro_wall": micro,
         "cost_usd": micro / 1e6 * speed,
         "finish_h": finish_h,
+        "missed": finish_h > deadline_h,
         "spot_starts": sum(r.option == "spot" for r in records),
         "on_demand_starts": sum(r.option == "on-demand" for r in records),
         "interruptions": sum(r.state == "interrupted" for r in records),

@@ -26,6 +26,7 @@ class JobRun:
     """What one driven job did."""
 
     done_s: float = 0.0
+    finished_s: float = 0.0  # the controller's clock when the body returned
     attempts: int = 0
     bases: list[float] = field(default_factory=list)  # progress each attempt resumed from
     errors: list[str] = field(default_factory=list)  # why each attempt but the last ended
@@ -52,6 +53,7 @@ def run_controlled_job(
             done = base + max(0.0, clock.now() - t0 - live.change_over_s)
             if done >= work_s:
                 checkpoint.clear(key=key, location=LOCATION)
+                run.finished_s = clock.now()
                 return done
             checkpoint.save({"done": done}, key=key, location=LOCATION)
             time.sleep(live.horizon_s / clock.speed / SAVES_PER_TICK)
