@@ -257,8 +257,14 @@ class SpotLive:
 
     # ------------------------------------------------------------------ at place()
     def choose(self, spec: TaskSpec, task_run_id: str, base: Decision) -> Decision:
-        """The attempt's decision: wait (sleeping here) until the controller picks one."""
-        job = self.job(spec, task_run_id)
+        """The attempt's decision: wait (sleeping here) until the controller picks one.
+
+        With no fitting spot offer there is nothing to control: ``decide()``'s choice stands.
+        """
+        try:
+            job = self.job(spec, task_run_id)
+        except NoFeasibleOffer:
+            return base
         while True:
             control = self.ask(job)
             if control.kind is Kind.SPOT and control.zone in job.offers:
@@ -292,7 +298,9 @@ class SpotLive:
 
     def refused(self, spec: TaskSpec, task_run_id: str, decision: Decision) -> Decision:
         """A launch was refused for capacity: observe the market down, ask again."""
-        job = self.job(spec, task_run_id)
+        job = self.jobs.get(task_run_id)
+        if job is None:  # not controlled after all (no spot offer): the usual fallback
+            return self.session.decide(spec.needs, submitted_at=spec.submitted_at)
         key = decision.offer.zone or decision.offer.region
         if decision.offer.option is PurchaseOption.SPOT:
             job.controller.observe(key, self.clock.now(), False)
@@ -301,7 +309,9 @@ class SpotLive:
     # ------------------------------------------------------------------ while running
     def started(self, attempt: Attempt) -> None:
         """The attempt's instance is up: record the placement, start the monitor."""
-        job = self.jobs[attempt.task_run_id]
+        job = self.jobs.get(attempt.task_run_id)
+        if job is None:  # no spot offer fitted: decided like any other task
+            return
         offer = attempt.decision.offer
         now = self.clock.now()
         key = offer.zone or offer.region
