@@ -10,7 +10,7 @@ from prefect_cloudsched.adapters.provision.base import InstanceHandle
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
-from prefect_cloudsched.errors import CapacityError, SpotInterrupted
+from prefect_cloudsched.errors import CapacityError, MoveRequested, SpotInterrupted
 from prefect_cloudsched.prefect import checkpoint
 from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.simulate.spot import Lane, SpotTrace
@@ -111,3 +111,22 @@ def test_a_controlled_task_waits_moves_and_resumes_from_its_checkpoint(tmp_path)
     moved = [r for r in records if r.state == "moved"]
     assert all(r.baseline_micro == 0 and r.wasted_micro == 0 and r.cost_micro > 0 for r in moved)
     assert sorted(provisioner.released) == sorted(h.instance_id for h in provisioner.started)
+
+
+def test_the_retry_condition_retries_moves_like_interruptions() -> None:
+    from types import SimpleNamespace
+
+    from prefect_cloudsched.prefect.wrapper import spot_retry_condition
+
+    class Failed:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def result(self) -> None:
+            raise self.error
+
+    retry = spot_retry_condition(None, user_retries=0)
+    run = SimpleNamespace(id="tr-1")
+    assert retry(None, run, Failed(MoveRequested("tr-1", "spot control: move")))
+    assert retry(None, run, Failed(SpotInterrupted("i-1", "aws/us-east-2/p3.2xlarge/spot")))
+    assert not retry(None, run, Failed(ValueError("a bug")))
