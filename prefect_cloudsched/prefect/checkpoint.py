@@ -62,6 +62,12 @@ def request_move(key: str, reason: str = "the spot controller moved the job") ->
         _moves[_SAFE.sub("_", key)] = reason
 
 
+def cancel_move(key: str) -> None:
+    """Forget a pending move for ``key`` (a new attempt starts: an old request is void)."""
+    with _moves_lock:
+        _moves.pop(_SAFE.sub("_", key), None)
+
+
 def move_requested(*, key: str | None = None) -> bool:
     """Whether a move is pending for this task run (or ``key``)."""
     with _moves_lock:
@@ -201,6 +207,7 @@ def _s3_key(url: str) -> str:
 __all__ = [
     "DIR_ENV",
     "MoveRequested",
+    "cancel_move",
     "checkpoint_dir",
     "clear",
     "load",

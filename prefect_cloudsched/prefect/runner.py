@@ -33,6 +33,16 @@ ledger row). The Prefect engine still runs every task (state, retries, UI graph 
 only the body is dispatched to the chosen placement. Direct calls (``train(cfg)``) bypass
 every task runner, ours included. Everything about placement lives in
 :mod:`prefect_cloudsched.runtime`; this module only speaks Prefect.
+
+When tasks are re-evaluated: a task is decided at submission and again at each retry (after
+a spot interruption, with the run's interruptions counted). A **spot-tolerant,
+checkpointable task with a deadline** (``@requires(spot_ok=True, checkpointable=True,
+deadline=...)``) also runs under the spot controller (:mod:`prefect_cloudsched.runtime.spot_live`):
+it may wait with no instance for spot to return, and while it runs it is re-evaluated on a
+timer and on capacity changes; a move (to spot, to on-demand before an interruption, or
+idle while ahead of its deadline) makes its next ``checkpoint.save()`` raise
+``MoveRequested``, and the retry resumes from the checkpoint on the new placement. Tasks
+that cannot checkpoint are decided at start and at each retry only.
 """
 
 from __future__ import annotations
@@ -53,12 +63,16 @@ from prefect_cloudsched.core.needs import current_overrides, resolve_needs
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
 from prefect_cloudsched.core.records import PlacementRecord
 from prefect_cloudsched.errors import NoFeasibleOffer
-from prefect_cloudsched.prefect import visibility
+from prefect_cloudsched.prefect import checkpoint, visibility
 from prefect_cloudsched.prefect.resolve import resolve_policy, resolve_settings
 from prefect_cloudsched.prefect.wrapper import failing_copy, spot_retry_condition, wrap_body
 from prefect_cloudsched.runtime.config import DeadlineRisk, ExecutionMode, RunnerConfig
 from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.runtime.shared import MapBatch
+from prefect_cloudsched.runtime.spot_live import SpotLive
+
+#: Extra retries of a spot-controlled task: each move or interruption is one attempt.
+SPOT_CONTROL_MOVES = 50
 
 
 class CloudSchedTaskRunner(ThreadPoolTaskRunner):
@@ -225,6 +239,8 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
                     self._session = Session.open(
                         resolve_settings(self.config), visibility.PrefectObserver()
                     )
+                    # spot control hook (issue 12): moves yield through checkpoint.save()
+                    self._session.spot_live.mover = checkpoint
                 except Exception as err:
                     self._open_error = err
                     raise
@@ -290,6 +306,9 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             # any attempt of a spot-tolerant task may land on spot (a capacity fallback
             # included), so each gets the spot retries; only SpotInterrupted uses them
             remote.retries = task.retries + session.spot_retries
+            remote.retry_condition_fn = spot_retry_condition(task.retry_condition_fn, task.retries)
+        if SpotLive.controls(spec.needs):  # spot control hook (issue 12): each move is a retry
+            remote.retries += SPOT_CONTROL_MOVES
             remote.retry_condition_fn = spot_retry_condition(task.retry_condition_fn, task.retries)
         if label == "none" or not announce:
             return super().submit(remote, parameters, wait_for, dependencies)

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect.context import TaskRunContext
 
-from prefect_cloudsched.errors import NoFeasibleOffer, SpotInterrupted
+from prefect_cloudsched.errors import MoveRequested, NoFeasibleOffer, SpotInterrupted
 from prefect_cloudsched.runtime.attempt import TaskSpec
 from prefect_cloudsched.runtime.session import Session
 
@@ -81,13 +81,17 @@ def _run_coroutine(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
 def spot_retry_condition(
     user_condition: Callable[..., Any] | None, user_retries: int
 ) -> Callable[..., bool]:
-    """Retry spot interruptions always; other failures as the user configured."""
+    """Retry spot interruptions and spot-control moves always; others as configured.
+
+    ``MoveRequested`` (issue 12): the body saved its checkpoint and stopped because the
+    spot controller moves it; the retry resumes from that checkpoint on the new placement.
+    """
     other_failures: Counter[Any] = Counter()
 
     def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
         try:
             state.result()
-        except SpotInterrupted:
+        except (SpotInterrupted, MoveRequested):  # MoveRequested: spot-control hook (issue 12)
             return True
         except BaseException:
             pass

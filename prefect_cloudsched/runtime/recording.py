@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect_cloudsched.core.policy import cost_of
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
-from prefect_cloudsched.errors import SpotInterrupted
+from prefect_cloudsched.errors import MoveRequested, SpotInterrupted
 from prefect_cloudsched.runtime.attempt import Attempt
 
 
@@ -26,12 +26,19 @@ def attempt_record(
     """The ledger row of one attempt.
 
     An interrupted attempt's cost is wasted work: it is billed, and its on-demand baseline
-    is 0 (the baseline counts the work once, on the attempt that finished it).
+    is 0 (the baseline counts the work once, on the attempt that finished it). An attempt
+    the spot controller moved (``MoveRequested``: state "moved") is billed with baseline 0
+    too, but wastes nothing: its checkpoint carries the work to the next attempt.
     """
     decision, placement = attempt.decision, attempt.placement
     offer = decision.offer
     interrupted = isinstance(error, SpotInterrupted)
-    state = "interrupted" if interrupted else ("failed" if error else "completed")
+    moved = isinstance(error, MoveRequested)
+    state = (
+        "interrupted"
+        if interrupted
+        else ("moved" if moved else ("failed" if error else "completed"))
+    )
     details: dict[str, Any] = {**decision.to_dict(), "attempt": placement.attempt}
     if attempt.stopped_by is not None:
         details["stopped"] = str(attempt.stopped_by)
@@ -53,7 +60,9 @@ def attempt_record(
         ended_at=datetime.now(UTC),
         runtime_s=runtime,
         cost_micro=cost_micro,
-        baseline_micro=0 if interrupted else to_micro(cost_of(decision.baseline_offer, runtime)),
+        baseline_micro=0
+        if interrupted or moved
+        else to_micro(cost_of(decision.baseline_offer, runtime)),
         interruptions=int(interrupted),
         wasted_micro=cost_micro if interrupted else 0,
         state=state,

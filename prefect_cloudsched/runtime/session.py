@@ -44,7 +44,12 @@ from prefect_cloudsched.core.policy.admission import (
     start_with_fallback,
 )
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
-from prefect_cloudsched.errors import CapacityError, DeadlineAtRisk, SpotInterrupted
+from prefect_cloudsched.errors import (
+    CapacityError,
+    DeadlineAtRisk,
+    MoveRequested,
+    SpotInterrupted,
+)
 from prefect_cloudsched.runtime import build
 from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
 from prefect_cloudsched.runtime.budget_watch import BudgetWatch, open_budget
@@ -52,6 +57,7 @@ from prefect_cloudsched.runtime.config import SessionSettings
 from prefect_cloudsched.runtime.observer import LoggingObserver, RunObserver
 from prefect_cloudsched.runtime.recording import attempt_record, interruption_row
 from prefect_cloudsched.runtime.shared import MapBatch
+from prefect_cloudsched.runtime.spot_live import SpotLive
 
 #: Decisions remembered per run for identical needs (see ``Session.decide_new``).
 MEMO_SIZE = 1024
@@ -99,6 +105,9 @@ class Session:
         self._memo: dict[tuple[TaskNeeds, int], Decision] = {}
         self._lock = threading.Lock()
         self._watch = BudgetWatch(budget, self._stop_over_budget) if budget else None
+        # spot control (issue 12): checkpointable spot tasks with a deadline run under a
+        # SpotController (runtime/spot_live.py); the Prefect layer sets spot_live.mover
+        self.spot_live = SpotLive(self)
 
     @classmethod
     def open(cls, settings: SessionSettings, observer: RunObserver | None = None) -> Session:
@@ -239,8 +248,17 @@ class Session:
         decision = spec.decision
         if attempt > 1:
             decision = self.decide(needs, submitted_at=spec.submitted_at)
+        # spot control hook (issue 12): the controller picks spot / on-demand, or the task
+        # waits here with no instance; a refused launch re-asks it (see _start_alone)
+        controlled = SpotLive.controls(spec.needs)
+        if controlled:
+            needs, decision = spec.needs, self.spot_live.choose(spec, task_run_id, decision)
         self._check_deadline(spec, decision, task_run_id)
-        shared = spec.batch.instance_for(spec.batch_index) if spec.batch and attempt <= 1 else None
+        shared = (
+            spec.batch.instance_for(spec.batch_index)
+            if spec.batch and attempt <= 1 and not controlled
+            else None
+        )
         handle: InstanceHandle | None = None
         hold: int | None = None
         if shared is not None:
@@ -251,7 +269,9 @@ class Session:
             except OfferUnavailable:  # the shared instance could not start: go alone
                 shared = None
         if shared is None:
-            decision, (handle, hold) = self._start_alone(decision, needs, spec, task_run_id)
+            decision, (handle, hold) = self._start_alone(
+                decision, needs, spec, task_run_id, controlled=controlled
+            )
         placement = Placement(
             decision, spec.flow_run_id, task_run_id, attempt, handle.instance_id if handle else None
         )
@@ -274,6 +294,8 @@ class Session:
             raise
         if self._watch is not None:
             self._watch.add(started)
+        if controlled:  # spot control hook (issue 12): re-evaluate while the body runs
+            self.spot_live.started(started)
         return started
 
     def run(self, attempt: Attempt, call: Callable[[], R]) -> R:
@@ -294,18 +316,27 @@ class Session:
         if stopped is not None:
             error = stopped
         try:
-            if error is None:
+            # a body that yielded for a move (issue 12) may also have lost its spot instance
+            if error is None or isinstance(error, MoveRequested):
                 self._check_instance(attempt)
+                self.spot_live.check_lost(attempt)  # a loss its monitor saw while it ran
         except SpotInterrupted as lost:
             error = lost
             raise
         finally:
             self._end(attempt, error)
+            self.spot_live.ended(attempt, error)  # spot control hook (issue 12)
         if stopped is not None:
             raise stopped
 
     def _start_alone(
-        self, decision: Decision, needs: TaskNeeds, spec: TaskSpec, task_run_id: str
+        self,
+        decision: Decision,
+        needs: TaskNeeds,
+        spec: TaskSpec,
+        task_run_id: str,
+        *,
+        controlled: bool = False,
     ) -> tuple[Decision, tuple[InstanceHandle | None, int | None]]:
         """Admit and start ``decision``, falling back to the next offer on capacity errors.
 
@@ -314,9 +345,12 @@ class Session:
             instance (``None`` without a provisioner) with its budget hold.
         """
 
+        tried = [decision]
+
         def admit_and_start(
             choice: Decision,
         ) -> tuple[Decision, tuple[InstanceHandle | None, int | None]]:
+            tried[0] = choice
             admitted = self._admit(choice, needs, spec, task_run_id)
             try:
                 return admitted.decision, (self._start(admitted.decision, spec), admitted.hold)
@@ -328,7 +362,10 @@ class Session:
             decision,
             needs,
             admit_and_start,
-            lambda n: self.decide(n, submitted_at=spec.submitted_at),
+            # spot control hook (issue 12): a refused launch is an observation, re-ask
+            (lambda _: self.spot_live.refused(spec, task_run_id, tried[0]))
+            if controlled
+            else (lambda n: self.decide(n, submitted_at=spec.submitted_at)),
             what=spec.task_name,
             blocked=lambda: sorted(self.state.blocked),
         )

@@ -460,6 +460,12 @@ class _Interrupting:
     def __repr__(self) -> str:
         return f"MockClouds({self.inner!r})"
 
+    @property
+    def spot_trace_clock(self) -> TraceClock | None:
+        """The trace being replayed: the spot controller reads its clock and availability
+        (``runtime/spot_live.py``), as a runner would probe a real market."""
+        return self._clouds.trace_clock
+
     def ensure(
         self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
     ) -> InstanceHandle:

@@ -1,0 +1,132 @@
+"""Spot control live in the runtime session: wait, run, move on request, resume."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+from prefect_cloudsched.adapters.ledger import Ledger
+from prefect_cloudsched.adapters.provision.base import InstanceHandle
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.core.needs import TaskNeeds
+from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
+from prefect_cloudsched.errors import CapacityError, MoveRequested, SpotInterrupted
+from prefect_cloudsched.prefect import checkpoint
+from prefect_cloudsched.runtime.session import Session
+from prefect_cloudsched.simulate.spot import Lane, SpotTrace
+from prefect_cloudsched.testing.clouds import TraceClock
+from prefect_cloudsched.testing.executor import InstanceStandInExecutor
+from prefect_cloudsched.testing.spot_job import run_controlled_job
+
+H = 3600.0
+REGION = "us-east-2"
+POLICY = PolicyConfig(allowed_clouds=frozenset({"aws"}), allowed_regions=frozenset({REGION}))
+NEEDS = TaskNeeds(
+    gpus=1,
+    gpu_type="V100",
+    spot_ok=True,
+    checkpointable=True,
+    est_runtime=timedelta(seconds=4),  # 4 trace hours at 1 s per trace hour
+    deadline=timedelta(seconds=8),
+)
+
+
+class TracedProvisioner:
+    """A fake AWS that follows a trace: refuses spot while down, reclaims when it goes down."""
+
+    cloud = "aws"
+
+    def __init__(self, clock: TraceClock) -> None:
+        self.spot_trace_clock = clock
+        self.started: list[InstanceHandle] = []
+        self.released: list[str] = []
+        self.refused = 0
+        self._ends: dict[str, float] = {}
+
+    def ensure(self, offer: Offer, *, run_id: str, task_name: str, startup_script=None):
+        end = None
+        if offer.option is PurchaseOption.SPOT:
+            landed = self.spot_trace_clock.launch(offer.region)
+            if landed is None:
+                self.refused += 1
+                raise CapacityError(offer.key, "InsufficientInstanceCapacity", "no capacity")
+            end = landed[1]
+        handle = InstanceHandle(
+            "aws", f"i-{len(self.started)}", offer.key, offer.region, None,
+            offer.option.value, run_id,
+        )  # fmt: skip
+        self.started.append(handle)
+        if end is not None:
+            self._ends[handle.instance_id] = end
+        return handle
+
+    def check(self, handle: InstanceHandle) -> None:
+        end = self._ends.get(handle.instance_id)
+        if end is not None and self.spot_trace_clock.now() >= end:
+            raise SpotInterrupted(handle.instance_id, handle.offer_key)
+
+    def release(self, handle: InstanceHandle) -> None:
+        self.released.append(handle.instance_id)
+
+    def release_run(self, run_id: str) -> int:
+        return 0
+
+
+def _trace(up: list[tuple[float, float]]) -> SpotTrace:
+    lane = Lane([a * H for a, _ in up], [b * H for _, b in up])
+    return SpotTrace("p3.2xlarge", 24 * H, {REGION: [f"{REGION}a"]}, {f"{REGION}a": lane})
+
+
+def test_a_controlled_task_waits_moves_and_resumes_from_its_checkpoint(tmp_path) -> None:
+    """Spot is down for the first trace hour, up for 1.5 h, then down: the task waits with
+    no instance, runs on spot, is moved off it and finishes from its checkpoint."""
+    clock = TraceClock(_trace([(1.0, 2.5)]), seconds_per_trace_hour=0.5)
+    provisioner = TracedProvisioner(clock)
+    session = Session(
+        catalog=load_catalog(),
+        policy=POLICY,
+        ledger=Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
+        state=PlacementState(),
+        spot_retries=2,
+        provisioners={"aws": provisioner},
+        executor=InstanceStandInExecutor(),
+    )
+    session.spot_live.mover = checkpoint
+    session.spot_live.change_over_s = 0.1 * H
+    session.spot_live.horizon_s = 0.1 * H
+    clock.restart()
+    run = run_controlled_job(session, NEEDS, "tr-live")
+    bases, attempts = run.bases, run.attempts
+    records = session.close()
+    job = session.spot_live.jobs["tr-live"]
+    kinds = [kind for _, kind, _ in job.log]
+    assert kinds[0] == "wait" and "spot" in kinds
+    states = [r.state for r in records]
+    assert states[-1] == "completed" and len(states) == attempts >= 2
+    assert "moved" in states and set(states[:-1]) <= {"moved", "interrupted"}
+    assert records[0].option == "spot"
+    # each retry resumed from the checkpoint the previous attempt saved
+    assert bases[0] == 0 and all(b > a for a, b in itertools.pairwise(bases))
+    assert run.done_s >= 4 * H
+    moved = [r for r in records if r.state == "moved"]
+    assert all(r.baseline_micro == 0 and r.wasted_micro == 0 and r.cost_micro > 0 for r in moved)
+    assert sorted(provisioner.released) == sorted(h.instance_id for h in provisioner.started)
+
+
+def test_the_retry_condition_retries_moves_like_interruptions() -> None:
+    from types import SimpleNamespace
+
+    from prefect_cloudsched.prefect.wrapper import spot_retry_condition
+
+    class Failed:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def result(self) -> None:
+            raise self.error
+
+    retry = spot_retry_condition(None, user_retries=0)
+    run = SimpleNamespace(id="tr-1")
+    assert retry(None, run, Failed(MoveRequested("tr-1", "spot control: move")))
+    assert retry(None, run, Failed(SpotInterrupted("i-1", "aws/us-east-2/p3.2xlarge/spot")))
+    assert not retry(None, run, Failed(ValueError("a bug")))
