@@ -35,4 +35,6 @@ fi
 export PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect-home}"
 export PREFECT_CLOUDSCHED_HOME="${PREFECT_CLOUDSCHED_HOME:-$ROOT/.cloudsched-home}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# a loaded machine (CI, 2 cores) can take longer than the 20 s default to start the server
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120}"
 export PATH="$ROOT/.venv/bin:$PATH"
