@@ -148,6 +148,33 @@ def test_hard_run_cap_stops_overrunning_tasks_before_it_is_crossed(tmp_path) -> 
     assert stopped and all(r.runtime_s < 3 for r in stopped)
 
 
+def test_two_sessions_on_one_ledger_share_a_hard_day_cap(tmp_path) -> None:
+    """Observation 3: each process read the day's spend once, at start (2.76x the cap)."""
+    from prefect_cloudsched.runtime.budget_watch import SharedWindowBudget, open_budget
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'day.db'}")
+    policy = BudgetPolicy(per_day_usd=0.05, hard=True)
+    needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=3))
+    first, second = (
+        _session(tmp_path, ledger=ledger, budget=open_budget(policy, ledger), spot_retries=0)
+        for _ in range(2)
+    )
+    assert isinstance(first.budget, SharedWindowBudget)
+    spec = first.submit("a", needs, flow_run_id="run-a", flow_name="f", announce=True)
+    held = first.place(spec, task_run_id="tr-a", attempt=1)  # holds its cost in the ledger
+    [hold] = ledger.holds("run-a")
+    assert hold["state"] == "held" and hold["amount_micro"] > 0
+    other = second.submit("b", needs, flow_run_id="run-b", flow_name="f", announce=True)
+    with pytest.raises(BudgetExceeded):  # the other process sees the first one's hold
+        second.place(other, task_run_id="tr-b", attempt=1)
+    first.finish(held, None)
+    [record] = first.close()
+    assert record.budget_hold_id == hold["id"]
+    assert ledger.holds("run-a")[0]["state"] == "settled"
+    assert ledger.window_spend()["budget_per_day_usd"] == record.cost_micro
+    second.close()
+
+
 def test_deadline_at_risk_warns_or_fails_before_start(tmp_path) -> None:
     needs = TaskNeeds(cpus=2, est_runtime=timedelta(hours=5), deadline=timedelta(hours=1))
     warn = _session(tmp_path)

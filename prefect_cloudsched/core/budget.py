@@ -298,6 +298,16 @@ class BudgetTracker:
                 self._holds.pop(hold, None)
             self._spent += actual_micro
 
+    def bind_run(self, run_id: str) -> None:
+        """Name the flow run this tracker belongs to (shared holds are kept under it)."""
+
+    def shared_hold_id(self, hold: int | None) -> int | None:
+        """The id of ``hold`` where other processes see it (``None``: held in memory only)."""
+        return None
+
+    def close(self) -> None:
+        """Give back whatever this run still holds (the run is ending)."""
+
     def first_report(self, overruns: Iterable[Overrun]) -> list[Overrun]:
         """The overruns whose cap was not reported yet this run (soft caps notify once)."""
         with self._lock:

@@ -63,6 +63,10 @@ class SharedWindowBudget(BudgetTracker):
         self._in_ledger: dict[int, tuple[int, int]] = {}  # our hold -> (ledger hold, amount)
         self.run_id = ""
 
+    def bind_run(self, run_id: str) -> None:
+        if not self.run_id:
+            self.run_id = run_id
+
     def admit(self, expected_micro: int) -> tuple[int | None, list[Overrun]]:
         hold, overruns = super().admit(expected_micro)
         if hold is None:
@@ -98,7 +102,7 @@ class SharedWindowBudget(BudgetTracker):
                 self._in_ledger[hold] = (hold_id, ahead)
         return super().extend(hold, amount_micro)
 
-    def ledger_hold_id(self, hold: int | None) -> int | None:
+    def shared_hold_id(self, hold: int | None) -> int | None:
         """The ledger's id of ``hold`` (the placement row points at it)."""
         with self._lock:
             entry = self._in_ledger.get(hold) if hold is not None else None

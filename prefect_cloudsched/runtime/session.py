@@ -204,8 +204,8 @@ class Session:
         decision = self.decide_new(needs, submitted_at=submitted_at)
         with self._lock:
             self.flow_names[flow_run_id] = flow_name
-            if self.budget is not None and not getattr(self.budget, "run_id", "x"):
-                self.budget.run_id = flow_run_id  # type: ignore[attr-defined]  # its ledger holds
+        if self.budget is not None:
+            self.budget.bind_run(flow_run_id)  # the run its shared budget holds are kept under
         spec = TaskSpec(task_name, needs, decision, submitted_at, flow_run_id, flow_name, announce)
         if batch is not None and needs.gpus:
             spec.batch, spec.batch_index = batch, batch.add(needs, submitted_at)
@@ -508,7 +508,7 @@ class Session:
     def _record(
         self, attempt: Attempt, runtime: float, error: BaseException | None, cost: int
     ) -> None:
-        hold_id = getattr(self.budget, "ledger_hold_id", lambda _hold: None)(attempt.hold)
+        hold_id = self.budget.shared_hold_id(attempt.hold) if self.budget is not None else None
         record = attempt_record(attempt, runtime, error, cost, hold_id)
         if isinstance(error, SpotInterrupted):
             self.state.record_interruption(attempt.decision.offer.capacity_key)
@@ -580,11 +580,10 @@ class Session:
         return list(self.records)
 
     def _close_budget(self) -> None:
-        close = getattr(self.budget, "close", None)
-        if close is None:
+        if self.budget is None:
             return
         try:
-            close()
+            self.budget.close()
         except Exception as err:  # holds of a dead run are released by `reap`
             self.observer.log(f"could not release this run's budget holds: {err}", "warning")
 
