@@ -104,9 +104,10 @@ def test_idle_reserved_capacity_is_used_first_and_within_its_count() -> None:
     reserved = [b for b in result.bins if b.offer.option is RES]
     assert len(reserved) == 1
     assert len(reserved[0].task_ids) == 4
-    assert reserved[0].cost == 0.0
+    # Charged as its rows will be: the amortised rate (0.7 × 3.0) for the hour, not 0.
+    assert reserved[0].cost == pytest.approx(2.1)
     # The two left over: two 1-GPU on-demand (2.0) beat a 4-GPU one (3.0).
-    assert result.cost == pytest.approx(2.0)
+    assert result.cost == pytest.approx(2.1 + 2.0)
 
 
 def test_cpu_tasks_never_take_a_gpu_instance_and_unfit_tasks_are_reported() -> None:
