@@ -51,8 +51,10 @@ class PolicyConfig:
             raise InputError(
                 f"pack_min_saving_pct must be a percentage in [0, 100), e.g. 10; got {pct!r}"
             )
-        if isinstance(usd, bool) or not isinstance(usd, int | float) or not (
-            math.isfinite(usd) and usd >= 0
+        if (
+            isinstance(usd, bool)
+            or not isinstance(usd, int | float)
+            or not (math.isfinite(usd) and usd >= 0)
         ):
             raise InputError(
                 f"pack_min_saving_usd must be a finite amount of USD >= 0, e.g. 0.01; got {usd!r}"
@@ -60,10 +62,11 @@ class PolicyConfig:
 
     def packing_pays(self, saving_usd: float, alone_usd: float) -> bool:
         """Does sharing instances save enough, relative and absolute, to be worth its risk?"""
+        tolerance = 1e-9  # a saving equal to the threshold passes despite float rounding
         return (
-            saving_usd >= self.pack_min_saving_usd
-            and saving_usd >= alone_usd * self.pack_min_saving_pct / 100
-            and saving_usd > 0
+            saving_usd > 0
+            and saving_usd >= self.pack_min_saving_usd - tolerance
+            and saving_usd >= alone_usd * self.pack_min_saving_pct / 100 - tolerance
         )
 
 

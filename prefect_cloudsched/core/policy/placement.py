@@ -175,9 +175,7 @@ class Decision:
             },
             "deadline": self.deadline.isoformat() if self.deadline else None,
             "deadline_at_risk": self.deadline_at_risk,
-            "marginal_cost": None
-            if self.marginal_cost is None
-            else round(self.marginal_cost, 6),
+            "marginal_cost": None if self.marginal_cost is None else round(self.marginal_cost, 6),
             "fell_back_from": self.fell_back_from,
             "shared_by": self.shared_by,
         }
