@@ -172,9 +172,11 @@ def test_packing_only_when_it_saves_at_least_the_relative_threshold(
     assert result.packed_cost == pytest.approx(four_gpu_price)  # what sharing would cost
     if packs:
         assert len(result.bins) == 1 and result.cost == pytest.approx(four_gpu_price)
+        assert result.reason.startswith("shared: ")
     else:
         assert result.status == "alone" and len(result.bins) == 4
         assert result.cost == pytest.approx(4.0)
+        assert result.reason.startswith("each alone: ") and "asks for >= 10 %" in result.reason
 
 
 @pytest.mark.parametrize(("minutes", "packs"), [(6.0, True), (1.0, False)])

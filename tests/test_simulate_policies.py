@@ -20,6 +20,7 @@ from prefect_cloudsched.simulate.bound import omniscient_bound
 from prefect_cloudsched.simulate.engine import ElasticSimulator
 from prefect_cloudsched.simulate.fleet import FleetSimulator
 from prefect_cloudsched.simulate.jobs import Job
+from prefect_cloudsched.simulate.metrics import RESERVED_IDLE, summarise_elastic
 from prefect_cloudsched.simulate.spot import Lane, SpotModel, SpotTrace
 from prefect_cloudsched.simulate.spot_policies import (
     Greedy,
@@ -155,6 +156,13 @@ def test_hybrid_uses_an_idle_reservation_first_then_on_demand() -> None:
     assert first.cost == pytest.approx(RES) and first.seconds_by_option == {"reserved": H}
     assert second.cost_by_option == {"on-demand": pytest.approx(OD)}
     assert out.reserved_busy_s == H
+    # The policy's figures split the commitment as the ledger does: what jobs were charged
+    # for the time they held it (1 h), and the idle rest of the replay (makespan 2 h + 10 s).
+    result = summarise_elastic("hybrid", out)
+    held = RES * result.makespan_s / H
+    assert result.cost_by_option["reserved"] == pytest.approx(RES)
+    assert result.cost_by_option[RESERVED_IDLE] == pytest.approx(held - RES)
+    assert result.cost == pytest.approx(held + OD)  # the whole commitment, paid once
 
 
 def test_hybrid_moves_region_when_the_cheapest_spot_is_gone() -> None:

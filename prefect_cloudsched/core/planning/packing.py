@@ -128,6 +128,7 @@ class PackingResult:
         patterns: Patterns (columns) the program saw.
         packed_cost: Expected USD of the best packing found, even when ``alone`` won
             (``None``: the program found none).
+        reason: One line: why the tasks share instances, or why each runs alone (for logs).
     """
 
     status: str
@@ -140,6 +141,7 @@ class PackingResult:
     classes: int = 0
     patterns: int = 0
     packed_cost: float | None = None
+    reason: str = ""
 
     @property
     def saving(self) -> float:
@@ -159,6 +161,7 @@ class PackingResult:
             "classes": self.classes,
             "patterns": self.patterns,
             "packed_cost": None if self.packed_cost is None else round(self.packed_cost, 6),
+            "reason": self.reason,
         }
 
 
@@ -401,6 +404,7 @@ def pack_tasks(
     cost = sum(b.cost for b in bins)
     packed_cost = None if status == "infeasible" else cost
     shares = any(len(b.task_ids) > 1 for b in bins)
+    reason = _verdict(status, shares, cost, alone_cost, config)
     if not (shares and config.packing_pays(alone_cost - cost, alone_cost)):
         status, bins, cost = "alone", alone_bins, alone_cost
     return PackingResult(
@@ -414,6 +418,25 @@ def pack_tasks(
         classes=len(classes),
         patterns=len(columns),
         packed_cost=packed_cost,
+        reason=reason,
+    )
+
+
+def _verdict(
+    status: str, shares: bool, cost: float, alone_cost: float, config: PolicyConfig
+) -> str:
+    """One line for the log: why the tasks share instances or each runs alone."""
+    if status == "infeasible":
+        return "each alone: the packing program found no solution"
+    if not shares:
+        return "each alone: no instance is cheaper shared than one per task"
+    saving = alone_cost - cost
+    pct = 100 * saving / alone_cost if alone_cost > 0 else 0.0
+    verdict = "shared" if config.packing_pays(saving, alone_cost) else "each alone"
+    return (
+        f"{verdict}: sharing would cost ${cost:.4f} vs ${alone_cost:.4f} one instance each, "
+        f"saving ${saving:.4f} ({pct:.1f} %); the policy asks for >= "
+        f"{config.pack_min_saving_pct:g} % and >= ${config.pack_min_saving_usd:g}"
     )
 
 
