@@ -15,7 +15,7 @@ from prefect_cloudsched.core.accounting import (
     FELL_BACK,
     INTERRUPTED,
     OVERRAN,
-    RESERVED_LARGER,
+    RESERVATION,
     SHARED_IDLE,
     UNEXPLAINED,
     charge_micro,
@@ -136,7 +136,7 @@ def test_rows_no_dearer_than_their_baseline_need_no_reason():
         ({"decision_json": details(fell_back_from="aws/r/g1/spot")}, (FELL_BACK,)),
         ({"decision_json": details(shared_by=4)}, (SHARED_IDLE,)),
         ({"decision_json": details(reasons=["packed: shares one aws g4 with 3"])}, (SHARED_IDLE,)),
-        ({"option": "reserved", "decision_json": details()}, (RESERVED_LARGER,)),
+        ({"option": "reserved", "decision_json": details()}, (RESERVATION,)),
         ({"decision_json": details()}, (UNEXPLAINED,)),
         ({"decision_json": "not json"}, (UNEXPLAINED,)),
         (

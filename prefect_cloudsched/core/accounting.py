@@ -40,18 +40,19 @@ INTERRUPTED = "interrupted"
 OVERRAN = "overran"
 FELL_BACK = "fell back"
 SHARED_IDLE = "shared idle"
-RESERVED_LARGER = "reserved larger"
+RESERVATION = "reservation"
 REAPED = "orphan"
 UNEXPLAINED = "unexplained"
 #: Report order of the reasons.
-REASONS = (INTERRUPTED, OVERRAN, FELL_BACK, SHARED_IDLE, RESERVED_LARGER, REAPED, UNEXPLAINED)
+REASONS = (INTERRUPTED, OVERRAN, FELL_BACK, SHARED_IDLE, RESERVATION, REAPED, UNEXPLAINED)
 #: What a reason means, for the docs and ``--help``.
 REASON_HELP: Mapping[str, str] = {
     INTERRUPTED: "spot attempt lost: its cost is wasted work, its baseline 0",
     OVERRAN: "ran longer than its estimate (a shared instance lived longer than planned)",
     FELL_BACK: "the first choice could not start or was refused; a dearer offer ran",
     SHARED_IDLE: "paid its shared instance's idle time (members did not overlap fully)",
-    RESERVED_LARGER: "used an idle reservation larger than it needs (paid whether used or not)",
+    RESERVATION: "an idle reservation dearer per hour than the cheapest on-demand that fits"
+    " (larger, or elsewhere): paid whether used or not, so used first",
     REAPED: "orphaned instance ended by `reap`: all of it wasted",
     UNEXPLAINED: "none of the above: please report it",
 }
@@ -163,7 +164,7 @@ def dearer_reasons(record: PlacementRecord) -> tuple[str, ...]:
     if shared_by > 1 or packed:
         reasons.append(SHARED_IDLE)
     if record.option == PurchaseOption.RESERVED.value:
-        reasons.append(RESERVED_LARGER)
+        reasons.append(RESERVATION)
     if record.state == REAPED_STATE:
         reasons.append(REAPED)
     return tuple(reasons) or (UNEXPLAINED,)
@@ -177,7 +178,7 @@ __all__ = [
     "REAPED",
     "REASONS",
     "REASON_HELP",
-    "RESERVED_LARGER",
+    "RESERVATION",
     "SHARED_IDLE",
     "UNEXPLAINED",
     "charge_micro",
