@@ -23,11 +23,12 @@ from prefect_cloudsched.core.accounting import (
     dearer_reasons,
     idle_commitment_usd,
 )
+from prefect_cloudsched.core.budget import BudgetExceeded, BudgetPolicy, BudgetTracker
 from prefect_cloudsched.core.catalog import Catalog, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.planning.packing import PackTask, pack_tasks
 from prefect_cloudsched.core.policy import PlacementState, cost_of, decide
-from prefect_cloudsched.core.policy.admission import OfferUnavailable, start_with_fallback
+from prefect_cloudsched.core.policy.admission import OfferUnavailable, admit, start_with_fallback
 from prefect_cloudsched.core.records import to_micro
 from prefect_cloudsched.core.report import (
     build_report,
@@ -112,6 +113,29 @@ def test_a_start_fallback_is_marked_with_the_first_choice():
     assert ran.offer.key == "aws/us-east-1/g1/on-demand"
     assert ran.fell_back_from == first.offer.key
     assert ran.to_dict()["fell_back_from"] == first.offer.key
+
+
+def test_a_reserved_placement_holds_the_budget_it_will_be_charged():
+    """Before: held at $0, settled at the amortised rate, so a hard cap could be crossed."""
+    cat = catalog()
+    state = PlacementState(reserved_free={"aws/us-east-1/g4": 1})
+    decision = decide(NEEDS, cat, now=NOW, state=state)
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=2.0))
+    with pytest.raises(BudgetExceeded):  # 2.4 expected > the 2.0 cap
+        admit(decision, NEEDS, tracker, lambda n, **_: decide(n, cat, now=NOW), task_name="t")
+    roomy = BudgetTracker(BudgetPolicy(per_run_usd=3.0))
+    admitted = admit(decision, NEEDS, roomy, lambda n, **_: decide(n, cat, now=NOW), task_name="t")
+    assert admitted.decision.offer.option is RES and admitted.hold is not None
+    assert roomy.in_flight_micro == to_micro(2.4) == charge_micro(decision.offer, 3600)
+
+
+def test_the_spot_share_cap_marks_its_on_demand_placement_as_a_fallback():
+    cat = catalog()
+    first = decide(NEEDS, cat, now=NOW)
+    tracker = BudgetTracker(BudgetPolicy(spot_max_share=0.0))
+    admitted = admit(first, NEEDS, tracker, lambda n, **_: decide(n, cat, now=NOW), task_name="t")
+    assert admitted.decision.offer.option is OD
+    assert admitted.decision.fell_back_from == first.offer.key
 
 
 # --------------------------------------------------------------------------- why dearer
