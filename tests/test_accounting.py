@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from prefect_cloudsched.core.accounting import (
+    EGRESS,
     FELL_BACK,
     INTERRUPTED,
     OVERRAN,
@@ -161,6 +162,7 @@ def test_rows_no_dearer_than_their_baseline_need_no_reason():
         ({"decision_json": details(shared_by=4)}, (SHARED_IDLE,)),
         ({"decision_json": details(reasons=["packed: shares one aws g4 with 3"])}, (SHARED_IDLE,)),
         ({"option": "reserved", "decision_json": details()}, (RESERVATION,)),
+        ({"decision_json": details(task_needs={"input_gib": 50.0})}, (EGRESS,)),
         ({"decision_json": details()}, (UNEXPLAINED,)),
         ({"decision_json": "not json"}, (UNEXPLAINED,)),
         (

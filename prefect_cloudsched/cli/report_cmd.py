@@ -91,8 +91,8 @@ def report(
     """Spend, on-demand baseline, savings and interruptions from the ledger.
 
     The `why dearer` column counts the rows that cost more than plain on-demand, by reason:
-    interrupted, overran, fell back, shared idle, reservation, orphan (see docs/concepts.md,
-    "How money is counted").
+    interrupted, overran, fell back, shared idle, reservation, egress, orphan (see
+    docs/concepts.md, "How money is counted").
 
     Examples:
 

@@ -41,10 +41,11 @@ OVERRAN = "overran"
 FELL_BACK = "fell back"
 SHARED_IDLE = "shared idle"
 RESERVATION = "reservation"
+EGRESS = "egress"
 REAPED = "orphan"
 UNEXPLAINED = "unexplained"
 #: Report order of the reasons.
-REASONS = (INTERRUPTED, OVERRAN, FELL_BACK, SHARED_IDLE, RESERVATION, REAPED, UNEXPLAINED)
+REASONS = (INTERRUPTED, OVERRAN, FELL_BACK, SHARED_IDLE, RESERVATION, EGRESS, REAPED, UNEXPLAINED)
 #: What a reason means, for the docs and ``--help``.
 REASON_HELP: Mapping[str, str] = {
     INTERRUPTED: "spot attempt lost: its cost is wasted work, its baseline 0",
@@ -53,6 +54,8 @@ REASON_HELP: Mapping[str, str] = {
     SHARED_IDLE: "paid its shared instance's idle time (members did not overlap fully)",
     RESERVATION: "an idle reservation dearer per hour than the cheapest on-demand that fits"
     " (larger, or elsewhere): paid whether used or not, so used first",
+    EGRESS: "placed near its data: the decision counted the egress a cheaper-per-hour"
+    " on-demand elsewhere would pay; rows count no egress",
     REAPED: "orphaned instance ended by `reap`: all of it wasted",
     UNEXPLAINED: "none of the above: please report it",
 }
@@ -145,8 +148,9 @@ def dearer_reasons(record: PlacementRecord) -> tuple[str, ...]:
 
     Read from the row itself: its interruption fields, its runtime against the decision's
     estimate (``decision_json.task_needs.est_runtime_s``), ``fell_back_from`` and
-    ``shared_by`` of the decision that ran, and its purchase option. A dearer row none of
-    these explains is :data:`UNEXPLAINED` (the report shows it; a test keeps it at zero).
+    ``shared_by`` of the decision that ran, its purchase option and the task's input data
+    (``task_needs.input_gib``: the decision priced egress, the row does not). A dearer row
+    none of these explains is :data:`UNEXPLAINED` (the report shows it; tests keep it at 0).
     """
     if record.cost_micro <= record.baseline_micro:
         return ()
@@ -165,12 +169,15 @@ def dearer_reasons(record: PlacementRecord) -> tuple[str, ...]:
         reasons.append(SHARED_IDLE)
     if record.option == PurchaseOption.RESERVED.value:
         reasons.append(RESERVATION)
+    if (details.get("task_needs") or {}).get("input_gib"):
+        reasons.append(EGRESS)
     if record.state == REAPED_STATE:
         reasons.append(REAPED)
     return tuple(reasons) or (UNEXPLAINED,)
 
 
 __all__ = [
+    "EGRESS",
     "FELL_BACK",
     "INTERRUPTED",
     "OVERRAN",

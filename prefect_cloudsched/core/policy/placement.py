@@ -172,6 +172,8 @@ class Decision:
                 "priority": self.needs.priority.value,
                 "spot_ok": self.needs.spot_ok,
                 "checkpointable": self.needs.checkpointable,
+                "data_region": self.needs.data_region,
+                "input_gib": self.needs.input_gib,
             },
             "deadline": self.deadline.isoformat() if self.deadline else None,
             "deadline_at_risk": self.deadline_at_risk,
