@@ -146,7 +146,11 @@ def test_reserved_capacity_used_first_and_only_when_idle(small: Catalog) -> None
     needs = TaskNeeds(gpus=1, gpu_type="A10G", spot_ok=True)
     state = PlacementState(reserved_free={"aws/us-east-1/g5.xlarge": 1})
     d = decide(needs, small, now=NOW, state=state)
-    assert d.offer.option is RES and d.expected_cost == 0.0
+    # Ranked at its marginal 0 (the commitment is paid anyway), but expected at the
+    # amortised rate its ledger row will be charged: 0.6/h × the 10-min default estimate.
+    assert d.offer.option is RES and d.marginal_cost == 0.0
+    assert d.expected_cost == pytest.approx(0.6 * d.needs.est_runtime.total_seconds() / 3600)
+    assert "commitment is paid whether used or not" in d.explanation()
     assert state.take_reserved("aws/us-east-1/g5.xlarge")
     assert not state.take_reserved("aws/us-east-1/g5.xlarge")
     assert decide(needs, small, now=NOW, state=state).offer.option is SPOT

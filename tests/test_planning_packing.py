@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.planning.packing import PackingResult, PackTask, pack_tasks
+from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.testing.offers import make_offer
 
@@ -104,9 +105,10 @@ def test_idle_reserved_capacity_is_used_first_and_within_its_count() -> None:
     reserved = [b for b in result.bins if b.offer.option is RES]
     assert len(reserved) == 1
     assert len(reserved[0].task_ids) == 4
-    assert reserved[0].cost == 0.0
+    # Charged as its rows will be: the amortised rate (0.7 × 3.0) for the hour, not 0.
+    assert reserved[0].cost == pytest.approx(2.1)
     # The two left over: two 1-GPU on-demand (2.0) beat a 4-GPU one (3.0).
-    assert result.cost == pytest.approx(2.0)
+    assert result.cost == pytest.approx(2.1 + 2.0)
 
 
 def test_cpu_tasks_never_take_a_gpu_instance_and_unfit_tasks_are_reported() -> None:
@@ -152,3 +154,68 @@ def test_packing_is_valid_and_never_worse_than_one_instance_each(shapes, price) 
     result = pack_tasks(tasks, cat, now=NOW)
     check_valid(result, tasks)
     assert 0 <= result.cost <= result.alone_cost + 1e-9
+
+
+# --------------------------------------------------------------------------- threshold
+@pytest.mark.parametrize(
+    ("four_gpu_price", "packs"),
+    [(3.5, True), (3.6, True), (3.61, False), (3.7, False), (3.95, False)],
+)
+def test_packing_only_when_it_saves_at_least_the_relative_threshold(
+    four_gpu_price: float, packs: bool
+) -> None:
+    """Alone: four 1-GPU hours = 4.0. The default asks for >= 10 % (0.40) saved."""
+    tasks = [gpu_task(i) for i in range(4)]
+    result = pack_tasks(tasks, catalog(four_gpu_price), now=NOW)
+    check_valid(result, tasks)
+    assert result.alone_cost == pytest.approx(4.0)
+    assert result.packed_cost == pytest.approx(four_gpu_price)  # what sharing would cost
+    if packs:
+        assert len(result.bins) == 1 and result.cost == pytest.approx(four_gpu_price)
+        assert result.reason.startswith("shared: ")
+    else:
+        assert result.status == "alone" and len(result.bins) == 4
+        assert result.cost == pytest.approx(4.0)
+        assert result.reason.startswith("each alone: ") and "asks for >= 10 %" in result.reason
+
+
+@pytest.mark.parametrize(("minutes", "packs"), [(6.0, True), (1.0, False)])
+def test_packing_only_when_it_saves_at_least_the_absolute_threshold(
+    minutes: float, packs: bool
+) -> None:
+    """Sharing saves 25 % either way; with a $0.05 floor, four 6-minute tasks (saving $0.10)
+    are packed, four 1-minute ones (saving $0.017) each run alone."""
+    tasks = [gpu_task(i, minutes / 60) for i in range(4)]
+    config = PolicyConfig(pack_min_saving_usd=0.05)
+    result = pack_tasks(tasks, catalog(3.0), now=NOW, config=config)
+    saving = (4.0 - 3.0) * minutes / 60  # 0.1 at 6 min, 0.0167 at 1 min
+    assert result.packed_cost == pytest.approx(3.0 * minutes / 60)
+    assert (len(result.bins) == 1) is packs
+    assert result.saving == pytest.approx(saving if packs else 0.0)
+
+
+def test_the_thresholds_are_policy_knobs() -> None:
+    tasks = [gpu_task(i) for i in range(4)]
+    eager = PolicyConfig(pack_min_saving_pct=0.0, pack_min_saving_usd=0.0)
+    assert len(pack_tasks(tasks, catalog(3.9), now=NOW, config=eager).bins) == 1
+    strict = PolicyConfig(pack_min_saving_pct=30.0)
+    assert len(pack_tasks(tasks, catalog(3.0), now=NOW, config=strict).bins) == 4
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pack_min_saving_pct", -1.0),
+        ("pack_min_saving_pct", 100.0),
+        ("pack_min_saving_pct", float("nan")),
+        ("pack_min_saving_pct", "10"),
+        ("pack_min_saving_pct", True),
+        ("pack_min_saving_usd", -0.01),
+        ("pack_min_saving_usd", float("inf")),
+        ("pack_min_saving_usd", None),
+    ],
+)
+def test_bad_thresholds_are_one_line_errors_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(InputError, match=field) as caught:
+        PolicyConfig(**{field: value})
+    assert "\n" not in str(caught.value) and "e.g." in str(caught.value)

@@ -20,6 +20,7 @@ from prefect_cloudsched.simulate.bound import omniscient_bound
 from prefect_cloudsched.simulate.engine import ElasticSimulator
 from prefect_cloudsched.simulate.fleet import FleetSimulator
 from prefect_cloudsched.simulate.jobs import Job
+from prefect_cloudsched.simulate.metrics import RESERVED_IDLE, summarise_elastic
 from prefect_cloudsched.simulate.spot import Lane, SpotModel, SpotTrace
 from prefect_cloudsched.simulate.spot_policies import (
     Greedy,
@@ -151,9 +152,17 @@ def test_hybrid_uses_an_idle_reservation_first_then_on_demand() -> None:
         Hybrid(), jobs, cat=cat, reserved={reserved_offer.capacity_key: (reserved_offer, 1)}
     )
     first, second = sorted(out.runs, key=lambda r: r.job.submit_s)
-    assert first.cost == 0.0 and first.seconds_by_option == {"reserved": H}
+    # Charged the reservation's amortised rate while it held it, as its ledger row would be.
+    assert first.cost == pytest.approx(RES) and first.seconds_by_option == {"reserved": H}
     assert second.cost_by_option == {"on-demand": pytest.approx(OD)}
     assert out.reserved_busy_s == H
+    # The policy's figures split the commitment as the ledger does: what jobs were charged
+    # for the time they held it (1 h), and the idle rest of the replay (makespan 2 h + 10 s).
+    result = summarise_elastic("hybrid", out)
+    held = RES * result.makespan_s / H
+    assert result.cost_by_option["reserved"] == pytest.approx(RES)
+    assert result.cost_by_option[RESERVED_IDLE] == pytest.approx(held - RES)
+    assert result.cost == pytest.approx(held + OD)  # the whole commitment, paid once
 
 
 def test_hybrid_moves_region_when_the_cheapest_spot_is_gone() -> None:
@@ -299,7 +308,7 @@ def test_hybrid_leaves_the_reservation_to_work_that_may_not_use_spot() -> None:
                  reserved={res.capacity_key: (res, 1)})  # fmt: skip
     tolerant, strict = sorted(out.runs, key=lambda r: r.job.submit_s)
     assert set(tolerant.seconds_by_option) == {"spot"}
-    assert strict.seconds_by_option == {"reserved": H} and strict.cost == 0.0
+    assert strict.seconds_by_option == {"reserved": H} and strict.cost == pytest.approx(RES)
 
 
 def test_hybrid_waits_for_a_reserved_instance_when_the_slack_allows() -> None:
@@ -339,7 +348,9 @@ def test_hybrid_takes_the_cheapest_idle_reservation_that_fits() -> None:
     two = Job("two-gpu", 10, H, 10 + H, "test", two_needs)
     out = replay(Hybrid(), [one, two], cat=cat,
                  reserved={big.capacity_key: (big, 1), small.capacity_key: (small, 1)})  # fmt: skip
-    assert all(r.cost == 0.0 for r in out.runs)  # each on its own reservation
+    # each on its own reservation, charged its amortised rate (the 1-GPU one on the 1-GPU host)
+    assert sorted(r.cost for r in out.runs) == pytest.approx([RES, 2 * RES])
+    assert all(set(r.cost_by_option) == {"reserved"} for r in out.runs)
     assert out.reserved_busy_s == 2 * H
 
 

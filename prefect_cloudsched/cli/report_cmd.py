@@ -90,6 +90,10 @@ def report(
 ) -> None:
     """Spend, on-demand baseline, savings and interruptions from the ledger.
 
+    The `why dearer` column counts the rows that cost more than plain on-demand, by reason:
+    interrupted, overran, fell back, shared idle, reservation, egress, orphan (see
+    docs/concepts.md, "How money is counted").
+
     Examples:
 
     * `prefect-cloudsched report`

@@ -1,6 +1,8 @@
 """Cost report aggregation, shared by the CLI and the Prefect artifacts. Pure.
 
 Sums are integer micro-dollars, so a report's total equals the sum of its rows to the cent.
+Money is counted as :mod:`prefect_cloudsched.core.accounting` says, and every row dearer than
+its on-demand baseline is counted under the reason that explains it (the ``why`` column).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
+from prefect_cloudsched.core.accounting import REASONS, dearer_reasons
 from prefect_cloudsched.core.records import PlacementRecord, to_usd
 
 GroupBy = Literal["flow", "task", "cloud", "region", "option", "instance", "day"]
@@ -38,6 +41,15 @@ class ReportRow:
     baseline_micro: int
     interruptions: int
     wasted_micro: int
+    #: Rows dearer than their baseline, counted per reason (a row may have several).
+    dearer: tuple[tuple[str, int], ...] = ()
+    #: How many rows cost more than their on-demand baseline.
+    dearer_rows: int = 0
+
+    @property
+    def why(self) -> str:
+        """``2 interrupted, 1 fell back``: why rows cost more than on-demand ("" if none)."""
+        return ", ".join(f"{n} {reason}" for reason, n in self.dearer)
 
     @property
     def spend(self) -> Decimal:
@@ -74,6 +86,8 @@ class ReportRow:
             "savings_pct": None if pct is None else round(pct, 2),
             "interruptions": self.interruptions,
             "wasted_usd": str(to_usd(self.wasted_micro)),
+            "dearer_rows": self.dearer_rows,
+            "why": dict(self.dearer),
         }
 
 
@@ -95,6 +109,13 @@ class CostReport:
 
 
 def _sum(group: str, records: list[PlacementRecord]) -> ReportRow:
+    counts: dict[str, int] = {}
+    dearer_rows = 0
+    for record in records:
+        reasons = dearer_reasons(record)
+        dearer_rows += bool(reasons)
+        for reason in reasons:
+            counts[reason] = counts.get(reason, 0) + 1
     return ReportRow(
         group=group,
         tasks=len(records),
@@ -103,6 +124,8 @@ def _sum(group: str, records: list[PlacementRecord]) -> ReportRow:
         baseline_micro=sum(r.baseline_micro for r in records),
         interruptions=sum(r.interruptions for r in records),
         wasted_micro=sum(r.wasted_micro for r in records),
+        dearer=tuple((reason, counts[reason]) for reason in REASONS if reason in counts),
+        dearer_rows=dearer_rows,
     )
 
 
@@ -138,6 +161,7 @@ COLUMNS = (
     "saved",
     "saved %",
     "interrupted",
+    "why dearer",
 )
 
 
@@ -150,6 +174,7 @@ def _cells(row: ReportRow) -> list[str]:
         _money(row.savings),
         _pct(row.savings_pct),
         str(row.interruptions),
+        row.why or "—",
     ]
 
 
@@ -166,7 +191,7 @@ def render_markdown(report: CostReport) -> str:
 def render_csv(report: CostReport) -> str:
     """CSV with one line per group and a TOTAL line."""
     buffer = io.StringIO()
-    rows = [r.as_dict() for r in (*report.rows, report.total)]
+    rows = [{**r.as_dict(), "why": r.why} for r in (*report.rows, report.total)]
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
@@ -184,8 +209,9 @@ def render_rich(report: CostReport, title: str = "prefect-cloudsched cost report
 
     table = Table(title=title, show_footer=False, show_edge=False, pad_edge=False)
     table.add_column(report.group_by, style="bold", overflow="fold", min_width=10)
-    for name in COLUMNS:
+    for name in COLUMNS[:-1]:
         table.add_column(name, justify="right", no_wrap=True)
+    table.add_column(COLUMNS[-1], overflow="fold")
     for row in report.rows:
         table.add_row(row.group, *_cells(row))
     table.add_section()

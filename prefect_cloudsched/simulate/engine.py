@@ -13,9 +13,12 @@ Mechanics, identical for every policy:
 * The first start of a job is immediate; every later start (after a preemption or a
   switch) spends ``PolicyConfig.change_over`` before work resumes, billed.
 * A preempted checkpointable job keeps its progress; any other job starts again from zero.
-* On-demand and spot segments are billed per second with a minimum of ``min_billed_s``
-  (60 s, AWS's and GCP's minimum). Reserved instances cost nothing per job: the hybrid's
-  reservation is charged in full over the replay by :mod:`.compare`.
+* Money follows :mod:`prefect_cloudsched.core.accounting`, as the ledger rows do: a job is
+  charged its offer's rate for its segments (a reservation at its amortised rate while the
+  job holds it), on-demand and spot per second with a minimum of ``min_billed_s`` (60 s,
+  AWS's and GCP's minimum). The reservation's idle time is charged to no job: the hybrid's
+  commitment is paid in full over the replay, its idle part reported apart by
+  :mod:`.metrics` (``reserved (idle)``).
 * Interruptions raise the hazard ``decide()`` uses for that capacity, for
   ``interruption_memory_s`` (a day); an offer that failed to launch is blocked for
   ``block_s`` (30 min) — the task runner's fallback, with an expiry because a replay spans
@@ -40,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from prefect_cloudsched.core import policy as placement
+from prefect_cloudsched.core.accounting import charge_usd
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.energy import EnergyModel
 from prefect_cloudsched.core.needs import TaskNeeds
@@ -518,10 +522,11 @@ class ElasticSimulator:
             if self.state.reserved_free[offer.capacity_key] == 1:
                 self.cache.pools_changed()
             self.reserved_busy_s += elapsed
+            cost = charge_usd(offer, elapsed)
         else:
-            cost = max(elapsed, self.min_billed_s) * offer.usd_per_hour / 3600
-            run.cost += cost
-            run.cost_by_option[option] = run.cost_by_option.get(option, 0.0) + cost
+            cost = charge_usd(offer, max(elapsed, self.min_billed_s))
+        run.cost += cost
+        run.cost_by_option[option] = run.cost_by_option.get(option, 0.0) + cost
         run.seconds_by_option[option] = run.seconds_by_option.get(option, 0.0) + elapsed
         kwh, co2 = self.energy.energy(offer, elapsed)
         run.kwh += kwh

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from prefect_cloudsched.core.accounting import charge_usd, commitment_usd
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption
 from prefect_cloudsched.simulate.bound import BoundResult
 from prefect_cloudsched.simulate.engine import MIN_BILLED_S, JobRun
@@ -55,11 +56,11 @@ def gap_breakdown(
         done = sum(w for _, _, w in run.segments) or 1.0
         tolerant = run.job.needs.allows_spot
         for offer, elapsed, work in run.segments:
-            rate = offer.usd_per_hour / 3600
+            rate = charge_usd(offer, 1.0)
             held = offer.option is PurchaseOption.RESERVED
             billed = elapsed if held else max(elapsed, min_billed_s)
             if held:
-                busy_reserved += elapsed * rate
+                busy_reserved += charge_usd(offer, elapsed)
             parts["minimum 60-s bills"] += (billed - elapsed) * rate
             parts["change-overs and lost work"] += (elapsed - work) * rate
             premium = work * rate - lb * work / done
@@ -70,7 +71,7 @@ def gap_breakdown(
             else:
                 key = CAUSES[4] if held else CAUSES[3]
             parts[key] += premium
-    held_usd = sum(o.usd_per_hour * n for o, n in reserved.values()) * makespan_s / 3600
+    held_usd = sum(commitment_usd(o, n, makespan_s) for o, n in reserved.values())
     parts["reservation idle"] = held_usd - busy_reserved
     parts[CAUSES[-1]] = -(bound.total - bound.per_second_total)
     return parts

@@ -4,7 +4,10 @@ Definitions (the docs quote them):
 
 * ``cost`` — everything paid: on-demand and spot seconds (60-s minimum per instance),
   reserved instances × amortised rate × the replay (time 0 to the last completion), and
-  for the fixed fleet every instance × price × the replay. USD.
+  for the fixed fleet every instance × price × the replay. USD. ``cost_by_option`` splits
+  the reservation as the ledger would (:mod:`prefect_cloudsched.core.accounting`):
+  ``reserved`` is what jobs were charged for the time they held it, ``reserved (idle)``
+  the rest of the commitment.
 * ``cost_vs_ondemand`` — ÷ the on-demand-only policy's cost on the same jobs.
 * ``cost_vs_bound`` — ÷ the omniscient lower bound on the same jobs.
 * ``deadline_miss_rate`` — share of placed jobs finishing after their deadline.
@@ -24,8 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from prefect_cloudsched.core.accounting import commitment_usd
 from prefect_cloudsched.simulate.engine import ElasticOutcome, JobRun
 from prefect_cloudsched.simulate.fleet import FleetOutcome
+
+#: ``cost_by_option`` key of the reservation hours no job held (paid whether used or not).
+RESERVED_IDLE = "reserved (idle)"
 
 
 @dataclass
@@ -105,9 +112,11 @@ def summarise_elastic(name: str, outcome: ElasticOutcome) -> PolicyResult:
     done = _completion(runs)
     makespan = float(done["makespan_s"])
     held_s = sum(n for _, n in outcome.reserved.values()) * makespan
-    reserved_usd = sum(o.usd_per_hour * n for o, n in outcome.reserved.values()) * makespan / 3600
     if outcome.reserved:
-        by_option["reserved"] = reserved_usd
+        commitment = sum(commitment_usd(o, n, makespan) for o, n in outcome.reserved.values())
+        used = by_option.get("reserved", 0.0)
+        by_option["reserved"] = used
+        by_option[RESERVED_IDLE] = max(0.0, commitment - used)
     return PolicyResult(
         policy=name,
         capacity_model="elastic",
@@ -152,4 +161,4 @@ def summarise_fleet(name: str, outcome: FleetOutcome) -> PolicyResult:
     )
 
 
-__all__ = ["PolicyResult", "summarise_elastic", "summarise_fleet"]
+__all__ = ["RESERVED_IDLE", "PolicyResult", "summarise_elastic", "summarise_fleet"]

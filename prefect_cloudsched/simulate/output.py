@@ -121,7 +121,7 @@ def plot(comparison: Comparison, out: Path, stem: str = "simulate") -> list[Path
     fig.savefig(scatter, dpi=110)
     plt.close(fig)
 
-    options = ("reserved", "on-demand", "spot")
+    options = ("reserved", "reserved (idle)", "on-demand", "spot")
     fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     bottom = [0.0] * len(data)
     names = [row["policy"] for row in data]

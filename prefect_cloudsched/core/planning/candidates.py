@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from prefect_cloudsched.core.accounting import spot_expected_cost
 from prefect_cloudsched.core.catalog import BAND_MONTHLY_FRACTION, Catalog, Offer, PurchaseOption
-from prefect_cloudsched.core.policy.placement import spot_expected_cost
 from prefect_cloudsched.errors import InputError
 
 VCPU = "vcpu"

@@ -14,18 +14,22 @@ explanation.
 2. **Offers.** Per GPU model, GPU count, purchase option (and region when some task pays
    egress) only the Pareto-optimal offers on price, interruption hazard, vCPUs and memory:
    for any task shape the cheapest fitting offer is among them. Idle reserved instances
-   (``reserved_free``) come in at zero marginal cost, capped at their count.
+   (``reserved_free``) come in at zero *marginal* cost, capped at their count.
 3. **Patterns.** For each offer, the fillings worth considering: as many copies of one class
    as fit, and greedy mixes (``a`` copies of a class, then the longest-running compatible
    classes in the space left). An instance lives as long as its longest task, so a pattern
    costs the offer's (expected) price over that time, plus egress.
-4. **Program.** Integer ``z[p]`` instances of each pattern, minimum cost, every class
-   covered, reserved patterns within the idle count. Patterns are expanded into instances
-   and tasks assigned longest first; each instance's cost is then recomputed from its real
-   tasks.
+4. **Program.** Integer ``z[p]`` instances of each pattern, minimum marginal cost, every
+   class covered, reserved patterns within the idle count. Patterns are expanded into
+   instances and tasks assigned longest first; each instance's cost is then recomputed from
+   its real tasks.
 
-The result carries the cost of placing every task alone with ``decide()`` (what the runner
-does today); if packing would not beat it, the alone placements are returned.
+Money follows :mod:`prefect_cloudsched.core.accounting`, as in ``decide()`` and the ledger: a
+bin's ``cost`` is what its rows will be charged (a reservation at its amortised rate); only
+the program's objective ranks an idle reservation at its marginal 0. The result carries the
+cost of placing every task alone with ``decide()``; unless packing saves at least
+``PolicyConfig.pack_min_saving_pct`` of it and ``pack_min_saving_usd``, the alone placements
+are returned (status ``alone``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from prefect_cloudsched.core.accounting import expected_usd, marginal_cost, spot_expected_cost
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.planning.solver import make_solver
@@ -51,7 +56,6 @@ from prefect_cloudsched.core.policy.placement import (
     PolicyConfig,
     decide,
     egress_usd_per_gib,
-    spot_expected_cost,
     spot_slack_needed,
 )
 from prefect_cloudsched.errors import InputError, NoFeasibleOffer
@@ -88,7 +92,8 @@ class PackedBin:
         offer: What to start (or which idle reserved instance to use).
         task_ids: Tasks placed on it.
         hours: How long it lives: its longest task.
-        cost: Expected USD (spot with interruption overhead, reserved 0, plus egress).
+        cost: Expected USD its rows will be charged (spot with interruption overhead,
+            reserved at its amortised rate, plus egress).
     """
 
     offer: Offer
@@ -111,8 +116,8 @@ class PackingResult:
     """Instances to start and which tasks run on each, with the comparison to ``decide()``.
 
     Attributes:
-        status: ``optimal``, ``feasible`` (time limit), ``alone`` (packing would not beat
-            one instance per task) or ``empty``.
+        status: ``optimal``, ``feasible`` (time limit), ``alone`` (packing would not save
+            the policy's threshold over one instance per task) or ``empty``.
         bins: Instances and their tasks.
         cost: Expected USD of the bins.
         alone_cost: Expected USD of placing each task by itself with ``decide()``.
@@ -121,6 +126,9 @@ class PackingResult:
         solve_seconds: Wall time of the whole packing.
         classes: Task classes the program saw.
         patterns: Patterns (columns) the program saw.
+        packed_cost: Expected USD of the best packing found, even when ``alone`` won
+            (``None``: the program found none).
+        reason: One line: why the tasks share instances, or why each runs alone (for logs).
     """
 
     status: str
@@ -132,6 +140,8 @@ class PackingResult:
     solve_seconds: float = 0.0
     classes: int = 0
     patterns: int = 0
+    packed_cost: float | None = None
+    reason: str = ""
 
     @property
     def saving(self) -> float:
@@ -150,6 +160,8 @@ class PackingResult:
             "solve_seconds": round(self.solve_seconds, 3),
             "classes": self.classes,
             "patterns": self.patterns,
+            "packed_cost": None if self.packed_cost is None else round(self.packed_cost, 6),
+            "reason": self.reason,
         }
 
 
@@ -311,28 +323,33 @@ def _patterns(offer: Offer, classes: Sequence[_Class]) -> list[dict[int, int]]:
     return list(found.values())
 
 
-def _bin_cost(offer: Offer, hours: float, needs: Sequence[TaskNeeds], catalog: Catalog) -> float:
-    """Expected USD of one instance running ``needs`` side by side for ``hours``."""
-    if offer.option is PurchaseOption.RESERVED:
-        price = 0.0
-    elif offer.option is PurchaseOption.SPOT:
-        checkpointable = all(n.checkpointable for n in needs)
-        cost, _ = spot_expected_cost(
-            np.array([offer.usd_per_hour]),
-            np.array([offer.ondemand_usd_per_hour]),
-            np.array([offer.hazard_per_hour]),
-            hours,
-            checkpointable,
+def _egress(offer: Offer, needs: Sequence[TaskNeeds], catalog: Catalog) -> float:
+    return sum(
+        n.input_gib
+        * egress_usd_per_gib(
+            offer.region, offer.cloud, n.data_region, catalog.cloud_of_region(n.data_region)
         )
-        price = float(cost[0])
-    else:
-        price = offer.usd_per_hour * hours
-    for n in needs:
-        if n.data_region and n.input_gib > 0:
-            price += n.input_gib * egress_usd_per_gib(
-                offer.region, offer.cloud, n.data_region, catalog.cloud_of_region(n.data_region)
-            )
-    return price
+        for n in needs
+        if n.data_region and n.input_gib > 0
+    )
+
+
+def _bin_cost(offer: Offer, hours: float, needs: Sequence[TaskNeeds], catalog: Catalog) -> float:
+    """Expected USD one instance running ``needs`` side by side for ``hours`` is charged."""
+    checkpointable = all(n.checkpointable for n in needs)
+    return expected_usd(offer, hours, checkpointable=checkpointable) + _egress(
+        offer, needs, catalog
+    )
+
+
+def _bin_marginal(
+    offer: Offer, hours: float, needs: Sequence[TaskNeeds], catalog: Catalog
+) -> float:
+    """What the bin adds to the bill (the program's objective): an idle reservation 0."""
+    accounted = expected_usd(offer, hours, checkpointable=all(n.checkpointable for n in needs))
+    idle_reserved = offer.option is PurchaseOption.RESERVED
+    rank = float(marginal_cost(accounted, idle_reserved)) + _egress(offer, needs, catalog)
+    return rank + (_RESERVED_TIE_BREAK_PER_HOUR * hours if idle_reserved else 0.0)
 
 
 # --------------------------------------------------------------------------- public API
@@ -385,7 +402,10 @@ def pack_tasks(
     status, counts = _solve(columns, classes, free, make_solver(solver, time_limit_s, gap))
     bins = _assign(columns, counts, classes, catalog) if status != "infeasible" else []
     cost = sum(b.cost for b in bins)
-    if status == "infeasible" or cost > alone_cost + 1e-9:
+    packed_cost = None if status == "infeasible" else cost
+    shares = any(len(b.task_ids) > 1 for b in bins)
+    reason = _verdict(status, shares, cost, alone_cost, config)
+    if not (shares and config.packing_pays(alone_cost - cost, alone_cost)):
         status, bins, cost = "alone", alone_bins, alone_cost
     return PackingResult(
         status=status,
@@ -397,22 +417,39 @@ def pack_tasks(
         solve_seconds=time.perf_counter() - started,
         classes=len(classes),
         patterns=len(columns),
+        packed_cost=packed_cost,
+        reason=reason,
+    )
+
+
+def _verdict(
+    status: str, shares: bool, cost: float, alone_cost: float, config: PolicyConfig
+) -> str:
+    """One line for the log: why the tasks share instances or each runs alone."""
+    if status == "infeasible":
+        return "each alone: the packing program found no solution"
+    if not shares:
+        return "each alone: no instance is cheaper shared than one per task"
+    saving = alone_cost - cost
+    pct = 100 * saving / alone_cost if alone_cost > 0 else 0.0
+    verdict = "shared" if config.packing_pays(saving, alone_cost) else "each alone"
+    return (
+        f"{verdict}: sharing would cost ${cost:.4f} vs ${alone_cost:.4f} one instance each, "
+        f"saving ${saving:.4f} ({pct:.1f} %); the policy asks for >= "
+        f"{config.pack_min_saving_pct:g} % and >= ${config.pack_min_saving_usd:g}"
     )
 
 
 def _columns(
     offers: Sequence[Offer], classes: Sequence[_Class], catalog: Catalog
 ) -> list[tuple[Offer, dict[int, int], float]]:
-    """Every (offer, pattern, expected cost) the program may buy instances of."""
+    """Every (offer, pattern, marginal cost) the program may buy instances of."""
     columns: list[tuple[Offer, dict[int, int], float]] = []
     for offer in offers:
         for pattern in _patterns(offer, classes):
             hours = max(classes[c].hours for c in pattern)
             needs = [classes[c].needs for c, n in pattern.items() for _ in range(n)]
-            cost = _bin_cost(offer, hours, needs, catalog)
-            if offer.option is PurchaseOption.RESERVED:
-                cost += _RESERVED_TIE_BREAK_PER_HOUR * hours
-            columns.append((offer, pattern, cost))
+            columns.append((offer, pattern, _bin_marginal(offer, hours, needs, catalog)))
     return columns
 
 

@@ -75,7 +75,7 @@ def admit(
     spot_ok = budget.spot_allowed()
     if decision.offer.option is PurchaseOption.SPOT and not spot_ok:
         decision = _with_reason(
-            redecide(needs.merged({"spot_ok": False})),
+            fell_back(decision, redecide(needs.merged({"spot_ok": False}))),
             f"spot share cap {budget.policy.spot_max_share:.0%} reached: on-demand",
         )
     hold, overruns = budget.admit(to_micro(decision.expected_cost))
@@ -89,7 +89,7 @@ def admit(
             if hold is not None:
                 overruns = fallback_overruns
                 decision = _with_reason(
-                    cheaper,
+                    fell_back(decision, cheaper),
                     f"budget: cheapest fallback (deadline risk accepted) instead of "
                     f"{decision.offer.describe()}",
                 )
@@ -121,12 +121,22 @@ def start_with_fallback(
     Raises:
         NoFeasibleOffer: ``tries`` offers in a row could not start.
     """
+    first = decision
     for _ in range(tries):
         try:
             return start(decision)
         except OfferUnavailable:
-            decision = redecide(needs)
+            decision = fell_back(first, redecide(needs))
     raise NoFeasibleOffer(f"{what}: every fallback offer failed to start; blocked: {blocked()}")
+
+
+def fell_back(first: Decision, instead: Decision) -> Decision:
+    """``instead``, marked as run in place of ``first`` (the report explains a dearer row by
+    it); the mark keeps the very first choice across several fallbacks."""
+    origin = first.fell_back_from or first.offer.key
+    if instead.offer.key == origin:
+        return instead
+    return replace(instead, fell_back_from=origin)
 
 
 def _with_reason(decision: Decision, reason: str) -> Decision:
@@ -139,6 +149,7 @@ __all__ = [
     "OfferUnavailable",
     "Redecide",
     "admit",
+    "fell_back",
     "needs_for_attempt",
     "start_with_fallback",
 ]

@@ -6,8 +6,9 @@ task; the simulator calls the same function with a simulated clock.
 Expected cost of an offer for a task of ``h`` estimated hours:
 
 * on-demand: ``price × h``;
-* reserved: ``0`` marginal while an idle reserved instance exists (the reservation is a sunk
-  cost), accounted afterwards at its amortised 1-yr rate;
+* reserved: its amortised 1-yr rate × ``h`` — what its ledger row will be charged — while
+  the *ranking* uses its marginal cost, ``0`` while an idle reserved instance exists (the
+  commitment is paid whether used or not; :mod:`prefect_cloudsched.core.accounting`);
 * spot, with interruption probability ``p = 1 − exp(−λ·h)`` (λ from the catalog's
   interruption band, raised by interruptions already seen this run):
   ``(1 − p)·spot·h + p·(spot·h/2 + od·h_rerun)`` — an interruption wastes on average half
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from prefect_cloudsched.core.accounting import charge_usd, marginal_cost, spot_expected_cost
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy.config import DEFAULT_POLICY, PolicyConfig
@@ -116,6 +118,14 @@ class Decision:
     #: The deadline leaves less than the runtime estimate plus one change-over: even
     #: on-demand may finish late (the runner can fail such a task before it starts).
     deadline_at_risk: bool = False
+    #: What choosing ``offer`` adds to the bill (ranking only): ``expected_cost``, except
+    #: 0 on an idle reservation (paid whether used or not). ``None``: equal to it.
+    marginal_cost: float | None = None
+    #: The offer first chosen when this one ran instead (it could not start, or admission
+    #: refused it): the report explains a dearer row by it.
+    fell_back_from: str | None = None
+    #: Tasks sharing this decision's instance (a packed ``.map()`` bin); 1 alone.
+    shared_by: int = 1
 
     @property
     def tag(self) -> str:
@@ -162,9 +172,14 @@ class Decision:
                 "priority": self.needs.priority.value,
                 "spot_ok": self.needs.spot_ok,
                 "checkpointable": self.needs.checkpointable,
+                "data_region": self.needs.data_region,
+                "input_gib": self.needs.input_gib,
             },
             "deadline": self.deadline.isoformat() if self.deadline else None,
             "deadline_at_risk": self.deadline_at_risk,
+            "marginal_cost": None if self.marginal_cost is None else round(self.marginal_cost, 6),
+            "fell_back_from": self.fell_back_from,
+            "shared_by": self.shared_by,
         }
 
 
@@ -177,16 +192,6 @@ def egress_usd_per_gib(
     if data_cloud is not None and data_cloud != offer_cloud:
         return EGRESS_CROSS_CLOUD_USD_PER_GIB
     return EGRESS_SAME_CLOUD_USD_PER_GIB
-
-
-def spot_expected_cost(
-    spot: np.ndarray, on_demand: np.ndarray, hazard: np.ndarray, hours: float, checkpointable: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Expected cost and interruption probability of spot offers (see module docstring)."""
-    p = -np.expm1(-hazard * hours)
-    rerun_hours = hours / 2 if checkpointable else hours
-    cost = (1 - p) * spot * hours + p * (spot * hours / 2 + on_demand * rerun_hours)
-    return cost, p
 
 
 def spot_slack_needed(needs: TaskNeeds, change_over: timedelta) -> timedelta:
@@ -242,15 +247,16 @@ def decide(
         candidates |= spot_ok
 
     reserved_idx = _idle_reserved(catalog, allowed & is_res, state)
+    idle_reserved = np.zeros(len(catalog), dtype=bool)
     if reserved_idx is not None:
-        cost = cost.copy()
-        cost[reserved_idx] = 0.0
+        idle_reserved[reserved_idx] = True
         candidates[reserved_idx] = True
+    rank = marginal_cost(cost, idle_reserved)
 
     egress = None
     if needs.data_region and needs.input_gib > 0:
         egress = needs.input_gib * _egress_vector(catalog, needs.data_region)
-        cost = cost + egress
+        cost, rank = cost + egress, rank + egress
 
     if not candidates.any():
         raise NoFeasibleOffer(
@@ -265,11 +271,16 @@ def decide(
         )
 
     ranked = np.flatnonzero(candidates)
-    order = ranked[np.lexsort((catalog.a_price[ranked], probability[ranked], cost[ranked]))]
+    order = ranked[np.lexsort((catalog.a_price[ranked], probability[ranked], rank[ranked]))]
     best = order[0]
     if config.reserved_first and reserved_idx is not None and reserved_idx.size:
         best = reserved_idx[0]
     chosen = catalog.offers[best]
+    if idle_reserved[best]:
+        reasons.append(
+            f"idle reservation first: its commitment is paid whether used or not (marginal "
+            f"${rank[best]:.4f}), charged at its amortised ${chosen.usd_per_hour:.4f}/h"
+        )
     runner_up_idx = _runner_up(catalog, order, best)
     base_i, baseline_cost = _baseline(catalog, fits, allowed & is_od, hours, egress)
 
@@ -286,6 +297,7 @@ def decide(
         decided_at=now,
         deadline=deadline,
         deadline_at_risk=at_risk,
+        marginal_cost=float(rank[best]),
     )
 
 
@@ -427,5 +439,5 @@ def _fmt(value: timedelta) -> str:
 
 
 def cost_of(offer: Offer, runtime_seconds: float) -> float:
-    """What ``runtime_seconds`` on ``offer`` costs (reserved at its amortised rate)."""
-    return offer.usd_per_hour * runtime_seconds / 3600
+    """What ``runtime_seconds`` on a whole ``offer`` is charged (:func:`charge_usd`)."""
+    return charge_usd(offer, runtime_seconds)
