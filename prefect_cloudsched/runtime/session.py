@@ -223,9 +223,8 @@ class Session:
             time_limit_s=PACK_TIME_LIMIT_S,
         )
         self.observer.log(
-            f"packing {len(tasks)} mapped tasks: {result.status}, expected "
-            f"${result.cost:.4f} vs ${result.alone_cost:.4f} one instance each "
-            f"({result.solve_seconds:.2f} s)"
+            f"packing {len(tasks)} mapped tasks ({result.status}, {result.solve_seconds:.2f} s): "
+            f"{result.reason}"
         )
         return result
 

@@ -23,11 +23,11 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from prefect_cloudsched.core.accounting import charge_micro, member_share
 from prefect_cloudsched.core.catalog import Offer
 from prefect_cloudsched.core.needs import TaskNeeds
-from prefect_cloudsched.core.policy import Decision, cost_of
+from prefect_cloudsched.core.policy import Decision
 from prefect_cloudsched.core.policy.admission import OfferUnavailable
-from prefect_cloudsched.core.records import to_micro
 
 #: Seconds a starting member waits for its ``.map()`` to finish submitting.
 CLOSE_WAIT_S = 60.0
@@ -70,20 +70,22 @@ class SharedInstance:
             return self._handle
 
     def share(self, needs: TaskNeeds) -> float:
-        """The fraction of the instance one member occupies."""
-        if self.offer.gpu_count and needs.gpus:
-            return min(1.0, needs.gpus / self.offer.gpu_count)
-        return min(1.0, needs.cpus / max(self.offer.vcpus, 1))
+        """The fraction of the instance one member occupies (the accounting model's)."""
+        return member_share(self.offer, needs.gpus, needs.cpus)
 
     def leave(self, needs: TaskNeeds, runtime_s: float) -> tuple[int, bool]:
-        """Charge one member; returns its cost in micro-USD and whether it was the last."""
-        own = to_micro(cost_of(self.offer, runtime_s) * self.share(needs))
+        """Charge one member; returns its cost in micro-USD and whether it was the last.
+
+        The last member out also pays the instance time no member was charged for (the
+        idle tail of a shared instance), so the rows add up to what the cloud bills.
+        """
+        own = charge_micro(self.offer, runtime_s, self.share(needs))
         with self._lock:
             self._left += 1
             self._charged_micro += own
             last = self._left >= self.size
             if last:
-                bill = to_micro(cost_of(self.offer, time.perf_counter() - self._t0))
+                bill = charge_micro(self.offer, time.perf_counter() - self._t0)
                 own += max(0, bill - self._charged_micro)
         return own, last
 
@@ -96,6 +98,7 @@ class SharedInstance:
             runner_up=alone.offer,
             runner_up_cost=alone.expected_cost,
             reasons=(*alone.reasons, self.reason),
+            shared_by=self.size,
         )
 
 

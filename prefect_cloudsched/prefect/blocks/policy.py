@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from prefect_cloudsched.core.budget import BudgetPolicy
 from prefect_cloudsched.core.needs import normalize_gpu_type
 from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.core.policy.config import PACK_MIN_SAVING_PCT, PACK_MIN_SAVING_USD
 from prefect_cloudsched.prefect.blocks._common import (
     DOCS_URL,
     LOGO_URL,
@@ -115,6 +116,17 @@ class CloudSchedPolicy(_LoadNamed, Block):
         le=240,
         description="Minutes to get a replacement instance running after a spot loss.",
     )
+    pack_min_saving_pct: float = Field(
+        default=PACK_MIN_SAVING_PCT,
+        ge=0,
+        lt=100,
+        description="Pack a map's tasks onto shared instances only when that saves this % or more.",
+    )
+    pack_min_saving_usd: float = Field(
+        default=PACK_MIN_SAVING_USD,
+        ge=0,
+        description="... and at least this many USD (both must hold).",
+    )
     service_level: float = Field(
         default=0.9,
         gt=0,
@@ -153,6 +165,8 @@ class CloudSchedPolicy(_LoadNamed, Block):
             change_over=timedelta(minutes=self.change_over_minutes),
             reserved_first=self.reserved_first,
             max_usd_per_hour=self.max_usd_per_hour,
+            pack_min_saving_pct=self.pack_min_saving_pct,
+            pack_min_saving_usd=self.pack_min_saving_usd,
         )
 
     def to_budget(self) -> BudgetPolicy:
