@@ -5,10 +5,11 @@ from the last ``config.combine_days`` in-window day boundaries (:mod:`.members`)
 are inverse-squared-MAE weights over those days, pulled towards least-absolute-deviation
 stacked weights (``w >= 0, sum(w) = 1``, a linear programme) just as far as needed to be no
 worse than the best member on those days; the stacked weights themselves always are, because
-every single member is a feasible point. The intervals are split-conformal: the
-combination's in-window errors, scaled by the local volatility at their start, give per-step
-quantiles that are rescaled by the volatility at the window's end (so they widen after a
-level shift). See docs/forecast.md, "The combined forecaster".
+every single member is a feasible point. The intervals are conformal: the combination's
+in-window errors, each from weights fitted without its own day (cross-fitting, so the errors are
+out-of-sample in the weights too), scaled by the local volatility at their start, give
+per-step quantiles weighted towards recent days, rescaled by the volatility at the window's
+end (so they widen after a level shift). See docs/forecast.md, "The combined forecaster".
 """
 
 from __future__ import annotations
@@ -159,14 +160,33 @@ def _combine(fits, actual, values, starts, index, config):
 
     def frame_of(point: np.ndarray, residuals: np.ndarray) -> pd.DataFrame:
         return conformal_frame(future, point, residuals, scale_at_starts, scale_now,
-                               config.conformal_pool)  # fmt: skip
+                               config.conformal_pool, config.conformal_decay)  # fmt: skip
 
     point = np.tensordot(weights, np.stack([f.future for f in fits]), axes=1)
     members = {f.name: frame_of(f.future, actual - p) for f, p in zip(fits, paths, strict=True)}
     maes = {f.name: _mae(actual, p) for f, p in zip(fits, paths, strict=True)}
     maes["combined"] = _mae(actual, combined_paths)
     weight_map = {f.name: float(w) for f, w in zip(fits, weights, strict=True)}
-    return frame_of(point, actual - combined_paths), members, weight_map, maes
+    honest = crossfit_residuals(paths, actual, config.stack_shrink, config.crossfit_folds)
+    return frame_of(point, honest), members, weight_map, maes
+
+
+def crossfit_residuals(
+    paths: np.ndarray, actual: np.ndarray, shrink: float, folds: int
+) -> np.ndarray:
+    """The combination's validation errors, each day's from weights fitted without it.
+
+    The days are split into ``folds`` contiguous blocks; a block's errors use the
+    :func:`stack_weights` of the other blocks. Errors of in-sample weights are optimistic
+    (the weights were chosen to make exactly them small), which made the intervals too narrow.
+    """
+    days = actual.shape[0]
+    residuals = np.empty_like(actual)
+    for block in np.array_split(np.arange(days), min(folds, days)):
+        keep = np.setdiff1d(np.arange(days), block)
+        weights = stack_weights(paths[:, keep], actual[keep], shrink)
+        residuals[block] = actual[block] - np.tensordot(weights, paths[:, block], axes=1)
+    return residuals
 
 
 def _sarimax(y, horizon, config, warm, progress):
@@ -280,32 +300,48 @@ def conformal_frame(
     scale_at_starts: list[float],
     scale_now: float,
     pool: int = 2,
+    decay: float = 1.0,
 ) -> pd.DataFrame:
-    """Point forecast with split-conformal 80/95% intervals, clipped at 0.
+    """Point forecast with conformal 80/95% intervals, clipped at 0.
 
-    ``residuals`` (starts x steps) are out-of-sample errors from in-window starts; divided by
-    the local volatility at their start they are exchangeable scores. Step ``h`` uses the
-    scores of steps ``h-pool..h+pool``, at the finite-sample level ``ceil((N+1)q)/N``; the
-    half-width is that quantile times the volatility now. Steps past the validated ones reuse
-    the last validated step's quantile.
+    ``residuals`` (starts x steps, oldest start first, a day apart) are out-of-sample errors
+    from in-window starts; divided by the local volatility at their start they are
+    comparable scores. Step ``h`` uses the scores of steps ``h-pool..h+pool``. Each start's
+    scores weigh ``decay ** age`` (age in starts); the quantile is the weighted conformal one
+    (Barber, Candes, Ramdas & Tibshirani 2023): the smallest score whose weighted rank, with
+    the forecast itself counted at the newest weight, reaches the level. ``decay=1`` is plain
+    split conformal, rank ``ceil((N+1)q)``. The half-width is that quantile times the
+    volatility now. Steps past the validated ones reuse the last validated step's quantile.
     """
     scores = np.abs(residuals) / np.asarray(scale_at_starts, dtype=float)[:, None]
-    steps = scores.shape[1]
+    starts, steps = scores.shape
+    start_weight = decay ** np.arange(starts - 1, -1, -1, dtype=float)
     halves = {}
     for level in LEVELS:
         q = np.empty(steps)
         for h in range(steps):
-            pooled = scores[:, max(0, h - pool) : h + pool + 1].reshape(-1)
-            pooled = pooled[np.isfinite(pooled)]
-            if len(pooled) == 0:
-                q[h] = np.nan
-                continue
-            rank = min(1.0, math.ceil((len(pooled) + 1) * level / 100) / len(pooled))
-            q[h] = np.quantile(pooled, rank, method="higher")
+            columns = slice(max(0, h - pool), h + pool + 1)
+            pooled = scores[:, columns]
+            weights = np.broadcast_to(start_weight[:, None], pooled.shape)
+            q[h] = weighted_conformal_quantile(pooled.reshape(-1), weights.reshape(-1), level)
         q = pd.Series(q).ffill().bfill().fillna(0.0).to_numpy()
         extended = np.concatenate([q, np.full(max(0, len(point) - steps), q[-1])])[: len(point)]
         halves[level] = extended * scale_now
     return interval_frame(index, np.nan_to_num(point), halves[80], halves[95])
+
+
+def weighted_conformal_quantile(scores: np.ndarray, weights: np.ndarray, level: float) -> float:
+    """The smallest score whose cumulative weight, out of the total plus the test point's
+    (the largest weight), reaches ``level`` %; the largest score when none does (too few
+    scores for that level). NaN scores are skipped; none left gives NaN."""
+    finite = np.isfinite(scores)
+    scores, weights = scores[finite], weights[finite]
+    if len(scores) == 0:
+        return math.nan
+    order = np.argsort(scores, kind="stable")
+    share = np.cumsum(weights[order]) / (weights.sum() + weights.max())
+    rank = int(np.searchsorted(share, level / 100 - 1e-12))
+    return float(scores[order][min(rank, len(scores) - 1)])
 
 
 def _local_scale(values: np.ndarray, end: int) -> float:
