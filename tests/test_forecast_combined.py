@@ -182,3 +182,44 @@ def test_refilter_keeps_the_weekly_fourier_phase_when_the_window_moves() -> None
     shared = np.asarray(first.fittedvalues)[200:672]
     np.testing.assert_allclose(np.asarray(right.fittedvalues)[176:648], shared, atol=1e-6)
     assert np.abs(np.asarray(wrong.fittedvalues)[176:648] - shared).mean() > 1.0
+
+
+def test_weighted_conformal_quantile_without_decay_is_the_split_conformal_rank() -> None:
+    scores = np.arange(1.0, 20.0)  # 19 scores: ceil(20 * 0.8) = 16th, ceil(20 * 0.95) = 19th
+    ones = np.ones_like(scores)
+    assert combined.weighted_conformal_quantile(scores, ones, 80) == 16.0
+    assert combined.weighted_conformal_quantile(scores, ones, 95) == 19.0
+    # too few scores for the level: the largest one, not an extrapolation
+    assert combined.weighted_conformal_quantile(scores[:5], ones[:5], 95) == 5.0
+    assert np.isnan(combined.weighted_conformal_quantile(np.array([np.nan]), ones[:1], 80))
+
+
+def test_recency_weighted_intervals_follow_errors_that_grew_lately() -> None:
+    rng = np.random.default_rng(5)
+    residuals = rng.normal(0, 1, (14, 24))
+    residuals[-3:] *= 4  # the last three days were four times as wrong
+    args = (pd.RangeIndex(24), np.full(24, 100.0), residuals, [1.0] * 14, 1.0)
+    plain = combined.conformal_frame(*args, decay=1.0)
+    recent = combined.conformal_frame(*args, decay=0.6)
+    assert (recent["hi80"] - plain["hi80"]).mean() > 1.0
+    fresh = 100 + rng.normal(0, 4, (2000, 24))  # the errors stay large
+    inside = (fresh >= recent["lo80"].to_numpy()) & (fresh <= recent["hi80"].to_numpy())
+    assert inside.mean() > 0.7
+
+
+def test_crossfit_residuals_are_out_of_sample_in_the_weights() -> None:
+    # member 0 is right on the first week, member 1 on the second: weights fitted on all days
+    # look good everywhere, weights fitted without a day cannot know that day's good member
+    rng = np.random.default_rng(2)
+    actual = 100 + rng.normal(0, 1, (14, 24))
+    paths = np.stack([actual + 5.0, actual - 5.0])
+    paths[0, :7] = actual[:7]
+    paths[1, 7:] = actual[7:]
+    weights = combined.stack_weights(paths, actual)
+    in_sample = np.abs(actual - np.tensordot(weights, paths, axes=1)).mean()
+    honest = combined.crossfit_residuals(paths, actual, shrink=1.0, folds=7)
+    assert honest.shape == actual.shape
+    assert np.abs(honest).mean() > in_sample + 0.5
+    # with identical members there is nothing to overfit: cross-fitted errors are the errors
+    same = np.stack([actual + 1.0, actual + 1.0])
+    np.testing.assert_allclose(combined.crossfit_residuals(same, actual, 1.0, 7), -1.0)
