@@ -223,3 +223,33 @@ def test_crossfit_residuals_are_out_of_sample_in_the_weights() -> None:
     # with identical members there is nothing to overfit: cross-fitted errors are the errors
     same = np.stack([actual + 1.0, actual + 1.0])
     np.testing.assert_allclose(combined.crossfit_residuals(same, actual, 1.0, 7), -1.0)
+
+
+def _warm_with_last_frame(lo: float, hi: float) -> combined.WarmStart:
+    index = pd.RangeIndex(100, 124)
+    frame = pd.DataFrame(
+        {"point": 50.0, "lo80": lo, "hi80": hi, "lo95": lo - 5, "hi95": hi + 5}, index=index
+    )
+    return combined.WarmStart(None, None, last_frame=frame)
+
+
+def test_adaptive_conformal_raises_the_level_after_misses_and_lowers_it_after_hits() -> None:
+    y = pd.Series(50.0, index=pd.RangeIndex(0, 124))  # the forecast hours 100..123 are now seen
+    missed = combined.adapted_miss_rates(_warm_with_last_frame(60, 70), y, gamma=0.1)
+    covered = combined.adapted_miss_rates(_warm_with_last_frame(40, 60), y, gamma=0.1)
+    assert missed[0] == pytest.approx(0.2 + 0.1 * (0.2 - 1.0))  # every hour outside
+    assert missed[1] == pytest.approx(0.0)  # 0.05 - 0.095, kept at 0
+    assert covered == pytest.approx((0.2 + 0.1 * 0.2, 0.05 + 0.1 * 0.05))
+    # nothing to check yet (hours not in the window, or no warm start): targets unchanged
+    early = combined.adapted_miss_rates(_warm_with_last_frame(60, 70), y.iloc[:100], gamma=0.1)
+    assert early == pytest.approx((0.2, 0.05))
+    assert combined.adapted_miss_rates(None, y, gamma=0.1) == pytest.approx((0.2, 0.05))
+
+
+def test_lower_miss_rate_targets_widen_the_intervals() -> None:
+    residuals = np.random.default_rng(3).normal(0, 1, (14, 24))
+    args = (pd.RangeIndex(24), np.full(24, 100.0), residuals, [1.0] * 14, 1.0)
+    nominal = combined.conformal_frame(*args)
+    stricter = combined.conformal_frame(*args, miss_rates=(0.1, 0.02))
+    assert (stricter["hi80"] > nominal["hi80"]).mean() > 0.8
+    assert (stricter["hi95"] >= stricter["hi80"]).all()

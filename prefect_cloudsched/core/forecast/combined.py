@@ -9,7 +9,10 @@ every single member is a feasible point. The intervals are conformal: the combin
 in-window errors, each from weights fitted without its own day (cross-fitting, so the errors are
 out-of-sample in the weights too), scaled by the local volatility at their start, give
 per-step quantiles weighted towards recent days, rescaled by the volatility at the window's
-end (so they widen after a level shift). See docs/forecast.md, "The combined forecaster".
+end (so they widen after a level shift). When origins follow each other (a warm start),
+adaptive conformal inference also moves the quantile levels: up after a day whose hours fell
+outside the last intervals more often than claimed, down after one that fell inside more often.
+See docs/forecast.md, "The combined forecaster".
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ from prefect_cloudsched.errors import InputError
 class WarmStart:
     """What a later origin may reuse: the SARIMAX choice and parameters, ETS parameters.
 
-    ``age`` is how many hours the window has moved since they were estimated.
+    ``age`` is how many hours the window has moved since they were estimated. ``miss_rates``
+    are the adaptive conformal miss-rate targets (80 %, 95 % level) the next origin starts
+    from, and ``last_frame`` the combined forecast whose hours it checks them against.
     """
 
     selection: Selection | None
@@ -57,6 +62,8 @@ class WarmStart:
     age: int = 0
     grid_age: int = 0
     arima_scale: tuple[float, float] | None = None
+    miss_rates: tuple[float, float] = tuple(1 - level / 100 for level in LEVELS)
+    last_frame: pd.DataFrame | None = None
 
     def moved(self, hours: int) -> WarmStart:
         """The same estimates, ``hours`` later."""
@@ -114,7 +121,10 @@ def combined_window(
     seconds["sarimax"] = time.perf_counter() - clock
     fits = [f for f in fits if f.name in config.members]
     actual = np.stack([y.to_numpy(dtype=float)[s : s + check_horizon] for s in starts])
-    frame, members, weights, maes = _combine(fits, actual, values, starts, y.index, config)
+    miss_rates = adapted_miss_rates(warm, y, config.aci_gamma)
+    frame, members, weights, maes = _combine(
+        fits, actual, values, starts, y.index, config, miss_rates
+    )
     if arima_intervals:
         members["arima"] = arima_frame if arima_frame is not None else lag_forecast(y, horizon, DAY)
     label = " + ".join(
@@ -128,7 +138,10 @@ def combined_window(
         validation_mae=maes["combined"], weights=weights,
         members={f.name: f.label for f in fits},
     )  # fmt: skip
-    new_warm = _next_warm(warm, selection, ets_params, how, scale)
+    new_warm = replace(
+        _next_warm(warm, selection, ets_params, how, scale), miss_rates=miss_rates,
+        last_frame=frame,
+    )  # fmt: skip
     return CombinedFit(forecast, members, weights, maes, new_warm, res is None, seconds)
 
 
@@ -145,7 +158,33 @@ def _starts(y: pd.Series, check_horizon: int, config: ForecastConfig) -> list[in
     return starts
 
 
-def _combine(fits, actual, values, starts, index, config):
+def adapted_miss_rates(warm: WarmStart | None, y: pd.Series, gamma: float) -> tuple[float, float]:
+    """Adaptive conformal inference (Gibbs & Candes 2021), one step per origin.
+
+    Each level's miss-rate target ``a`` moves by ``gamma * (nominal - observed)``, where
+    ``observed`` is the share of the previous forecast's hours now in ``y`` that fell outside
+    its interval; kept in [0, 0.5]. Without a previous forecast (a single run) the targets
+    are nominal or the warm start's.
+    """
+    nominal = tuple(1 - level / 100 for level in LEVELS)
+    if warm is None:
+        return nominal
+    if warm.last_frame is None or gamma == 0:
+        return warm.miss_rates
+    seen = y.reindex(warm.last_frame.index).to_numpy(dtype=float)
+    known = np.isfinite(seen)
+    if not known.any():
+        return warm.miss_rates
+    rates = []
+    for level, target, goal in zip(LEVELS, warm.miss_rates, nominal, strict=True):
+        lo = warm.last_frame[f"lo{level}"].to_numpy()[known]
+        hi = warm.last_frame[f"hi{level}"].to_numpy()[known]
+        observed = float(((seen[known] < lo) | (seen[known] > hi)).mean())
+        rates.append(min(max(target + gamma * (goal - observed), 0.0), 0.5))
+    return rates[0], rates[1]
+
+
+def _combine(fits, actual, values, starts, index, config, miss_rates=None):
     """Weights from the members' paths, then the combined and the members' conformal frames.
 
     Returns ``(frame, member_frames, weights, validation_maes)``.
@@ -158,9 +197,10 @@ def _combine(fits, actual, values, starts, index, config):
     scale_now = _local_scale(values, len(values))
     future = future_index(index, horizon)
 
-    def frame_of(point: np.ndarray, residuals: np.ndarray) -> pd.DataFrame:
+    def frame_of(point: np.ndarray, residuals: np.ndarray, rates=None) -> pd.DataFrame:
         return conformal_frame(future, point, residuals, scale_at_starts, scale_now,
-                               config.conformal_pool, config.conformal_decay)  # fmt: skip
+                               config.conformal_pool, config.conformal_decay,
+                               rates)  # fmt: skip
 
     point = np.tensordot(weights, np.stack([f.future for f in fits]), axes=1)
     members = {f.name: frame_of(f.future, actual - p) for f, p in zip(fits, paths, strict=True)}
@@ -168,7 +208,7 @@ def _combine(fits, actual, values, starts, index, config):
     maes["combined"] = _mae(actual, combined_paths)
     weight_map = {f.name: float(w) for f, w in zip(fits, weights, strict=True)}
     honest = crossfit_residuals(paths, actual, config.stack_shrink, config.crossfit_folds)
-    return frame_of(point, honest), members, weight_map, maes
+    return frame_of(point, honest, miss_rates), members, weight_map, maes
 
 
 def crossfit_residuals(
@@ -301,6 +341,7 @@ def conformal_frame(
     scale_now: float,
     pool: int = 2,
     decay: float = 1.0,
+    miss_rates: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Point forecast with conformal 80/95% intervals, clipped at 0.
 
@@ -312,21 +353,27 @@ def conformal_frame(
     the forecast itself counted at the newest weight, reaches the level. ``decay=1`` is plain
     split conformal, rank ``ceil((N+1)q)``. The half-width is that quantile times the
     volatility now. Steps past the validated ones reuse the last validated step's quantile.
+    ``miss_rates`` (adaptive conformal, :func:`adapted_miss_rates`) replace the nominal
+    1 - level of the 80 % and 95 % intervals; the 95 % one is never narrower than the 80 %.
     """
     scores = np.abs(residuals) / np.asarray(scale_at_starts, dtype=float)[:, None]
     starts, steps = scores.shape
     start_weight = decay ** np.arange(starts - 1, -1, -1, dtype=float)
     halves = {}
-    for level in LEVELS:
+    rates = miss_rates or tuple(1 - level / 100 for level in LEVELS)
+    for level, rate in zip(LEVELS, rates, strict=True):
         q = np.empty(steps)
         for h in range(steps):
             columns = slice(max(0, h - pool), h + pool + 1)
             pooled = scores[:, columns]
             weights = np.broadcast_to(start_weight[:, None], pooled.shape)
-            q[h] = weighted_conformal_quantile(pooled.reshape(-1), weights.reshape(-1), level)
+            q[h] = weighted_conformal_quantile(
+                pooled.reshape(-1), weights.reshape(-1), 100 * (1 - rate)
+            )
         q = pd.Series(q).ffill().bfill().fillna(0.0).to_numpy()
         extended = np.concatenate([q, np.full(max(0, len(point) - steps), q[-1])])[: len(point)]
         halves[level] = extended * scale_now
+    halves[95] = np.maximum(halves[95], halves[80])
     return interval_frame(index, np.nan_to_num(point), halves[80], halves[95])
 
 

@@ -116,6 +116,9 @@ class ForecastConfig:
         crossfit_folds: the combination's validation errors, which set the intervals, come
             from weights fitted without their own day (this many contiguous folds of days);
             in-sample weights would make the errors, and so the intervals, too small.
+        aci_gamma: adaptive conformal step when origins follow each other (a backtest, a daily
+            run with a warm start): how far a day's observed miss rate moves the quantile
+            level of the next origin's intervals (0 = off).
     """
 
     window: int = 4 * WEEK
@@ -138,6 +141,7 @@ class ForecastConfig:
     conformal_pool: int = 2
     conformal_decay: float = 0.85
     crossfit_folds: int = 7
+    aci_gamma: float = 0.1
 
     def __post_init__(self) -> None:
         if self.transform not in ("none", "log1p", "auto"):
@@ -166,6 +170,8 @@ class ForecastConfig:
             raise InputError(f"stack_shrink must be in [0, 1] (got {self.stack_shrink})")
         if not 0 < self.conformal_decay <= 1:
             raise InputError(f"conformal_decay must be in (0, 1] (got {self.conformal_decay})")
+        if not 0 <= self.aci_gamma <= 1:
+            raise InputError(f"aci_gamma must be in [0, 1] (got {self.aci_gamma})")
         if self.crossfit_folds < 2:
             raise InputError(f"crossfit_folds must be >= 2 (got {self.crossfit_folds})")
 
