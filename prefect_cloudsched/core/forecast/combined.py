@@ -288,6 +288,7 @@ def stack_weights(paths: np.ndarray, actual: np.ndarray, shrink: float = 0.0) ->
     member on validation: stacked weights alone overfit the few validation days and jump
     between members from one day to the next. Members whose paths hold NaN get 0.
     """
+    from scipy import sparse
     from scipy.optimize import linprog
 
     m = paths.shape[0]
@@ -300,13 +301,18 @@ def stack_weights(paths: np.ndarray, actual: np.ndarray, shrink: float = 0.0) ->
     weights = np.zeros(k)
     weights[int(np.argmin(member_mae))] = 1.0
     if k > 1 and count:
-        # variables: w (k), e+ (N), e- (N); design @ w + e- - e+ = target
+        # variables: w (k), e+ (N), e- (N); design @ w + e- - e+ = target (sparse: the
+        # identity blocks would be dense N x N, and the fit runs once per cross-fitting fold)
         cost = np.concatenate([np.zeros(k), np.ones(2 * count)]) / count
-        a_eq = np.block(
+        identity = sparse.identity(count, format="csr")
+        a_eq = sparse.vstack(
             [
-                [design, -np.eye(count), np.eye(count)],
-                [np.ones((1, k)), np.zeros((1, 2 * count))],
-            ]
+                sparse.hstack([sparse.csr_matrix(design), -identity, identity]),
+                sparse.hstack(
+                    [sparse.csr_matrix(np.ones((1, k))), sparse.csr_matrix((1, 2 * count))]
+                ),
+            ],
+            format="csc",
         )
         b_eq = np.append(target, 1.0)
         out = linprog(cost, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")

@@ -140,7 +140,7 @@ class ForecastConfig:
     stack_shrink: float = 1.0
     conformal_pool: int = 2
     conformal_decay: float = 0.85
-    crossfit_folds: int = 7
+    crossfit_folds: int = 4
     aci_gamma: float = 0.1
 
     def __post_init__(self) -> None:
