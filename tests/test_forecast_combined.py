@@ -253,3 +253,12 @@ def test_lower_miss_rate_targets_widen_the_intervals() -> None:
     stricter = combined.conformal_frame(*args, miss_rates=(0.1, 0.02))
     assert (stricter["hi80"] > nominal["hi80"]).mean() > 0.8
     assert (stricter["hi95"] >= stricter["hi80"]).all()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("conformal_decay", 0.0), ("conformal_decay", 1.5),
+                         ("aci_gamma", -0.1), ("crossfit_folds", 1)],
+)  # fmt: skip
+def test_interval_settings_out_of_range_name_the_field(field: str, value: float) -> None:
+    with pytest.raises(InputError, match=field):
+        fc.ForecastConfig(**{field: value})
