@@ -182,3 +182,83 @@ def test_refilter_keeps_the_weekly_fourier_phase_when_the_window_moves() -> None
     shared = np.asarray(first.fittedvalues)[200:672]
     np.testing.assert_allclose(np.asarray(right.fittedvalues)[176:648], shared, atol=1e-6)
     assert np.abs(np.asarray(wrong.fittedvalues)[176:648] - shared).mean() > 1.0
+
+
+def test_weighted_conformal_quantile_without_decay_is_the_split_conformal_rank() -> None:
+    scores = np.arange(1.0, 20.0)  # 19 scores: ceil(20 * 0.8) = 16th, ceil(20 * 0.95) = 19th
+    ones = np.ones_like(scores)
+    assert combined.weighted_conformal_quantile(scores, ones, 80) == 16.0
+    assert combined.weighted_conformal_quantile(scores, ones, 95) == 19.0
+    # too few scores for the level: the largest one, not an extrapolation
+    assert combined.weighted_conformal_quantile(scores[:5], ones[:5], 95) == 5.0
+    assert np.isnan(combined.weighted_conformal_quantile(np.array([np.nan]), ones[:1], 80))
+
+
+def test_recency_weighted_intervals_follow_errors_that_grew_lately() -> None:
+    rng = np.random.default_rng(5)
+    residuals = rng.normal(0, 1, (14, 24))
+    residuals[-3:] *= 4  # the last three days were four times as wrong
+    args = (pd.RangeIndex(24), np.full(24, 100.0), residuals, [1.0] * 14, 1.0)
+    plain = combined.conformal_frame(*args, decay=1.0)
+    recent = combined.conformal_frame(*args, decay=0.6)
+    assert (recent["hi80"] - plain["hi80"]).mean() > 1.0
+    fresh = 100 + rng.normal(0, 4, (2000, 24))  # the errors stay large
+    inside = (fresh >= recent["lo80"].to_numpy()) & (fresh <= recent["hi80"].to_numpy())
+    assert inside.mean() > 0.7
+
+
+def test_crossfit_residuals_are_out_of_sample_in_the_weights() -> None:
+    # member 0 is right on the first week, member 1 on the second: weights fitted on all days
+    # look good everywhere, weights fitted without a day cannot know that day's good member
+    rng = np.random.default_rng(2)
+    actual = 100 + rng.normal(0, 1, (14, 24))
+    paths = np.stack([actual + 5.0, actual - 5.0])
+    paths[0, :7] = actual[:7]
+    paths[1, 7:] = actual[7:]
+    weights = combined.stack_weights(paths, actual)
+    in_sample = np.abs(actual - np.tensordot(weights, paths, axes=1)).mean()
+    honest = combined.crossfit_residuals(paths, actual, shrink=1.0, folds=7)
+    assert honest.shape == actual.shape
+    assert np.abs(honest).mean() > in_sample + 0.5
+    # with identical members there is nothing to overfit: cross-fitted errors are the errors
+    same = np.stack([actual + 1.0, actual + 1.0])
+    np.testing.assert_allclose(combined.crossfit_residuals(same, actual, 1.0, 7), -1.0)
+
+
+def _warm_with_last_frame(lo: float, hi: float) -> combined.WarmStart:
+    index = pd.RangeIndex(100, 124)
+    frame = pd.DataFrame(
+        {"point": 50.0, "lo80": lo, "hi80": hi, "lo95": lo - 5, "hi95": hi + 5}, index=index
+    )
+    return combined.WarmStart(None, None, last_frame=frame)
+
+
+def test_adaptive_conformal_raises_the_level_after_misses_and_lowers_it_after_hits() -> None:
+    y = pd.Series(50.0, index=pd.RangeIndex(0, 124))  # the forecast hours 100..123 are now seen
+    missed = combined.adapted_miss_rates(_warm_with_last_frame(60, 70), y, gamma=0.1)
+    covered = combined.adapted_miss_rates(_warm_with_last_frame(40, 60), y, gamma=0.1)
+    assert missed[0] == pytest.approx(0.2 + 0.1 * (0.2 - 1.0))  # every hour outside
+    assert missed[1] == pytest.approx(0.0)  # 0.05 - 0.095, kept at 0
+    assert covered == pytest.approx((0.2 + 0.1 * 0.2, 0.05 + 0.1 * 0.05))
+    # nothing to check yet (hours not in the window, or no warm start): targets unchanged
+    early = combined.adapted_miss_rates(_warm_with_last_frame(60, 70), y.iloc[:100], gamma=0.1)
+    assert early == pytest.approx((0.2, 0.05))
+    assert combined.adapted_miss_rates(None, y, gamma=0.1) == pytest.approx((0.2, 0.05))
+
+
+def test_lower_miss_rate_targets_widen_the_intervals() -> None:
+    residuals = np.random.default_rng(3).normal(0, 1, (14, 24))
+    args = (pd.RangeIndex(24), np.full(24, 100.0), residuals, [1.0] * 14, 1.0)
+    nominal = combined.conformal_frame(*args)
+    stricter = combined.conformal_frame(*args, miss_rates=(0.1, 0.02))
+    assert (stricter["hi80"] > nominal["hi80"]).mean() > 0.8
+    assert (stricter["hi95"] >= stricter["hi80"]).all()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("conformal_decay", 0.0), ("conformal_decay", 1.5),
+                         ("aci_gamma", -0.1), ("crossfit_folds", 1)],
+)  # fmt: skip
+def test_interval_settings_out_of_range_name_the_field(field: str, value: float) -> None:
+    with pytest.raises(InputError, match=field):
+        fc.ForecastConfig(**{field: value})

@@ -5,10 +5,14 @@ from the last ``config.combine_days`` in-window day boundaries (:mod:`.members`)
 are inverse-squared-MAE weights over those days, pulled towards least-absolute-deviation
 stacked weights (``w >= 0, sum(w) = 1``, a linear programme) just as far as needed to be no
 worse than the best member on those days; the stacked weights themselves always are, because
-every single member is a feasible point. The intervals are split-conformal: the
-combination's in-window errors, scaled by the local volatility at their start, give per-step
-quantiles that are rescaled by the volatility at the window's end (so they widen after a
-level shift). See docs/forecast.md, "The combined forecaster".
+every single member is a feasible point. The intervals are conformal: the combination's
+in-window errors, each from weights fitted without its own day (cross-fitting, so the errors are
+out-of-sample in the weights too), scaled by the local volatility at their start, give
+per-step quantiles weighted towards recent days, rescaled by the volatility at the window's
+end (so they widen after a level shift). When origins follow each other (a warm start),
+adaptive conformal inference also moves the quantile levels: up after a day whose hours fell
+outside the last intervals more often than claimed, down after one that fell inside more often.
+See docs/forecast.md, "The combined forecaster".
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ from prefect_cloudsched.errors import InputError
 class WarmStart:
     """What a later origin may reuse: the SARIMAX choice and parameters, ETS parameters.
 
-    ``age`` is how many hours the window has moved since they were estimated.
+    ``age`` is how many hours the window has moved since they were estimated. ``miss_rates``
+    are the adaptive conformal miss-rate targets (80 %, 95 % level) the next origin starts
+    from, and ``last_frame`` the combined forecast whose hours it checks them against.
     """
 
     selection: Selection | None
@@ -56,6 +62,8 @@ class WarmStart:
     age: int = 0
     grid_age: int = 0
     arima_scale: tuple[float, float] | None = None
+    miss_rates: tuple[float, float] = tuple(1 - level / 100 for level in LEVELS)
+    last_frame: pd.DataFrame | None = None
 
     def moved(self, hours: int) -> WarmStart:
         """The same estimates, ``hours`` later."""
@@ -113,7 +121,10 @@ def combined_window(
     seconds["sarimax"] = time.perf_counter() - clock
     fits = [f for f in fits if f.name in config.members]
     actual = np.stack([y.to_numpy(dtype=float)[s : s + check_horizon] for s in starts])
-    frame, members, weights, maes = _combine(fits, actual, values, starts, y.index, config)
+    miss_rates = adapted_miss_rates(warm, y, config.aci_gamma)
+    frame, members, weights, maes = _combine(
+        fits, actual, values, starts, y.index, config, miss_rates
+    )
     if arima_intervals:
         members["arima"] = arima_frame if arima_frame is not None else lag_forecast(y, horizon, DAY)
     label = " + ".join(
@@ -127,7 +138,10 @@ def combined_window(
         validation_mae=maes["combined"], weights=weights,
         members={f.name: f.label for f in fits},
     )  # fmt: skip
-    new_warm = _next_warm(warm, selection, ets_params, how, scale)
+    new_warm = replace(
+        _next_warm(warm, selection, ets_params, how, scale), miss_rates=miss_rates,
+        last_frame=frame,
+    )  # fmt: skip
     return CombinedFit(forecast, members, weights, maes, new_warm, res is None, seconds)
 
 
@@ -144,7 +158,33 @@ def _starts(y: pd.Series, check_horizon: int, config: ForecastConfig) -> list[in
     return starts
 
 
-def _combine(fits, actual, values, starts, index, config):
+def adapted_miss_rates(warm: WarmStart | None, y: pd.Series, gamma: float) -> tuple[float, float]:
+    """Adaptive conformal inference (Gibbs & Candes 2021), one step per origin.
+
+    Each level's miss-rate target ``a`` moves by ``gamma * (nominal - observed)``, where
+    ``observed`` is the share of the previous forecast's hours now in ``y`` that fell outside
+    its interval; kept in [0, 0.5]. Without a previous forecast (a single run) the targets
+    are nominal or the warm start's.
+    """
+    nominal = tuple(1 - level / 100 for level in LEVELS)
+    if warm is None:
+        return nominal
+    if warm.last_frame is None or gamma == 0:
+        return warm.miss_rates
+    seen = y.reindex(warm.last_frame.index).to_numpy(dtype=float)
+    known = np.isfinite(seen)
+    if not known.any():
+        return warm.miss_rates
+    rates = []
+    for level, target, goal in zip(LEVELS, warm.miss_rates, nominal, strict=True):
+        lo = warm.last_frame[f"lo{level}"].to_numpy()[known]
+        hi = warm.last_frame[f"hi{level}"].to_numpy()[known]
+        observed = float(((seen[known] < lo) | (seen[known] > hi)).mean())
+        rates.append(min(max(target + gamma * (goal - observed), 0.0), 0.5))
+    return rates[0], rates[1]
+
+
+def _combine(fits, actual, values, starts, index, config, miss_rates=None):
     """Weights from the members' paths, then the combined and the members' conformal frames.
 
     Returns ``(frame, member_frames, weights, validation_maes)``.
@@ -157,16 +197,36 @@ def _combine(fits, actual, values, starts, index, config):
     scale_now = _local_scale(values, len(values))
     future = future_index(index, horizon)
 
-    def frame_of(point: np.ndarray, residuals: np.ndarray) -> pd.DataFrame:
+    def frame_of(point: np.ndarray, residuals: np.ndarray, rates=None) -> pd.DataFrame:
         return conformal_frame(future, point, residuals, scale_at_starts, scale_now,
-                               config.conformal_pool)  # fmt: skip
+                               config.conformal_pool, config.conformal_decay,
+                               rates)  # fmt: skip
 
     point = np.tensordot(weights, np.stack([f.future for f in fits]), axes=1)
     members = {f.name: frame_of(f.future, actual - p) for f, p in zip(fits, paths, strict=True)}
     maes = {f.name: _mae(actual, p) for f, p in zip(fits, paths, strict=True)}
     maes["combined"] = _mae(actual, combined_paths)
     weight_map = {f.name: float(w) for f, w in zip(fits, weights, strict=True)}
-    return frame_of(point, actual - combined_paths), members, weight_map, maes
+    honest = crossfit_residuals(paths, actual, config.stack_shrink, config.crossfit_folds)
+    return frame_of(point, honest, miss_rates), members, weight_map, maes
+
+
+def crossfit_residuals(
+    paths: np.ndarray, actual: np.ndarray, shrink: float, folds: int
+) -> np.ndarray:
+    """The combination's validation errors, each day's from weights fitted without it.
+
+    The days are split into ``folds`` contiguous blocks; a block's errors use the
+    :func:`stack_weights` of the other blocks. Errors of in-sample weights are optimistic
+    (the weights were chosen to make exactly them small), which made the intervals too narrow.
+    """
+    days = actual.shape[0]
+    residuals = np.empty_like(actual)
+    for block in np.array_split(np.arange(days), min(folds, days)):
+        keep = np.setdiff1d(np.arange(days), block)
+        weights = stack_weights(paths[:, keep], actual[keep], shrink)
+        residuals[block] = actual[block] - np.tensordot(weights, paths[:, block], axes=1)
+    return residuals
 
 
 def _sarimax(y, horizon, config, warm, progress):
@@ -228,6 +288,7 @@ def stack_weights(paths: np.ndarray, actual: np.ndarray, shrink: float = 0.0) ->
     member on validation: stacked weights alone overfit the few validation days and jump
     between members from one day to the next. Members whose paths hold NaN get 0.
     """
+    from scipy import sparse
     from scipy.optimize import linprog
 
     m = paths.shape[0]
@@ -240,13 +301,18 @@ def stack_weights(paths: np.ndarray, actual: np.ndarray, shrink: float = 0.0) ->
     weights = np.zeros(k)
     weights[int(np.argmin(member_mae))] = 1.0
     if k > 1 and count:
-        # variables: w (k), e+ (N), e- (N); design @ w + e- - e+ = target
+        # variables: w (k), e+ (N), e- (N); design @ w + e- - e+ = target (sparse: the
+        # identity blocks would be dense N x N, and the fit runs once per cross-fitting fold)
         cost = np.concatenate([np.zeros(k), np.ones(2 * count)]) / count
-        a_eq = np.block(
+        identity = sparse.identity(count, format="csr")
+        a_eq = sparse.vstack(
             [
-                [design, -np.eye(count), np.eye(count)],
-                [np.ones((1, k)), np.zeros((1, 2 * count))],
-            ]
+                sparse.hstack([sparse.csr_matrix(design), -identity, identity]),
+                sparse.hstack(
+                    [sparse.csr_matrix(np.ones((1, k))), sparse.csr_matrix((1, 2 * count))]
+                ),
+            ],
+            format="csc",
         )
         b_eq = np.append(target, 1.0)
         out = linprog(cost, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
@@ -280,32 +346,55 @@ def conformal_frame(
     scale_at_starts: list[float],
     scale_now: float,
     pool: int = 2,
+    decay: float = 1.0,
+    miss_rates: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
-    """Point forecast with split-conformal 80/95% intervals, clipped at 0.
+    """Point forecast with conformal 80/95% intervals, clipped at 0.
 
-    ``residuals`` (starts x steps) are out-of-sample errors from in-window starts; divided by
-    the local volatility at their start they are exchangeable scores. Step ``h`` uses the
-    scores of steps ``h-pool..h+pool``, at the finite-sample level ``ceil((N+1)q)/N``; the
-    half-width is that quantile times the volatility now. Steps past the validated ones reuse
-    the last validated step's quantile.
+    ``residuals`` (starts x steps, oldest start first, a day apart) are out-of-sample errors
+    from in-window starts; divided by the local volatility at their start they are
+    comparable scores. Step ``h`` uses the scores of steps ``h-pool..h+pool``. Each start's
+    scores weigh ``decay ** age`` (age in starts); the quantile is the weighted conformal one
+    (Barber, Candes, Ramdas & Tibshirani 2023): the smallest score whose weighted rank, with
+    the forecast itself counted at the newest weight, reaches the level. ``decay=1`` is plain
+    split conformal, rank ``ceil((N+1)q)``. The half-width is that quantile times the
+    volatility now. Steps past the validated ones reuse the last validated step's quantile.
+    ``miss_rates`` (adaptive conformal, :func:`adapted_miss_rates`) replace the nominal
+    1 - level of the 80 % and 95 % intervals; the 95 % one is never narrower than the 80 %.
     """
     scores = np.abs(residuals) / np.asarray(scale_at_starts, dtype=float)[:, None]
-    steps = scores.shape[1]
+    starts, steps = scores.shape
+    start_weight = decay ** np.arange(starts - 1, -1, -1, dtype=float)
     halves = {}
-    for level in LEVELS:
+    rates = miss_rates or tuple(1 - level / 100 for level in LEVELS)
+    for level, rate in zip(LEVELS, rates, strict=True):
         q = np.empty(steps)
         for h in range(steps):
-            pooled = scores[:, max(0, h - pool) : h + pool + 1].reshape(-1)
-            pooled = pooled[np.isfinite(pooled)]
-            if len(pooled) == 0:
-                q[h] = np.nan
-                continue
-            rank = min(1.0, math.ceil((len(pooled) + 1) * level / 100) / len(pooled))
-            q[h] = np.quantile(pooled, rank, method="higher")
+            columns = slice(max(0, h - pool), h + pool + 1)
+            pooled = scores[:, columns]
+            weights = np.broadcast_to(start_weight[:, None], pooled.shape)
+            q[h] = weighted_conformal_quantile(
+                pooled.reshape(-1), weights.reshape(-1), 100 * (1 - rate)
+            )
         q = pd.Series(q).ffill().bfill().fillna(0.0).to_numpy()
         extended = np.concatenate([q, np.full(max(0, len(point) - steps), q[-1])])[: len(point)]
         halves[level] = extended * scale_now
+    halves[95] = np.maximum(halves[95], halves[80])
     return interval_frame(index, np.nan_to_num(point), halves[80], halves[95])
+
+
+def weighted_conformal_quantile(scores: np.ndarray, weights: np.ndarray, level: float) -> float:
+    """The smallest score whose cumulative weight, out of the total plus the test point's
+    (the largest weight), reaches ``level`` %; the largest score when none does (too few
+    scores for that level). NaN scores are skipped; none left gives NaN."""
+    finite = np.isfinite(scores)
+    scores, weights = scores[finite], weights[finite]
+    if len(scores) == 0:
+        return math.nan
+    order = np.argsort(scores, kind="stable")
+    share = np.cumsum(weights[order]) / (weights.sum() + weights.max())
+    rank = int(np.searchsorted(share, level / 100 - 1e-12))
+    return float(scores[order][min(rank, len(scores) - 1)])
 
 
 def _local_scale(values: np.ndarray, end: int) -> float:

@@ -110,6 +110,15 @@ class ForecastConfig:
             inverse-squared-MAE weights while staying no worse than the best member on
             validation (0 = pure least-absolute-deviation stacking).
         conformal_pool: neighbouring horizon steps pooled on each side for a step's quantile.
+        conformal_decay: weight of a validation day's errors per day of age in the conformal
+            quantile (1 = plain split conformal; below 1 the recent days count more, so the
+            intervals follow a change in how wrong the forecasts are).
+        crossfit_folds: the combination's validation errors, which set the intervals, come
+            from weights fitted without their own day (this many contiguous folds of days);
+            in-sample weights would make the errors, and so the intervals, too small.
+        aci_gamma: adaptive conformal step when origins follow each other (a backtest, a daily
+            run with a warm start): how far a day's observed miss rate moves the quantile
+            level of the next origin's intervals (0 = off).
     """
 
     window: int = 4 * WEEK
@@ -130,6 +139,9 @@ class ForecastConfig:
     regrid_days: int = 28
     stack_shrink: float = 1.0
     conformal_pool: int = 2
+    conformal_decay: float = 0.85
+    crossfit_folds: int = 4
+    aci_gamma: float = 0.1
 
     def __post_init__(self) -> None:
         if self.transform not in ("none", "log1p", "auto"):
@@ -156,6 +168,12 @@ class ForecastConfig:
             raise InputError("combine/reselect/regrid_days must be >= 1, conformal_pool >= 0")
         if not 0 <= self.stack_shrink <= 1:
             raise InputError(f"stack_shrink must be in [0, 1] (got {self.stack_shrink})")
+        if not 0 < self.conformal_decay <= 1:
+            raise InputError(f"conformal_decay must be in (0, 1] (got {self.conformal_decay})")
+        if not 0 <= self.aci_gamma <= 1:
+            raise InputError(f"aci_gamma must be in [0, 1] (got {self.aci_gamma})")
+        if self.crossfit_folds < 2:
+            raise InputError(f"crossfit_folds must be >= 2 (got {self.crossfit_folds})")
 
 
 @dataclass(frozen=True)
