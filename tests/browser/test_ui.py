@@ -1,7 +1,7 @@
 """The blocks and cost artifacts as a user sees them in the Prefect UI (headless Chromium).
 
-Run separately: ``.venv/bin/pytest -m browser tests/browser``. Screenshots for the docs are
-written to ``docs/img/``.
+Run separately: ``.venv/bin/pytest -m browser tests/browser``. Screenshots go to a temporary
+folder; ``CLOUDSCHED_SCREENSHOT_DIR=docs/img`` refreshes the docs' own.
 """
 
 from __future__ import annotations
