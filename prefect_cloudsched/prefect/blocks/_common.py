@@ -8,7 +8,7 @@ from typing import Any, Literal
 from prefect.exceptions import ObjectNotFound
 
 from prefect_cloudsched.core.catalog import load_catalog
-from prefect_cloudsched.errors import CloudSchedError
+from prefect_cloudsched.errors import MissingBlockError
 
 DOCS_URL = (
     "https://github.com/prefect-cloudsched/prefect-cloudsched/blob/main/docs/configuration.md"
@@ -20,10 +20,6 @@ LOGO_URL = (
 _OWNER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: The catalog's spot interruption bands (``catalog.BAND_ORDER``; a test keeps them equal).
 SpotBand = Literal["<5%", "5-10%", "10-15%", "15-20%", ">20%"]
-
-
-class MissingBlockError(CloudSchedError, ValueError):
-    """A block the runner or CLI was told to load is not saved on the Prefect API."""
 
 
 class _LoadNamed:

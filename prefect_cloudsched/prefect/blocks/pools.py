@@ -10,10 +10,10 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
 from prefect_cloudsched.adapters.provision.images import GCP_CPU_IMAGE, GCP_GPU_IMAGE
+from prefect_cloudsched.errors import InputError, MissingBlockError
 from prefect_cloudsched.prefect.blocks._common import (
     DOCS_URL,
     LOGO_URL,
-    MissingBlockError,
     _check_owner,
     _check_regions,
     _LoadNamed,
@@ -338,7 +338,7 @@ def load_pool(spec: str | AwsComputePool | GcpComputePool) -> AwsComputePool | G
         for cls in POOL_BLOCKS:
             if cls.get_block_type_slug() == slug:
                 return cls.load_named(name)
-        raise ValueError(
+        raise InputError(
             f"pool {spec!r}: unknown block type {slug!r}; use "
             + " or ".join(f"{c.get_block_type_slug()}/NAME" for c in POOL_BLOCKS)
         )
