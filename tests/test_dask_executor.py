@@ -32,6 +32,7 @@ from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide
 from prefect_cloudsched.errors import ProvisioningError, SpotInterrupted
+from prefect_cloudsched.testing.provisioners import RecordingProvisioner
 
 CATALOG = load_catalog()
 
@@ -422,43 +423,14 @@ def test_worker_spec_matches_the_offer() -> None:
 
 
 # ---------------------------------------------------------------------- a flow (harness, slow)
-class LocalCloud:
-    """A provisioner whose "instances" are dicts; the executor's launcher gives them workers."""
+class LocalCloud(RecordingProvisioner):
+    """A provisioner whose "instances" are records; the executor's launcher gives them workers.
 
-    def __init__(self, cloud: str) -> None:
-        self.cloud = cloud
-        self.running: dict[str, InstanceHandle] = {}
-        self.started: list[InstanceHandle] = []
-        self.scripts: list[str | None] = []
+    Instances here are never reclaimed by the cloud; losses come from killed workers.
+    """
 
-    def ensure(
-        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
-    ) -> InstanceHandle:
-        handle = InstanceHandle(
-            self.cloud,
-            f"{self.cloud}-{task_name}-{len(self.started)}",
-            offer.key,
-            offer.region,
-            offer.zone,
-            offer.option.value,
-            run_id,
-        )
-        self.started.append(handle)
-        self.running[handle.instance_id] = handle
-        self.scripts.append(startup_script)
-        return handle
-
-    def check(self, handle: InstanceHandle) -> None:
-        """Instances here are never reclaimed by the cloud; losses come from killed workers."""
-
-    def release(self, handle: InstanceHandle) -> None:
-        self.running.pop(handle.instance_id, None)
-
-    def release_run(self, run_id: str) -> int:
-        mine = [i for i, h in self.running.items() if h.run_id == run_id]
-        for instance_id in mine:
-            del self.running[instance_id]
-        return len(mine)
+    def instance_id(self, offer: Offer, task_name: str) -> str:
+        return f"{self.cloud}-{task_name}-{len(self.started)}"
 
 
 ATTEMPTS: Counter[str] = Counter()

@@ -11,9 +11,8 @@ import pytest
 
 from prefect_cloudsched.adapters.execute.base import LocalExecutor
 from prefect_cloudsched.adapters.ledger import Ledger
-from prefect_cloudsched.adapters.provision.base import InstanceHandle
 from prefect_cloudsched.core.budget import BudgetExceeded, BudgetPolicy, BudgetTracker
-from prefect_cloudsched.core.catalog import Offer, load_catalog
+from prefect_cloudsched.core.catalog import load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
 from prefect_cloudsched.core.policy.admission import needs_for_attempt
@@ -22,42 +21,9 @@ from prefect_cloudsched.runtime import build
 from prefect_cloudsched.runtime.config import RunnerConfig
 from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.testing.executor import InstanceStandInExecutor
+from prefect_cloudsched.testing.provisioners import RecordingProvisioner
 
 AWS = PolicyConfig(allowed_clouds=frozenset({"aws"}))
-
-
-class RecordingProvisioner:
-    """Starts fake instances; can reclaim every spot instance it started."""
-
-    cloud = "aws"
-
-    def __init__(self, *, reclaim_spot: bool = False) -> None:
-        self.started: list[InstanceHandle] = []
-        self.released: list[str] = []
-        self.reclaim_spot = reclaim_spot
-
-    def ensure(self, offer: Offer, *, run_id: str, task_name: str, startup_script=None):
-        handle = InstanceHandle(
-            "aws",
-            f"i-{len(self.started)}",
-            offer.key,
-            offer.region,
-            offer.zone,
-            offer.option.value,
-            run_id,
-        )
-        self.started.append(handle)
-        return handle
-
-    def check(self, handle: InstanceHandle) -> None:
-        if self.reclaim_spot and handle.option == "spot":
-            raise SpotInterrupted(handle.instance_id, handle.offer_key)
-
-    def release(self, handle: InstanceHandle) -> None:
-        self.released.append(handle.instance_id)
-
-    def release_run(self, run_id: str) -> int:
-        return 0
 
 
 def _session(tmp_path, **kw) -> Session:
