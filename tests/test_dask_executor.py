@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import cloudpickle
@@ -537,25 +538,16 @@ def test_boot_script_carries_the_worker_key_only_when_it_is_not_on_the_image() -
 
     tls = TlsMaterial.generate()
     offer = _offer("aws", "T4", PurchaseOption.SPOT)
-    inline = startup_script(offer, scheduler_address="tls://10.0.0.5:8786", run_id="r", tls=tls)
+    script = partial(
+        startup_script, offer, scheduler_address="tls://10.0.0.5:8786", run_id="r", tls=tls
+    )
+    inline = script()
     subprocess.run(["bash", "-n"], input=inline.encode(), check=True)
     assert tls.worker_key_pem.strip() in inline and tls.key_pem.strip() not in inline
     assert "--tls-key /var/lib/cloudsched/tls/worker-key.pem" in inline
-    baked = startup_script(
-        offer,
-        scheduler_address="tls://10.0.0.5:8786",
-        run_id="r",
-        tls=tls,
-        config=BootstrapConfig(tls_dir_on_image="/etc/dask"),
-    )
+    baked = script(config=BootstrapConfig(tls_dir_on_image="/etc/dask"))
     assert "PRIVATE KEY" not in baked and "--tls-key /etc/dask/worker-key.pem" in baked
-    container = startup_script(
-        offer,
-        scheduler_address="tls://10.0.0.5:8786",
-        run_id="r",
-        tls=tls,
-        config=BootstrapConfig(container_image="ghcr.io/me/worker:py3.11"),
-    )
+    container = script(config=BootstrapConfig(container_image="ghcr.io/me/worker:py3.11"))
     subprocess.run(["bash", "-n"], input=container.encode(), check=True)
     run = next(line for line in container.splitlines() if line.startswith("docker run"))
     assert "--gpus all" in run and "--network host" in run
