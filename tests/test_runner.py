@@ -403,22 +403,10 @@ def test_mapped_gpu_tasks_share_one_idle_reserved_host(prefect_harness, ledger_u
 def test_submit_decisions_are_reused_only_while_state_and_clock_allow(tmp_path) -> None:
     from datetime import UTC, datetime
 
-    from prefect_cloudsched.adapters.execute.base import LocalExecutor
-    from prefect_cloudsched.core.catalog import load_catalog
     from prefect_cloudsched.core.needs import TaskNeeds
-    from prefect_cloudsched.core.policy import PlacementState
-    from prefect_cloudsched.runtime.session import Session
+    from prefect_cloudsched.testing.session import runtime_session
 
-    catalog = load_catalog()
-    ctx = Session(
-        catalog=catalog,
-        policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
-        ledger=Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
-        state=PlacementState(),
-        spot_retries=1,
-        provisioners={},
-        executor=LocalExecutor(),
-    )
+    ctx = runtime_session(tmp_path, spot_retries=1)
     try:
         needs = TaskNeeds(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=4))
         t0 = datetime.now(UTC)
