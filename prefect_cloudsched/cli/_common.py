@@ -80,6 +80,11 @@ class Cloud(StrEnum):
     GCP = "gcp"
 
 
+CloudsOption = Annotated[
+    list[Cloud] | None, typer.Option("--cloud", help="aws or gcp (repeat; default: both).")
+]
+
+
 def group_with_default(default: str, *, empty_too: bool) -> type:
     """A click group that sends arguments not naming a subcommand to ``default``.
 

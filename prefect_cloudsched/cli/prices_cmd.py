@@ -15,7 +15,7 @@ import typer
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
-    Cloud,
+    CloudsOption,
     FormatOption,
     JsonOption,
     OutputFormat,
@@ -161,9 +161,7 @@ def _table_row(r: dict[str, object]) -> dict[str, object]:
 
 @prices_app.command("refresh")
 def refresh(
-    cloud: Annotated[
-        list[Cloud] | None, typer.Option("--cloud", help="aws or gcp (repeat; default: both).")
-    ] = None,
+    cloud: CloudsOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Where to write (default: the cloudsched home's catalog)."),

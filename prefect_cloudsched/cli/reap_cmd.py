@@ -12,7 +12,7 @@ import typer
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
-    Cloud,
+    CloudsOption,
     FormatOption,
     JsonOption,
     OutputFormat,
@@ -42,9 +42,7 @@ def reap_command(
             "--heartbeat-ttl", help="Seconds without a heartbeat before an instance is stale."
         ),
     ] = 900.0,
-    cloud: Annotated[
-        list[Cloud] | None, typer.Option("--cloud", help="aws or gcp (repeat; default: both).")
-    ] = None,
+    cloud: CloudsOption = None,
     region: Annotated[
         list[str] | None,
         typer.Option("--region", help="AWS region to scan (repeat; default: the catalog's)."),
