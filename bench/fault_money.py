@@ -61,6 +61,11 @@ def _runner(policy: Any = None) -> Any:
     return CloudSchedTaskRunner(max_workers=8, policy=policy, label_task_runs=False)
 
 
+def _money_outcome(**measured: Any) -> Outcome:
+    """An outcome of a money scenario: none starts an instance or has a deadline to meet."""
+    return Outcome(interruptions=0, instances_leaked=0, deadlines_met=None, **measured)
+
+
 ONE_GPU = {"gpus": 1, "gpu_type": "A10G", "est_runtime": timedelta(seconds=1), "spot_ok": False}
 
 
@@ -83,17 +88,14 @@ def ledger_lock(tmp: Path, backend: str, *, tasks: int = 40, lock_s: float = LED
     holder.wait()
     held_s = time.perf_counter() - locked_at
     rows = Ledger(url).placements()  # the next open replays the journal
-    return Outcome(
+    return _money_outcome(
         scenario="ledger_lock",
         backend=backend,
         tasks=tasks,
         tasks_ok=completed,
         faults_injected=1,
-        interruptions=0,
-        instances_leaked=0,
         rows_expected=completed,
         rows_found=len(rows),
-        deadlines_met=None,
         seconds=time.perf_counter() - t0,
         detail=f"write lock held {held_s:.1f} s; the flow ended after {flow_s:.1f} s with "
         f"{before_replay} row(s) in the database and {pending} in the journal; "
@@ -135,17 +137,14 @@ def postgres_restart(tmp: Path, backend: str, *, tasks: int = 40) -> Outcome:
     restarter.join(timeout=120)
     completed = sum(s.is_completed() for s in states)
     rows = Ledger(url).placements()
-    return Outcome(
+    return _money_outcome(
         scenario="postgres_restart",
         backend=backend,
         tasks=tasks,
         tasks_ok=completed,
         faults_injected=len(restarts),
-        interruptions=0,
-        instances_leaked=0,
         rows_expected=completed,
         rows_found=len(rows),
-        deadlines_met=None,
         seconds=time.perf_counter() - t0,
         detail=(restarts[0] if restarts else "the server was NOT restarted (no fault)")
         + f"; {len(rows)} of {completed} rows in the ledger",
@@ -166,17 +165,14 @@ def writers(tmp: Path, backend: str, *, processes: int = 8, tasks: int = 150) ->
         hold_micro=1_000,
         actual_micro=800,
     )
-    return Outcome(
+    return _money_outcome(
         scenario="writers",
         backend=backend,
         tasks=result.tasks,
         tasks_ok=result.admitted + result.refused,
         faults_injected=0,
-        interruptions=0,
-        instances_leaked=0,
         rows_expected=result.admitted,
         rows_found=result.rows_found,
-        deadlines_met=None,
         seconds=result.seconds,
         spend_over_cap=result.cap_ratio,
         detail=f"{processes} processes × {tasks} tasks: {result.admitted} admitted, "
@@ -218,17 +214,14 @@ def runtime_overrun(tmp: Path, backend: str, *, tasks: int = 8, cap_usd: float =
     completed, budget, other = _budget_states(states)
     rows = Ledger(url).placements()
     spend = sum(r.cost_micro for r in rows)
-    return Outcome(
+    return _money_outcome(
         scenario="runtime_overrun",
         backend=backend,
         tasks=tasks,
         tasks_ok=completed + budget,
         faults_injected=tasks,  # every task outruns its estimate 3×
-        interruptions=0,
-        instances_leaked=0,
         rows_expected=completed,
         rows_found=sum(r.state == "completed" for r in rows),
-        deadlines_met=None,
         seconds=time.perf_counter() - t0,
         spend_over_cap=spend / to_micro(cap_usd),
         detail=f"{completed} completed, {budget} refused or stopped by the cap, {other} other "
@@ -309,17 +302,14 @@ def shared_day_cap(
     spend = ledger.window_spend(datetime.now(UTC))[DAY_CAP]
     rows = ledger.placements()
     completed = sum(r["completed"] for r in reports)
-    return Outcome(
+    return _money_outcome(
         scenario="shared_day_cap",
         backend=backend,
         tasks=processes * tasks,
         tasks_ok=processes * tasks,  # a refusal is the cap working, not a failure
         faults_injected=0,
-        interruptions=0,
-        instances_leaked=0,
         rows_expected=completed,
         rows_found=sum(r.state == "completed" for r in rows),
-        deadlines_met=None,
         seconds=time.perf_counter() - t0,
         spend_over_cap=spend / to_micro(cap_usd),
         detail=f"{processes} processes started together: {completed} tasks completed, "

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prefect_cloudsched.core.budget import Overrun
+
 
 class CloudSchedError(Exception):
     """Base class for every error this package raises on purpose."""
@@ -82,3 +87,22 @@ class ProvisioningError(CloudSchedError):
 
 class DeadlineAtRisk(CloudSchedError):
     """A task cannot finish by its deadline even on-demand (``on_deadline_risk="fail"``)."""
+
+
+class BudgetExceeded(CloudSchedError):
+    """A hard budget cap refused a placement; the task fails with this one-line message."""
+
+    def __init__(self, task_name: str, overrun: Overrun) -> None:
+        self.task_name = task_name
+        self.overrun = overrun
+        super().__init__(
+            f"{task_name}: refused, {overrun.describe()}; raise {overrun.cap} in the "
+            "CloudSchedPolicy block or set budget_enforcement=soft"
+        )
+
+    def __reduce__(self):  # picklable across process boundaries, like the other errors
+        return (type(self), (self.task_name, self.overrun))
+
+
+class MissingBlockError(CloudSchedError, ValueError):
+    """A block the runner or CLI was told to load is not saved on the Prefect API."""

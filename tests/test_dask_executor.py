@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import cloudpickle
@@ -32,6 +33,7 @@ from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide
 from prefect_cloudsched.errors import ProvisioningError, SpotInterrupted
+from prefect_cloudsched.testing.provisioners import RecordingProvisioner
 
 CATALOG = load_catalog()
 
@@ -422,43 +424,14 @@ def test_worker_spec_matches_the_offer() -> None:
 
 
 # ---------------------------------------------------------------------- a flow (harness, slow)
-class LocalCloud:
-    """A provisioner whose "instances" are dicts; the executor's launcher gives them workers."""
+class LocalCloud(RecordingProvisioner):
+    """A provisioner whose "instances" are records; the executor's launcher gives them workers.
 
-    def __init__(self, cloud: str) -> None:
-        self.cloud = cloud
-        self.running: dict[str, InstanceHandle] = {}
-        self.started: list[InstanceHandle] = []
-        self.scripts: list[str | None] = []
+    Instances here are never reclaimed by the cloud; losses come from killed workers.
+    """
 
-    def ensure(
-        self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None
-    ) -> InstanceHandle:
-        handle = InstanceHandle(
-            self.cloud,
-            f"{self.cloud}-{task_name}-{len(self.started)}",
-            offer.key,
-            offer.region,
-            offer.zone,
-            offer.option.value,
-            run_id,
-        )
-        self.started.append(handle)
-        self.running[handle.instance_id] = handle
-        self.scripts.append(startup_script)
-        return handle
-
-    def check(self, handle: InstanceHandle) -> None:
-        """Instances here are never reclaimed by the cloud; losses come from killed workers."""
-
-    def release(self, handle: InstanceHandle) -> None:
-        self.running.pop(handle.instance_id, None)
-
-    def release_run(self, run_id: str) -> int:
-        mine = [i for i, h in self.running.items() if h.run_id == run_id]
-        for instance_id in mine:
-            del self.running[instance_id]
-        return len(mine)
+    def instance_id(self, offer: Offer, task_name: str) -> str:
+        return f"{self.cloud}-{task_name}-{len(self.started)}"
 
 
 ATTEMPTS: Counter[str] = Counter()
@@ -565,25 +538,16 @@ def test_boot_script_carries_the_worker_key_only_when_it_is_not_on_the_image() -
 
     tls = TlsMaterial.generate()
     offer = _offer("aws", "T4", PurchaseOption.SPOT)
-    inline = startup_script(offer, scheduler_address="tls://10.0.0.5:8786", run_id="r", tls=tls)
+    script = partial(
+        startup_script, offer, scheduler_address="tls://10.0.0.5:8786", run_id="r", tls=tls
+    )
+    inline = script()
     subprocess.run(["bash", "-n"], input=inline.encode(), check=True)
     assert tls.worker_key_pem.strip() in inline and tls.key_pem.strip() not in inline
     assert "--tls-key /var/lib/cloudsched/tls/worker-key.pem" in inline
-    baked = startup_script(
-        offer,
-        scheduler_address="tls://10.0.0.5:8786",
-        run_id="r",
-        tls=tls,
-        config=BootstrapConfig(tls_dir_on_image="/etc/dask"),
-    )
+    baked = script(config=BootstrapConfig(tls_dir_on_image="/etc/dask"))
     assert "PRIVATE KEY" not in baked and "--tls-key /etc/dask/worker-key.pem" in baked
-    container = startup_script(
-        offer,
-        scheduler_address="tls://10.0.0.5:8786",
-        run_id="r",
-        tls=tls,
-        config=BootstrapConfig(container_image="ghcr.io/me/worker:py3.11"),
-    )
+    container = script(config=BootstrapConfig(container_image="ghcr.io/me/worker:py3.11"))
     subprocess.run(["bash", "-n"], input=container.encode(), check=True)
     run = next(line for line in container.splitlines() if line.startswith("docker run"))
     assert "--gpus all" in run and "--network host" in run

@@ -317,31 +317,24 @@ def small_step(x: int) -> int:
 
 
 @pytest.mark.harness
-def test_runner_releases_its_instances_when_the_flow_fails(
-    prefect_harness, ledger_url, clouds: MockClouds
+@pytest.mark.parametrize(
+    ("owner", "ending"),
+    [
+        ("exit-fail", RuntimeError("boom")),
+        ("exit-crash", SystemExit(3)),  # a crash (as on a cancellation signal), not an error
+    ],
+    ids=["fails", "crashes"],
+)
+def test_runner_releases_its_instances_when_the_flow_fails_or_crashes(
+    prefect_harness, ledger_url, clouds: MockClouds, owner: str, ending: BaseException
 ) -> None:
-    @flow(task_runner=_flow_runner(clouds, "exit-fail"))
-    def failing() -> None:
+    @flow(task_runner=_flow_runner(clouds, owner))
+    def ends_badly() -> None:
         small_step.submit(1).result()  # its instance stays warm (warm_seconds=300) ...
-        raise RuntimeError("boom")  # ... until the runner's exit path ends it
+        raise ending  # ... until the runner's exit path ends it
 
-    with pytest.raises(RuntimeError, match="boom"):
-        failing()
-    started = [i for i in Ledger(ledger_url).instances() if i["owner_id"] == "exit-fail"]
+    with pytest.raises(type(ending), match=str(ending)):
+        ends_badly()
+    started = [i for i in Ledger(ledger_url).instances() if i["owner_id"] == owner]
     assert started, "the task ran on a mock instance"
-    assert live_ids(clouds, "exit-fail") == set()
-
-
-@pytest.mark.harness
-def test_runner_releases_its_instances_when_the_flow_crashes(
-    prefect_harness, ledger_url, clouds: MockClouds
-) -> None:
-    @flow(task_runner=_flow_runner(clouds, "exit-crash"))
-    def crashing() -> None:
-        small_step.submit(1).result()
-        raise SystemExit(3)  # a crash (as on a cancellation signal), not a Python error
-
-    with pytest.raises(SystemExit):
-        crashing()
-    assert [i for i in Ledger(ledger_url).instances() if i["owner_id"] == "exit-crash"]
-    assert live_ids(clouds, "exit-crash") == set()
+    assert live_ids(clouds, owner) == set()

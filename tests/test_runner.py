@@ -19,6 +19,7 @@ from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.core.report import build_report
 from prefect_cloudsched.errors import CapacityError, SpotInterrupted
 from prefect_cloudsched.testing.executor import InstanceStandInExecutor
+from prefect_cloudsched.testing.provisioners import RecordingProvisioner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -85,14 +86,11 @@ def test_unplaceable_task_fails_cleanly_and_flow_continues(prefect_harness, ledg
     assert [r.task_name for r in Ledger(ledger_url).placements()] == ["fine"]
 
 
-class FlakyProvisioner:
+class FlakyProvisioner(RecordingProvisioner):
     """Interrupts the first spot instance and refuses one offer, like a real cloud would."""
 
-    cloud = "aws"
-
     def __init__(self) -> None:
-        self.started: list[InstanceHandle] = []
-        self.released: list[str] = []
+        super().__init__("aws")
         self.refused = 0
 
     def ensure(
@@ -101,28 +99,14 @@ class FlakyProvisioner:
         if offer.region == "eu-north-1" and self.refused == 0:
             self.refused += 1
             raise CapacityError(offer.key, "InsufficientInstanceCapacity", "no g5 here")
-        handle = InstanceHandle(
-            "aws",
-            f"i-{len(self.started)}",
-            offer.key,
-            offer.region,
-            offer.zone,
-            offer.option.value,
-            run_id,
+        return super().ensure(
+            offer, run_id=run_id, task_name=task_name, startup_script=startup_script
         )
-        self.started.append(handle)
-        return handle
 
     def check(self, handle: InstanceHandle) -> None:
         spot = [h for h in self.started if h.option == "spot"]
         if spot and handle == spot[0]:
             raise SpotInterrupted(handle.instance_id, handle.offer_key)
-
-    def release(self, handle: InstanceHandle) -> None:
-        self.released.append(handle.instance_id)
-
-    def release_run(self, run_id: str) -> int:
-        return 0
 
 
 @pytest.mark.harness
@@ -419,22 +403,10 @@ def test_mapped_gpu_tasks_share_one_idle_reserved_host(prefect_harness, ledger_u
 def test_submit_decisions_are_reused_only_while_state_and_clock_allow(tmp_path) -> None:
     from datetime import UTC, datetime
 
-    from prefect_cloudsched.adapters.execute.base import LocalExecutor
-    from prefect_cloudsched.core.catalog import load_catalog
     from prefect_cloudsched.core.needs import TaskNeeds
-    from prefect_cloudsched.core.policy import PlacementState
-    from prefect_cloudsched.runtime.session import Session
+    from prefect_cloudsched.testing.session import runtime_session
 
-    catalog = load_catalog()
-    ctx = Session(
-        catalog=catalog,
-        policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
-        ledger=Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
-        state=PlacementState(),
-        spot_retries=1,
-        provisioners={},
-        executor=LocalExecutor(),
-    )
+    ctx = runtime_session(tmp_path, spot_retries=1)
     try:
         needs = TaskNeeds(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=4))
         t0 = datetime.now(UTC)

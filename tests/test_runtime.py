@@ -11,67 +11,17 @@ import pytest
 
 from prefect_cloudsched.adapters.execute.base import LocalExecutor
 from prefect_cloudsched.adapters.ledger import Ledger
-from prefect_cloudsched.adapters.provision.base import InstanceHandle
 from prefect_cloudsched.core.budget import BudgetExceeded, BudgetPolicy, BudgetTracker
-from prefect_cloudsched.core.catalog import Offer, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
-from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
+from prefect_cloudsched.core.policy import PlacementState
 from prefect_cloudsched.core.policy.admission import needs_for_attempt
 from prefect_cloudsched.errors import DeadlineAtRisk, InputError, SpotInterrupted
 from prefect_cloudsched.runtime import build
 from prefect_cloudsched.runtime.config import RunnerConfig
 from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.testing.executor import InstanceStandInExecutor
-
-AWS = PolicyConfig(allowed_clouds=frozenset({"aws"}))
-
-
-class RecordingProvisioner:
-    """Starts fake instances; can reclaim every spot instance it started."""
-
-    cloud = "aws"
-
-    def __init__(self, *, reclaim_spot: bool = False) -> None:
-        self.started: list[InstanceHandle] = []
-        self.released: list[str] = []
-        self.reclaim_spot = reclaim_spot
-
-    def ensure(self, offer: Offer, *, run_id: str, task_name: str, startup_script=None):
-        handle = InstanceHandle(
-            "aws",
-            f"i-{len(self.started)}",
-            offer.key,
-            offer.region,
-            offer.zone,
-            offer.option.value,
-            run_id,
-        )
-        self.started.append(handle)
-        return handle
-
-    def check(self, handle: InstanceHandle) -> None:
-        if self.reclaim_spot and handle.option == "spot":
-            raise SpotInterrupted(handle.instance_id, handle.offer_key)
-
-    def release(self, handle: InstanceHandle) -> None:
-        self.released.append(handle.instance_id)
-
-    def release_run(self, run_id: str) -> int:
-        return 0
-
-
-def _session(tmp_path, **kw) -> Session:
-    options = dict(
-        catalog=load_catalog(),
-        policy=AWS,
-        ledger=Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
-        state=PlacementState(),
-        spot_retries=2,
-        provisioners={},
-        executor=LocalExecutor(),
-    )
-    options.update(kw)
-    return Session(**options)
+from prefect_cloudsched.testing.provisioners import RecordingProvisioner
+from prefect_cloudsched.testing.session import runtime_session
 
 
 def _attempt(session: Session, needs: TaskNeeds, body, *, attempt: int = 1):
@@ -88,7 +38,7 @@ def _attempt(session: Session, needs: TaskNeeds, body, *, attempt: int = 1):
 
 def test_place_run_finish_writes_one_row_and_releases_the_instance(tmp_path) -> None:
     provisioner = RecordingProvisioner()
-    session = _session(
+    session = runtime_session(
         tmp_path, provisioners={"aws": provisioner}, executor=InstanceStandInExecutor()
     )
     assert _attempt(session, TaskNeeds(gpus=1, gpu_type="A10G"), lambda: 42) == 42
@@ -106,7 +56,7 @@ def test_a_failing_interruption_write_never_hides_the_spot_loss(tmp_path) -> Non
             raise RuntimeError("database is locked")
 
     provisioner = RecordingProvisioner(reclaim_spot=True)
-    session = _session(
+    session = runtime_session(
         tmp_path,
         ledger=BrokenInterruptions(f"sqlite:///{tmp_path / 'b.db'}"),
         provisioners={"aws": provisioner},
@@ -124,7 +74,7 @@ def test_hard_run_cap_stops_overrunning_tasks_before_it_is_crossed(tmp_path) -> 
     """Eight 8xH100 tasks estimated at 1 s that run 3 s, under a $0.05 hard run cap."""
     cap_micro = 50_000
     budget = BudgetTracker(BudgetPolicy(per_run_usd=0.05, hard=True))
-    session = _session(tmp_path, budget=budget, spot_retries=0)
+    session = runtime_session(tmp_path, budget=budget, spot_retries=0)
     needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=1))
     outcomes: list[str] = []
 
@@ -177,12 +127,12 @@ def test_two_sessions_on_one_ledger_share_a_hard_day_cap(tmp_path) -> None:
 
 def test_deadline_at_risk_warns_or_fails_before_start(tmp_path) -> None:
     needs = TaskNeeds(cpus=2, est_runtime=timedelta(hours=5), deadline=timedelta(hours=1))
-    warn = _session(tmp_path)
+    warn = runtime_session(tmp_path)
     assert _attempt(warn, needs, lambda: "late") == "late"
     [record] = warn.close()
     assert json.loads(record.decision_json)["deadline_at_risk"] is True
 
-    fail = _session(tmp_path, on_deadline_risk="fail")
+    fail = runtime_session(tmp_path, on_deadline_risk="fail")
     with pytest.raises(DeadlineAtRisk, match="deadline at risk"):
         _attempt(fail, needs, lambda: "never")
     assert fail.close() == []
@@ -229,7 +179,7 @@ def test_a_draft_plan_is_never_treated_as_owned_reservations(tmp_path) -> None:
     assert held().counts == {}
     ledger.mark_plan_bought(plan_id)
     assert held().counts == {key: 1}
-    session = _session(
+    session = runtime_session(
         tmp_path, ledger=ledger, reserved=held(), state=PlacementState(reserved_free={key: 1})
     )
     _attempt(session, TaskNeeds(gpus=8, gpu_type="A100"), lambda: None)

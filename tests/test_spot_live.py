@@ -5,17 +5,16 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 
-from prefect_cloudsched.adapters.ledger import Ledger
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
-from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
-from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
+from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import CapacityError, MoveRequested, SpotInterrupted
 from prefect_cloudsched.prefect import checkpoint
-from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.simulate.spot import Lane, SpotTrace
 from prefect_cloudsched.testing.clouds import TraceClock
 from prefect_cloudsched.testing.executor import InstanceStandInExecutor
+from prefect_cloudsched.testing.session import runtime_session
 from prefect_cloudsched.testing.spot_job import run_controlled_job
 
 H = 3600.0
@@ -82,12 +81,9 @@ def test_a_controlled_task_waits_moves_and_resumes_from_its_checkpoint(tmp_path)
     no instance, runs on spot, is moved off it and finishes from its checkpoint."""
     clock = TraceClock(_trace([(1.0, 2.5)]), seconds_per_trace_hour=0.5)
     provisioner = TracedProvisioner(clock)
-    session = Session(
-        catalog=load_catalog(),
+    session = runtime_session(
+        tmp_path,
         policy=POLICY,
-        ledger=Ledger(f"sqlite:///{tmp_path / 'l.db'}"),
-        state=PlacementState(),
-        spot_retries=2,
         provisioners={"aws": provisioner},
         executor=InstanceStandInExecutor(),
     )

@@ -17,6 +17,7 @@ from prefect_cloudsched.core.catalog import load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import decide
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
+from prefect_cloudsched.errors import SpotInterrupted
 from prefect_cloudsched.prefect.blocks import CloudSchedLedger, CloudSchedPolicy
 from prefect_cloudsched.prefect.visibility import (
     EVENT_BUDGET,
@@ -27,6 +28,7 @@ from prefect_cloudsched.prefect.visibility import (
     is_run_id,
     slugify,
 )
+from prefect_cloudsched.testing.provisioners import RecordingProvisioner
 from prefect_cloudsched.testing.records import placement_record
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -399,39 +401,12 @@ def test_budget_automation_from_the_docs_fires(prefect_harness, ledger_url) -> N
     assert fired, "the budget automation did not fire"
 
 
-class _InterruptFirstSpot:
+class _InterruptFirstSpot(RecordingProvisioner):
     """A provisioner stand-in: the first spot instance is reclaimed, everything else runs."""
 
-    cloud = "aws"
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def ensure(self, offer: Any, *, run_id: str, task_name: str, startup_script: Any = None):
-        from prefect_cloudsched.adapters.provision.base import InstanceHandle
-
-        self.count += 1
-        return InstanceHandle(
-            "aws",
-            f"i-{self.count}",
-            offer.key,
-            offer.region,
-            offer.zone,
-            offer.option.value,
-            run_id,
-        )
-
     def check(self, handle: Any) -> None:
-        from prefect_cloudsched.errors import SpotInterrupted
-
-        if handle.option == "spot" and handle.instance_id == "i-1":
+        if handle.option == "spot" and handle == self.started[0]:
             raise SpotInterrupted(handle.instance_id, handle.offer_key)
-
-    def release(self, handle: Any) -> None:
-        pass
-
-    def release_run(self, run_id: str) -> int:
-        return 0
 
 
 @pytest.mark.harness
@@ -464,7 +439,7 @@ def test_spot_interruption_emits_an_event_and_shows_in_the_table(
     events = _read_events([EVENT_INTERRUPTED], run_id, lambda found: len(found) >= 1)
     assert len(events) == 1
     payload = events[0]["payload"]
-    assert payload["instance_id"] == "i-1" and payload["wasted_usd"] > 0
+    assert payload["instance_id"] == "i-0" and payload["wasted_usd"] > 0  # the first one
     assert payload["offer"].endswith("/spot") and payload["task"] == "train"
     roles = {r["prefect.resource.role"] for r in events[0]["related"]}
     assert {"flow-run", "task-run"} <= roles

@@ -38,6 +38,7 @@ from prefect_cloudsched.adapters.ledger_schema import (
     metadata,
     placements,
     plans,
+    select_rows,
 )
 from prefect_cloudsched.core.records import PlacementRecord
 from prefect_cloudsched.errors import LedgerError
@@ -311,11 +312,7 @@ class Ledger(SharedBudget):
 
     def interruptions(self, flow_run_id: str | None = None) -> list[dict[str, Any]]:
         """Interruption rows as dicts."""
-        query = sa.select(interruptions).order_by(interruptions.c.id)
-        if flow_run_id is not None:
-            query = query.where(interruptions.c.flow_run_id == flow_run_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+        return select_rows(self.engine, interruptions, interruptions.c.id, flow_run_id=flow_run_id)
 
     # ------------------------------------------------------------------ instances
     def upsert_instance(self, **values: Any) -> None:
@@ -331,13 +328,7 @@ class Ledger(SharedBudget):
 
     def instances(self, *, state: str | None = None, run_id: str | None = None) -> list[dict]:
         """Instance rows as dicts."""
-        query = sa.select(instances)
-        if state is not None:
-            query = query.where(instances.c.state == state)
-        if run_id is not None:
-            query = query.where(instances.c.run_id == run_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+        return select_rows(self.engine, instances, state=state, run_id=run_id)
 
     # ------------------------------------------------------------------ plans
     def record_plan(

@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from prefect_cloudsched.adapters.ledger_schema import budget_holds, placements
+from prefect_cloudsched.adapters.ledger_schema import budget_holds, placements, select_rows
 from prefect_cloudsched.core.budget import DAY_CAP, MONTH_CAP, Overrun
 
 WINDOW_CAPS = (DAY_CAP, MONTH_CAP)
@@ -228,8 +228,4 @@ class SharedBudget:
 
     def holds(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Budget hold rows as dicts."""
-        query = sa.select(budget_holds).order_by(budget_holds.c.id)
-        if run_id is not None:
-            query = query.where(budget_holds.c.run_id == run_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+        return select_rows(self.engine, budget_holds, budget_holds.c.id, run_id=run_id)

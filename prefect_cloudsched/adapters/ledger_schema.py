@@ -9,8 +9,10 @@ new tables ``budget_holds`` (day/month caps shared by every process on the datab
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 SCHEMA_VERSION = 2
 
@@ -150,3 +152,16 @@ def add_missing_columns(conn: Connection) -> list[str]:
             conn.exec_driver_sql(ddl)
             added.append(f"{table.name}.{column.name}")
     return added
+
+
+def select_rows(
+    engine: Engine, table: sa.Table, *order_by: Any, **equal: Any
+) -> list[dict[str, Any]]:
+    """Rows of ``table`` as dicts, in ``order_by`` order, where each named column equals its
+    value (a ``None`` value filters nothing): the ledger's listing methods all read so."""
+    query = sa.select(table).order_by(*order_by)
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(table.c[column] == value)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -40,6 +40,16 @@ class OutputFormat(StrEnum):
 
 FORMAT_HELP = "table, csv, json or markdown."
 JSON_HELP = "Same as --format json."
+
+# Options several commands take, spelled and explained once (typer reads these aliases).
+FormatOption = Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
+JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+LedgerUrlOption = Annotated[
+    str | None, typer.Option("--ledger", help="Ledger URL (default: the local ledger).")
+]
+CatalogOption = Annotated[
+    str | None, typer.Option("--catalog", help="A catalog CSV instead of the shipped one.")
+]
 
 
 @dataclass(slots=True)
@@ -68,6 +78,11 @@ class Cloud(StrEnum):
 
     AWS = "aws"
     GCP = "gcp"
+
+
+CloudsOption = Annotated[
+    list[Cloud] | None, typer.Option("--cloud", help="aws or gcp (repeat; default: both).")
+]
 
 
 def group_with_default(default: str, *, empty_too: bool) -> type:

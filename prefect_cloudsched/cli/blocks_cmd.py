@@ -27,8 +27,8 @@ import typer
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
-    FORMAT_HELP,
-    JSON_HELP,
+    FormatOption,
+    JsonOption,
     OutputFormat,
     render_rows,
     resolve_format,
@@ -210,8 +210,8 @@ def apply(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace saved blocks whose values differ.")
     ] = False,
-    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    output: FormatOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Save the block documents in a folder to the Prefect API (idempotent).
 

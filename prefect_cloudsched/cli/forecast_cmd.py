@@ -15,8 +15,8 @@ import typer
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
-    FORMAT_HELP,
-    JSON_HELP,
+    FormatOption,
+    JsonOption,
     OutputFormat,
     check_series_span,
     progress_bar,
@@ -89,8 +89,8 @@ def forecast(
             "multi-step error) or aic (lowest AIC overall)."
         ),
     ] = Selection.VALIDATION,
-    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    output: FormatOption = None,
+    as_json: JsonOption = False,
     plot: Annotated[
         str | None, typer.Option(help="Write a PNG of history, forecast and intervals.")
     ] = None,

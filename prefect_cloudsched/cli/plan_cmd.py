@@ -15,8 +15,10 @@ import typer
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
-    FORMAT_HELP,
-    JSON_HELP,
+    CatalogOption,
+    FormatOption,
+    JsonOption,
+    LedgerUrlOption,
     OutputFormat,
     check_series_span,
     finite,
@@ -107,18 +109,14 @@ def run(
             "arima (SARIMAX alone) or seasonal-naive (last day repeated; fast).",
         ),
     ] = "combined",
-    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    output: FormatOption = None,
+    as_json: JsonOption = False,
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG of the hourly mix against the forecast.")
     ] = None,
     save: Annotated[bool, typer.Option(help="Store the plan in the ledger.")] = False,
-    ledger_url: Annotated[
-        str | None, typer.Option("--ledger", help="Ledger URL (default: the local ledger).")
-    ] = None,
-    catalog_path: Annotated[
-        str | None, typer.Option("--catalog", help="A catalog CSV instead of the shipped one.")
-    ] = None,
+    ledger_url: LedgerUrlOption = None,
+    catalog_path: CatalogOption = None,
 ) -> None:
     """Forecast SERIES.csv and plan capacity for it (the default of `plan`).
 
@@ -390,14 +388,10 @@ def apply(
             "--aws-offering-type", help="No Upfront (the catalog's rate), Partial/All Upfront."
         ),
     ] = "No Upfront",
-    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
-    ledger_url: Annotated[
-        str | None, typer.Option("--ledger", help="Ledger URL (default: the local ledger).")
-    ] = None,
-    catalog_path: Annotated[
-        str | None, typer.Option("--catalog", help="A catalog CSV instead of the shipped one.")
-    ] = None,
+    output: FormatOption = None,
+    as_json: JsonOption = False,
+    ledger_url: LedgerUrlOption = None,
+    catalog_path: CatalogOption = None,
 ) -> None:
     """Show, and with --yes buy, the reservations of a stored plan. Dry run by default.
 

@@ -15,9 +15,9 @@ import typer
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
-    FORMAT_HELP,
-    JSON_HELP,
-    Cloud,
+    CloudsOption,
+    FormatOption,
+    JsonOption,
     OutputFormat,
     cloud_errors,
     finite,
@@ -76,8 +76,8 @@ def prices(
         int | None, typer.Option("--min-gpus", help="At least this many GPUs.")
     ] = None,
     limit: Annotated[int, typer.Option(help="Rows to show (0 = all).")] = 30,
-    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    output: FormatOption = None,
+    as_json: JsonOption = False,
     catalog_path: Annotated[
         Path | None, typer.Option("--catalog", help="A catalog CSV instead of the current one.")
     ] = None,
@@ -161,9 +161,7 @@ def _table_row(r: dict[str, object]) -> dict[str, object]:
 
 @prices_app.command("refresh")
 def refresh(
-    cloud: Annotated[
-        list[Cloud] | None, typer.Option("--cloud", help="aws or gcp (repeat; default: both).")
-    ] = None,
+    cloud: CloudsOption = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Where to write (default: the cloudsched home's catalog)."),

@@ -12,9 +12,9 @@ import typer
 
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
-    FORMAT_HELP,
-    JSON_HELP,
-    Cloud,
+    CloudsOption,
+    FormatOption,
+    JsonOption,
     OutputFormat,
     cloud_errors,
     open_ledger,
@@ -42,9 +42,7 @@ def reap_command(
             "--heartbeat-ttl", help="Seconds without a heartbeat before an instance is stale."
         ),
     ] = 900.0,
-    cloud: Annotated[
-        list[Cloud] | None, typer.Option("--cloud", help="aws or gcp (repeat; default: both).")
-    ] = None,
+    cloud: CloudsOption = None,
     region: Annotated[
         list[str] | None,
         typer.Option("--region", help="AWS region to scan (repeat; default: the catalog's)."),
@@ -69,8 +67,8 @@ def reap_command(
             "--ledger", "--ledger-url", help="Ledger to read and update (default: the local one)."
         ),
     ] = None,
-    output: Annotated[OutputFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    output: FormatOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Terminate instances of ours whose heartbeat expired or that the ledger says ended.
 
@@ -170,6 +168,8 @@ def _provisioners(
         return [p for p in chosen if clouds is None or p.cloud in clouds]
     wanted = clouds or _named_clouds(mocks, gcp_project=gcp_project, regions=regions)
     found: list[Any] = []
+    # Reaping only reads and terminates: no heartbeat thread, same owner and ledger on both.
+    shared: dict[str, Any] = {"owner_id": owner, "ledger_url": ledger_url, "heartbeat_seconds": 0}
     if "aws" in wanted:
         aws_regions = tuple(
             regions or sorted({o.region for o in load_catalog().offers if o.cloud == "aws"})
@@ -181,14 +181,7 @@ def _provisioners(
         )
         found.append(
             build_provisioner(
-                AwsSettings(
-                    regions=aws_regions,
-                    owner_id=owner,
-                    endpoint_url=mocks.get("aws"),
-                    ledger_url=ledger_url,
-                    heartbeat_seconds=0,
-                    **keys,
-                )
+                AwsSettings(regions=aws_regions, endpoint_url=mocks.get("aws"), **shared, **keys)
             )
         )
     if "gcp" in wanted:
@@ -196,15 +189,7 @@ def _provisioners(
         if project is None:
             raise InputError("--gcp-project is required to reap GCP (or --mock gcp=URL)")
         found.append(
-            build_provisioner(
-                GcpSettings(
-                    project=project,
-                    owner_id=owner,
-                    endpoint=mocks.get("gcp"),
-                    ledger_url=ledger_url,
-                    heartbeat_seconds=0,
-                )
-            )
+            build_provisioner(GcpSettings(project=project, endpoint=mocks.get("gcp"), **shared))
         )
     return found
 

@@ -11,7 +11,7 @@ import typer
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
     FORMAT_HELP,
-    JSON_HELP,
+    JsonOption,
     OutputFormat,
     finite,
     progress_bar,
@@ -66,7 +66,7 @@ def simulate(
         OutputFormat | None,
         typer.Option("--format", "-f", help=f"{FORMAT_HELP} [default: markdown]"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    as_json: JsonOption = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write a Markdown table, CSV and PNG plots here.")
     ] = None,

@@ -28,7 +28,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect_cloudsched.core.records import PlacementRecord, to_micro, to_usd
-from prefect_cloudsched.errors import CloudSchedError
+
+# BudgetExceeded lives with the other errors; re-exported here for existing imports.
+from prefect_cloudsched.errors import BudgetExceeded as BudgetExceeded
 
 #: Cap names as the ``CloudSchedPolicy`` block spells its fields.
 RUN_CAP = "budget_per_run_usd"
@@ -120,21 +122,6 @@ def _usd(micro: int) -> str:
         return f"${value:.2f}"
     text = f"{value:.6f}".rstrip("0")
     return f"${text}0" if len(text.split(".")[1]) < 2 else f"${text}"
-
-
-class BudgetExceeded(CloudSchedError):
-    """A hard budget cap refused a placement; the task fails with this one-line message."""
-
-    def __init__(self, task_name: str, overrun: Overrun) -> None:
-        self.task_name = task_name
-        self.overrun = overrun
-        super().__init__(
-            f"{task_name}: refused, {overrun.describe()}; raise {overrun.cap} in the "
-            "CloudSchedPolicy block or set budget_enforcement=soft"
-        )
-
-    def __reduce__(self):  # picklable across process boundaries, like the other errors
-        return (type(self), (self.task_name, self.overrun))
 
 
 def spend_windows(records: Iterable[PlacementRecord], now: datetime) -> tuple[int, int]:

@@ -259,6 +259,15 @@ def emit_budget_exceeded(
     )
 
 
+def _task_ids(task: Any) -> dict[str, str]:
+    """How every event names the task attempt it is about."""
+    return {
+        "task_name": task.task_name,
+        "flow_run_id": task.flow_run_id,
+        "task_run_id": task.task_run_id,
+    }
+
+
 class PrefectObserver:
     """The runtime's observer under Prefect: task-run log lines and ``cloudsched.*`` events."""
 
@@ -268,24 +277,13 @@ class PrefectObserver:
         log(message, level=level)
 
     def decided(self, decision: Decision, *, task: Any, attempt: int) -> None:
-        emit_decided(
-            decision,
-            task_name=task.task_name,
-            flow_run_id=task.flow_run_id,
-            task_run_id=task.task_run_id,
-            attempt=attempt,
-        )
+        emit_decided(decision, **_task_ids(task), attempt=attempt)
 
     def interrupted(
         self, decision: Decision, *, task: Any, instance_id: str | None, wasted_usd: float
     ) -> None:
         emit_interrupted(
-            decision,
-            task_name=task.task_name,
-            flow_run_id=task.flow_run_id,
-            task_run_id=task.task_run_id,
-            instance_id=instance_id,
-            wasted_usd=wasted_usd,
+            decision, **_task_ids(task), instance_id=instance_id, wasted_usd=wasted_usd
         )
 
     def budget_exceeded(
@@ -295,9 +293,7 @@ class PrefectObserver:
             overrun,
             refused=refused,
             decision=decision,
-            task_name=task.task_name,
-            flow_run_id=task.flow_run_id,
-            task_run_id=task.task_run_id,
+            **_task_ids(task),
         )
 
     def rows_deferred(self, count: int, detail: str) -> None:

@@ -34,7 +34,6 @@ from prefect_cloudsched.adapters.provision.aws_errors import (
 )
 from prefect_cloudsched.adapters.provision.base import (
     HEARTBEAT_TAG,
-    OPTION_TAG,
     OWNER_TAG,
     RUN_TAG,
     TASK_TAG,
@@ -42,11 +41,7 @@ from prefect_cloudsched.adapters.provision.base import (
 )
 from prefect_cloudsched.adapters.provision.common import CloudProvisioner, LaunchRequest, Phase
 from prefect_cloudsched.adapters.provision.images import aws_arch, aws_image_parameter
-from prefect_cloudsched.adapters.provision.lifecycle import (
-    OwnedInstance,
-    logger,
-    parse_heartbeat,
-)
+from prefect_cloudsched.adapters.provision.lifecycle import OwnedInstance, launch_tags, logger
 from prefect_cloudsched.adapters.provision.settings import AwsSettings, secret_value
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.errors import CapacityError, ProvisioningError
@@ -98,6 +93,7 @@ class AwsProvisioner(CloudProvisioner):
     """
 
     cloud = "aws"
+    settings: AwsSettings
 
     def __init__(self, settings: AwsSettings) -> None:
         self.settings = settings
@@ -271,11 +267,12 @@ class AwsProvisioner(CloudProvisioner):
         image, startup_script = request.image, request.startup_script
         tags = [
             *({"Key": k, "Value": v} for k, v in self.settings.extra_tags.items()),
-            {"Key": OWNER_TAG, "Value": self.settings.owner_id},
-            {"Key": RUN_TAG, "Value": run_id},
-            {"Key": TASK_TAG, "Value": task_name[:255]},
-            {"Key": OPTION_TAG, "Value": offer.option.value},
-            {"Key": HEARTBEAT_TAG, "Value": str(int(time.time()))},
+            *(
+                {"Key": k, "Value": v}
+                for k, v in launch_tags(
+                    self.settings.owner_id, run_id, task_name[:255], offer.option.value
+                ).items()
+            ),
             {"Key": "Name", "Value": f"cloudsched-{task_name}"[:255]},
         ]
         request: dict[str, Any] = dict(
@@ -441,21 +438,16 @@ class AwsProvisioner(CloudProvisioner):
     def _owned_view(self, region: str, instance: Mapping[str, Any]) -> OwnedInstance:
         tags = _tags(instance)
         launched = instance.get("LaunchTime")
-        return OwnedInstance(
+        return OwnedInstance.from_tags(
+            tags,
             cloud="aws",
             instance_id=instance["InstanceId"],
             region=region,
             zone=instance.get("Placement", {}).get("AvailabilityZone"),
             instance_type=instance.get("InstanceType", ""),
             state=instance["State"]["Name"],
-            owner_id=tags.get(OWNER_TAG, ""),
-            run_id=tags.get(RUN_TAG, ""),
-            task_name=tags.get(TASK_TAG, ""),
-            option=tags.get(OPTION_TAG, ""),
             spot=instance.get("InstanceLifecycle") == "spot",
-            heartbeat=parse_heartbeat(tags.get(HEARTBEAT_TAG)),
             launched_at=launched if isinstance(launched, datetime) else None,
-            tags=tags,
         )
 
     def terminate_owned(self, instance: OwnedInstance) -> bool:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
 from prefect_cloudsched.adapters.provision.lifecycle import (
@@ -26,6 +26,7 @@ from prefect_cloudsched.adapters.provision.lifecycle import (
     idempotency_digest,
     logger,
 )
+from prefect_cloudsched.adapters.provision.settings import ProvisionerSettings
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
 
@@ -58,13 +59,12 @@ class LaunchRequest:
 class CloudProvisioner(ABC):
     """Shared lifecycle of the AWS and GCP provisioners (see ``Provisioner``).
 
-    Subclasses set ``cloud``, ``settings`` (with ``owner_id``, ``launch_timeout_seconds``,
-    ``poll_seconds``, ``warm_seconds``, ``heartbeat_seconds``, ``ledger_url``,
-    ``record_instances``) and call :meth:`_init_lifecycle` from ``__init__``.
+    Subclasses set ``cloud`` and ``settings`` (their cloud's ``ProvisionerSettings``) and
+    call :meth:`_init_lifecycle` from ``__init__``.
     """
 
     cloud: str
-    settings: Any
+    settings: ProvisionerSettings
     book: InstanceBook
 
     def _init_lifecycle(self) -> None:
@@ -80,7 +80,7 @@ class CloudProvisioner(ABC):
             warm_seconds=settings.warm_seconds,
             ledger_url=settings.ledger_url,
             record_instances=settings.record_instances,
-            warm_across_runs=getattr(settings, "warm_across_runs", False),
+            warm_across_runs=settings.warm_across_runs,
         )
 
     # ------------------------------------------------------------------ the lifecycle

@@ -28,7 +28,6 @@ from typing import Any
 
 from prefect_cloudsched.adapters.provision.base import (
     HEARTBEAT_TAG,
-    OPTION_TAG,
     OWNER_TAG,
     RUN_TAG,
     TASK_TAG,
@@ -39,7 +38,7 @@ from prefect_cloudsched.adapters.provision.images import gcp_image
 from prefect_cloudsched.adapters.provision.lifecycle import (
     OwnedInstance,
     label_value,
-    parse_heartbeat,
+    launch_tags,
 )
 from prefect_cloudsched.adapters.provision.settings import GcpSettings, secret_value
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption
@@ -97,6 +96,7 @@ class GcpProvisioner(CloudProvisioner):
     """
 
     cloud = "gcp"
+    settings: GcpSettings
 
     def __init__(self, settings: GcpSettings) -> None:
         if settings.spot_termination_action not in ("DELETE", "STOP"):
@@ -214,14 +214,8 @@ class GcpProvisioner(CloudProvisioner):
 
     def _labels(self, run_id: str, task_name: str, option: str) -> dict[str, str]:
         extra = {_label_key(k): label_value(str(v)) for k, v in self.settings.extra_labels.items()}
-        return {
-            **extra,
-            OWNER_TAG: label_value(self.settings.owner_id),
-            RUN_TAG: label_value(run_id),
-            TASK_TAG: label_value(task_name),
-            OPTION_TAG: label_value(option),
-            HEARTBEAT_TAG: str(int(time.time())),
-        }
+        ours = launch_tags(self.settings.owner_id, run_id, task_name, option)
+        return {**extra, **{key: label_value(value) for key, value in ours.items()}}
 
     def _instance_body(self, request: LaunchRequest, name: str) -> Any:
         from google.cloud import compute_v1
@@ -488,21 +482,16 @@ class GcpProvisioner(CloudProvisioner):
             launched = datetime.fromisoformat(vm.creation_timestamp)
         except ValueError:
             launched = None
-        return OwnedInstance(
+        return OwnedInstance.from_tags(
+            labels,
             cloud="gcp",
             instance_id=vm.name,
             region=zone.rsplit("-", 1)[0],
             zone=zone,
             instance_type=vm.machine_type.rsplit("/", 1)[-1],
             state=vm.status,
-            owner_id=labels.get(OWNER_TAG, ""),
-            run_id=labels.get(RUN_TAG, ""),
-            task_name=labels.get(TASK_TAG, ""),
-            option=labels.get(OPTION_TAG, ""),
             spot=vm.scheduling.provisioning_model == "SPOT" or vm.scheduling.preemptible,
-            heartbeat=parse_heartbeat(labels.get(HEARTBEAT_TAG)),
             launched_at=launched,
-            tags=labels,
         )
 
     def terminate_owned(self, instance: OwnedInstance) -> bool:

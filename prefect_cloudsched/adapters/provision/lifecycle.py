@@ -18,7 +18,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect_cloudsched.adapters.provision.base import InstanceHandle
+from prefect_cloudsched.adapters.provision.base import (
+    HEARTBEAT_TAG,
+    OPTION_TAG,
+    OWNER_TAG,
+    RUN_TAG,
+    TASK_TAG,
+    InstanceHandle,
+)
 
 logger = logging.getLogger("prefect_cloudsched.adapters.provision")
 
@@ -48,6 +55,30 @@ class OwnedInstance:
     heartbeat: float | None
     launched_at: datetime | None
     tags: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str], **facts: Any) -> OwnedInstance:
+        """The cloud's ``facts`` about an instance plus what our tags (labels) say of it."""
+        return cls(
+            owner_id=tags.get(OWNER_TAG, ""),
+            run_id=tags.get(RUN_TAG, ""),
+            task_name=tags.get(TASK_TAG, ""),
+            option=tags.get(OPTION_TAG, ""),
+            heartbeat=parse_heartbeat(tags.get(HEARTBEAT_TAG)),
+            tags=tags,
+            **facts,
+        )
+
+
+def launch_tags(owner_id: str, run_id: str, task_name: str, option: str) -> dict[str, str]:
+    """Our tags (AWS) or labels (GCP) on a new instance: how the runner and reaper know it."""
+    return {
+        OWNER_TAG: owner_id,
+        RUN_TAG: run_id,
+        TASK_TAG: task_name,
+        OPTION_TAG: option,
+        HEARTBEAT_TAG: str(int(time.time())),
+    }
 
 
 def label_value(text: str) -> str:

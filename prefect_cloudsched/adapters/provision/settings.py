@@ -15,8 +15,46 @@ from prefect_cloudsched.adapters.provision.images import GCP_CPU_IMAGE, GCP_GPU_
 from prefect_cloudsched.adapters.provision.retry import Backoff
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProvisionerSettings:
+    """What both provisioners read the same way: the owner, reservations, the warm pool,
+    the heartbeat, the waits and the ledger (``CloudProvisioner`` uses these).
+
+    Keyword-only, so each cloud's own fields keep their places before them.
+
+    Attributes:
+        owner_id: Owner tag (AWS) or label (GCP) on everything started; the reaper only
+            touches this owner.
+        reservations: Reserved / committed-use instances you own per ``Offer.capacity_key``
+            (``{"aws/us-east-1/g5.xlarge": 2}``); on AWS merged over what
+            ``describe_reserved_instances`` reports.
+        warm_seconds: Keep a released instance idle this long for the run's next task of
+            the same offer (0 = terminate / delete at once).
+        warm_across_runs: A warm instance may also serve other flow runs this provisioner
+            serves (opt-in; its run tag moves to the new run).
+        heartbeat_seconds: Refresh the heartbeat tag this often while instances run
+            (0 = off; the reaper's heartbeat TTL must then not be used for this owner).
+        launch_timeout_seconds: Longest wait for an instance to be running.
+        poll_seconds: Interval between state/operation polls while waiting.
+        backoff: Retry budget for throttled calls.
+        ledger_url: Ledger for instance rows (``None`` = the default ledger).
+        record_instances: Write instance rows to the ledger.
+    """
+
+    owner_id: str = "prefect-cloudsched"
+    reservations: Mapping[str, int] = field(default_factory=dict)
+    warm_seconds: float = 0.0
+    warm_across_runs: bool = False
+    heartbeat_seconds: float = 60.0
+    launch_timeout_seconds: float = 600.0
+    poll_seconds: float = 2.0
+    backoff: Backoff = field(default_factory=Backoff)
+    ledger_url: str | None = None
+    record_instances: bool = True
+
+
 @dataclass(frozen=True)
-class AwsSettings:
+class AwsSettings(ProvisionerSettings):
     """Where and how the AWS provisioner starts EC2 instances.
 
     Attributes:
@@ -38,21 +76,9 @@ class AwsSettings:
         aws_access_key_id: Explicit key id (``None`` = boto3's chain: env, profile, role).
         aws_secret_access_key: Its secret (``SecretStr`` or ``str``); never logged.
         aws_session_token: Optional session token (secret).
-        owner_id: Owner tag on everything started; the reaper only touches this owner.
-        reservations: Reserved instances you own per ``Offer.capacity_key``
-            (``{"aws/us-east-1/g5.xlarge": 2}``), merged over what
-            ``describe_reserved_instances`` reports.
-        warm_seconds: Keep a released instance idle this long for the run's next task of
-            the same offer (0 = terminate at once).
-        warm_across_runs: A warm instance may also serve other flow runs this provisioner
-            serves (opt-in; its run tag moves to the new run).
-        heartbeat_seconds: Refresh the heartbeat tag this often while instances run
-            (0 = off; the reaper's heartbeat TTL must then not be used for this owner).
-        launch_timeout_seconds: Longest wait for an instance to reach ``running``.
-        poll_seconds: Interval between state polls while waiting.
-        backoff: Retry budget for throttled calls.
-        ledger_url: Ledger for instance rows (``None`` = the default ledger).
-        record_instances: Write instance rows to the ledger.
+
+    The owner, reservations, warm pool, heartbeat, waits and ledger: see
+    ``ProvisionerSettings``.
     """
 
     regions: tuple[str, ...] = ("us-east-1",)
@@ -68,20 +94,10 @@ class AwsSettings:
     aws_access_key_id: str | None = None
     aws_secret_access_key: Any = field(default=None, repr=False)
     aws_session_token: Any = field(default=None, repr=False)
-    owner_id: str = "prefect-cloudsched"
-    reservations: Mapping[str, int] = field(default_factory=dict)
-    warm_seconds: float = 0.0
-    warm_across_runs: bool = False
-    heartbeat_seconds: float = 60.0
-    launch_timeout_seconds: float = 600.0
-    poll_seconds: float = 2.0
-    backoff: Backoff = field(default_factory=Backoff)
-    ledger_url: str | None = None
-    record_instances: bool = True
 
 
 @dataclass(frozen=True)
-class GcpSettings:
+class GcpSettings(ProvisionerSettings):
     """Where and how the GCP provisioner starts Compute Engine VMs.
 
     Attributes:
@@ -99,23 +115,14 @@ class GcpSettings:
         service_account_info: Service-account key JSON text (``SecretStr``, ``str`` or a
             dict); ``None`` = Application Default Credentials, or anonymous credentials
             when ``endpoint`` is a loopback fake.
-        owner_id: Owner label on everything started; the reaper only touches this owner.
-        reservations: Committed-use / reserved VMs you own per ``Offer.capacity_key``
-            (``{"gcp/us-central1-a/g2-standard-4": 1}``).
         spot_termination_action: ``"DELETE"`` (nothing is left to pay for once preempted)
             or ``"STOP"``.
         disk_size_gb: Boot disk size.
         external_ip: Give each VM an ephemeral external IP (one-to-one NAT).
         service_account_email: Service account the VM runs as (``None`` = none attached).
-        warm_seconds: Keep a released VM idle this long for the run's next task of the
-            same offer (0 = delete at once).
-        warm_across_runs: A warm VM may also serve other flow runs this provisioner serves.
-        heartbeat_seconds: Refresh the heartbeat label this often (0 = off).
-        launch_timeout_seconds: Longest wait for a VM to be ``RUNNING``.
-        poll_seconds: Interval between operation/state polls (``wait`` returns early).
-        backoff: Retry budget for throttled calls (429, 503).
-        ledger_url: Ledger for instance rows (``None`` = the default ledger).
-        record_instances: Write instance rows to the ledger.
+
+    The owner, reservations, warm pool, heartbeat, waits and ledger: see
+    ``ProvisionerSettings`` (GCP retries 429 and 503 under ``backoff``).
     """
 
     project: str = "cloudsched-dev"
@@ -127,20 +134,10 @@ class GcpSettings:
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     endpoint: str | None = None
     service_account_info: Any = field(default=None, repr=False)
-    owner_id: str = "prefect-cloudsched"
-    reservations: Mapping[str, int] = field(default_factory=dict)
     spot_termination_action: str = "DELETE"
     disk_size_gb: int = 50
     external_ip: bool = True
     service_account_email: str | None = None
-    warm_seconds: float = 0.0
-    warm_across_runs: bool = False
-    heartbeat_seconds: float = 60.0
-    launch_timeout_seconds: float = 600.0
-    poll_seconds: float = 2.0
-    backoff: Backoff = field(default_factory=Backoff)
-    ledger_url: str | None = None
-    record_instances: bool = True
 
 
 def secret_value(value: Any) -> Any:

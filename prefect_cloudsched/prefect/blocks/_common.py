@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from prefect.exceptions import ObjectNotFound
 
 from prefect_cloudsched.core.catalog import load_catalog
-from prefect_cloudsched.errors import CloudSchedError
+from prefect_cloudsched.errors import MissingBlockError
 
 DOCS_URL = (
     "https://github.com/prefect-cloudsched/prefect-cloudsched/blob/main/docs/configuration.md"
@@ -22,12 +23,14 @@ _OWNER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 SpotBand = Literal["<5%", "5-10%", "10-15%", "15-20%", ">20%"]
 
 
-class MissingBlockError(CloudSchedError, ValueError):
-    """A block the runner or CLI was told to load is not saved on the Prefect API."""
+class _CloudSchedBlock:
+    """What every block here shares: the logo, the docs link and loading by name.
 
+    A mixin, not a block type itself (Prefect would register a ``Block`` subclass).
+    """
 
-class _LoadNamed:
-    """Loading behaviour shared by every block here (a mixin: not a block type itself)."""
+    _logo_url = LOGO_URL
+    _documentation_url = DOCS_URL
 
     @classmethod
     def load_named(cls, name: str) -> Any:
@@ -74,3 +77,25 @@ def _check_owner(value: str) -> str:
             "(it becomes a tag on AWS and a label on GCP)"
         )
     return value
+
+
+S = TypeVar("S")
+
+
+def settings_from_fields(block: Any, settings_type: type[S], **overrides: Any) -> S:
+    """The plain settings dataclass a block maps onto, filled from its same-named fields.
+
+    Lists become tuples and dicts are copied, so the settings share nothing mutable with
+    the block; ``overrides`` set fields the block names or computes differently.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(settings_type):  # type: ignore[arg-type]
+        if field.name in overrides or field.name not in type(block).model_fields:
+            continue
+        value = getattr(block, field.name)
+        if isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        values[field.name] = value
+    return settings_type(**values, **overrides)

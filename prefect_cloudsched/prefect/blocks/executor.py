@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
-from prefect_cloudsched.prefect.blocks._common import DOCS_URL, LOGO_URL, _LoadNamed
+from prefect_cloudsched.prefect.blocks._common import _CloudSchedBlock, settings_from_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     from prefect_cloudsched.adapters.execute.dask import DaskExecutor
@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from prefect_cloudsched.adapters.execute.settings import ExecutorSettings
 
 
-class CloudSchedExecutor(_LoadNamed, Block):
+class CloudSchedExecutor(_CloudSchedBlock, Block):
     """Where task bodies run: on the instance each task pays for, or nowhere (accounting).
 
     In ``remote`` mode every instance the runner starts boots a Dask worker (in a venv on
@@ -34,8 +34,6 @@ class CloudSchedExecutor(_LoadNamed, Block):
 
     _block_type_name = "CloudSched Executor"
     _block_type_slug = "cloudsched-executor"
-    _logo_url = LOGO_URL  # type: ignore[assignment]
-    _documentation_url = DOCS_URL  # type: ignore[assignment]
 
     mode: Literal["remote", "accounting-only"] = Field(
         default="remote",
@@ -151,28 +149,7 @@ class CloudSchedExecutor(_LoadNamed, Block):
         """The plain ``ExecutorSettings`` the runtime builds the executor from."""
         from prefect_cloudsched.adapters.execute.settings import ExecutorSettings
 
-        return ExecutorSettings(
-            mode=self.mode,
-            scheduler_address=self.scheduler_address,
-            scheduler_host=self.scheduler_host,
-            scheduler_port=self.scheduler_port,
-            worker_scheduler_address=self.worker_scheduler_address,
-            tls=self.tls,
-            tls_ca_file=self.tls_ca_file,
-            tls_cert_file=self.tls_cert_file,
-            tls_key_file=self.tls_key_file,
-            worker_tls_dir=self.worker_tls_dir,
-            container_image=self.container_image,
-            python=self.python,
-            packages=tuple(self.packages),
-            pip_args=tuple(self.pip_args),
-            system_site_packages=self.system_site_packages,
-            extra_env=dict(self.extra_env),
-            idle_seconds=self.idle_seconds,
-            join_timeout_seconds=self.join_timeout_seconds,
-            death_timeout_seconds=self.death_timeout_seconds,
-            check_versions=self.check_versions,
-        )
+        return settings_from_fields(self, ExecutorSettings)
 
     def build_executor(self, launcher: WorkerLauncher | None = None) -> DaskExecutor:
         """A fresh (not started) remote executor for one flow run."""

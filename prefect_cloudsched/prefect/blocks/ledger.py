@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from prefect_cloudsched.prefect.blocks._common import DOCS_URL, LOGO_URL, _LoadNamed
+from prefect_cloudsched.prefect.blocks._common import _CloudSchedBlock
 
 if TYPE_CHECKING:  # pragma: no cover
     from prefect_cloudsched.adapters.ledger import Ledger
 
 
-class CloudSchedLedger(_LoadNamed, Block):
+class CloudSchedLedger(_CloudSchedBlock, Block):
     """The database every flow run records its placements and costs in.
 
     Point every flow of a team at one PostgreSQL database (``postgresql+psycopg://...``;
@@ -30,8 +30,6 @@ class CloudSchedLedger(_LoadNamed, Block):
 
     _block_type_name = "CloudSched Ledger"
     _block_type_slug = "cloudsched-ledger"
-    _logo_url = LOGO_URL  # type: ignore[assignment]
-    _documentation_url = DOCS_URL  # type: ignore[assignment]
 
     url: SecretStr = Field(
         description="SQLAlchemy database URL, e.g. postgresql+psycopg://user:pw@host/db.",

@@ -13,15 +13,13 @@ from prefect_cloudsched.core.needs import normalize_gpu_type
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.core.policy.config import PACK_MIN_SAVING_PCT, PACK_MIN_SAVING_USD
 from prefect_cloudsched.prefect.blocks._common import (
-    DOCS_URL,
-    LOGO_URL,
     SpotBand,
     _check_regions,
-    _LoadNamed,
+    _CloudSchedBlock,
 )
 
 
-class CloudSchedPolicy(_LoadNamed, Block):
+class CloudSchedPolicy(_CloudSchedBlock, Block):
     """Where tasks may run, how much they may cost, and how capacity is planned.
 
     The task runner reads it at the start of every flow run: placement limits (clouds,
@@ -37,8 +35,6 @@ class CloudSchedPolicy(_LoadNamed, Block):
 
     _block_type_name = "CloudSched Policy"
     _block_type_slug = "cloudsched-policy"
-    _logo_url = LOGO_URL  # type: ignore[assignment]
-    _documentation_url = DOCS_URL  # type: ignore[assignment]
 
     objective: Literal["cost", "cost_carbon"] = Field(
         default="cost",

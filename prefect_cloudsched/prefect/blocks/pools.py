@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -10,13 +11,12 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
 from prefect_cloudsched.adapters.provision.images import GCP_CPU_IMAGE, GCP_GPU_IMAGE
+from prefect_cloudsched.errors import InputError, MissingBlockError
 from prefect_cloudsched.prefect.blocks._common import (
-    DOCS_URL,
-    LOGO_URL,
-    MissingBlockError,
     _check_owner,
     _check_regions,
-    _LoadNamed,
+    _CloudSchedBlock,
+    settings_from_fields,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,7 +33,30 @@ except ImportError:  # pragma: no cover - depends on the installed extras
     GcpCredentials = None  # type: ignore[assignment,misc]
 
 
-class AwsComputePool(_LoadNamed, Block):
+class _ComputePool(_CloudSchedBlock, Block, ABC):
+    """What both pool blocks share: the owner check and building the provisioner.
+
+    Not a block type: ``ABC`` among its bases keeps Prefect from registering it.
+    """
+
+    @field_validator("owner_id", check_fields=False)
+    @classmethod
+    def _tag_safe_owner(cls, value: str) -> str:
+        return _check_owner(value)
+
+    @abstractmethod
+    def to_settings(self) -> AwsSettings | GcpSettings:
+        """The provisioner's settings (secrets stay ``SecretStr``)."""
+
+    def build_provisioner(self, ledger_url: str | None = None) -> Provisioner:
+        """A ready provisioner of this pool's cloud; ``ledger_url`` is where it records
+        instance rows."""
+        from prefect_cloudsched.adapters.provision.factory import build_provisioner
+
+        return build_provisioner(replace(self.to_settings(), ledger_url=ledger_url))
+
+
+class AwsComputePool(_ComputePool):
     """The AWS account, regions and network the runner may start EC2 instances in.
 
     Credentials come from a prefect-aws ``AwsCredentials`` block when prefect-aws is
@@ -51,8 +74,6 @@ class AwsComputePool(_LoadNamed, Block):
 
     _block_type_name = "CloudSched AWS Compute Pool"
     _block_type_slug = "aws-compute-pool"
-    _logo_url = LOGO_URL  # type: ignore[assignment]
-    _documentation_url = DOCS_URL  # type: ignore[assignment]
     cloud: ClassVar[str] = "aws"
 
     if AwsCredentials is not None:
@@ -133,11 +154,6 @@ class AwsComputePool(_LoadNamed, Block):
     def _known_regions(cls, value: list[str]) -> list[str]:
         return _check_regions(value, "aws") or []
 
-    @field_validator("owner_id")
-    @classmethod
-    def _tag_safe_owner(cls, value: str) -> str:
-        return _check_owner(value)
-
     def to_settings(self) -> AwsSettings:
         """The provisioner's ``AwsSettings`` (secrets stay ``SecretStr``)."""
         from prefect_cloudsched.adapters.provision.settings import AwsSettings
@@ -149,37 +165,17 @@ class AwsComputePool(_LoadNamed, Block):
             key_id = credentials.aws_access_key_id
             secret = credentials.aws_secret_access_key
             token = credentials.aws_session_token
-        return AwsSettings(
-            regions=tuple(self.regions),
-            allowed_families=None
-            if self.allowed_families is None
-            else tuple(self.allowed_families),
-            ami_per_region=dict(self.ami_per_region),
-            gpu_image_parameter=self.gpu_image_parameter,
-            cpu_image_parameter=self.cpu_image_parameter,
+        return settings_from_fields(
+            self,
+            AwsSettings,
             subnet_id=dict(self.subnet_per_region) or None,
-            security_group_ids=tuple(self.security_group_ids),
-            instance_profile_arn=self.instance_profile_arn,
-            extra_tags=dict(self.extra_tags),
-            endpoint_url=self.endpoint_url,
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,
             aws_session_token=token,
-            owner_id=self.owner_id,
-            reservations=dict(self.reservations),
-            warm_seconds=self.warm_seconds,
-            warm_across_runs=self.warm_across_runs,
-            launch_timeout_seconds=self.launch_timeout_seconds,
         )
 
-    def build_provisioner(self, ledger_url: str | None = None) -> Provisioner:
-        """A ready AWS provisioner; ``ledger_url`` is where it records instance rows."""
-        from prefect_cloudsched.adapters.provision.factory import build_provisioner
 
-        return build_provisioner(replace(self.to_settings(), ledger_url=ledger_url))
-
-
-class GcpComputePool(_LoadNamed, Block):
+class GcpComputePool(_ComputePool):
     """The GCP project, zones and network the runner may start Compute Engine VMs in.
 
     Credentials come from a prefect-gcp ``GcpCredentials`` block when prefect-gcp is
@@ -197,8 +193,6 @@ class GcpComputePool(_LoadNamed, Block):
 
     _block_type_name = "CloudSched GCP Compute Pool"
     _block_type_slug = "gcp-compute-pool"
-    _logo_url = LOGO_URL  # type: ignore[assignment]
-    _documentation_url = DOCS_URL  # type: ignore[assignment]
     cloud: ClassVar[str] = "gcp"
 
     if GcpCredentials is not None:
@@ -271,11 +265,6 @@ class GcpComputePool(_LoadNamed, Block):
         _check_regions([zone.rsplit("-", 1)[0] for zone in value], "gcp")
         return list(dict.fromkeys(value))
 
-    @field_validator("owner_id")
-    @classmethod
-    def _tag_safe_owner(cls, value: str) -> str:
-        return _check_owner(value)
-
     @field_validator("service_account_info")
     @classmethod
     def _json_object(cls, value: SecretStr | None) -> SecretStr | None:
@@ -297,30 +286,7 @@ class GcpComputePool(_LoadNamed, Block):
         credentials = getattr(self, "gcp_credentials", None)
         if credentials is not None and credentials.service_account_info is not None:
             info = SecretStr(json.dumps(credentials.service_account_info.get_secret_value()))
-        return GcpSettings(
-            project=self.project,
-            zones=tuple(self.zones),
-            image=self.image,
-            gpu_image=self.gpu_image,
-            network=self.network,
-            extra_labels=dict(self.extra_labels),
-            endpoint=self.endpoint,
-            service_account_info=info,
-            owner_id=self.owner_id,
-            service_account_email=self.service_account_email,
-            reservations=dict(self.reservations),
-            disk_size_gb=self.disk_size_gb,
-            external_ip=self.external_ip,
-            warm_seconds=self.warm_seconds,
-            warm_across_runs=self.warm_across_runs,
-            launch_timeout_seconds=self.launch_timeout_seconds,
-        )
-
-    def build_provisioner(self, ledger_url: str | None = None) -> Provisioner:
-        """A ready GCP provisioner; ``ledger_url`` is where it records instance rows."""
-        from prefect_cloudsched.adapters.provision.factory import build_provisioner
-
-        return build_provisioner(replace(self.to_settings(), ledger_url=ledger_url))
+        return settings_from_fields(self, GcpSettings, service_account_info=info)
 
 
 POOL_BLOCKS: tuple[type[AwsComputePool] | type[GcpComputePool], ...] = (
@@ -338,7 +304,7 @@ def load_pool(spec: str | AwsComputePool | GcpComputePool) -> AwsComputePool | G
         for cls in POOL_BLOCKS:
             if cls.get_block_type_slug() == slug:
                 return cls.load_named(name)
-        raise ValueError(
+        raise InputError(
             f"pool {spec!r}: unknown block type {slug!r}; use "
             + " or ".join(f"{c.get_block_type_slug()}/NAME" for c in POOL_BLOCKS)
         )
