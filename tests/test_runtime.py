@@ -106,7 +106,7 @@ def test_two_sessions_on_one_ledger_share_a_hard_day_cap(tmp_path) -> None:
     policy = BudgetPolicy(per_day_usd=0.05, hard=True)
     needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=3))
     first, second = (
-        _session(tmp_path, ledger=ledger, budget=open_budget(policy, ledger), spot_retries=0)
+        runtime_session(tmp_path, ledger=ledger, budget=open_budget(policy, ledger), spot_retries=0)
         for _ in range(2)
     )
     assert isinstance(first.budget, SharedWindowBudget)
