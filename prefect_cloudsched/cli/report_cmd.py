@@ -92,7 +92,9 @@ def report(
 
     The `why dearer` column counts the rows that cost more than plain on-demand, by reason:
     interrupted, overran, fell back, shared idle, reservation, egress, orphan (see
-    docs/concepts.md, "How money is counted").
+    docs/concepts.md, "How money is counted"). Instance time no task paid for (boot, idle
+    between tasks, the warm pool's tail) is its own task, `(instance boot and idle)`, so the
+    spend adds up to what the clouds bill.
 
     Examples:
 
@@ -103,6 +105,7 @@ def report(
     * `prefect-cloudsched report --since 30d --plot spend.png`
     """
     from prefect_cloudsched.adapters.ledger import redact_url
+    from prefect_cloudsched.core.instance_time import overhead_records
     from prefect_cloudsched.core.report import (
         build_report,
         render_csv,
@@ -125,6 +128,8 @@ def report(
     records = ledger.placements(since=start, until=end)
     if flow is not None:
         records = [r for r in records if _same_flow(r.flow_name, flow)]
+    # instance time no task paid (boot, idle, warm-pool tail): the report adds up to the bill
+    records = [*records, *overhead_records(records, ledger.instances())]
     if last_run and records:
         latest = max(records, key=lambda r: r.started_at).flow_run_id
         records = [r for r in records if r.flow_run_id == latest]
