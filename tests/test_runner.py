@@ -410,17 +410,17 @@ def test_submit_decisions_are_reused_only_while_state_and_clock_allow(tmp_path) 
     try:
         needs = TaskNeeds(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=4))
         t0 = datetime.now(UTC)
-        first = ctx.decide_new(needs, submitted_at=t0)
-        again = ctx.decide_new(needs, submitted_at=t0 + timedelta(seconds=5))
+        first = ctx.decisions.fresh(needs, submitted_at=t0)
+        again = ctx.decisions.fresh(needs, submitted_at=t0 + timedelta(seconds=5))
         assert again.offer == first.offer and again.decided_at == t0 + timedelta(seconds=5)
         assert again.deadline == t0 + timedelta(hours=4, seconds=5)
         # a blocked offer changes the state: the next decision is made afresh
         ctx.state.block(first.offer.key, "InsufficientInstanceCapacity")
-        after = ctx.decide_new(needs, submitted_at=t0)
+        after = ctx.decisions.fresh(needs, submitted_at=t0)
         assert after.offer != first.offer
         # an absolute deadline is never served from memory
         absolute = needs.merged({"deadline": t0 + timedelta(minutes=20)})
-        tight = ctx.decide_new(absolute, submitted_at=t0)
+        tight = ctx.decisions.fresh(absolute, submitted_at=t0)
         assert tight.offer.option.value == "on-demand"
     finally:
         ctx.writer.close()

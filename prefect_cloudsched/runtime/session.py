@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -35,7 +34,6 @@ from prefect_cloudsched.core.policy import (
     PlacementState,
     PolicyConfig,
     cost_of,
-    decide,
 )
 from prefect_cloudsched.core.policy.admission import (
     OfferUnavailable,
@@ -54,13 +52,12 @@ from prefect_cloudsched.runtime import build
 from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
 from prefect_cloudsched.runtime.budget_watch import BudgetWatch, open_budget
 from prefect_cloudsched.runtime.config import SessionSettings
+from prefect_cloudsched.runtime.deciding import RunDecisions
 from prefect_cloudsched.runtime.observer import LoggingObserver, RunObserver
 from prefect_cloudsched.runtime.recording import attempt_record, interruption_row
 from prefect_cloudsched.runtime.shared import MapBatch
 from prefect_cloudsched.runtime.spot_live import SpotLive
 
-#: Decisions remembered per run for identical needs (see ``Session.decide_new``).
-MEMO_SIZE = 1024
 #: Solver time limit of the online packing program (the first mapped task waits for it).
 PACK_TIME_LIMIT_S = 2.0
 
@@ -102,7 +99,7 @@ class Session:
         self.records: list[PlacementRecord] = []
         self.flow_names: dict[str, str] = {}
         self.refusals: list[str] = []
-        self._memo: dict[tuple[TaskNeeds, int], Decision] = {}
+        self.decisions = RunDecisions(catalog, policy, state)
         self._lock = threading.Lock()
         self._watch = BudgetWatch(budget, self._stop_over_budget) if budget else None
         # spot control (issue 12): checkpointable spot tasks with a deadline run under a
@@ -151,36 +148,7 @@ class Session:
         self, needs: TaskNeeds, *, submitted_at: datetime | None = None, any_spot_band: bool = False
     ) -> Decision:
         """``decide()`` in this run's current state (idle reservations, blocked offers)."""
-        policy = replace(self.policy, max_spot_band=None) if any_spot_band else self.policy
-        return decide(
-            needs,
-            self.catalog,
-            now=datetime.now(UTC),
-            submitted_at=submitted_at,
-            state=self.state,
-            config=policy,
-        )
-
-    def decide_new(self, needs: TaskNeeds, *, submitted_at: datetime) -> Decision:
-        """The decision for a fresh submission, reused for identical needs.
-
-        A ``.map()`` submits many tasks with the same needs; while this run's state (idle
-        reservations, interruptions, blocked offers) is unchanged and the deadline is
-        relative to submission, ``decide()`` would return the same choice for each, so it
-        runs once. An absolute deadline depends on the clock and is always decided afresh.
-        """
-        if isinstance(needs.deadline, datetime):
-            return self.decide(needs, submitted_at=submitted_at)
-        key = (needs, self.state.version)
-        cached = self._memo.get(key)
-        if cached is None:
-            cached = self.decide(needs, submitted_at=submitted_at)
-            with self._lock:
-                if len(self._memo) >= MEMO_SIZE:
-                    self._memo.clear()
-                self._memo[key] = cached
-            return cached
-        return replace(cached, decided_at=submitted_at, deadline=needs.deadline_at(submitted_at))
+        return self.decisions.decide(needs, submitted_at=submitted_at, any_spot_band=any_spot_band)
 
     def with_default_deadline(self, needs: TaskNeeds) -> TaskNeeds:
         """Give a task without a deadline the policy's: its runtime plus the default slack."""
@@ -201,7 +169,7 @@ class Session:
         """Decide where a submitted task runs (raises ``NoFeasibleOffer`` when nothing fits)."""
         submitted_at = datetime.now(UTC)
         needs = self.with_default_deadline(needs)
-        decision = self.decide_new(needs, submitted_at=submitted_at)
+        decision = self.decisions.fresh(needs, submitted_at=submitted_at)
         with self._lock:
             self.flow_names[flow_run_id] = flow_name
         if self.budget is not None:
