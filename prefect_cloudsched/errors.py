@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from prefect_cloudsched.core.budget import Overrun
+
+class _Overrun(Protocol):
+    """What a budget error says about the cap it hit (``core.budget.Overrun``)."""
+
+    cap: str
+
+    def describe(self) -> str: ...
 
 
 class CloudSchedError(Exception):
@@ -92,7 +97,7 @@ class DeadlineAtRisk(CloudSchedError):
 class BudgetExceeded(CloudSchedError):
     """A hard budget cap refused a placement; the task fails with this one-line message."""
 
-    def __init__(self, task_name: str, overrun: Overrun) -> None:
+    def __init__(self, task_name: str, overrun: _Overrun) -> None:
         self.task_name = task_name
         self.overrun = overrun
         super().__init__(

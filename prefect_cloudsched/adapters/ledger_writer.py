@@ -16,12 +16,26 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prefect_cloudsched.core.records import PlacementRecord
 
-if TYPE_CHECKING:
-    from prefect_cloudsched.adapters.ledger import Ledger
+
+class _Journal(Protocol):
+    path: Any
+
+    def append(self, kind: str, payload: Any) -> None: ...
+
+
+class _LedgerLike(Protocol):
+    """What the writer needs of ``adapters.ledger.Ledger`` (which re-exports the writer)."""
+
+    journal: _Journal
+
+    def record(self, records: list[PlacementRecord]) -> Any: ...
+
+    def record_interruption(self, **row: Any) -> Any: ...
+
 
 logger = logging.getLogger("prefect_cloudsched.ledger")
 
@@ -47,7 +61,7 @@ class BufferedWriter:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: _LedgerLike,
         interval: float = 0.25,
         *,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
