@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from prefect_cloudsched.core.forecast.arima import interval_scale, sarimax_frame
 from prefect_cloudsched.core.forecast.baselines import interval_frame, lag_forecast
 from prefect_cloudsched.core.forecast.members import (
     MemberFit,
@@ -40,7 +39,9 @@ from prefect_cloudsched.core.forecast.sarimax import (
     Selection,
     _burn,
     fit_sarimax,
+    interval_scale,
     refilter,
+    sarimax_frame,
     select_model,
 )
 from prefect_cloudsched.core.forecast.series import future_index

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from prefect_cloudsched.core.forecast.sarimax import _exog, dynamic_points
 from prefect_cloudsched.core.forecast.types import DAY, WEEK
-
-#: Members of the combination, in report order. ``arima`` is the SARIMAX selection.
-MEMBERS = ("arima", "ets", "theta", "seasonal_naive_24", "seasonal_naive_168", "naive")
 
 
 @dataclass(frozen=True)
@@ -118,8 +116,6 @@ def theta_member(values: np.ndarray, starts: Sequence[int], horizon: int) -> Mem
 
 def sarimax_member(res, spec, y: pd.Series, starts: Sequence[int], horizon: int, phase=0):
     """The selected SARIMAX: dynamic in-window paths and the future mean, original scale."""
-    from prefect_cloudsched.core.forecast.sarimax import _exog, dynamic_points
-
     paths = dynamic_points(res, starts, horizon) if len(starts) else np.empty((0, horizon))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

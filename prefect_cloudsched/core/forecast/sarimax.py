@@ -11,11 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
-from prefect_cloudsched.core.forecast.members import MEMBERS
+from prefect_cloudsched.core.forecast.series import future_index
 from prefect_cloudsched.core.forecast.types import (
     DAY,
     DEFAULT_ORDERS,
+    LEVELS,
+    MEMBERS,
     WEEK,
     ModelSpec,
     Order,
@@ -99,7 +102,7 @@ class ForecastConfig:
         calibrate: rescale intervals from in-sample multi-step errors.
         calibration_days: the most recent in-window days whose errors set that scale.
         maxiter: optimizer iterations per fit.
-        members: the combined forecaster's members (see :data:`.members.MEMBERS`).
+        members: the combined forecaster's members (see :data:`.types.MEMBERS`).
         combine_days: in-window day boundaries whose forecasts set the combination weights
             and the conformal intervals.
         reselect_days: when origins follow each other (a backtest, a daily run), re-estimate
@@ -455,3 +458,51 @@ def validation_mae(
         warnings.simplefilter("ignore", RuntimeWarning)  # a day with every hour missing
         daily = np.nanmean(errors, axis=1)
         return float(np.nanmean(daily)) if np.isfinite(daily).any() else math.nan
+
+
+def interval_scale(
+    res, y: pd.Series, spec: ModelSpec, horizon: int, days: int = 7
+) -> tuple[float, float]:
+    """Widen/narrow the Gaussian intervals to match in-sample multi-step errors.
+
+    From each of the last ``days`` day boundaries inside the window, forecast ``horizon``
+    hours dynamically with the fitted parameters and standardise the errors by the model's
+    own forecast s.d.; the factors are the 80%/95% quantiles of ``|z|`` divided by the
+    Gaussian ones (1.28, 1.96). Recent days only, because demand volatility drifts. Returns
+    ``(1, 1)`` when the window has fewer than three such days.
+    """
+    z_obs = _endog(y, spec)
+    n = len(z_obs)
+    first = _burn(spec) + DAY
+    z_scores: list[np.ndarray] = []
+    for start in range(n - horizon, max(first, n - horizon - DAY * (days - 1)) - 1, -DAY):
+        pred = res.get_prediction(start=start, end=start + horizon - 1, dynamic=True)
+        sd = np.sqrt(np.maximum(np.asarray(pred.var_pred_mean, dtype=float), 0.0))
+        err = z_obs[start : start + horizon] - np.asarray(pred.predicted_mean, dtype=float)
+        ok = ~np.isnan(err) & (sd > 0)
+        z_scores.append(np.abs(err[ok] / sd[ok]))
+    pooled = np.concatenate(z_scores) if z_scores else np.empty(0)
+    if len(z_scores) < 3 or len(pooled) < 10:
+        return (1.0, 1.0)
+    q80, q95 = np.quantile(pooled, [0.80, 0.95])
+    return (float(q80 / norm.ppf(0.90)), float(q95 / norm.ppf(0.975)))
+
+
+def sarimax_frame(
+    res, y: pd.Series, spec: ModelSpec, horizon: int, scale: tuple[float, float], phase: int = 0
+) -> pd.DataFrame:
+    """Point forecast and scaled Gaussian intervals, back-transformed and clipped at 0.
+
+    With log1p the back-transformed point is the median, which is what MAE rewards.
+    """
+    fc = res.get_forecast(horizon, exog=_exog(len(y), spec, horizon, phase))
+    mean = np.asarray(fc.predicted_mean, dtype=float)
+    sd = np.sqrt(np.maximum(np.asarray(fc.var_pred_mean, dtype=float), 0.0))
+    back = np.expm1 if spec.log1p else (lambda v: v)
+    cols = {"point": back(mean)}
+    for level, factor in zip(LEVELS, scale, strict=True):
+        half = factor * norm.ppf(0.5 + level / 200) * sd
+        cols[f"lo{level}"] = back(mean - half)
+        cols[f"hi{level}"] = back(mean + half)
+    frame = pd.DataFrame(cols, index=future_index(y.index, horizon))
+    return frame[["point", "lo80", "hi80", "lo95", "hi95"]].clip(lower=0.0)

@@ -9,6 +9,9 @@ import pandas as pd
 
 from prefect_cloudsched.core.forecast.series import json_label as _json_label
 
+#: Members of the combination, in report order. ``arima`` is the SARIMAX selection.
+MEMBERS = ("arima", "ets", "theta", "seasonal_naive_24", "seasonal_naive_168", "naive")
+
 DAY = 24
 WEEK = 168
 LEVELS = (80, 95)
