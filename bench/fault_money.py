@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fault_suite import Outcome, fresh_ledger
+from fault_outcome import Outcome, fresh_ledger
 
 #: The issue's figure: another writer holds SQLite's write lock this long.
 LEDGER_LOCK_SECONDS = 25.0

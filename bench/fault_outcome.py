@@ -1,0 +1,69 @@
+"""What one fault-suite scenario run measured (shared by ``fault_suite`` and ``fault_money``)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Outcome:
+    """One scenario run; every number is measured during the run."""
+
+    scenario: str
+    backend: str
+    tasks: int
+    tasks_ok: int
+    faults_injected: int
+    interruptions: int
+    instances_leaked: int
+    rows_expected: int
+    rows_found: int
+    deadlines_met: bool | None  # None: the scenario has no deadline to meet
+    seconds: float
+    spend_over_cap: float | None = None  # max spend ÷ hard cap; None: no cap in play
+    detail: str = ""
+    error: str = ""
+
+    @property
+    def rows_lost(self) -> int:
+        return max(0, self.rows_expected - self.rows_found)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.error
+            and self.tasks_ok == self.tasks
+            and self.instances_leaked == 0
+            and self.rows_lost == 0
+            and self.deadlines_met is not False
+            and (self.spend_over_cap is None or self.spend_over_cap <= 1.0)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rows_lost": self.rows_lost, "ok": self.ok}
+
+
+def failed(scenario: str, backend: str, error: BaseException, seconds: float) -> Outcome:
+    """A scenario that raised: recorded as NO with its error, never skipped."""
+    line = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    return Outcome(scenario, backend, 1, 0, 0, 0, 0, 0, 0, None, seconds, error=line)
+
+
+# ---------------------------------------------------------------------- ledgers per backend
+def fresh_ledger(tmp: Path, backend: str) -> str:
+    """A new empty ledger on ``backend``, exported for the runner and the provisioners."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp / f'ledger-{uuid.uuid4().hex[:8]}.db'}"
+    else:
+        from prefect_cloudsched.testing.postgres import fresh_database, server_url
+
+        url = fresh_database(server_url(), prefix="fault")
+    os.environ["PREFECT_CLOUDSCHED_LEDGER_URL"] = url
+    return url
+
+
+__all__ = ["Outcome", "failed", "fresh_ledger"]
