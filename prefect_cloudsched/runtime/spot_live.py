@@ -37,13 +37,14 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prefect_cloudsched.core.catalog import Offer, PurchaseOption
+from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
-from prefect_cloudsched.core.policy import Decision, cost_of
+from prefect_cloudsched.core.policy import Decision, PolicyConfig, cost_of
 from prefect_cloudsched.core.policy.offer_filter import fitting
 from prefect_cloudsched.core.policy.spot_control import (
     IDLE,
@@ -59,7 +60,17 @@ from prefect_cloudsched.errors import MoveRequested, NoFeasibleOffer, SpotInterr
 
 if TYPE_CHECKING:
     from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
-    from prefect_cloudsched.runtime.session import Session
+
+
+class RunView(Protocol):
+    """What the controller reads of its run (``runtime.session.Session``, which owns it)."""
+
+    catalog: Catalog
+    policy: PolicyConfig
+    provisioners: Mapping[str, Any]
+
+    def decide(self, needs: TaskNeeds, *, submitted_at: datetime | None = None) -> Decision: ...
+
 
 #: Defaults for a real cloud: 12 min change-over, a decision at least every 5 min.
 CHANGE_OVER_S = 720.0
@@ -124,7 +135,7 @@ class SpotLive:
 
     def __init__(
         self,
-        session: Session,
+        session: RunView,
         *,
         change_over_s: float = CHANGE_OVER_S,
         horizon_s: float = HORIZON_S,
