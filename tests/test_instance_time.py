@@ -83,3 +83,19 @@ def test_the_report_adds_the_overhead_so_spend_equals_the_bill(tmp_path, capsys)
     data = json.loads(capsys.readouterr().out)
     assert [r["group"] for r in data["rows"]] == [OVERHEAD_TASK, "a", "b"]
     assert float(data["total"]["spend_usd"]) == PRICE * 160 / 3600
+
+
+def test_a_time_window_sets_the_lifetime_against_all_the_instance_rows(tmp_path, capsys) -> None:
+    """A warm instance whose tasks straddle --since is not counted as mostly idle."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'w.db'}")
+    ledger.record([_task("a", 0, 3600), _task("b", 3600, 60)])  # back to back: no idle
+    ledger.upsert_instance(
+        instance_id="i-1", cloud="aws", region="us-east-1", zone=None,
+        offer_key="aws/us-east-1/g5.xlarge/on-demand", owner_id="me", run_id="fr-1",
+        state="terminated", launched_at=T0, terminated_at=T0 + timedelta(seconds=3660),
+    )  # fmt: skip
+    since = (T0 + timedelta(seconds=1800)).isoformat()
+    argv = ["report", "--ledger", ledger.url, "-g", "task", "-f", "json", "--since", since]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["group"] for r in data["rows"]] == ["b"]  # no overhead row: nothing was idle

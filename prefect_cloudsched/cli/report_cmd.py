@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -105,7 +105,6 @@ def report(
     * `prefect-cloudsched report --since 30d --plot spend.png`
     """
     from prefect_cloudsched.adapters.ledger import redact_url
-    from prefect_cloudsched.core.instance_time import overhead_records
     from prefect_cloudsched.core.report import (
         build_report,
         render_csv,
@@ -128,8 +127,8 @@ def report(
     records = ledger.placements(since=start, until=end)
     if flow is not None:
         records = [r for r in records if _same_flow(r.flow_name, flow)]
-    # instance time no task paid (boot, idle, warm-pool tail): the report adds up to the bill
-    records = [*records, *overhead_records(records, ledger.instances())]
+    filtered = bool(start or end or flow)
+    records = [*records, *_instance_overhead(ledger, records, filtered=filtered)]
     if last_run and records:
         latest = max(records, key=lambda r: r.started_at).flow_run_id
         records = [r for r in records if r.flow_run_id == latest]
@@ -171,6 +170,22 @@ def report(
             )
         if notice:
             console.print(f"[yellow]Note: {notice}[/yellow]")
+
+
+def _instance_overhead(ledger: Any, records: list[Any], *, filtered: bool) -> list[Any]:
+    """Instance time no task paid (boot, idle, warm-pool tail) of the instances in ``records``.
+
+    An instance's lifetime is set against *all* its rows, not only those the filters kept:
+    a warm instance whose tasks straddle ``--since`` would otherwise look mostly idle.
+    """
+    from prefect_cloudsched.core.instance_time import overhead_records
+
+    used = {r.instance_id for r in records if r.instance_id}
+    if not used:
+        return []
+    rows = ledger.placements() if filtered else records
+    found = overhead_records(rows, ledger.instances())
+    return [row for row in found if row.instance_id in used]
 
 
 def _same_flow(stored: str, wanted: str) -> bool:
