@@ -461,4 +461,25 @@ def test_warm_instances_cross_runs_only_when_opted_in(
     tags = {t["Key"]: t["Value"] for t in describe(moved.instance_id)["Tags"]}
     assert tags[RUN_TAG] == "run-4" and tags[TASK_TAG] == "b"
     assert shared.release_run("run-3") == 0  # it belongs to run-4 now
-    assert shared.release_run("run-4") == 1
+    shared.release(moved)  # parked again, for whichever run comes next
+    assert shared.release_run("run-4") == 0  # the run's end spares it: it outlives the run
+    assert describe(moved.instance_id)["State"]["Name"] == "running"
+    assert shared.ensure(offer(), run_id="run-5", task_name="c").instance_id == first.instance_id
+    assert shared.release_run("run-5") == 1  # busy at its run's end: ended with the run
+    busy = shared.ensure(offer(), run_id="run-6", task_name="d")
+    shared.release(busy)
+    assert shared.end_parked() == 1  # what the process's exit does
+    assert describe(busy.instance_id)["State"]["Name"] in ("shutting-down", "terminated")
+
+
+def test_pools_warm_across_runs_are_one_provisioner_per_process(settings: AwsSettings) -> None:
+    """A pool block is loaded again by every flow run: only one provisioner keeps the pool."""
+    from dataclasses import replace
+
+    from prefect_cloudsched.adapters.provision.factory import build_provisioner
+
+    across = replace(settings, warm_across_runs=True, warm_seconds=30.0, heartbeat_seconds=0)
+    assert build_provisioner(across) is build_provisioner(replace(across))
+    assert build_provisioner(across) is not build_provisioner(replace(across, owner_id="other"))
+    per_run = replace(across, warm_across_runs=False)
+    assert build_provisioner(per_run) is not build_provisioner(per_run)

@@ -321,6 +321,19 @@ def test_warm_pool_reuses_within_the_run(
     assert gcp.release_run(RUN) == 1 and vms(fake) == []
 
 
+def test_a_vm_warm_across_runs_outlives_its_run(
+    fake: FakeGcpCompute, make: Callable[..., GcpProvisioner]
+) -> None:
+    gcp = make(warm_seconds=30, warm_across_runs=True)
+    first = gcp.ensure(offer(), run_id="run-a", task_name="a")
+    gcp.release(first)
+    assert gcp.release_run("run-a") == 0 and len(vms(fake)) == 1  # parked: spared
+    again = gcp.ensure(offer(), run_id="run-b", task_name="b")
+    assert again.instance_id == first.instance_id
+    gcp.release(again)
+    assert gcp.end_parked() == 1 and vms(fake) == []
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(max_size=120))
 def test_label_values_are_valid_and_deterministic(text: str) -> None:

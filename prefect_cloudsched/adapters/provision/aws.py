@@ -397,16 +397,21 @@ class AwsProvisioner(CloudProvisioner):
                     self._terminate(region, [instance_id])
 
     def release_run(self, run_id: str) -> int:
-        """Terminate every live instance of ours tagged with ``run_id``; return how many."""
+        """Terminate every live instance of ours tagged with ``run_id``; return how many.
+
+        Warm instances kept for other runs (``warm_across_runs``) are spared.
+        """
+        kept = self.kept_for_other_runs(run_id)
         count = 0
         for region in self.settings.regions:
             found = self._owned(region, [{"Name": f"tag:{RUN_TAG}", "Values": [run_id]}])
-            ids = [o.instance_id for o in found]
+            ids = [o.instance_id for o in found if o.instance_id not in kept]
             for start in range(0, len(ids), 500):
                 self._terminate(region, ids[start : start + 500])
             count += len(ids)
         for handle in [*self.book.live(run_id), *self.book.parked(run_id)]:
-            self.book.stopped(handle)
+            if handle.instance_id not in kept:
+                self.book.stopped(handle)
         return count
 
     # ------------------------------------------------------------------ discovery

@@ -179,6 +179,20 @@ class CloudProvisioner(ABC):
             return
         self._end_handle(handle)
 
+    def kept_for_other_runs(self, run_id: str) -> set[str]:
+        """Warm instances of ``run_id`` that outlive it (``warm_across_runs``): the run's end
+        spares them; they end when their idle time runs out, or with :meth:`end_parked`."""
+        if not self.settings.warm_across_runs:
+            return set()
+        return {h.instance_id for h in self.book.parked(run_id)}
+
+    def end_parked(self) -> int:
+        """End every warm instance now (the process is exiting); returns how many."""
+        parked = self.book.all_parked()
+        for handle in parked:
+            self._end_quietly(handle)
+        return len(parked)
+
     def _end_handle(self, handle: InstanceHandle) -> None:
         self._end(handle)
         self.book.stopped(handle)

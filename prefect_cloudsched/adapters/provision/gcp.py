@@ -443,12 +443,18 @@ class GcpProvisioner(CloudProvisioner):
         self._wait_operation(probe, operation)
 
     def release_run(self, run_id: str) -> int:
-        """Delete every VM of ours labelled with ``run_id``; return how many."""
+        """Delete every VM of ours labelled with ``run_id``; return how many.
+
+        Warm VMs kept for other runs (``warm_across_runs``) are spared.
+        """
+        kept = self.kept_for_other_runs(run_id)
         found = self._owned(f'labels.{RUN_TAG} = "{label_value(run_id)}"')
+        found = [vm for vm in found if vm.instance_id not in kept]
         for vm in found:
             self._delete(vm.zone or "", vm.instance_id)
         for handle in [*self.book.live(run_id), *self.book.parked(run_id)]:
-            self.book.stopped(handle)
+            if handle.instance_id not in kept:
+                self.book.stopped(handle)
         return len(found)
 
     # ------------------------------------------------------------------ discovery

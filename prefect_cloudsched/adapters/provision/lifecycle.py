@@ -228,6 +228,11 @@ class InstanceBook:
         with self._lock:
             return [h for h, _ in self._warm.values() if h.run_id == run_id]
 
+    def all_parked(self) -> list[InstanceHandle]:
+        """Every warm instance, of any run."""
+        with self._lock:
+            return [h for h, _ in self._warm.values()]
+
     def _expired(self) -> list[InstanceHandle]:
         limit = time.monotonic() - self.warm_seconds
         with self._lock:
