@@ -136,3 +136,33 @@ def test_flow_run_page_shows_the_cost_artifacts(
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(500)  # let the page's fade-in finish before the docs screenshot
     page.screenshot(path=str(screenshots / "ui-cost-summary.png"))
+
+
+def test_executor_block_created_in_the_ui_form_loads_in_python(
+    prefect_server: str, page: Any, screenshots: Path
+) -> None:
+    """Remote execution is configured from the UI (issue 13): the executor block's form."""
+    from prefect_cloudsched.adapters.execute.dask import DaskExecutor
+    from prefect_cloudsched.prefect.blocks import CloudSchedExecutor
+
+    page.goto(
+        f"{prefect_server}/blocks/catalog/cloudsched-executor/create", wait_until="networkidle"
+    )
+    page.locator(".p-text-input__control").first.fill("ui-remote")
+    _field(page, "Scheduler Host").locator("textarea").fill("10.0.1.5")
+    _field(page, "Python").locator("textarea").fill("python3.11")
+    port = _field(page, "Scheduler Port").locator("input")
+    port.fill("70000")  # out of range: refused, naming the field
+    page.get_by_role("button", name="Create").click()
+    page.get_by_text("Scheduler Port must be less than or equal to 65535").wait_for()
+    assert "/create" in page.url
+    port.fill("8786")
+    page.locator(".p-text-input__control").first.scroll_into_view_if_needed()  # the form's top
+    page.screenshot(path=str(screenshots / "ui-executor-form.png"))
+    page.get_by_role("button", name="Create").click()
+    page.wait_for_url(re.compile(r"/blocks/block/[0-9a-f-]{36}$"))
+
+    block = CloudSchedExecutor.load_named("ui-remote")
+    assert block.scheduler_host == "10.0.1.5" and block.python == "python3.11"
+    executor = block.build_executor()
+    assert isinstance(executor, DaskExecutor) and executor._config["tls"] is True
