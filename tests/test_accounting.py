@@ -121,10 +121,10 @@ def test_a_reserved_placement_holds_the_budget_it_will_be_charged():
     cat = catalog()
     state = PlacementState(reserved_free={"aws/us-east-1/g4": 1})
     decision = decide(NEEDS, cat, now=NOW, state=state)
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=2.0))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=2.0))
     with pytest.raises(BudgetExceeded):  # 2.4 expected > the 2.0 cap
         admit(decision, NEEDS, tracker, lambda n, **_: decide(n, cat, now=NOW), task_name="t")
-    roomy = BudgetTracker(BudgetPolicy(per_run_usd=3.0))
+    roomy = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=3.0))
     admitted = admit(decision, NEEDS, roomy, lambda n, **_: decide(n, cat, now=NOW), task_name="t")
     assert admitted.decision.offer.option is RES and admitted.hold is not None
     assert roomy.in_flight_micro == to_micro(2.4) == charge_micro(decision.offer, 3600)

@@ -45,7 +45,7 @@ def test_policy_rejects_bad_values_naming_the_field(kwargs: dict, field: str) ->
 
 
 def test_hard_cap_refuses_the_placement_that_would_cross_it() -> None:
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=1.0))
     first, overruns = tracker.admit(to_micro(0.6))
     assert first is not None and overruns == []
     refused, overruns = tracker.admit(to_micro(0.5))  # 0.6 held + 0.5 > 1.0
@@ -60,13 +60,13 @@ def test_hard_cap_refuses_the_placement_that_would_cross_it() -> None:
 
 
 def test_exactly_reaching_a_cap_is_allowed() -> None:
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=1.0))
     assert tracker.admit(to_micro(1.0))[0] is not None
     assert tracker.admit(1)[0] is None
 
 
 def test_day_and_month_caps_count_the_ledger_history() -> None:
-    policy = BudgetPolicy(per_day_usd=10.0, per_month_usd=100.0)
+    policy = BudgetPolicy(overrun_factor=1.0, per_day_usd=10.0, per_month_usd=100.0)
     tracker = BudgetTracker(
         policy, spent_today_micro=to_micro(9.5), spent_month_micro=to_micro(20.0)
     )
@@ -81,7 +81,7 @@ def test_day_and_month_caps_count_the_ledger_history() -> None:
 
 
 def test_soft_cap_admits_and_reports_each_cap_once() -> None:
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0, hard=False))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=1.0, hard=False))
     tracker.admit(to_micro(0.9))
     hold, overruns = tracker.admit(to_micro(0.5))
     assert hold is not None and [o.cap for o in overruns] == [RUN_CAP]
@@ -91,7 +91,7 @@ def test_soft_cap_admits_and_reports_each_cap_once() -> None:
 
 
 def test_release_drops_a_hold_without_spending() -> None:
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=1.0))
     hold, _ = tracker.admit(to_micro(0.8))
     tracker.release(hold)
     assert tracker.in_flight_micro == 0 and tracker.spent_micro == 0
@@ -99,7 +99,7 @@ def test_release_drops_a_hold_without_spending() -> None:
 
 
 def test_concurrent_admissions_never_exceed_a_hard_cap() -> None:
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=1.0))
     admitted: list[int] = []
     lock = threading.Lock()
 
@@ -120,7 +120,7 @@ def test_concurrent_admissions_never_exceed_a_hard_cap() -> None:
 
 
 def test_budget_exceeded_is_one_line_naming_cap_numbers_and_fix() -> None:
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=2.0))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=2.0))
     tracker.settle(None, to_micro(1.5))
     _, overruns = tracker.admit(to_micro(0.75))
     error = BudgetExceeded("train", overruns[0])
@@ -171,7 +171,7 @@ def test_spend_windows_split_day_and_month() -> None:
 
 
 def test_small_amounts_keep_their_fractions_of_a_cent() -> None:
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=0.0021))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=0.0021))
     _, overruns = tracker.admit(to_micro(0.0035))
     assert "$0.0021 would be crossed" in overruns[0].describe()
     assert "$0.0035 expected" in overruns[0].describe()
@@ -201,7 +201,7 @@ def test_a_running_task_is_stopped_before_a_hard_cap_is_crossed() -> None:
     from prefect_cloudsched.core.budget import cost_micro
 
     price, cap = 98_320_000, to_micro(0.05)
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=0.05))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=0.05))
     running: dict[int, float] = {}
     for _ in range(8):
         hold, _ = tracker.admit(cost_micro(price, 1.0))
@@ -222,7 +222,7 @@ def test_a_running_task_is_stopped_before_a_hard_cap_is_crossed() -> None:
 
 
 def test_headroom_under_a_soft_cap_can_go_negative() -> None:
-    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0, hard=False))
+    tracker = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=1.0, hard=False))
     hold, _ = tracker.admit(to_micro(0.9))
     assert tracker.headroom_micro() == to_micro(0.1)
     assert tracker.extend(hold, to_micro(1.2)) == []  # soft: raised anyway
@@ -231,7 +231,7 @@ def test_headroom_under_a_soft_cap_can_go_negative() -> None:
 
 
 def test_shared_windows_leave_day_and_month_to_the_ledger() -> None:
-    policy = BudgetPolicy(per_run_usd=1.0, per_day_usd=0.5, per_month_usd=2.0)
+    policy = BudgetPolicy(overrun_factor=1.0, per_run_usd=1.0, per_day_usd=0.5, per_month_usd=2.0)
     assert policy.window_caps_micro() == {DAY_CAP: to_micro(0.5), MONTH_CAP: to_micro(2.0)}
     local = BudgetTracker(policy, spent_today_micro=to_micro(0.4))
     assert local.admit(to_micro(0.2))[0] is None  # the day cap, checked in this process
@@ -239,5 +239,5 @@ def test_shared_windows_leave_day_and_month_to_the_ledger() -> None:
     hold, overruns = shared.admit(to_micro(0.2))
     assert hold is not None and overruns == []
     assert shared.headroom_micro() == to_micro(0.8)
-    day_only = BudgetTracker(BudgetPolicy(per_day_usd=1.0), shared_windows=True)
+    day_only = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_day_usd=1.0), shared_windows=True)
     assert day_only.headroom_micro() is None

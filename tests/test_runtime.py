@@ -73,7 +73,7 @@ def test_a_failing_interruption_write_never_hides_the_spot_loss(tmp_path) -> Non
 def test_hard_run_cap_stops_overrunning_tasks_before_it_is_crossed(tmp_path) -> None:
     """Eight 8xH100 tasks estimated at 1 s that run 3 s, under a $0.05 hard run cap."""
     cap_micro = 50_000
-    budget = BudgetTracker(BudgetPolicy(per_run_usd=0.05, hard=True))
+    budget = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=0.05, hard=True))
     session = runtime_session(tmp_path, budget=budget, spot_retries=0)
     needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=1))
     outcomes: list[str] = []
@@ -98,12 +98,39 @@ def test_hard_run_cap_stops_overrunning_tasks_before_it_is_crossed(tmp_path) -> 
     assert stopped and all(r.runtime_s < 3 for r in stopped)
 
 
+def test_a_hard_cap_admits_the_worst_case_so_no_work_is_thrown_away(tmp_path) -> None:
+    """The same eight overrunning tasks: holding twice the estimate at admission admits one,
+    which finishes its 3 s under the cap, instead of starting three and stopping them all."""
+    cap_micro = 50_000
+    budget = BudgetTracker(BudgetPolicy(per_run_usd=0.05, hard=True))  # overrun_factor 2
+    session = runtime_session(tmp_path, budget=budget, spot_retries=0)
+    needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=1))
+    outcomes: list[str] = []
+
+    def one() -> None:
+        try:
+            _attempt(session, needs, lambda: time.sleep(3))
+            outcomes.append("completed")
+        except BudgetExceeded:
+            outcomes.append("refused or stopped")
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = session.close()
+    assert sum(r.cost_micro for r in records) <= cap_micro
+    assert outcomes.count("completed") >= 1
+    assert not [r for r in records if "stopped" in json.loads(r.decision_json)]
+
+
 def test_two_sessions_on_one_ledger_share_a_hard_day_cap(tmp_path) -> None:
     """Observation 3: each process read the day's spend once, at start (2.76x the cap)."""
     from prefect_cloudsched.runtime.budget_watch import SharedWindowBudget, open_budget
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'day.db'}")
-    policy = BudgetPolicy(per_day_usd=0.05, hard=True)
+    policy = BudgetPolicy(overrun_factor=1.0, per_day_usd=0.05, hard=True)
     needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=3))
     first, second = (
         runtime_session(tmp_path, ledger=ledger, budget=open_budget(policy, ledger), spot_retries=0)

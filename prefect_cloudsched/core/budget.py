@@ -50,6 +50,9 @@ class BudgetPolicy:
         fallback_cheapest: Under a hard cap, first try the cheapest offer the task's hardware
             allows (spot despite deadline risk) before refusing.
         spot_max_share: Largest share of a run's admitted placements that may be spot.
+        overrun_factor: Under a hard cap a placement is admitted only if its expected cost
+            times this still fits (a task may run longer than estimated; one that outruns
+            even this is stopped before the cap). Soft caps hold the expected cost.
     """
 
     per_run_usd: float | None = None
@@ -58,8 +61,11 @@ class BudgetPolicy:
     hard: bool = True
     fallback_cheapest: bool = False
     spot_max_share: float = 1.0
+    overrun_factor: float = 2.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.overrun_factor) and self.overrun_factor >= 1):
+            raise ValueError(f"overrun_factor must be a number >= 1, got {self.overrun_factor}")
         for name in ("per_run_usd", "per_day_usd", "per_month_usd"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -235,13 +241,20 @@ class BudgetTracker:
         """
         if expected_micro < 0:
             raise ValueError(f"expected cost must be >= 0, got {expected_micro}")
+        amount = self.hold_for(expected_micro)
         with self._lock:
-            overruns = self._overruns(expected_micro)
+            overruns = self._overruns(amount)
             if overruns and self.policy.hard:
                 return None, overruns
             hold = next(self._ids)
-            self._holds[hold] = expected_micro
+            self._holds[hold] = amount
             return hold, overruns
+
+    def hold_for(self, expected_micro: int) -> int:
+        """What admission holds: the worst case under a hard cap, else the expectation."""
+        if not self.policy.hard:
+            return expected_micro
+        return math.ceil(expected_micro * self.policy.overrun_factor)
 
     def extend(self, hold: int, amount_micro: int) -> list[Overrun]:
         """Raise a running placement's hold to ``amount_micro`` if every hard cap allows.

@@ -71,9 +71,10 @@ class SharedWindowBudget(BudgetTracker):
         hold, overruns = super().admit(expected_micro)
         if hold is None:
             return None, overruns
+        amount = self.hold_for(expected_micro)  # what the run cap holds, held for all too
         try:
             result = self._ledger.hold_budget(  # type: ignore[attr-defined]
-                self._windows, expected_micro, self.run_id or "unknown", hard=self.policy.hard
+                self._windows, amount, self.run_id or "unknown", hard=self.policy.hard
             )
         except BaseException:
             super().release(hold)
@@ -82,7 +83,7 @@ class SharedWindowBudget(BudgetTracker):
             super().release(hold)
             return None, [*overruns, *result.overruns]
         with self._lock:
-            self._in_ledger[hold] = (result.hold_id, expected_micro)
+            self._in_ledger[hold] = (result.hold_id, amount)
         return hold, [*overruns, *result.overruns]
 
     def extend(self, hold: int, amount_micro: int) -> list[Overrun]:
