@@ -383,9 +383,10 @@ class _Session:
                 return address
             if time.monotonic() >= deadline:
                 raise ProvisioningError(
-                    f"no Dask worker named {name} joined {self.contact_address} within "
-                    f"{timeout:g}s; check that the instance can reach the scheduler (port "
-                    f"8786 in its security group / firewall) and read {WORKER_LOG} on it"
+                    f"join_timeout_seconds: no Dask worker named {name} joined "
+                    f"{self.contact_address} within {timeout:g}s; check that the instance can "
+                    "reach the scheduler (its port in the security group / firewall) and read "
+                    f"{WORKER_LOG} on it, or raise join_timeout_seconds for slow boots"
                 )
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
