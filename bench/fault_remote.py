@@ -11,6 +11,8 @@ setting to fix, with no instance of ours (and no Dask worker) left running.
   port (the settings a block gives, through ``build_executor``).
 - ``remote_bad_image``: ``AwsSettings.ami_per_region`` names an AMI the region does not have
   (moto's own AMI validation answers ``InvalidAMIID.NotFound``).
+- ``remote_no_image_parameter``: ``AwsSettings.gpu_image_parameter`` names an SSM parameter
+  the region does not publish (moto's SSM answers ``ParameterNotFound``).
 
 Every figure is measured: the task's final state, whether the error is one line and matches
 the setting's name, our instances still running (moto, by owner tag) plus Dask workers still
@@ -39,6 +41,8 @@ JOIN_TIMEOUT = 2.0
 CONNECT_TIMEOUT = "2s"
 #: Well-formed, but no region of the mock (or of AWS) has it.
 MISSING_AMI = "ami-0badc0ffee0000000"
+#: An SSM parameter no region publishes (``{arch}`` filled in as for the real ones).
+MISSING_PARAMETER = "/aws/service/cloudsched-fault-suite/no-such-image/{arch}/ami-id"
 #: Every scenario pins AWS so the instances it starts are visible through moto's tags.
 AWS_ONLY = frozenset({"aws"})
 
@@ -302,11 +306,40 @@ def bad_image(clouds: Any, tmp: Path, backend: str) -> Outcome:
     )
 
 
+def no_image_parameter(clouds: Any, tmp: Path, backend: str) -> Outcome:
+    """``gpu_image_parameter`` names an SSM parameter the region does not publish (the default
+    image path: no AMI id set): the lookup fails before any launch."""
+    t0 = time.perf_counter()
+    owner = f"nossm-{uuid.uuid4().hex[:6]}"
+    ledger_url = fresh_ledger(tmp, backend)
+    provisioners = _aws_provisioners(clouds, owner, gpu_image_parameter=MISSING_PARAMETER)
+    result = _run_one_task(_dask_runner(provisioners, "dask", **_dask_options()))
+    return _judge(
+        "remote_no_image_parameter",
+        backend,
+        clouds=clouds,
+        owner=owner,
+        ledger_url=ledger_url,
+        started=t0,
+        result=result,
+        setting=r"^AwsSettings\.gpu_image_parameter: no image for .*ami_per_region",
+        faults=int("ParameterNotFound" in result[1]),  # moto's SSM itself had no such name
+    )
+
+
 REMOTE_SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "remote_never_joins": never_joins,
     "remote_version_mismatch": version_mismatch,
     "remote_no_scheduler": no_scheduler,
     "remote_bad_image": bad_image,
+    "remote_no_image_parameter": no_image_parameter,
 }
 
-__all__ = ["REMOTE_SCENARIOS", "bad_image", "never_joins", "no_scheduler", "version_mismatch"]
+__all__ = [
+    "REMOTE_SCENARIOS",
+    "bad_image",
+    "never_joins",
+    "no_image_parameter",
+    "no_scheduler",
+    "version_mismatch",
+]

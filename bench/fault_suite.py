@@ -27,8 +27,9 @@ family): a real flow on the Dask executor and the AWS provisioner on moto, where
 ``remote_version_mismatch`` (the worker reports another Python and ``cloudpickle``),
 ``remote_no_scheduler`` (``scheduler_address`` on a closed loopback port) and
 ``remote_bad_image`` (``ami_per_region`` names an AMI moto's own validation does not know)
-must each fail the task with a one-line error naming the setting, leave none of our
-instances or workers running, and give every launched instance its ledger row.
+and ``remote_no_image_parameter`` (``gpu_image_parameter`` names an SSM parameter moto's
+SSM does not have) must each fail the task with a one-line error naming the setting, leave
+none of our instances or workers running, and give every launched instance its ledger row.
 
 Run: ``.venv/bin/python bench/fault_suite.py [--runs N] [--only a,b] [--backends sqlite]
 [--out DIR]`` → ``bench/results/fault_suite.{json,md}`` (or ``DIR``).

@@ -4,10 +4,11 @@ run once (SQLite unless the scenario is about PostgreSQL).
 The spot-recovery test is a plain harness test; the storms, capacity refusals, throttling,
 SIGKILL + ``reap``, ledger-lock and PostgreSQL-restart scenarios are marked ``slow``. The two
 runtime scenarios (overrun vs a hard run cap; four processes sharing one hard day cap through
-the ledger's budget holds) must measure their figures and stay at or under the cap. The four
+the ledger's budget holds) must measure their figures and stay at or under the cap. The five
 remote bad-input scenarios (issue 13: a worker that never joins, other worker versions, an
-unreachable scheduler, an AMI the region lacks) are harness tests of a few seconds each. The bench
-runs everything N times on both backends and writes ``bench/results/fault_suite.{json,md}``.
+unreachable scheduler, an AMI or an image parameter the region lacks) are harness tests of a
+few seconds each. The bench runs everything N times on both backends and writes
+``bench/results/fault_suite.{json,md}``.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def test_a_scenario_that_raises_is_recorded_as_no_and_the_suite_goes_on() -> Non
 
 def test_only_remote_selects_the_remote_family() -> None:
     names = [n for n in fault_suite.scenarios() if fault_suite.selected(n, {"remote"})]
-    assert names == list(fault_remote.REMOTE_SCENARIOS) and len(names) == 4
+    assert names == list(fault_remote.REMOTE_SCENARIOS) and len(names) == 5
     assert fault_suite.selected("storm", set()) and not fault_suite.selected("storm", {"remote"})
 
 
@@ -260,3 +261,13 @@ def test_remote_ami_the_region_lacks_fails_the_task_and_starts_nothing(
     _assert_refused_cleanly(outcome)
     assert outcome.final_state == "FAILED" and outcome.rows_expected == 0
     assert "InvalidAMIID.NotFound" in outcome.detail  # moto's own AMI check refused it
+
+
+@pytest.mark.harness
+def test_remote_image_parameter_the_region_lacks_fails_the_task_and_starts_nothing(
+    prefect_harness, clouds: MockClouds, tmp_path: Path
+) -> None:
+    outcome = fault_remote.no_image_parameter(clouds, tmp_path, "sqlite")
+    _assert_refused_cleanly(outcome)
+    assert outcome.final_state == "FAILED" and outcome.rows_expected == 0
+    assert "ParameterNotFound" in outcome.detail  # moto's SSM had no such parameter
