@@ -15,8 +15,8 @@ setting to fix, with no instance of ours (and no Dask worker) left running.
   the region does not publish (moto's SSM answers ``ParameterNotFound``).
 
 Every figure is measured: the task's final state, whether the error is one line and matches
-the setting's name, our instances still running (moto, by owner tag) plus Dask workers still
-up, the launched instances that have a ledger row, and seconds.
+the setting's name, our instances still running (moto, by owner tag) plus Dask workers and
+executor monitor threads still up, the launched instances that have a ledger row, and seconds.
 """
 
 from __future__ import annotations
@@ -120,6 +120,17 @@ def _aws_launched(clouds: Any, owner: str) -> list[str]:
     return found
 
 
+def _dask_left_up() -> int:
+    """Dask workers not closed plus executor monitor threads still alive after the flow."""
+    import threading
+
+    import distributed
+
+    workers = [w for w in list(distributed.Worker._instances) if w.status.name != "closed"]
+    monitors = [t for t in threading.enumerate() if t.name == "cloudsched-dask-monitor"]
+    return len(workers) + len(monitors)
+
+
 def _judge(
     scenario: str,
     backend: str,
@@ -131,12 +142,13 @@ def _judge(
     result: tuple[str, str],
     setting: str,
     faults: int,
-    workers_left: int = 0,
+    workers_left: int | None = None,
 ) -> Outcome:
     """Measure what the flow left behind and turn it into an ``Outcome``."""
     from prefect_cloudsched.adapters.ledger import Ledger
 
     state, error = result
+    workers_left = _dask_left_up() if workers_left is None else workers_left
     launched = _aws_launched(clouds, owner)
     ledger = Ledger(ledger_url)
     try:
@@ -161,7 +173,7 @@ def _judge(
         deadlines_met=None,
         seconds=time.perf_counter() - started,
         detail=f"task {state}; {len(launched)} instance(s) launched, {len(running)} still "
-        f"running, {workers_left} worker(s) up; error: {error.strip()[:240]}",
+        f"running, {workers_left} Dask worker(s)/monitor(s) up; error: {error.strip()[:240]}",
         final_state=state,
         one_line_error=one_line,
         names_setting=names_setting,
@@ -223,7 +235,7 @@ def version_mismatch(clouds: Any, tmp: Path, backend: str) -> Outcome:
         result=result,
         setting=r"^CloudSchedExecutor\.container_image / python: .*versions differ.*python 3\.8",
         faults=len(reports),  # workers that reported other versions
-        workers_left=len(launcher.names),
+        workers_left=len(launcher.names) + _dask_left_up(),
     )
 
 
