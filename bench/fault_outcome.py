@@ -27,10 +27,20 @@ class Outcome:
     spend_over_cap: float | None = None  # max spend ÷ hard cap; None: no cap in play
     detail: str = ""
     error: str = ""
+    #: Bad-input scenarios: the task's final state, and whether its error is one line and
+    #: names the setting to fix (``None``: the scenario expects no error).
+    final_state: str = ""
+    one_line_error: bool | None = None
+    names_setting: bool | None = None
 
     @property
     def rows_lost(self) -> int:
         return max(0, self.rows_expected - self.rows_found)
+
+    @property
+    def error_expected(self) -> bool:
+        """A bad-input scenario: the task must fail with a telling error."""
+        return self.one_line_error is not None or self.names_setting is not None
 
     @property
     def ok(self) -> bool:
@@ -41,6 +51,8 @@ class Outcome:
             and self.rows_lost == 0
             and self.deadlines_met is not False
             and (self.spend_over_cap is None or self.spend_over_cap <= 1.0)
+            and self.one_line_error is not False
+            and self.names_setting is not False
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -21,8 +21,19 @@ started by ``scripts/postgres.sh``). Each run reports tasks finished, faults inj
 instances of ours still running (target 0), ledger rows expected vs found (rows lost, target
 0), max spend ÷ hard cap (target ≤ 1.00) and whether every deadline was met.
 
-Run: ``.venv/bin/python bench/fault_suite.py [--runs N] [--only a,b] [--backends sqlite]``
-→ ``bench/results/fault_suite.{json,md}``. ``tests/test_fault_suite.py`` runs each once.
+Remote-execution bad input (``bench/fault_remote.py``, issue 13; ``--only remote`` runs the
+family): a real flow on the Dask executor and the AWS provisioner on moto, where
+``remote_never_joins`` (an instance whose worker never joins, 2 s join timeout),
+``remote_version_mismatch`` (the worker reports another Python and ``cloudpickle``),
+``remote_no_scheduler`` (``scheduler_address`` on a closed loopback port) and
+``remote_bad_image`` (``ami_per_region`` names an AMI moto's own validation does not know)
+and ``remote_no_image_parameter`` (``gpu_image_parameter`` names an SSM parameter moto's
+SSM does not have) must each fail the task with a one-line error naming the setting, leave
+none of our instances or workers running, and give every launched instance its ledger row.
+
+Run: ``.venv/bin/python bench/fault_suite.py [--runs N] [--only a,b] [--backends sqlite]
+[--out DIR]`` → ``bench/results/fault_suite.{json,md}`` (or ``DIR``).
+``tests/test_fault_suite.py`` runs each once.
 """
 
 from __future__ import annotations
@@ -391,6 +402,7 @@ CLOUD_SCENARIOS: dict[str, Callable[..., Outcome]] = {
 def scenarios() -> dict[str, tuple[Callable[..., Outcome], tuple[str, ...], bool]]:
     """name → (function, backends it runs on, needs MockClouds)."""
     import fault_money
+    from fault_remote import REMOTE_SCENARIOS
 
     both = ("sqlite", "postgresql")
     table: dict[str, tuple[Callable[..., Outcome], tuple[str, ...], bool]] = {
@@ -405,7 +417,13 @@ def scenarios() -> dict[str, tuple[Callable[..., Outcome], tuple[str, ...], bool
             "shared_day_cap": (fault_money.shared_day_cap, both, False),
         }
     )
+    table.update({name: (fn, both, True) for name, fn in REMOTE_SCENARIOS.items()})
     return table
+
+
+def selected(name: str, wanted: set[str]) -> bool:
+    """Whether ``--only`` picks ``name`` (a family prefix like ``remote`` picks its members)."""
+    return not wanted or name in wanted or name.split("_")[0] in wanted
 
 
 def run_one(fn: Callable[..., Outcome], name: str, backend: str, *args: Any) -> Outcome:
@@ -427,6 +445,7 @@ def summarise(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
         mine: list[Outcome] = entry.pop("runs")
         ratios = [o.spend_over_cap for o in mine if o.spend_over_cap is not None]
         deadlines = [o.deadlines_met for o in mine if o.deadlines_met is not None]
+        told = [bool(o.one_line_error and o.names_setting) for o in mine if o.error_expected]
         summary[key] = {
             "runs": len(mine),
             "all_ok": all(o.ok for o in mine),
@@ -439,6 +458,7 @@ def summarise(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
             "rows_lost": sum(o.rows_lost for o in mine),
             "max_spend_over_cap": max(ratios) if ratios else None,
             "deadlines_met": f"{sum(deadlines)}/{len(deadlines)}" if deadlines else "n/a",
+            "one_line_naming_setting": f"{sum(told)}/{len(told)}" if told else "n/a",
             "median_seconds": sorted(o.seconds for o in mine)[len(mine) // 2],
             "errors": sorted({o.error for o in mine if o.error}),
         }
@@ -449,8 +469,9 @@ def render(summary: dict[str, dict[str, Any]], outcomes: list[Outcome]) -> str:
     lines = [
         "| scenario | ledger | runs | tasks ok | faults injected | interruptions recorded | "
         "instances leaked (target 0) | rows lost (target 0) | max spend ÷ hard cap "
-        "(target ≤ 1.00) | deadlines met | median s | pass |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(target ≤ 1.00) | deadlines met | one-line error naming the setting | median s | "
+        "pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, s in summary.items():
         name, backend = key.split("/")
@@ -459,7 +480,8 @@ def render(summary: dict[str, dict[str, Any]], outcomes: list[Outcome]) -> str:
             f"| {name} | {backend} | {s['runs']} | {s['tasks_ok']}/{s['tasks']} | "
             f"{s['faults_injected']} | {s['interruptions_recorded']} | {s['instances_leaked']} | "
             f"{s['rows_lost']} of {s['rows_expected']} | {ratio} | {s['deadlines_met']} | "
-            f"{s['median_seconds']:.1f} | {'YES' if s['all_ok'] else 'NO'} |"
+            f"{s['one_line_naming_setting']} | {s['median_seconds']:.1f} | "
+            f"{'YES' if s['all_ok'] else 'NO'} |"
         )
     seen: set[str] = set()
     details = []
@@ -477,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--out", default="", help="write the results here (not bench/results)")
     args = parser.parse_args(argv)
 
     from _common import isolate, write
@@ -494,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         MockClouds(owner_id="fault-suite", heartbeat_seconds=0.5) as clouds,
     ):
         for name, (fn, on, cloudy) in scenarios().items():
-            if wanted and name not in wanted:
+            if not selected(name, wanted):
                 continue
             runs = min(args.runs, 2) if name in ("sigkill", "ledger_lock") else args.runs
             for backend in (b for b in on if b in backends):
@@ -503,12 +526,24 @@ def main(argv: list[str] | None = None) -> int:
                     outcomes.append(run_one(fn, name, backend, *extra))
                     print(outcomes[-1], flush=True)
     summary = summarise(outcomes)
-    write(
-        "fault_suite",
-        {"summary": summary, "runs": [o.as_dict() for o in outcomes]},
-        render(summary, outcomes),
-    )
+    data = {"summary": summary, "runs": [o.as_dict() for o in outcomes]}
+    if args.out:
+        _write_to(Path(args.out), data, render(summary, outcomes))
+    else:
+        write("fault_suite", data, render(summary, outcomes))
     return 0 if all(s["all_ok"] for s in summary.values()) else 1
+
+
+def _write_to(out: Path, data: dict[str, Any], markdown: str) -> None:
+    """``fault_suite.{json,md}`` in ``out`` (a partial run must not replace the suite's)."""
+    import json
+
+    from _common import machine
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fault_suite.json").write_text(json.dumps({**data, "machine": machine()}, indent=2))
+    (out / "fault_suite.md").write_text(markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ run once (SQLite unless the scenario is about PostgreSQL).
 The spot-recovery test is a plain harness test; the storms, capacity refusals, throttling,
 SIGKILL + ``reap``, ledger-lock and PostgreSQL-restart scenarios are marked ``slow``. The two
 runtime scenarios (overrun vs a hard run cap; four processes sharing one hard day cap through
-the ledger's budget holds) must measure their figures and stay at or under the cap. The bench
-runs everything N times on both backends and writes ``bench/results/fault_suite.{json,md}``.
+the ledger's budget holds) must measure their figures and stay at or under the cap. The five
+remote bad-input scenarios (issue 13: a worker that never joins, other worker versions, an
+unreachable scheduler, an AMI or an image parameter the region lacks) are harness tests of a
+few seconds each. The bench runs everything N times on both backends and writes
+``bench/results/fault_suite.{json,md}``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from prefect_cloudsched.testing.executor import InstanceStandInExecutor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import fault_money
+import fault_remote
 import fault_suite
 
 
@@ -107,6 +111,17 @@ def test_a_scenario_that_raises_is_recorded_as_no_and_the_suite_goes_on() -> Non
     over = fault_suite.Outcome("x", "sqlite", 1, 1, 0, 0, 0, 1, 1, None, 0.1, spend_over_cap=1.01)
     assert not over.ok  # a cap crossed by 1% is a NO
     assert not fault_suite.Outcome("x", "sqlite", 1, 1, 0, 0, 0, 1, 1, False, 0.1).ok
+    vague = fault_suite.Outcome(
+        "x", "sqlite", 1, 1, 1, 0, 0, 0, 0, None, 0.1, one_line_error=True, names_setting=False
+    )
+    assert not vague.ok  # a failure that does not name the setting to fix is a NO
+    assert "| 0/1 |" in fault_suite.render(fault_suite.summarise([vague]), [vague])
+
+
+def test_only_remote_selects_the_remote_family() -> None:
+    names = [n for n in fault_suite.scenarios() if fault_suite.selected(n, {"remote"})]
+    assert names == list(fault_remote.REMOTE_SCENARIOS) and len(names) == 5
+    assert fault_suite.selected("storm", set()) and not fault_suite.selected("storm", {"remote"})
 
 
 @pytest.mark.slow
@@ -196,3 +211,63 @@ def test_checkpointable_task_resumes_after_interruption(
     assert checkpoint.load(key="other") == {"x": 1}
     checkpoint.clear(key="other")
     assert checkpoint.load(key="other") is None
+
+
+# ---------------------------------------------------------------------- remote bad input
+def _assert_refused_cleanly(outcome: fault_suite.Outcome) -> None:
+    """Failed with one line naming the setting; nothing of ours left; launches accounted."""
+    assert outcome.ok, outcome
+    assert outcome.one_line_error and outcome.names_setting, outcome.detail
+    assert outcome.instances_leaked == 0 and outcome.rows_lost == 0
+    assert outcome.faults_injected >= 1  # the fault really happened
+
+
+@pytest.mark.harness
+def test_remote_worker_that_never_joins_fails_in_seconds_and_releases_its_instance(
+    prefect_harness, clouds: MockClouds, tmp_path: Path
+) -> None:
+    outcome = fault_remote.never_joins(clouds, tmp_path, "sqlite")
+    _assert_refused_cleanly(outcome)
+    assert outcome.final_state == "FAILED"
+    assert outcome.rows_expected == 1  # one instance started, billed, and released
+    assert outcome.seconds < 60  # the 2 s join timeout, not the 600 s default
+
+
+@pytest.mark.harness
+def test_remote_worker_with_other_versions_is_refused_end_to_end(
+    prefect_harness, clouds: MockClouds, tmp_path: Path
+) -> None:
+    outcome = fault_remote.version_mismatch(clouds, tmp_path, "sqlite")
+    _assert_refused_cleanly(outcome)
+    assert outcome.final_state == "FAILED" and outcome.rows_expected == 1
+    assert "cloudpickle 0.0.1 (flow: " in outcome.detail
+
+
+@pytest.mark.harness
+def test_remote_unreachable_scheduler_fails_the_flow_before_any_instance_starts(
+    prefect_harness, clouds: MockClouds, tmp_path: Path
+) -> None:
+    outcome = fault_remote.no_scheduler(clouds, tmp_path, "sqlite")
+    _assert_refused_cleanly(outcome)
+    assert outcome.final_state == "NOT_SUBMITTED"  # the session never opened
+    assert outcome.rows_expected == 0  # no instance was started for it
+
+
+@pytest.mark.harness
+def test_remote_ami_the_region_lacks_fails_the_task_and_starts_nothing(
+    prefect_harness, clouds: MockClouds, tmp_path: Path
+) -> None:
+    outcome = fault_remote.bad_image(clouds, tmp_path, "sqlite")
+    _assert_refused_cleanly(outcome)
+    assert outcome.final_state == "FAILED" and outcome.rows_expected == 0
+    assert "InvalidAMIID.NotFound" in outcome.detail  # moto's own AMI check refused it
+
+
+@pytest.mark.harness
+def test_remote_image_parameter_the_region_lacks_fails_the_task_and_starts_nothing(
+    prefect_harness, clouds: MockClouds, tmp_path: Path
+) -> None:
+    outcome = fault_remote.no_image_parameter(clouds, tmp_path, "sqlite")
+    _assert_refused_cleanly(outcome)
+    assert outcome.final_state == "FAILED" and outcome.rows_expected == 0
+    assert "ParameterNotFound" in outcome.detail  # moto's SSM had no such parameter
