@@ -197,7 +197,7 @@ def never_joins(clouds: Any, tmp: Path, backend: str) -> Outcome:
         ledger_url=ledger_url,
         started=t0,
         result=result,
-        setting=rf"no Dask worker named \S+ joined .* within {JOIN_TIMEOUT:g}s",
+        setting=rf"join_timeout_seconds: no Dask worker named \S+ joined .* {JOIN_TIMEOUT:g}s",
         faults=len(_aws_launched(clouds, owner)),  # each launched instance had no worker
     )
 
