@@ -70,40 +70,9 @@ def test_a_failing_interruption_write_never_hides_the_spot_loss(tmp_path) -> Non
     assert provisioner.released == ["i-0"]
 
 
-def test_hard_run_cap_stops_overrunning_tasks_before_it_is_crossed(tmp_path) -> None:
-    """Eight 8xH100 tasks estimated at 1 s that run 3 s, under a $0.05 hard run cap."""
-    cap_micro = 50_000
-    budget = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_run_usd=0.05, hard=True))
-    session = runtime_session(tmp_path, budget=budget, spot_retries=0)
-    needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=1))
-    outcomes: list[str] = []
-
-    def one() -> None:
-        try:
-            _attempt(session, needs, lambda: time.sleep(3))
-            outcomes.append("completed")
-        except BudgetExceeded:
-            outcomes.append("stopped")
-
-    threads = [threading.Thread(target=one) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    records = session.close()
-    spent = sum(r.cost_micro for r in records)
-    assert spent <= cap_micro, f"spent {spent} > cap {cap_micro}"
-    assert "stopped" in outcomes and len(outcomes) == 8
-    stopped = [r for r in records if "stopped" in json.loads(r.decision_json)]
-    assert stopped and all(r.runtime_s < 3 for r in stopped)
-
-
-def test_a_hard_cap_admits_the_worst_case_so_no_work_is_thrown_away(tmp_path) -> None:
-    """The same eight overrunning tasks: holding twice the estimate at admission admits one,
-    which finishes its 3 s under the cap, instead of starting three and stopping them all."""
-    cap_micro = 50_000
-    budget = BudgetTracker(BudgetPolicy(per_run_usd=0.05, hard=True))  # overrun_factor 2
-    session = runtime_session(tmp_path, budget=budget, spot_retries=0)
+def _eight_overrunning_tasks(tmp_path, policy: BudgetPolicy) -> tuple[list[str], list]:
+    """Eight 8xH100 tasks estimated at 1 s that run 3 s, at once, under ``policy``."""
+    session = runtime_session(tmp_path, budget=BudgetTracker(policy), spot_retries=0)
     needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(seconds=1))
     outcomes: list[str] = []
 
@@ -119,8 +88,25 @@ def test_a_hard_cap_admits_the_worst_case_so_no_work_is_thrown_away(tmp_path) ->
         thread.start()
     for thread in threads:
         thread.join()
-    records = session.close()
-    assert sum(r.cost_micro for r in records) <= cap_micro
+    return outcomes, session.close()
+
+
+def test_hard_run_cap_stops_overrunning_tasks_before_it_is_crossed(tmp_path) -> None:
+    """Holding only the estimate (overrun_factor 1), three start; the watch stops them."""
+    policy = BudgetPolicy(overrun_factor=1.0, per_run_usd=0.05, hard=True)
+    outcomes, records = _eight_overrunning_tasks(tmp_path, policy)
+    spent = sum(r.cost_micro for r in records)
+    assert spent <= 50_000, f"spent {spent} > cap 50000"
+    assert "refused or stopped" in outcomes and len(outcomes) == 8
+    stopped = [r for r in records if "stopped" in json.loads(r.decision_json)]
+    assert stopped and all(r.runtime_s < 3 for r in stopped)
+
+
+def test_a_hard_cap_admits_the_worst_case_so_no_work_is_thrown_away(tmp_path) -> None:
+    """The default holds twice the estimate: one task is admitted and finishes its 3 s under
+    the cap, instead of three starting and all being stopped with their work lost."""
+    outcomes, records = _eight_overrunning_tasks(tmp_path, BudgetPolicy(per_run_usd=0.05))
+    assert sum(r.cost_micro for r in records) <= 50_000
     assert outcomes.count("completed") >= 1
     assert not [r for r in records if "stopped" in json.loads(r.decision_json)]
 
