@@ -40,7 +40,7 @@ from prefect_cloudsched.adapters.ledger_schema import (
     plans,
     select_rows,
 )
-from prefect_cloudsched.core.records import PlacementRecord
+from prefect_cloudsched.core.records import PlacementRecord, as_utc
 from prefect_cloudsched.errors import LedgerError
 
 logger = logging.getLogger("prefect_cloudsched.ledger")
@@ -63,13 +63,6 @@ def default_home() -> Path:
 def default_url() -> str:
     """``$PREFECT_CLOUDSCHED_LEDGER_URL`` or the SQLite file in :func:`default_home`."""
     return os.environ.get(URL_ENV) or f"sqlite:///{default_home() / 'ledger.db'}"
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes; everything we store is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 #: Query parameters that carry credentials in common drivers' URLs (psycopg, asyncpg, pymysql).
@@ -273,8 +266,8 @@ class Ledger(SharedBudget):
             PlacementRecord(
                 **{
                     **{k: row[k] for k in _PLACEMENT_FIELDS},
-                    "started_at": _utc(row["started_at"]),
-                    "ended_at": _utc(row["ended_at"]),
+                    "started_at": as_utc(row["started_at"]),
+                    "ended_at": as_utc(row["ended_at"]),
                     "deadline_at_risk": bool(row["deadline_at_risk"]),
                 },
                 id=row["id"],
@@ -398,8 +391,8 @@ class Ledger(SharedBudget):
             "name": row["name"],
             "status": row["status"],
             "purchase_status": row["purchase_status"],
-            "created_at": _utc(row["created_at"]),
-            "bought_at": _utc(row["bought_at"]),
+            "created_at": as_utc(row["created_at"]),
+            "bought_at": as_utc(row["bought_at"]),
         }
 
     def dispose(self) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from prefect_cloudsched.adapters.ledger_schema import budget_holds, placements, select_rows
 from prefect_cloudsched.core.budget import DAY_CAP, MONTH_CAP, Overrun
+from prefect_cloudsched.core.records import as_utc
 
 WINDOW_CAPS = (DAY_CAP, MONTH_CAP)
 HELD, SETTLED, RELEASED = "held", "settled", "released"
@@ -182,7 +183,7 @@ class SharedBudget:
             if extra <= 0:
                 return ()
             made = row["created_at"]
-            made = made if made.tzinfo else made.replace(tzinfo=UTC)  # SQLite returns naive UTC
+            made = as_utc(made)  # SQLite returns naive UTC
             overruns = _overruns(committed_micro(conn, made), window_caps, extra)
             if overruns and hard:
                 return overruns

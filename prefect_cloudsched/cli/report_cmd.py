@@ -39,6 +39,7 @@ class GroupBy(StrEnum):
 def parse_when(text: str, option: str) -> datetime:
     """``2026-11-01``, ``2026-11-01T12:00``, or a relative ``24h`` / ``7d`` (ago)."""
     from prefect_cloudsched.core.needs import parse_duration
+    from prefect_cloudsched.core.records import as_utc
     from prefect_cloudsched.errors import NeedsError
 
     try:
@@ -53,7 +54,7 @@ def parse_when(text: str, option: str) -> datetime:
                 f"{option} {text!r} is neither a date (2026-11-01, 2026-11-01T12:00) "
                 "nor a duration ago (24h, 7d)"
             ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return as_utc(value)
 
 
 @app.command("report")

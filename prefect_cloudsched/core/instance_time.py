@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord
+from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord, as_utc
 
 #: Task name (``--group-by task``) of the overhead rows.
 OVERHEAD_TASK = "(instance boot and idle)"
@@ -115,9 +115,7 @@ def _busy(rows: list[PlacementRecord]) -> float:
 
 
 def _utc(value: Any) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return as_utc(value) if isinstance(value, datetime) else None
 
 
 __all__ = ["OVERHEAD_STATE", "OVERHEAD_TASK", "overhead_records"]

@@ -7,10 +7,18 @@ drift, so every stored amount is an ``int`` of millionths of a US dollar.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 MICRO = 1_000_000
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value`` with UTC attached when it is naive: every time we store is UTC, and SQLite
+    hands datetimes back without their zone."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 def to_micro(usd: float | Decimal) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from prefect_cloudsched.adapters.provision.lifecycle import OwnedInstance
 from prefect_cloudsched.core.catalog import Catalog
-from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord
+from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord, as_utc
 
 #: Default: 15 heartbeats of the default 60 s interval could be missed before we act.
 DEFAULT_HEARTBEAT_TTL = 900.0
@@ -151,8 +151,8 @@ def orphan_record(
     """
     from prefect_cloudsched.core.records import to_micro
 
-    released = _utc((ledger_row or {}).get("terminated_at"))
-    launched = _utc(instance.launched_at) or _utc((ledger_row or {}).get("launched_at"))
+    released = as_utc((ledger_row or {}).get("terminated_at"))
+    launched = as_utc(instance.launched_at) or as_utc((ledger_row or {}).get("launched_at"))
     started = released or launched or ended_at
     seconds = max(0.0, (ended_at - started).total_seconds())
     price_micro = to_micro(usd_per_hour) if usd_per_hour is not None else 0
@@ -185,12 +185,6 @@ def orphan_record(
         instance_id=instance.instance_id,
         explanation=f"reaped orphan: {seconds:.0f} s from {since} to termination at {price}",
     )
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _record_orphan(
