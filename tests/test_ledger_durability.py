@@ -247,3 +247,13 @@ def test_eight_processes_times_150_tasks_lose_no_row_and_keep_the_cap(postgres_u
     assert outcome.rows_lost == 0
     assert outcome.day_spend_micro <= outcome.day_cap_micro
     assert outcome.refused > 0  # the cap really was the limit
+
+
+def test_a_sqlite_uri_url_names_its_file_not_a_folder_called_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "sub" / "uri-ledger.db"
+    ledger = Ledger(f"sqlite:///file:{db}?uri=true")
+    assert db.parent.is_dir() and not (tmp_path / "file:").exists()
+    assert ledger.journal.path == db.with_name("uri-ledger.db.pending")

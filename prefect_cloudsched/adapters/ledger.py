@@ -26,6 +26,7 @@ from prefect_cloudsched.adapters.ledger_journal import (
     journal_path,
     placement_from_json,
     placement_to_json,
+    sqlite_file,
 )
 from prefect_cloudsched.adapters.ledger_schema import (
     SCHEMA_VERSION,
@@ -114,7 +115,7 @@ class Ledger(SharedBudget):
         self.is_sqlite = parsed.drivername.startswith("sqlite")
         on_disk = self.is_sqlite and parsed.database not in (None, "", ":memory:")
         if on_disk:
-            _prepare_sqlite_file(Path(str(parsed.database)).expanduser(), self.url, create)
+            _prepare_sqlite_file(sqlite_file(str(parsed.database)), self.url, create)
         self.journal = Journal(
             journal_path(self.url, parsed.database, self.is_sqlite, default_home())
         )

@@ -33,13 +33,27 @@ _DATETIME_FIELDS = frozenset(
 )
 
 
+def sqlite_file(database: str) -> Path:
+    """The file behind a SQLite database name, also when written as a ``file:`` URI.
+
+    ``sqlite:///file:/x/ledger.db?uri=true`` names ``/x/ledger.db``; taken literally it would be
+    a folder called ``file:`` in the working directory.
+    """
+    for prefix in ("file://", "file:"):
+        if database.startswith(prefix):
+            database = database.removeprefix(prefix).split("?", 1)[0]
+            break
+    return Path(database).expanduser()
+
+
 def journal_path(url: str, database: str | None, is_sqlite: bool, home: Path) -> Path:
     """Next to a SQLite file; under ``home/journal`` (named by a hash of the URL) otherwise.
 
     The hash keeps passwords in a PostgreSQL URL out of the file name.
     """
     if is_sqlite and database not in (None, "", ":memory:"):
-        return Path(str(database)).expanduser().with_name(Path(str(database)).name + ".pending")
+        path = sqlite_file(str(database))
+        return path.with_name(path.name + ".pending")
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     return home / "journal" / f"{digest}.pending"
 
