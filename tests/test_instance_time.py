@@ -99,3 +99,12 @@ def test_a_time_window_sets_the_lifetime_against_all_the_instance_rows(tmp_path,
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["group"] for r in data["rows"]] == ["b"]  # no overhead row: nothing was idle
+
+
+def test_an_instance_shorter_than_a_minute_is_billed_the_clouds_minute() -> None:
+    rows = [_task("a", 0, 10)]  # launched, ran a 10 s task, ended: 15 s of life
+    [extra] = overhead_records(rows, [_instance("i-1", -5, 10)])
+    assert extra.cost_micro == to_micro(PRICE * (60 - 10) / 3600)
+    reserved = [replace(rows[0], option="reserved")]  # paid by the commitment: no minimum
+    [tail] = overhead_records(reserved, [_instance("i-1", -5, 10)])
+    assert tail.cost_micro == to_micro(PRICE * 5 / 3600)

@@ -6,6 +6,9 @@ Written down for users in docs/concepts.md ("How money is counted"). In short:
   and for a reservation its *amortised* commitment rate (the 1-yr price spread over the
   term's hours, ``Offer.usd_per_hour`` of a RESERVED offer) — the rate the capacity plan
   bought it at.
+* **Instance minimum** (:func:`billed_seconds`): AWS and GCE bill an on-demand or spot
+  instance per second with a one-minute minimum; a reservation is paid by its commitment.
+  The simulator's instance runs and the report's instance rows (boot and idle) apply it.
 * **Charge** (:func:`charge_usd`): rate × seconds × the share of the instance the task held
   (1 alone; its GPUs, or vCPUs, over the instance's when it shares one). A ledger row's
   spend, a budget hold's settlement and a simulated job's cost are this charge.
@@ -62,6 +65,17 @@ REASON_HELP: Mapping[str, str] = {
 #: The reason ``runtime/shared.py`` gives a packed member (rows written before
 #: ``Decision.shared_by`` existed are recognised by it).
 PACKED_REASON_PREFIX = "packed: shares one"
+
+
+#: The shortest instance run AWS and GCE bill for on-demand and spot (per-second after it).
+MIN_BILLED_S = 60.0
+
+
+def billed_seconds(seconds: float, option: PurchaseOption | str) -> float:
+    """Seconds the cloud bills for one instance run of ``seconds`` under ``option``."""
+    if option == PurchaseOption.RESERVED:
+        return max(seconds, 0.0)
+    return max(seconds, MIN_BILLED_S)
 
 
 def hourly_rate(offer: Offer) -> float:

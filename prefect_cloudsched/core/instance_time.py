@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from prefect_cloudsched.core.accounting import billed_seconds
 from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord, as_utc
 
 #: Task name (``--group-by task``) of the overhead rows.
@@ -40,8 +41,9 @@ def overhead_records(
         instances: Instance rows of the ledger (``Ledger.instances()``).
         now: End of the lifetime of instances still running (default: now).
 
-    The lifetime is priced at the instance's own rate (the ``price_micro_per_hour`` of its
-    rows), rounded up to a whole micro-dollar like every charge.
+    The lifetime (at least the clouds' one-minute minimum, :func:`billed_seconds`) is priced
+    at the instance's own rate (the ``price_micro_per_hour`` of its rows), rounded up to a
+    whole micro-dollar like every charge.
     """
     now = now or datetime.now(UTC)
     charged: dict[str, list[PlacementRecord]] = defaultdict(list)
@@ -61,7 +63,7 @@ def overhead_records(
         seconds = max(0.0, (ended - launched).total_seconds())
         first = min(rows, key=lambda r: r.started_at)
         price = max(r.price_micro_per_hour for r in rows)
-        billed = math.ceil(price * seconds / 3600)
+        billed = math.ceil(price * billed_seconds(seconds, first.option) / 3600)
         extra = billed - sum(r.cost_micro for r in rows)
         if extra <= 0:
             continue

@@ -43,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from prefect_cloudsched.core import policy as placement
-from prefect_cloudsched.core.accounting import charge_usd
+from prefect_cloudsched.core.accounting import MIN_BILLED_S, charge_usd
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.energy import EnergyModel
 from prefect_cloudsched.core.needs import TaskNeeds
@@ -55,7 +55,6 @@ from prefect_cloudsched.simulate.spot import SpotModel
 INF = math.inf
 #: Replay time 0 as a datetime, for ``decide(now=...)``.
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-MIN_BILLED_S = 60.0
 DONE_EPS = 1e-6
 
 #: Decision variants a policy can ask for (needs/catalog variants of the same ``decide()``).
