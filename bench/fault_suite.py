@@ -104,6 +104,29 @@ def _deadlines_met(rows: list[Any], submitted: datetime) -> bool:
     return bool(done) and max(r.ended_at for r in done) - submitted <= DEADLINE
 
 
+def _cloud_outcome(
+    clouds: Any,
+    trial: Trial,
+    scenario: str,
+    rows: list[Any],
+    submitted: datetime,
+    *,
+    leaked_besides: int = 0,
+    **figures: Any,
+) -> Outcome:
+    """What every cloud scenario measures the same way: instances of its owner still running
+    (plus ``leaked_besides``), the ledger rows found, every deadline met, the seconds taken."""
+    return Outcome(
+        scenario=scenario,
+        backend=trial.backend,
+        instances_leaked=len(clouds.running_instances(owner_id=trial.owner)) + leaked_besides,
+        rows_found=len(rows),
+        deadlines_met=_deadlines_met(rows, submitted),
+        seconds=trial.seconds(),
+        **figures,
+    )
+
+
 def _squares_ok(results: list[int]) -> int:
     return sum(a == b for a, b in zip(results, [i * i for i in range(len(results))], strict=True))
 
@@ -125,18 +148,17 @@ def storm(clouds: Any, tmp: Path, backend: str, *, tasks: int = 4, interrupt: in
     rows = ledger_rows(trial.ledger_url)
     interrupted = len(clouds.interrupted) - before
     completed = [r for r in rows if r.state == "completed"]
-    return Outcome(
-        scenario="storm",
-        backend=backend,
+    return _cloud_outcome(
+        clouds,
+        trial,
+        "storm",
+        rows,
+        submitted,
         tasks=tasks,
         tasks_ok=_squares_ok(results),
         faults_injected=interrupted,
         interruptions=len(Ledger(trial.ledger_url).interruptions()),
-        instances_leaked=len(clouds.running_instances(owner_id=trial.owner)),
         rows_expected=interrupted + tasks,
-        rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows, submitted),
-        seconds=trial.seconds(),
         detail=f"completed on: {sorted({r.option for r in completed})}",
     )
 
@@ -168,18 +190,17 @@ def capacity(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome
         clouds.moto.clear_faults()
     rows = ledger_rows(trial.ledger_url)
     dodged = all(r.offer_key not in {o.key for o in refused} for r in rows)
-    return Outcome(
-        scenario="capacity",
-        backend=backend,
+    return _cloud_outcome(
+        clouds,
+        trial,
+        "capacity",
+        rows,
+        submitted,
         tasks=tasks,
         tasks_ok=_squares_ok(results) if dodged else 0,
         faults_injected=clouds.moto.faults_fired - fired,
         interruptions=0,
-        instances_leaked=len(clouds.running_instances(owner_id=trial.owner)),
         rows_expected=tasks,
-        rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows, submitted),
-        seconds=trial.seconds(),
         detail=f"refused {[o.key for o in refused]}, ran on {sorted({r.offer_key for r in rows})}",
     )
 
@@ -202,18 +223,18 @@ def throttle(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome
     rows = ledger_rows(trial.ledger_url)
     launched = launched_by(clouds, trial.owner)
     duplicates = len(launched) - len({r.instance_id for r in rows})
-    return Outcome(
-        scenario="throttle",
-        backend=backend,
+    return _cloud_outcome(
+        clouds,
+        trial,
+        "throttle",
+        rows,
+        submitted,
+        leaked_besides=max(duplicates, 0),
         tasks=tasks,
         tasks_ok=_squares_ok(results),
         faults_injected=clouds.moto.faults_fired - fired,
         interruptions=0,
-        instances_leaked=len(clouds.running_instances(owner_id=trial.owner)) + max(duplicates, 0),
         rows_expected=tasks,
-        rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows, submitted),
-        seconds=trial.seconds(),
         detail=f"instances launched {len(launched)} for {len(rows)} placements; "
         f"{clouds.moto.token_hits - hits} retried launch(es) answered by idempotency token",
     )
