@@ -16,9 +16,7 @@ concurrency. Every figure is measured from the ledger and the flows' own states.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -270,6 +268,7 @@ def shared_day_cap(
     from prefect_cloudsched.adapters.ledger import Ledger
     from prefect_cloudsched.core.budget import DAY_CAP
     from prefect_cloudsched.core.records import to_micro
+    from prefect_cloudsched.testing.ledger_load import run_together
 
     t0 = time.perf_counter()
     url = fresh_ledger(tmp, backend)
@@ -281,23 +280,13 @@ def shared_day_cap(
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
     start_at = str(time.time() + 15.0)  # after every process imported Prefect
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CAPPED_FLOW, str(cap_usd), str(tasks), start_at],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(processes)
-    ]
-    reports = []
-    for child in children:
-        out, err = child.communicate(timeout=600)
-        lines = out.strip().splitlines()
-        if child.returncode != 0 or not lines:
-            raise RuntimeError(f"a capped flow process failed: {err.strip()[-500:]}")
-        reports.append(json.loads(lines[-1]))
+    reports = run_together(
+        [sys.executable, "-c", _CAPPED_FLOW, str(cap_usd), str(tasks), start_at],
+        processes,
+        what="a capped flow process",
+        timeout=600,
+        env=env,
+    )
     ledger = Ledger(url)
     spend = ledger.window_spend(datetime.now(UTC))[DAY_CAP]
     rows = ledger.placements()

@@ -1,8 +1,10 @@
-"""What one fault-suite scenario run measured (shared by ``fault_suite`` and ``fault_money``)."""
+"""What one fault-suite scenario run measured, and the set-up and read-backs every scenario
+shares (used by ``fault_suite``, ``fault_remote`` and ``fault_money``)."""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,4 +80,49 @@ def fresh_ledger(tmp: Path, backend: str) -> str:
     return url
 
 
-__all__ = ["Outcome", "failed", "fresh_ledger"]
+@dataclass(frozen=True)
+class Trial:
+    """One cloud scenario's run: an owner tag of its own (so only its instances are counted on
+    the shared mock clouds), a fresh ledger, and when it started."""
+
+    backend: str
+    owner: str
+    ledger_url: str
+    started: float
+
+    @classmethod
+    def start(cls, tmp: Path, backend: str, name: str) -> Trial:
+        """Start the clock, then make the owner tag ``name-xxxxxx`` and a fresh ledger."""
+        started = time.perf_counter()
+        owner = f"{name}-{uuid.uuid4().hex[:6]}"
+        return cls(backend, owner, ledger_url=fresh_ledger(tmp, backend), started=started)
+
+    def seconds(self) -> float:
+        """Seconds since the trial started."""
+        return time.perf_counter() - self.started
+
+
+def ledger_rows(ledger_url: str) -> list[Any]:
+    """Every placement row the ledger at ``ledger_url`` holds (its engine closed after)."""
+    from prefect_cloudsched.adapters.ledger import Ledger
+
+    ledger = Ledger(ledger_url)
+    try:
+        return ledger.placements()
+    finally:
+        ledger.dispose()
+
+
+def launched_by(clouds: Any, owner: str) -> list[str]:
+    """Instance ids moto started with ``owner``'s tag (running or not)."""
+    from prefect_cloudsched.adapters.provision.base import OWNER_TAG
+
+    found = []
+    for instance_id, region in clouds.moto.launched.items():
+        model = clouds.moto.backend(region).get_instance(instance_id)
+        if {t["key"]: t["value"] for t in model.get_tags()}.get(OWNER_TAG) == owner:
+            found.append(instance_id)
+    return found
+
+
+__all__ = ["Outcome", "Trial", "failed", "fresh_ledger", "launched_by", "ledger_rows"]

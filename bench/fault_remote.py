@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from fault_outcome import Outcome, fresh_ledger
+from fault_outcome import Outcome, Trial, launched_by, ledger_rows
 
 #: A worker that has not joined 2 s after its instance runs is given up (default: 600 s).
 JOIN_TIMEOUT = 2.0
@@ -108,18 +107,6 @@ def _run_one_task(runner: Any) -> tuple[str, str]:
     return work()
 
 
-def _aws_launched(clouds: Any, owner: str) -> list[str]:
-    """Instance ids moto started with our owner tag (running or not)."""
-    from prefect_cloudsched.adapters.provision.base import OWNER_TAG
-
-    found = []
-    for instance_id, region in clouds.moto.launched.items():
-        model = clouds.moto.backend(region).get_instance(instance_id)
-        if {t["key"]: t["value"] for t in model.get_tags()}.get(OWNER_TAG) == owner:
-            found.append(instance_id)
-    return found
-
-
 def _dask_left_up() -> int:
     """Dask workers not closed plus executor monitor threads still alive after the flow."""
     import threading
@@ -132,37 +119,27 @@ def _dask_left_up() -> int:
 
 
 def _judge(
-    scenario: str,
-    backend: str,
-    *,
     clouds: Any,
-    owner: str,
-    ledger_url: str,
-    started: float,
+    trial: Trial,
+    scenario: str,
     result: tuple[str, str],
+    *,
     setting: str,
     faults: int,
     workers_left: int | None = None,
 ) -> Outcome:
     """Measure what the flow left behind and turn it into an ``Outcome``."""
-    from prefect_cloudsched.adapters.ledger import Ledger
-
     state, error = result
     workers_left = _dask_left_up() if workers_left is None else workers_left
-    launched = _aws_launched(clouds, owner)
-    ledger = Ledger(ledger_url)
-    try:
-        rows = ledger.placements()
-    finally:
-        ledger.dispose()
-    accounted = {r.instance_id for r in rows} & set(launched)
-    running = clouds.running_instances(owner_id=owner)
+    launched = launched_by(clouds, trial.owner)
+    accounted = {r.instance_id for r in ledger_rows(trial.ledger_url)} & set(launched)
+    running = clouds.running_instances(owner_id=trial.owner)
     failed_as_expected = state in ("FAILED", "NOT_SUBMITTED") and bool(error)
     one_line = bool(error) and "\n" not in error.strip()
     names_setting = re.search(setting, error) is not None
     return Outcome(
         scenario=scenario,
-        backend=backend,
+        backend=trial.backend,
         tasks=1,
         tasks_ok=int(failed_as_expected),
         faults_injected=faults,
@@ -171,7 +148,7 @@ def _judge(
         rows_expected=len(launched),
         rows_found=len(accounted),
         deadlines_met=None,
-        seconds=time.perf_counter() - started,
+        seconds=trial.seconds(),
         detail=f"task {state}; {len(launched)} instance(s) launched, {len(running)} still "
         f"running, {workers_left} Dask worker(s)/monitor(s) up; error: {error.strip()[:240]}",
         final_state=state,
@@ -183,22 +160,17 @@ def _judge(
 # ---------------------------------------------------------------------- scenarios
 def never_joins(clouds: Any, tmp: Path, backend: str) -> Outcome:
     """An instance starts and no worker ever joins: a bounded, one-line provisioning error."""
-    t0 = time.perf_counter()
-    owner = f"nojoin-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
+    trial = Trial.start(tmp, backend, "nojoin")
     # the default launcher is the boot script, which nothing runs on the mock: no worker
-    runner = _dask_runner(_aws_provisioners(clouds, owner), "dask", **_dask_options())
+    runner = _dask_runner(_aws_provisioners(clouds, trial.owner), "dask", **_dask_options())
     result = _run_one_task(runner)
     return _judge(
+        clouds,
+        trial,
         "remote_never_joins",
-        backend,
-        clouds=clouds,
-        owner=owner,
-        ledger_url=ledger_url,
-        started=t0,
-        result=result,
+        result,
         setting=rf"join_timeout_seconds: no Dask worker named \S+ joined .* {JOIN_TIMEOUT:g}s",
-        faults=len(_aws_launched(clouds, owner)),  # each launched instance had no worker
+        faults=len(launched_by(clouds, trial.owner)),  # each launched instance had no worker
     )
 
 
@@ -207,9 +179,7 @@ def version_mismatch(clouds: Any, tmp: Path, backend: str) -> Outcome:
     from prefect_cloudsched.adapters.execute import versions
     from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
 
-    t0 = time.perf_counter()
-    owner = f"versions-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
+    trial = Trial.start(tmp, backend, "versions")
     launcher = LocalWorkerLauncher()
     reports: list[dict[str, Any]] = []
     real = versions.worker_versions
@@ -221,18 +191,15 @@ def version_mismatch(clouds: Any, tmp: Path, backend: str) -> Outcome:
         return seen
 
     runner = _dask_runner(
-        _aws_provisioners(clouds, owner), "dask", **_dask_options(launcher=launcher)
+        _aws_provisioners(clouds, trial.owner), "dask", **_dask_options(launcher=launcher)
     )
     with mock.patch.object(versions, "worker_versions", older_worker):
         result = _run_one_task(runner)
     return _judge(
+        clouds,
+        trial,
         "remote_version_mismatch",
-        backend,
-        clouds=clouds,
-        owner=owner,
-        ledger_url=ledger_url,
-        started=t0,
-        result=result,
+        result,
         setting=r"^CloudSchedExecutor\.container_image / python: .*versions differ.*python 3\.8",
         faults=len(reports),  # workers that reported other versions
         workers_left=len(launcher.names) + _dask_left_up(),
@@ -263,22 +230,17 @@ def no_scheduler(clouds: Any, tmp: Path, backend: str) -> Outcome:
 
     from prefect_cloudsched.adapters.execute.settings import ExecutorSettings
 
-    t0 = time.perf_counter()
-    owner = f"nosched-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
+    trial = Trial.start(tmp, backend, "nosched")
     port = _closed_port()
     settings = ExecutorSettings(scheduler_address=f"tcp://127.0.0.1:{port}", tls=False)
-    runner = _dask_runner(_aws_provisioners(clouds, owner), settings)
+    runner = _dask_runner(_aws_provisioners(clouds, trial.owner), settings)
     with dask.config.set({"distributed.comm.timeouts.connect": CONNECT_TIMEOUT}):
         result = _run_one_task(runner)
     return _judge(
+        clouds,
+        trial,
         "remote_no_scheduler",
-        backend,
-        clouds=clouds,
-        owner=owner,
-        ledger_url=ledger_url,
-        started=t0,
-        result=result,
+        result,
         setting=rf"^CloudSchedExecutor\.scheduler_address: .*127\.0\.0\.1:{port}",
         faults=int(_refuses(port)),
     )
@@ -295,24 +257,19 @@ def _moto_validates_amis() -> Iterator[None]:
 
 def bad_image(clouds: Any, tmp: Path, backend: str) -> Outcome:
     """``ami_per_region`` names an AMI no region has: EC2 refuses, nothing is started."""
-    t0 = time.perf_counter()
-    owner = f"badami-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
+    trial = Trial.start(tmp, backend, "badami")
     regions = clouds.aws_settings.regions
     provisioners = _aws_provisioners(
-        clouds, owner, ami_per_region={region: MISSING_AMI for region in regions}
+        clouds, trial.owner, ami_per_region={region: MISSING_AMI for region in regions}
     )
     runner = _dask_runner(provisioners, "dask", **_dask_options())
     with _moto_validates_amis():
         result = _run_one_task(runner)
     return _judge(
+        clouds,
+        trial,
         "remote_bad_image",
-        backend,
-        clouds=clouds,
-        owner=owner,
-        ledger_url=ledger_url,
-        started=t0,
-        result=result,
+        result,
         setting=rf"^AwsSettings\.ami_per_region\['[a-z0-9-]+'\]: AMI {MISSING_AMI} ",
         faults=int("InvalidAMIID" in result[1]),  # EC2 (moto) itself refused the image
     )
@@ -321,19 +278,14 @@ def bad_image(clouds: Any, tmp: Path, backend: str) -> Outcome:
 def no_image_parameter(clouds: Any, tmp: Path, backend: str) -> Outcome:
     """``gpu_image_parameter`` names an SSM parameter the region does not publish (the default
     image path: no AMI id set): the lookup fails before any launch."""
-    t0 = time.perf_counter()
-    owner = f"nossm-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
-    provisioners = _aws_provisioners(clouds, owner, gpu_image_parameter=MISSING_PARAMETER)
+    trial = Trial.start(tmp, backend, "nossm")
+    provisioners = _aws_provisioners(clouds, trial.owner, gpu_image_parameter=MISSING_PARAMETER)
     result = _run_one_task(_dask_runner(provisioners, "dask", **_dask_options()))
     return _judge(
+        clouds,
+        trial,
         "remote_no_image_parameter",
-        backend,
-        clouds=clouds,
-        owner=owner,
-        ledger_url=ledger_url,
-        started=t0,
-        result=result,
+        result,
         setting=r"^AwsSettings\.gpu_image_parameter: no image for .*ami_per_region",
         faults=int("ParameterNotFound" in result[1]),  # moto's SSM itself had no such name
     )

@@ -55,7 +55,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_outcome import Outcome, failed, fresh_ledger
+from fault_outcome import Outcome, Trial, failed, launched_by, ledger_rows
 
 #: Tasks estimate 1 s, replacement takes ~1 s: a 30 s deadline leaves room for two lost spot
 #: attempts and their re-placements, and is missed if recovery stalls.
@@ -98,20 +98,33 @@ def _work_flow(runner: Any, tasks: int, *, spot_ok: bool) -> Any:
     return work
 
 
-def _rows(ledger_url: str) -> list[Any]:
-    from prefect_cloudsched.adapters.ledger import Ledger
-
-    ledger = Ledger(ledger_url)
-    try:
-        return ledger.placements()
-    finally:
-        ledger.dispose()
-
-
 def _deadlines_met(rows: list[Any], submitted: datetime) -> bool:
     """Every completed task ended within ``DEADLINE`` of the flow's submission."""
     done = [r for r in rows if r.state == "completed"]
     return bool(done) and max(r.ended_at for r in done) - submitted <= DEADLINE
+
+
+def _cloud_outcome(
+    clouds: Any,
+    trial: Trial,
+    scenario: str,
+    rows: list[Any],
+    submitted: datetime,
+    *,
+    leaked_besides: int = 0,
+    **figures: Any,
+) -> Outcome:
+    """What every cloud scenario measures the same way: instances of its owner still running
+    (plus ``leaked_besides``), the ledger rows found, every deadline met, the seconds taken."""
+    return Outcome(
+        scenario=scenario,
+        backend=trial.backend,
+        instances_leaked=len(clouds.running_instances(owner_id=trial.owner)) + leaked_besides,
+        rows_found=len(rows),
+        deadlines_met=_deadlines_met(rows, submitted),
+        seconds=trial.seconds(),
+        **figures,
+    )
 
 
 def _squares_ok(results: list[int]) -> int:
@@ -123,32 +136,29 @@ def storm(clouds: Any, tmp: Path, backend: str, *, tasks: int = 4, interrupt: in
     """Every spot instance (up to ``interrupt``) is reclaimed as soon as it starts."""
     from prefect_cloudsched.adapters.ledger import Ledger
 
-    t0 = time.perf_counter()
-    owner = f"storm-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
+    trial = Trial.start(tmp, backend, "storm")
     before = len(clouds.interrupted)
     clouds.interrupt_next_spot(count=interrupt)
-    work = _work_flow(_runner(clouds.provisioners_for(owner)), tasks, spot_ok=True)
+    work = _work_flow(_runner(clouds.provisioners_for(trial.owner)), tasks, spot_ok=True)
     submitted = datetime.now(UTC)
     try:
         results = work()
     finally:
         clouds.disarm()
-    rows = _rows(ledger_url)
+    rows = ledger_rows(trial.ledger_url)
     interrupted = len(clouds.interrupted) - before
     completed = [r for r in rows if r.state == "completed"]
-    return Outcome(
-        scenario="storm",
-        backend=backend,
+    return _cloud_outcome(
+        clouds,
+        trial,
+        "storm",
+        rows,
+        submitted,
         tasks=tasks,
         tasks_ok=_squares_ok(results),
         faults_injected=interrupted,
-        interruptions=len(Ledger(ledger_url).interruptions()),
-        instances_leaked=len(clouds.running_instances(owner_id=owner)),
+        interruptions=len(Ledger(trial.ledger_url).interruptions()),
         rows_expected=interrupted + tasks,
-        rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows, submitted),
-        seconds=time.perf_counter() - t0,
         detail=f"completed on: {sorted({r.option for r in completed})}",
     )
 
@@ -159,9 +169,7 @@ def capacity(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome
     from prefect_cloudsched.core.needs import TaskNeeds
     from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide
 
-    t0 = time.perf_counter()
-    owner = f"capacity-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
+    trial = Trial.start(tmp, backend, "capacity")
     policy = dict(allowed_clouds=frozenset({"aws"}))
     needs = TaskNeeds(gpus=1, est_runtime=EST_RUNTIME, deadline=DEADLINE)
     state, refused = PlacementState(), []
@@ -176,75 +184,60 @@ def capacity(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome
     submitted = datetime.now(UTC)
     try:
         results = _work_flow(
-            _runner(clouds.provisioners_for(owner), **policy), tasks, spot_ok=False
+            _runner(clouds.provisioners_for(trial.owner), **policy), tasks, spot_ok=False
         )()
     finally:
         clouds.moto.clear_faults()
-    rows = _rows(ledger_url)
+    rows = ledger_rows(trial.ledger_url)
     dodged = all(r.offer_key not in {o.key for o in refused} for r in rows)
-    return Outcome(
-        scenario="capacity",
-        backend=backend,
+    return _cloud_outcome(
+        clouds,
+        trial,
+        "capacity",
+        rows,
+        submitted,
         tasks=tasks,
         tasks_ok=_squares_ok(results) if dodged else 0,
         faults_injected=clouds.moto.faults_fired - fired,
         interruptions=0,
-        instances_leaked=len(clouds.running_instances(owner_id=owner)),
         rows_expected=tasks,
-        rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows, submitted),
-        seconds=time.perf_counter() - t0,
         detail=f"refused {[o.key for o in refused]}, ran on {sorted({r.offer_key for r in rows})}",
     )
 
 
 def throttle(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome:
     """Launches answer RequestLimitExceeded after EC2 started the instance."""
-    t0 = time.perf_counter()
-    owner = f"throttle-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
+    trial = Trial.start(tmp, backend, "throttle")
     fired, hits = clouds.moto.faults_fired, clouds.moto.token_hits
     clouds.throttle("aws", count=tasks * 2, after=True)
     submitted = datetime.now(UTC)
     try:
         work = _work_flow(
-            _runner(clouds.provisioners_for(owner), allowed_clouds=frozenset({"aws"})),
+            _runner(clouds.provisioners_for(trial.owner), allowed_clouds=frozenset({"aws"})),
             tasks,
             spot_ok=False,
         )
         results = work()
     finally:
         clouds.moto.clear_faults()
-    rows = _rows(ledger_url)
-    launched = _launched_by(clouds, owner)
+    rows = ledger_rows(trial.ledger_url)
+    launched = launched_by(clouds, trial.owner)
     duplicates = len(launched) - len({r.instance_id for r in rows})
-    return Outcome(
-        scenario="throttle",
-        backend=backend,
+    return _cloud_outcome(
+        clouds,
+        trial,
+        "throttle",
+        rows,
+        submitted,
+        leaked_besides=max(duplicates, 0),
         tasks=tasks,
         tasks_ok=_squares_ok(results),
         faults_injected=clouds.moto.faults_fired - fired,
         interruptions=0,
-        instances_leaked=len(clouds.running_instances(owner_id=owner)) + max(duplicates, 0),
         rows_expected=tasks,
-        rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows, submitted),
-        seconds=time.perf_counter() - t0,
         detail=f"instances launched {len(launched)} for {len(rows)} placements; "
         f"{clouds.moto.token_hits - hits} retried launch(es) answered by idempotency token",
     )
-
-
-def _launched_by(clouds: Any, owner: str) -> list[str]:
-    from prefect_cloudsched.adapters.provision.base import OWNER_TAG
-
-    found = []
-    for instance_id, region in clouds.moto.launched.items():
-        model = clouds.moto.backend(region).get_instance(instance_id)
-        tags = {t["key"]: t["value"] for t in model.get_tags()}
-        if tags.get(OWNER_TAG) == owner:
-            found.append(instance_id)
-    return found
 
 
 _KILLED_FLOW = textwrap.dedent(
@@ -308,16 +301,14 @@ def sigkill(
     from prefect_cloudsched.adapters.ledger import Ledger
     from prefect_cloudsched.adapters.provision.reaper import ORPHANS_FLOW, reap
 
-    t0 = time.perf_counter()
-    owner = f"sigkill-{uuid.uuid4().hex[:6]}"
-    ledger_url = fresh_ledger(tmp, backend)
+    trial = Trial.start(tmp, backend, "sigkill")
     env = {
         **os.environ,
         "PREFECT_API_URL": str(PREFECT_API_URL.value() or ""),
-        "PREFECT_CLOUDSCHED_LEDGER_URL": ledger_url,
+        "PREFECT_CLOUDSCHED_LEDGER_URL": trial.ledger_url,
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
-    args = [clouds.aws_url, clouds.gcp_url, clouds.project, owner, str(quick)]
+    args = [clouds.aws_url, clouds.gcp_url, clouds.project, trial.owner, str(quick)]
     process = subprocess.Popen(
         [sys.executable, "-c", _KILLED_FLOW, *args],
         env=env,
@@ -325,11 +316,11 @@ def sigkill(
         stderr=subprocess.PIPE,
         text=True,
     )
-    completed = _kill_when_running(process, clouds, owner, quick, timeout)
-    orphans = len(clouds.running_instances(owner_id=owner))
+    completed = _kill_when_running(process, clouds, trial.owner, quick, timeout)
+    orphans = len(clouds.running_instances(owner_id=trial.owner))
     time.sleep(ttl + 1.5)  # the dead process's heartbeat goes stale
-    ledger = Ledger(ledger_url)
-    actions = reap(clouds.provisioners_for(owner).values(), heartbeat_ttl=ttl, ledger=ledger)
+    ledger = Ledger(trial.ledger_url)
+    actions = reap(clouds.provisioners_for(trial.owner).values(), heartbeat_ttl=ttl, ledger=ledger)
     reaped = sum(a.done for a in actions)
     rows = ledger.placements()
     task_rows = [r for r in rows if r.flow_name != ORPHANS_FLOW and r.state == "completed"]
@@ -342,11 +333,11 @@ def sigkill(
         tasks_ok=completed,
         faults_injected=1,
         interruptions=0,
-        instances_leaked=len(clouds.running_instances(owner_id=owner)),
+        instances_leaked=len(clouds.running_instances(owner_id=trial.owner)),
         rows_expected=completed + reaped,
         rows_found=len(task_rows) + len(orphan_rows),
         deadlines_met=None,
-        seconds=time.perf_counter() - t0,
+        seconds=trial.seconds(),
         detail=f"{completed} tasks completed before the kill, {len(task_rows)} of their rows "
         f"kept; {orphans} orphaned by the kill, {reaped} reaped, {len(orphan_rows)} orphan "
         f"row(s) costing ${sum(r.cost_micro for r in orphan_rows) / 1e6:.6f}",

@@ -14,7 +14,7 @@ few seconds each. The bench runs everything N times on both backends and writes
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -214,60 +214,55 @@ def test_checkpointable_task_resumes_after_interruption(
 
 
 # ---------------------------------------------------------------------- remote bad input
-def _assert_refused_cleanly(outcome: fault_suite.Outcome) -> None:
+@pytest.mark.harness
+@pytest.mark.parametrize(
+    ("scenario", "final_state", "rows_expected", "in_detail", "within_s"),
+    [
+        # one instance started, billed and released; the 2 s join timeout, not the 600 s default
+        pytest.param(fault_remote.never_joins, "FAILED", 1, "", 60, id="worker_never_joins"),
+        pytest.param(
+            fault_remote.version_mismatch,
+            "FAILED",
+            1,
+            "cloudpickle 0.0.1 (flow: ",
+            None,
+            id="worker_with_other_versions",
+        ),
+        # the session never opened: no instance was started for it
+        pytest.param(
+            fault_remote.no_scheduler, "NOT_SUBMITTED", 0, "", None, id="unreachable_scheduler"
+        ),
+        # moto's own AMI check refused it
+        pytest.param(
+            fault_remote.bad_image, "FAILED", 0, "InvalidAMIID.NotFound", None, id="missing_ami"
+        ),
+        # moto's SSM had no such parameter
+        pytest.param(
+            fault_remote.no_image_parameter,
+            "FAILED",
+            0,
+            "ParameterNotFound",
+            None,
+            id="missing_image_parameter",
+        ),
+    ],
+)
+def test_remote_bad_input_fails_with_one_line_and_leaves_nothing_running(
+    prefect_harness,
+    clouds: MockClouds,
+    tmp_path: Path,
+    scenario: Callable[..., fault_suite.Outcome],
+    final_state: str,
+    rows_expected: int,
+    in_detail: str,
+    within_s: float | None,
+) -> None:
     """Failed with one line naming the setting; nothing of ours left; launches accounted."""
+    outcome = scenario(clouds, tmp_path, "sqlite")
     assert outcome.ok, outcome
     assert outcome.one_line_error and outcome.names_setting, outcome.detail
     assert outcome.instances_leaked == 0 and outcome.rows_lost == 0
     assert outcome.faults_injected >= 1  # the fault really happened
-
-
-@pytest.mark.harness
-def test_remote_worker_that_never_joins_fails_in_seconds_and_releases_its_instance(
-    prefect_harness, clouds: MockClouds, tmp_path: Path
-) -> None:
-    outcome = fault_remote.never_joins(clouds, tmp_path, "sqlite")
-    _assert_refused_cleanly(outcome)
-    assert outcome.final_state == "FAILED"
-    assert outcome.rows_expected == 1  # one instance started, billed, and released
-    assert outcome.seconds < 60  # the 2 s join timeout, not the 600 s default
-
-
-@pytest.mark.harness
-def test_remote_worker_with_other_versions_is_refused_end_to_end(
-    prefect_harness, clouds: MockClouds, tmp_path: Path
-) -> None:
-    outcome = fault_remote.version_mismatch(clouds, tmp_path, "sqlite")
-    _assert_refused_cleanly(outcome)
-    assert outcome.final_state == "FAILED" and outcome.rows_expected == 1
-    assert "cloudpickle 0.0.1 (flow: " in outcome.detail
-
-
-@pytest.mark.harness
-def test_remote_unreachable_scheduler_fails_the_flow_before_any_instance_starts(
-    prefect_harness, clouds: MockClouds, tmp_path: Path
-) -> None:
-    outcome = fault_remote.no_scheduler(clouds, tmp_path, "sqlite")
-    _assert_refused_cleanly(outcome)
-    assert outcome.final_state == "NOT_SUBMITTED"  # the session never opened
-    assert outcome.rows_expected == 0  # no instance was started for it
-
-
-@pytest.mark.harness
-def test_remote_ami_the_region_lacks_fails_the_task_and_starts_nothing(
-    prefect_harness, clouds: MockClouds, tmp_path: Path
-) -> None:
-    outcome = fault_remote.bad_image(clouds, tmp_path, "sqlite")
-    _assert_refused_cleanly(outcome)
-    assert outcome.final_state == "FAILED" and outcome.rows_expected == 0
-    assert "InvalidAMIID.NotFound" in outcome.detail  # moto's own AMI check refused it
-
-
-@pytest.mark.harness
-def test_remote_image_parameter_the_region_lacks_fails_the_task_and_starts_nothing(
-    prefect_harness, clouds: MockClouds, tmp_path: Path
-) -> None:
-    outcome = fault_remote.no_image_parameter(clouds, tmp_path, "sqlite")
-    _assert_refused_cleanly(outcome)
-    assert outcome.final_state == "FAILED" and outcome.rows_expected == 0
-    assert "ParameterNotFound" in outcome.detail  # moto's SSM had no such parameter
+    assert outcome.final_state == final_state and outcome.rows_expected == rows_expected
+    assert in_detail in outcome.detail
+    assert within_s is None or outcome.seconds < within_s

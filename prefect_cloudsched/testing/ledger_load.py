@@ -2,6 +2,7 @@
 
 - :func:`hold_sqlite_write_lock`: another process takes SQLite's write lock
   (``BEGIN IMMEDIATE``) and keeps it for N seconds, as a long migration or a stuck writer would.
+- :func:`run_together`: N copies of a process started at once, each reporting one JSON line.
 - :func:`run_writers`: N processes started together, each placing M tasks against one shared
   day cap: hold the worst case in the ledger, write the placement row through the runner's
   :class:`~prefect_cloudsched.adapters.ledger.BufferedWriter`, settle at the real cost. Each
@@ -77,6 +78,30 @@ class WritersOutcome:
         return self.day_spend_micro / self.day_cap_micro
 
 
+def run_together(
+    argv: list[str],
+    processes: int,
+    *,
+    what: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Start ``processes`` copies of ``argv`` at once; each one's report is the JSON of its last
+    stdout line. A copy that fails or reports nothing raises, with the end of its stderr."""
+    children = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    reports = []
+    for child in children:
+        out, err = child.communicate(timeout=timeout)
+        lines = out.strip().splitlines()
+        if child.returncode != 0 or not lines:
+            raise RuntimeError(f"{what} failed: {err.strip()[-800:]}")
+        reports.append(json.loads(lines[-1]))
+    return reports
+
+
 def run_writers(
     url: str,
     *,
@@ -93,32 +118,23 @@ def run_writers(
     Ledger(url).dispose()  # create the schema once, before the race
     start_at = time.time() + 3.0  # every process imports, then all start at this instant
     t0 = time.perf_counter()
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect_cloudsched.testing.ledger_load",
-                "worker",
-                url,
-                str(tasks),
-                str(day_cap_micro),
-                str(hold_micro),
-                str(actual_micro),
-                str(start_at),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(processes)
-    ]
-    reports = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=timeout)
-        if worker.returncode != 0:
-            raise RuntimeError(f"a writer process failed: {err.strip()[-800:]}")
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    reports = run_together(
+        [
+            sys.executable,
+            "-m",
+            "prefect_cloudsched.testing.ledger_load",
+            "worker",
+            url,
+            str(tasks),
+            str(day_cap_micro),
+            str(hold_micro),
+            str(actual_micro),
+            str(start_at),
+        ],
+        processes,
+        what="a writer process",
+        timeout=timeout,
+    )
     seconds = time.perf_counter() - t0
     ledger = Ledger(url)  # replays any journal the writers left
     run_ids = {r["run_id"] for r in reports}

@@ -465,18 +465,7 @@ class AwsProvisioner(CloudProvisioner):
         if current is None or _tags(current).get(OWNER_TAG) != self.settings.owner_id:
             return False
         self._terminate(instance.region, [instance.instance_id])
-        self.book.stopped(
-            InstanceHandle(
-                cloud="aws",
-                instance_id=instance.instance_id,
-                offer_key=f"aws/{instance.region}/{instance.instance_type}/{instance.option}",
-                region=instance.region,
-                zone=instance.zone,
-                option=instance.option,
-                run_id=instance.run_id,
-            ),
-            state="reaped",
-        )
+        self.book.stopped(instance.handle(), state="reaped")
         return True
 
     def _refresh_heartbeats(self, handles: list[InstanceHandle]) -> None:

@@ -506,15 +506,7 @@ class GcpProvisioner(CloudProvisioner):
         Returns:
             ``False`` (and nothing done) unless the VM still carries our owner label.
         """
-        handle = InstanceHandle(
-            cloud="gcp",
-            instance_id=instance.instance_id,
-            offer_key=f"gcp/{instance.zone}/{instance.instance_type}/{instance.option}",
-            region=instance.region,
-            zone=instance.zone,
-            option=instance.option,
-            run_id=instance.run_id,
-        )
+        handle = instance.handle()
         vm = self._get(handle)
         if vm is None or vm.labels.get(OWNER_TAG) != label_value(self.settings.owner_id):
             return False

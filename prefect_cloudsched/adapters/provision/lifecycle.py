@@ -69,6 +69,24 @@ class OwnedInstance:
             **facts,
         )
 
+    @property
+    def offer_key(self) -> str:
+        """The catalog key it was bought under: GCP prices per zone, AWS per region."""
+        location = self.zone if self.cloud == "gcp" else self.region
+        return f"{self.cloud}/{location}/{self.instance_type}/{self.option}"
+
+    def handle(self) -> InstanceHandle:
+        """The handle the instance book knows it by (what ``stopped`` is given on reaping)."""
+        return InstanceHandle(
+            cloud=self.cloud,
+            instance_id=self.instance_id,
+            offer_key=self.offer_key,
+            region=self.region,
+            zone=self.zone,
+            option=self.option,
+            run_id=self.run_id,
+        )
+
 
 def launch_tags(owner_id: str, run_id: str, task_name: str, option: str) -> dict[str, str]:
     """Our tags (AWS) or labels (GCP) on a new instance: how the runner and reaper know it."""

@@ -157,8 +157,6 @@ def orphan_record(
     seconds = max(0.0, (ended_at - started).total_seconds())
     price_micro = to_micro(usd_per_hour) if usd_per_hour is not None else 0
     cost = to_micro(usd_per_hour * seconds / 3600) if usd_per_hour is not None else 0
-    location = instance.zone if instance.cloud == "gcp" else instance.region
-    offer_key = f"{instance.cloud}/{location}/{instance.instance_type}/{instance.option}"
     since = "its release" if released else "launch" if launched else "now (launch unknown)"
     price = "price unknown" if usd_per_hour is None else f"${usd_per_hour:.4f}/h"
     return PlacementRecord(
@@ -171,7 +169,7 @@ def orphan_record(
         zone=instance.zone,
         instance_type=instance.instance_type,
         option=instance.option or ("spot" if instance.spot else "on-demand"),
-        offer_key=offer_key,
+        offer_key=instance.offer_key,
         gpu_type=None,
         gpus=0,
         price_micro_per_hour=price_micro,

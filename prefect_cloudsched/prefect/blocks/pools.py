@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
@@ -31,6 +31,36 @@ try:
     from prefect_gcp import GcpCredentials
 except ImportError:  # pragma: no cover - depends on the installed extras
     GcpCredentials = None  # type: ignore[assignment,misc]
+
+
+# The fields both pools have, with one default and one set of bounds (the provisioners share
+# the lifecycle they configure); only the wording names the cloud's instance or marker.
+def _owner_id_field(marker: str) -> Any:
+    return Field(
+        default="prefect-cloudsched",
+        description=f"Owner {marker} on everything started; the reaper only touches this owner.",
+    )
+
+
+def _warm_seconds_field(noun: str, release: str) -> Any:
+    return Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description=f"Keep a released {noun} idle this long for the next task (0 = {release}).",
+    )
+
+
+def _warm_across_runs_field(noun: str) -> Any:
+    return Field(
+        default=False, description=f"Let a warm {noun} serve the next flow run too (opt-in)."
+    )
+
+
+def _launch_timeout_field(an_instance: str) -> Any:
+    return Field(
+        default=600.0, gt=0, le=3600, description=f"Longest wait for {an_instance} to run."
+    )
 
 
 class _ComputePool(_CloudSchedBlock, Block, ABC):
@@ -127,27 +157,14 @@ class AwsComputePool(_ComputePool):
     endpoint_url: str | None = Field(
         default=None, description="EC2 endpoint override, e.g. a local moto server for tests."
     )
-    owner_id: str = Field(
-        default="prefect-cloudsched",
-        description="Owner tag on everything started; the reaper only touches this owner.",
-    )
+    owner_id: str = _owner_id_field("tag")
     reservations: dict[str, int] = Field(
         default_factory=dict,
         description="Reserved instances you own, e.g. {'aws/us-east-1/g5.xlarge': 2}.",
     )
-    warm_seconds: float = Field(
-        default=0.0,
-        ge=0,
-        le=3600,
-        description="Keep a released instance idle this long for the next task (0 = terminate).",
-    )
-    warm_across_runs: bool = Field(
-        default=False,
-        description="Let a warm instance serve the next flow run too (opt-in).",
-    )
-    launch_timeout_seconds: float = Field(
-        default=600.0, gt=0, le=3600, description="Longest wait for an instance to run."
-    )
+    warm_seconds: float = _warm_seconds_field("instance", "terminate")
+    warm_across_runs: bool = _warm_across_runs_field("instance")
+    launch_timeout_seconds: float = _launch_timeout_field("an instance")
 
     @field_validator("regions")
     @classmethod
@@ -232,10 +249,7 @@ class GcpComputePool(_ComputePool):
         default=None,
         description="Compute API endpoint override, e.g. the local fake GCE server for tests.",
     )
-    owner_id: str = Field(
-        default="prefect-cloudsched",
-        description="Owner label on everything started; the reaper only touches this owner.",
-    )
+    owner_id: str = _owner_id_field("label")
     service_account_email: str | None = Field(
         default=None, description="Service account the VMs run as (empty = none attached)."
     )
@@ -245,19 +259,9 @@ class GcpComputePool(_ComputePool):
     )
     disk_size_gb: int = Field(default=50, ge=10, le=65536, description="Boot disk size in GB.")
     external_ip: bool = Field(default=True, description="Give each VM an ephemeral external IP.")
-    warm_seconds: float = Field(
-        default=0.0,
-        ge=0,
-        le=3600,
-        description="Keep a released VM idle this long for the next task (0 = delete).",
-    )
-    warm_across_runs: bool = Field(
-        default=False,
-        description="Let a warm VM serve the next flow run too (opt-in).",
-    )
-    launch_timeout_seconds: float = Field(
-        default=600.0, gt=0, le=3600, description="Longest wait for a VM to run."
-    )
+    warm_seconds: float = _warm_seconds_field("VM", "delete")
+    warm_across_runs: bool = _warm_across_runs_field("VM")
+    launch_timeout_seconds: float = _launch_timeout_field("a VM")
 
     @field_validator("zones")
     @classmethod
