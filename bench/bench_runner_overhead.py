@@ -9,7 +9,8 @@ time of each is compared (target ratio ≤ 1.10). Three arms:
 * ``cloudsched``: our runner, default settings, the task declares no needs (decided, accounted
   on the default CPU offer, one ledger row each; untagged — such tasks "run as before").
 * ``cloudsched-declared``: the same task with ``@requires(cpus=1)``, so each task run also
-  carries the decision tag, which costs a Prefect concurrency-lease API round trip per run.
+  gets the placement's log line and its ``cloudsched.placement.decided`` event (default
+  ``label_task_runs="none"``: no tag, hence no concurrency-lease round trip).
 
 The local Prefect server records task-run events in the background; a run that starts while
 it still drains the previous run's backlog is slowed for reasons that are not the runner's,
@@ -143,7 +144,7 @@ def main() -> None:
         + f"\nRatio cloudsched / threadpool: **{ratio:.3f}** (target ≤ 1.10: "
         f"{'pass' if ratio <= 1.10 else 'MISS'}); {args.tasks} trivial mapped tasks, "
         f"max_workers={MAX_WORKERS}; ledger rows written {rows} of {expected_rows}.\n"
-        f"Tasks with declared needs (each task run tagged with the decision): "
+        f"Tasks with declared needs (a log line and a decided event per task run): "
         f"**{ratio_declared:.3f}**.\n"
     )
     write("runner_overhead", data, md)
