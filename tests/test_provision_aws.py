@@ -483,3 +483,19 @@ def test_pools_warm_across_runs_are_one_provisioner_per_process(settings: AwsSet
     assert build_provisioner(across) is not build_provisioner(replace(across, owner_id="other"))
     per_run = replace(across, warm_across_runs=False)
     assert build_provisioner(per_run) is not build_provisioner(per_run)
+
+
+def test_denied_reservations_are_a_warning_naming_the_permission(
+    moto: MotoControl, make: Callable[..., AwsProvisioner], caplog: pytest.LogCaptureFixture
+) -> None:
+    aws = make(reservations={"aws/us-east-1/g5.xlarge": 2})
+    moto.inject("UnauthorizedOperation", action="describe_reserved_instances")
+    with caplog.at_level("INFO", logger="prefect_cloudsched"):
+        assert aws.owned_reservations() == {"aws/us-east-1/g5.xlarge": 2}  # declared ones kept
+    [denied] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "ec2:DescribeReservedInstances denied in us-east-1" in denied.getMessage()
+    assert "AwsSettings.reservations" in denied.getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="prefect_cloudsched"):
+        aws.owned_reservations()  # moto does not implement the call: no warning for that
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -511,7 +511,16 @@ class AwsProvisioner(CloudProvisioner):
                     Filters=[{"Name": "state", "Values": ["active"]}]
                 )
             except Exception as err:  # NotImplementedError in moto; no permission; offline
-                logger.info("describe_reserved_instances unavailable in %s: %s", region, err)
+                if error_code(err) in AUTH_CODES:  # the user's reservations would go unused
+                    logger.warning(
+                        "ec2:DescribeReservedInstances denied in %s (%s): reserved instances "
+                        "there are not used first; grant it, or list them in "
+                        "AwsSettings.reservations",
+                        region,
+                        error_code(err),
+                    )
+                else:
+                    logger.info("describe_reserved_instances unavailable in %s: %s", region, err)
                 continue
             for item in response.get("ReservedInstances", []):
                 found[f"aws/{region}/{item['InstanceType']}"] += int(item["InstanceCount"])
