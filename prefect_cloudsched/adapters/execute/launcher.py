@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import sys
 import tempfile
@@ -148,6 +149,7 @@ class LocalWorkerLauncher:
         with self._lock:
             if self._loop is None:
                 self._loop = _LoopThread()
+                _quiet_instance_console()
             loop = self._loop
 
         async def start() -> Any:
@@ -202,6 +204,17 @@ class LocalWorkerLauncher:
 #: In-process workers share one interpreter with the flow and each other: per-worker
 #: samplers (the statistical profiler every 10 ms, the GIL monitor every 1 ms, psutil every
 #: 500 ms) would each sample the whole process and contend for the GIL with the task bodies.
+def _quiet_instance_console() -> None:
+    """Keep the stand-in workers' own lines out of the flow's output.
+
+    An in-process worker stands in for an instance, and an instance's worker logs to its own
+    console; here its shutdown chatter (a heartbeat racing a retirement or a simulated
+    interruption, with a traceback) would land between the flow's lines. The scheduler's
+    and the client's loggers, which a user of a real cluster also sees, are left as they are.
+    """
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+
+
 _INPROCESS_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.system-monitor.gil.enabled": False,
