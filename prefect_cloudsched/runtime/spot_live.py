@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prefect_cloudsched.core.catalog import Catalog, Offer, PurchaseOption
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import Decision, PolicyConfig, cost_of
-from prefect_cloudsched.core.policy.offer_filter import fitting
+from prefect_cloudsched.core.policy.offer_filter import fitting, spot_within_band
 from prefect_cloudsched.core.policy.spot_control import (
     IDLE,
     AvailabilityModel,
@@ -200,9 +200,14 @@ class SpotLive:
             return job
 
     def _spot_offers(self, needs: TaskNeeds) -> dict[str, Offer]:
-        """Cheapest fitting spot offer per region, on clouds with a provisioner (if any)."""
+        """Cheapest fitting spot offer per region, on clouds with a provisioner (if any).
+
+        The policy's ``max_spot_band`` holds here as in ``decide()``: the controller learns
+        availability, but a zone the user ruled out is never one of its markets.
+        """
         catalog = self.session.catalog
-        mask = fitting(needs, catalog, self.session.policy)
+        policy = self.session.policy
+        mask = fitting(needs, catalog, policy) & spot_within_band(catalog, policy.max_spot_band)
         clouds = set(self.session.provisioners)
         best: dict[str, Offer] = {}
         for offer, ok in zip(catalog.offers, mask, strict=True):
