@@ -281,3 +281,16 @@ def test_inverse_weights_that_pass_the_guard_skip_the_stacking_programme(monkeyp
     # the same paths with stacking asked for (shrink < 1) do solve it
     combined.stack_weights(paths, actual, 0.5)
     assert solved
+
+
+def test_quantiles_at_several_levels_are_each_levels_own_quantile() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.exponential(1.0, 70)
+    scores[[4, 9]] = np.nan
+    weights = np.repeat(0.85 ** np.arange(13, -1, -1), 5)
+    levels = [80.0, 95.0, 99.9]
+    together = combined.weighted_conformal_quantiles(scores, weights, levels)
+    assert together == [combined.weighted_conformal_quantile(scores, weights, q) for q in levels]
+    assert together[0] < together[1] <= together[2] == np.nanmax(scores)
+    no_scores = combined.weighted_conformal_quantiles(np.full(3, np.nan), np.ones(3), levels)
+    assert np.isnan(no_scores).all()

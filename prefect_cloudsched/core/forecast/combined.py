@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -380,20 +380,19 @@ def conformal_frame(
     scores = np.abs(residuals) / np.asarray(scale_at_starts, dtype=float)[:, None]
     starts, steps = scores.shape
     start_weight = decay ** np.arange(starts - 1, -1, -1, dtype=float)
-    halves = {}
     rates = miss_rates or tuple(1 - level / 100 for level in LEVELS)
-    for level, rate in zip(LEVELS, rates, strict=True):
-        q = np.empty(steps)
-        for h in range(steps):
-            columns = slice(max(0, h - pool), h + pool + 1)
-            pooled = scores[:, columns]
-            weights = np.broadcast_to(start_weight[:, None], pooled.shape)
-            q[h] = weighted_conformal_quantile(
-                pooled.reshape(-1), weights.reshape(-1), 100 * (1 - rate)
-            )
-        q = pd.Series(q).ffill().bfill().fillna(0.0).to_numpy()
-        extended = np.concatenate([q, np.full(max(0, len(point) - steps), q[-1])])[: len(point)]
-        halves[level] = extended * scale_now
+    q = np.empty((len(LEVELS), steps))
+    for h in range(steps):  # one sort of a step's pooled scores serves both levels
+        pooled = scores[:, max(0, h - pool) : h + pool + 1]
+        weights = np.broadcast_to(start_weight[:, None], pooled.shape)
+        q[:, h] = weighted_conformal_quantiles(
+            pooled.reshape(-1), weights.reshape(-1), [100 * (1 - rate) for rate in rates]
+        )
+    halves = {}
+    for level, row in zip(LEVELS, q, strict=True):
+        row = pd.Series(row).ffill().bfill().fillna(0.0).to_numpy()
+        extended = np.concatenate([row, np.full(max(0, len(point) - steps), row[-1])])
+        halves[level] = extended[: len(point)] * scale_now
     halves[95] = np.maximum(halves[95], halves[80])
     return interval_frame(index, np.nan_to_num(point), halves[80], halves[95])
 
@@ -402,14 +401,21 @@ def weighted_conformal_quantile(scores: np.ndarray, weights: np.ndarray, level: 
     """The smallest score whose cumulative weight, out of the total plus the test point's
     (the largest weight), reaches ``level`` %; the largest score when none does (too few
     scores for that level). NaN scores are skipped; none left gives NaN."""
+    return weighted_conformal_quantiles(scores, weights, [level])[0]
+
+
+def weighted_conformal_quantiles(
+    scores: np.ndarray, weights: np.ndarray, levels: Sequence[float]
+) -> list[float]:
+    """:func:`weighted_conformal_quantile` at several ``levels`` (%) from one sort."""
     finite = np.isfinite(scores)
     scores, weights = scores[finite], weights[finite]
     if len(scores) == 0:
-        return math.nan
+        return [math.nan] * len(levels)
     order = np.argsort(scores, kind="stable")
     share = np.cumsum(weights[order]) / (weights.sum() + weights.max())
-    rank = int(np.searchsorted(share, level / 100 - 1e-12))
-    return float(scores[order][min(rank, len(scores) - 1)])
+    ranks = np.searchsorted(share, np.asarray(levels, dtype=float) / 100 - 1e-12)
+    return [float(scores[order][min(int(rank), len(scores) - 1)]) for rank in ranks]
 
 
 def _local_scale(values: np.ndarray, end: int) -> float:
