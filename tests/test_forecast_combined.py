@@ -262,3 +262,35 @@ def test_lower_miss_rate_targets_widen_the_intervals() -> None:
 def test_interval_settings_out_of_range_name_the_field(field: str, value: float) -> None:
     with pytest.raises(InputError, match=field):
         fc.ForecastConfig(**{field: value})
+
+
+def test_inverse_weights_that_pass_the_guard_skip_the_stacking_programme(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    actual = rng.normal(100, 10, (6, 24))
+    # opposite biases: the inverse-squared-MAE blend beats both members on validation
+    paths = np.stack([actual + 2, actual - 2.5])
+    expected = combined.stack_weights(paths, actual, 1.0)
+    solved = []
+    real = combined._lad_weights
+    monkeypatch.setattr(combined, "_lad_weights", lambda *a: solved.append(1) or real(*a))
+    weights = combined.stack_weights(paths, actual, 1.0)
+    inverse = np.array([1 / 2**2, 1 / 2.5**2])
+    np.testing.assert_allclose(weights, inverse / inverse.sum())
+    np.testing.assert_array_equal(weights, expected)
+    assert not solved
+    # the same paths with stacking asked for (shrink < 1) do solve it
+    combined.stack_weights(paths, actual, 0.5)
+    assert solved
+
+
+def test_quantiles_at_several_levels_are_each_levels_own_quantile() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.exponential(1.0, 70)
+    scores[[4, 9]] = np.nan
+    weights = np.repeat(0.85 ** np.arange(13, -1, -1), 5)
+    levels = [80.0, 95.0, 99.9]
+    together = combined.weighted_conformal_quantiles(scores, weights, levels)
+    assert together == [combined.weighted_conformal_quantile(scores, weights, q) for q in levels]
+    assert together[0] < together[1] <= together[2] == np.nanmax(scores)
+    no_scores = combined.weighted_conformal_quantiles(np.full(3, np.nan), np.ones(3), levels)
+    assert np.isnan(no_scores).all()
