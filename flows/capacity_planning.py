@@ -41,18 +41,9 @@ def load_demand(series: str | None, column: str, gpu_type: str, ledger_url: str 
 def forecast_demand(history: Any, horizon: int, model: str) -> Any:
     """The combined forecast (SARIMAX + ETS + Theta + naive members), the pure SARIMAX, or
     the seasonal-naive baseline (fast)."""
-    from prefect_cloudsched.core.forecast import (
-        DAY,
-        Forecast,
-        fit_forecast,
-        lag_forecast,
-        prepare_series,
-    )
+    from prefect_cloudsched.core.forecast import fit_forecast
 
-    if model in ("combined", "arima"):
-        return fit_forecast(history, horizon, model=model)
-    return Forecast(lag_forecast(prepare_series(history), horizon, DAY), "seasonal_naive",
-                    "seasonal-naive(24)")  # fmt: skip
+    return fit_forecast(history, horizon, model=model)
 
 
 @task

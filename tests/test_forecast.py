@@ -152,6 +152,15 @@ def test_lag_forecasts_repeat_last_value_or_last_day_with_empirical_widths() -> 
     assert list(naive.index) == [72, 73]
 
 
+def test_seasonal_naive_is_a_model_of_its_own_not_a_fallback() -> None:
+    y = pd.Series(np.tile(np.arange(24.0), 3), index=pd.RangeIndex(72))
+    chosen = fc.fit_forecast(y, 30, model="seasonal-naive")
+    assert chosen.model == "seasonal-naive(24)" and chosen.fallback_reason is None
+    pd.testing.assert_frame_equal(chosen.frame, fc.lag_forecast(fc.prepare_series(y), 30, 24))
+    with pytest.raises(InputError, match="combined or arima or seasonal-naive"):
+        fc.fit_forecast(y, 30, model="prophet")
+
+
 def test_ets_forecast_follows_daily_cycle_with_ordered_intervals() -> None:
     y = daily_series(days=6)
     frame = fc.ets_forecast(y, 24)

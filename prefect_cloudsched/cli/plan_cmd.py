@@ -218,21 +218,12 @@ def _render_reservations(plan: CapacityPlan, output: OutputFormat) -> None:
 
 def _forecast(history: Any, horizon: int, model: str, step: Any = None) -> Any:
     """The combined forecast (default), the pure SARIMAX, or seasonal-naive for speed."""
-    from prefect_cloudsched.core.forecast import (
-        DAY,
-        Forecast,
-        fit_forecast,
-        lag_forecast,
-        prepare_series,
-    )
+    from prefect_cloudsched.core.forecast import fit_forecast
 
-    if model in ("combined", "arima"):
-        say_step = step or _say
-        return fit_forecast(
-            history, horizon, progress=lambda label: say_step(f"fitting {label}"), model=model
-        )
-    frame = lag_forecast(prepare_series(history), horizon, DAY)
-    return Forecast(frame, "seasonal_naive", "seasonal-naive(24)")
+    say_step = step or _say
+    return fit_forecast(
+        history, horizon, progress=lambda label: say_step(f"fitting {label}"), model=model
+    )
 
 
 def _gpu_type(name: str | None, catalog: Catalog) -> str:

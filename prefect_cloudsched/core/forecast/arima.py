@@ -24,7 +24,7 @@ from prefect_cloudsched.core.forecast.series import prepare_series
 from prefect_cloudsched.core.forecast.types import DAY, Forecast
 from prefect_cloudsched.errors import InputError
 
-FORECASTERS = ("combined", "arima")
+FORECASTERS = ("combined", "arima", "seasonal-naive")
 
 
 @_single_threaded
@@ -52,7 +52,8 @@ def fit_forecast(
         horizon: hours to forecast (>= 1).
         config: grid, transform, window...; defaults to :class:`ForecastConfig()`.
         progress: called with each candidate's label before it is fitted.
-        model: ``combined`` or ``arima`` (kept as the default for library callers).
+        model: ``combined``, ``arima`` (kept as the default for library callers) or
+            ``seasonal-naive`` (yesterday repeated: the fast baseline, chosen on purpose).
 
     Raises:
         InputError: bad series, unknown model, ``horizon < 1`` or under one day of history.
@@ -62,6 +63,8 @@ def fit_forecast(
     if model not in FORECASTERS:
         raise InputError(f"model {model!r} is unknown; use {' or '.join(FORECASTERS)}")
     y = prepare_series(series).iloc[-config.window :]
+    if model == "seasonal-naive":
+        return _fallback(y, horizon, None, time.perf_counter())
     if model == "combined":
         from prefect_cloudsched.core.forecast.combined import combined_window
 
@@ -98,7 +101,7 @@ def _forecast_window(
                     time.perf_counter() - started, scale, best.validation_mae)  # fmt: skip
 
 
-def _fallback(y: pd.Series, horizon: int, reason: str, started: float) -> Forecast:
+def _fallback(y: pd.Series, horizon: int, reason: str | None, started: float) -> Forecast:
     if len(y) < DAY:
         raise InputError(f"series has {len(y)} hours; give at least {DAY} (one day) to forecast")
     frame = lag_forecast(y, horizon, DAY)
