@@ -282,3 +282,23 @@ def test_on_demand_is_left_for_spot_only() -> None:
     controller.observe("us-east-1a", H, True)
     decision = controller.decide(_status(H, 0.8 * H, placement=on_demand))
     assert decision.kind is Kind.SPOT and decision.zone == "us-east-1a"
+
+
+def test_on_demand_is_left_for_spot_once_on_the_line() -> None:
+    # line as in test_behind_without_spot_goes_on_demand: 2.8 h at 6 h, 3.12 h at 6.4 h;
+    # 3 h done is on the line but not two change-overs ahead: no extra hysteresis, since
+    # the spot score already counts leaving on-demand's second change-over
+    controller = _controller()
+    controller.observe("us-east-1a", 6 * H, True)
+    on_demand = Placement(Kind.ON_DEMAND, None, "us-east-1")
+    assert controller.decide(_status(6 * H, 3 * H, placement=on_demand)).kind is Kind.SPOT
+    assert controller.decide(_status(6 * H, 2.7 * H, placement=on_demand)).kind is Kind.STAY
+
+
+def test_on_demand_starts_a_change_over_before_the_line() -> None:
+    controller = _controller()
+    controller.observe("us-east-1a", 0, False)
+    # 2.9 h done at 6 h: ahead of the line now (2.8 h) but behind it when on-demand would
+    # start making progress, d = 0.2 h later (2.96 h)
+    assert controller.decide(_status(6 * H, 2.9 * H)).kind is Kind.ON_DEMAND
+    assert controller.decide(_status(6 * H, 3 * H)).kind is Kind.WAIT

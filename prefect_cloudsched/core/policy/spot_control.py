@@ -29,17 +29,18 @@ What it decides, every time it is asked (see :meth:`SpotController.decide`):
    on-demand counts ``2d`` lost (the paper's lifetime-oracle thresholds ``k·d/(k−1)`` from
    idle and ``2k·d/(k−1)`` from on-demand, with ``R`` learned instead of known). A zone in
    another region than the checkpoint is a **move** and pays the checkpoint's egress.
-5. **On-demand is left for spot only.** Once on on-demand the job stays there until a spot
-   start is worth it and it is two change-overs ahead of its progress line (Uniform
-   Progress's hysteresis); it never goes idle from on-demand, since coming back would pay
-   ``d`` again.
+5. **On-demand is left for spot only**, as soon as a spot start is worth it and the job is
+   not behind its progress line; never for idle, since coming back would pay ``d`` again.
+   No extra hysteresis (UP stays until two change-overs ahead): the score above already
+   counts the second change-over of leaving on-demand.
 6. **Progress line** (Uniform Progress, started late). Idle with no spot worth taking:
-   on-demand when behind the line, wait while ahead. The line owes nothing for a share
-   ``line_delay × slack / window`` of the slack (1.5 × 0.09 = 14 % at slack 1.1, 75 % at
-   slack 2.0), then runs straight to (deadline, work). Share 0 is UP's line, 1 is greedy's:
-   on the traces greedy beats UP at loose deadlines and loses at tight ones. And it waits
-   rather than pay on-demand while spot alone, at ``confidence`` × the throughput learned
-   for the best zone, would still finish in time.
+   on-demand once the job would be behind the line ``d`` from now (on-demand makes no
+   progress during its change-over, so it starts that much early), wait otherwise. The
+   line owes nothing for a share ``line_delay × slack / window`` of the slack (1.5 × 0.09 =
+   14 % at slack 1.1, 75 % at slack 2.0), then runs straight to (deadline, work). Share 0
+   is UP's line, 1 is greedy's: on the traces greedy beats UP at loose deadlines and loses
+   at tight ones. And it waits rather than pay on-demand while spot alone, at
+   ``confidence`` × the throughput learned for the best zone, would still finish in time.
 
 Availability is **learned, not blacked out**: :class:`AvailabilityModel` records each zone's
 up and down runs as they are observed (and any history the caller has) and predicts the
@@ -322,7 +323,7 @@ class SpotController:
         spot_can_finish = self._spot_can_finish(job)
         best = self._best_spot(job, leaving_on_demand=on_demand)
         if best is not None and (
-            not on_demand or spot_can_finish or not self._behind(job, lead_s=2 * d)
+            not on_demand or spot_can_finish or not self._behind(job, lead_s=0.0)
         ):
             market, saving = best
             moves = job.checkpoint_region not in (None, market.region)
@@ -335,7 +336,7 @@ class SpotController:
             )
         if on_demand:  # left for spot only: going idle would pay d again on the way back
             return ControlDecision(Kind.STAY, None, here.region, reason="on-demand until spot")
-        if not spot_can_finish and self._behind(job, lead_s=0.0):
+        if not spot_can_finish and self._behind(job, lead_s=d):  # on-demand gains after d
             return self._on_demand(job, "behind the progress line, no spot worth taking")
         return ControlDecision(
             Kind.WAIT,
