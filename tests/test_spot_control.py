@@ -302,3 +302,14 @@ def test_on_demand_starts_a_change_over_before_the_line() -> None:
     # start making progress, d = 0.2 h later (2.96 h)
     assert controller.decide(_status(6 * H, 2.9 * H)).kind is Kind.ON_DEMAND
     assert controller.decide(_status(6 * H, 3 * H)).kind is Kind.WAIT
+
+
+def test_a_spot_start_keeps_one_more_interval_for_a_late_decision() -> None:
+    controller = _controller()
+    controller.observe("us-east-1a", 0, True)
+    # slack 0.5 h: a start would spend d = 0.2 h and leave 0.3 h, above the safety net's
+    # d + h (0.28 h) by less than one more interval (300 s), so it is not started
+    edge = _status(10.5 * H, 1 * H, work_s=5 * H)
+    assert controller.decide(edge).kind is Kind.ON_DEMAND
+    roomy = _status(10.5 * H, 1.1 * H, work_s=5 * H)  # slack 0.6 h >= 2 (d + h) = 0.57 h
+    assert controller.decide(roomy).kind is Kind.SPOT

@@ -17,10 +17,13 @@ What it decides, every time it is asked (see :meth:`SpotController.decide`):
    Otherwise: on-demand, kept to the end. By induction the deadline is met whenever the job
    starts with ``work + d ≤ deadline − start``, whatever spot does.
 2. **Exploitation.** On spot in a zone that is still up: stay.
-3. **Commitment.** Off spot with less slack than a new spot start needs (``2d + horizon``:
-   it spends ``d`` and must leave the safety net's ``d + horizon``): on-demand to the end
-   now. Waiting could only end on on-demand too, one change-over later (Uniform
-   Progress's commitment rule).
+3. **Commitment.** Off spot with less slack than a new spot start needs, on-demand to the
+   end now: waiting could only end on on-demand too, one change-over later (Uniform
+   Progress's commitment rule). A start needs ``2·(d + horizon)``: it spends ``d``, must
+   leave the safety net's ``d + horizon``, and keeps one more ``horizon`` for a decision
+   that comes late (live, a runner under load decides a little after its timer; without
+   the margin a start at the edge was moved off spot by the safety net a moment later and
+   missed its deadline in ``bench/bench_live_spot.py``).
 4. **Which spot.** Every zone that is up now is scored by the expected saving of starting
    there against doing the same work on on-demand, over the zone's *learned distribution of
    remaining up time* ``R`` (:class:`AvailabilityModel`):
@@ -315,9 +318,9 @@ class SpotController:
             return self._on_demand(job, "safety net: on-demand to the end keeps the deadline")
         if here.kind is Kind.SPOT and here.zone and self.model.is_up(here.zone):
             return ControlDecision(Kind.STAY, here.zone, here.region, reason="on spot: stay")
-        if slack < 2 * d + self.horizon_s - EPS:
-            # no spot start is allowed any more (it spends d and must leave d + h): waiting
-            # could only end on on-demand, so go now, or stay, instead of paying d again
+        if slack < 2 * (d + self.horizon_s) - EPS:
+            # no spot start is allowed any more (it spends d, must leave d + h, and keeps h
+            # for a late decision): waiting could only end on on-demand, so go now, or stay
             return self._on_demand(job, "too little slack for a spot start: on-demand to the end")
         on_demand = here.kind is Kind.ON_DEMAND
         spot_can_finish = self._spot_can_finish(job)
