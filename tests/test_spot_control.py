@@ -114,9 +114,12 @@ def test_behind_without_spot_goes_on_demand() -> None:
     controller = _controller()
     controller.observe("us-east-1a", 0, False)
     # slack 5 h of a 15 h window: the line owes nothing for 1.5 × 5/15 = half the slack,
-    # then rises to 10 h of work by 15 h: 2.8 h at 6 h
+    # then rises to 10 h of work by 15 h: 2.8 h at 6 h, 2.96 h at 6.2 h
     assert controller.decide(_status(6 * H, 3 * H)).kind is Kind.WAIT
     assert controller.decide(_status(6 * H, 2.5 * H)).kind is Kind.ON_DEMAND
+    # ahead of the line now but behind it d = 0.2 h later, when on-demand would start
+    # making progress: it starts its change-over now
+    assert controller.decide(_status(6 * H, 2.9 * H)).kind is Kind.ON_DEMAND
 
 
 def test_prefers_the_zone_that_lasts_and_the_cheaper_one() -> None:
@@ -293,15 +296,6 @@ def test_on_demand_is_left_for_spot_once_on_the_line() -> None:
     on_demand = Placement(Kind.ON_DEMAND, None, "us-east-1")
     assert controller.decide(_status(6 * H, 3 * H, placement=on_demand)).kind is Kind.SPOT
     assert controller.decide(_status(6 * H, 2.7 * H, placement=on_demand)).kind is Kind.STAY
-
-
-def test_on_demand_starts_a_change_over_before_the_line() -> None:
-    controller = _controller()
-    controller.observe("us-east-1a", 0, False)
-    # 2.9 h done at 6 h: ahead of the line now (2.8 h) but behind it when on-demand would
-    # start making progress, d = 0.2 h later (2.96 h)
-    assert controller.decide(_status(6 * H, 2.9 * H)).kind is Kind.ON_DEMAND
-    assert controller.decide(_status(6 * H, 3 * H)).kind is Kind.WAIT
 
 
 def test_a_spot_start_keeps_one_more_interval_for_a_late_decision() -> None:
