@@ -114,9 +114,12 @@ def test_behind_without_spot_goes_on_demand() -> None:
     controller = _controller()
     controller.observe("us-east-1a", 0, False)
     # slack 5 h of a 15 h window: the line owes nothing for 1.5 × 5/15 = half the slack,
-    # then rises to 10 h of work by 15 h: 2.8 h at 6 h
+    # then rises to 10 h of work by 15 h: 2.8 h at 6 h, 2.96 h at 6.2 h
     assert controller.decide(_status(6 * H, 3 * H)).kind is Kind.WAIT
     assert controller.decide(_status(6 * H, 2.5 * H)).kind is Kind.ON_DEMAND
+    # ahead of the line now but behind it d = 0.2 h later, when on-demand would start
+    # making progress: it starts its change-over now
+    assert controller.decide(_status(6 * H, 2.9 * H)).kind is Kind.ON_DEMAND
 
 
 def test_prefers_the_zone_that_lasts_and_the_cheaper_one() -> None:
@@ -237,3 +240,70 @@ def test_load_market_reads_suffixed_columns(tmp_path: Path) -> None:
         load_market(path, on_demand_usd_per_hour=1, spot_usd_per_hour=1, column_suffix="_h100")
     with pytest.raises(InputError, match="no price"):
         load_market(path, on_demand_usd_per_hour=1, spot_usd_per_hour={}, column_suffix="_k80_1")
+
+
+def test_a_zone_up_for_long_is_expected_to_stay_up_longer() -> None:
+    # no run history: only the prior speaks, and it grows with the run's age (decreasing
+    # hazard, as on the p3 trace) instead of forgetting that the zone has lasted 20 h
+    model = AvailabilityModel(prior_up_s=2 * H, prior_weight=1)
+    model.observe("old", -20 * H, True)
+    model.observe("new", 0, True)
+    old = model.residual_stats("old", 0, cap_s=10 * H, lost_s=0.2 * H)
+    new = model.residual_stats("new", 0, cap_s=10 * H, lost_s=0.2 * H)
+    assert old[1] > 2 * new[1] / 1.5
+    assert model.residual_up_s("old", 0) == pytest.approx(20 * H)
+    markets = [
+        Market("us-east-1a", "us-east-1", 1.0, 3.0),
+        Market("us-east-1b", "us-east-1", 1.0, 3.0),
+    ]
+    controller = _controller(markets, model=AvailabilityModel(prior_weight=1))
+    controller.observe("us-east-1a", 9 * H, True)  # a came up 1 h ago, b 9 h ago
+    controller.observe("us-east-1b", 1 * H, True)
+    decision = controller.decide(_status(10 * H, 10 * H, work_s=20 * H, deadline_s=40 * H))
+    assert decision.kind is Kind.SPOT and decision.zone == "us-east-1b"
+
+
+def test_without_slack_for_a_spot_start_it_commits_to_on_demand() -> None:
+    controller = _controller()
+    controller.observe("us-east-1a", 0, False)
+    # 4.05 h of 5 h left, 4.5 h to go: slack 0.45 h is above the safety net (d + h = 0.28 h)
+    # but below a spot start's 2d + h (0.48 h), and the job is ahead of its line; waiting
+    # could only end on on-demand again, one more change-over later
+    late = _status(10.5 * H, 0.95 * H, work_s=5 * H)
+    assert controller.decide(late).kind is Kind.ON_DEMAND
+    on_demand = Placement(Kind.ON_DEMAND, None, "us-east-1")
+    late_on_demand = _status(10.5 * H, 0.95 * H, work_s=5 * H, placement=on_demand)
+    assert controller.decide(late_on_demand).kind is Kind.STAY
+
+
+def test_on_demand_is_left_for_spot_only() -> None:
+    controller = _controller()
+    controller.observe("us-east-1a", 0, False)
+    on_demand = Placement(Kind.ON_DEMAND, None, "us-east-1")
+    # far ahead of the line (it owes nothing at 1 h), but idling would pay d to come back
+    assert controller.decide(_status(H, 0.8 * H, placement=on_demand)).kind is Kind.STAY
+    controller.observe("us-east-1a", H, True)
+    decision = controller.decide(_status(H, 0.8 * H, placement=on_demand))
+    assert decision.kind is Kind.SPOT and decision.zone == "us-east-1a"
+
+
+def test_on_demand_is_left_for_spot_once_on_the_line() -> None:
+    # line as in test_behind_without_spot_goes_on_demand: 2.8 h at 6 h, 3.12 h at 6.4 h;
+    # 3 h done is on the line but not two change-overs ahead: no extra hysteresis, since
+    # the spot score already counts leaving on-demand's second change-over
+    controller = _controller()
+    controller.observe("us-east-1a", 6 * H, True)
+    on_demand = Placement(Kind.ON_DEMAND, None, "us-east-1")
+    assert controller.decide(_status(6 * H, 3 * H, placement=on_demand)).kind is Kind.SPOT
+    assert controller.decide(_status(6 * H, 2.7 * H, placement=on_demand)).kind is Kind.STAY
+
+
+def test_a_spot_start_keeps_one_more_interval_for_a_late_decision() -> None:
+    controller = _controller()
+    controller.observe("us-east-1a", 0, True)
+    # slack 0.5 h: a start would spend d = 0.2 h and leave 0.3 h, above the safety net's
+    # d + h (0.28 h) by less than one more interval (300 s), so it is not started
+    edge = _status(10.5 * H, 1 * H, work_s=5 * H)
+    assert controller.decide(edge).kind is Kind.ON_DEMAND
+    roomy = _status(10.5 * H, 1.1 * H, work_s=5 * H)  # slack 0.6 h >= 2 (d + h) = 0.57 h
+    assert controller.decide(roomy).kind is Kind.SPOT

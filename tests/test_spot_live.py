@@ -77,9 +77,11 @@ def _trace(up: list[tuple[float, float]]) -> SpotTrace:
 
 
 def test_a_controlled_task_waits_moves_and_resumes_from_its_checkpoint(tmp_path) -> None:
-    """Spot is down for the first trace hour, up for 1.5 h, then down: the task waits with
-    no instance, runs on spot, is moved off it and finishes from its checkpoint."""
-    clock = TraceClock(_trace([(1.0, 2.5)]), seconds_per_trace_hour=0.5)
+    """Spot is down for the first trace hour, up for 0.6 h, down until 9 h, then up: the
+    task waits with no instance, runs on spot until interrupted, waits, falls behind its
+    progress line and runs on-demand, is moved back to spot when spot returns and it is
+    ahead, and finishes there, each attempt resuming from the last checkpoint."""
+    clock = TraceClock(_trace([(1.0, 1.6), (9.0, 24.0)]), seconds_per_trace_hour=0.5)
     provisioner = TracedProvisioner(clock)
     session = runtime_session(
         tmp_path,
@@ -100,7 +102,8 @@ def test_a_controlled_task_waits_moves_and_resumes_from_its_checkpoint(tmp_path)
     states = [r.state for r in records]
     assert states[-1] == "completed" and len(states) == attempts >= 2
     assert "moved" in states and set(states[:-1]) <= {"moved", "interrupted"}
-    assert records[0].option == "spot"
+    assert records[0].option == "spot" and records[-1].option == "spot"
+    assert "on-demand" in [r.option for r in records]
     # each retry resumed from the checkpoint the previous attempt saved
     assert bases[0] == 0 and all(b > a for a, b in itertools.pairwise(bases))
     assert run.done_s >= 4 * H
