@@ -201,9 +201,6 @@ class LocalWorkerLauncher:
             log.close()  # the child holds its own descriptor
 
 
-#: In-process workers share one interpreter with the flow and each other: per-worker
-#: samplers (the statistical profiler every 10 ms, the GIL monitor every 1 ms, psutil every
-#: 500 ms) would each sample the whole process and contend for the GIL with the task bodies.
 def _quiet_instance_console() -> None:
     """Keep the stand-in workers' own lines out of the flow's output.
 
@@ -215,6 +212,9 @@ def _quiet_instance_console() -> None:
     logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
 
 
+#: In-process workers share one interpreter with the flow and each other: per-worker
+#: samplers (the statistical profiler every 10 ms, the GIL monitor every 1 ms, psutil every
+#: 500 ms) would each sample the whole process and contend for the GIL with the task bodies.
 _INPROCESS_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.system-monitor.gil.enabled": False,
