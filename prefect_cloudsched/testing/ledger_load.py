@@ -87,18 +87,25 @@ def run_together(
     env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Start ``processes`` copies of ``argv`` at once; each one's report is the JSON of its last
-    stdout line. A copy that fails or reports nothing raises, with the end of its stderr."""
+    stdout line. A copy that fails or reports nothing raises, with the end of its stderr, and
+    the copies still running are killed."""
     children = [
         subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(processes)
     ]
     reports = []
-    for child in children:
-        out, err = child.communicate(timeout=timeout)
-        lines = out.strip().splitlines()
-        if child.returncode != 0 or not lines:
-            raise RuntimeError(f"{what} failed: {err.strip()[-800:]}")
-        reports.append(json.loads(lines[-1]))
+    try:
+        for child in children:
+            out, err = child.communicate(timeout=timeout)
+            lines = out.strip().splitlines()
+            if child.returncode != 0 or not lines:
+                raise RuntimeError(f"{what} failed: {err.strip()[-800:]}")
+            reports.append(json.loads(lines[-1]))
+    finally:  # one copy failed or timed out: the others are not left running
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     return reports
 
 
