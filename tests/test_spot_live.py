@@ -34,6 +34,8 @@ class TracedProvisioner:
     """A fake AWS that follows a trace: refuses spot while down, reclaims when it goes down."""
 
     cloud = "aws"
+    launch_timeout_seconds = 0.0
+    warm_seconds = 0.0
 
     def __init__(self, clock: TraceClock) -> None:
         self.spot_trace_clock = clock

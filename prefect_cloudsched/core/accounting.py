@@ -8,7 +8,10 @@ Written down for users in docs/concepts.md ("How money is counted"). In short:
   bought it at.
 * **Instance minimum** (:func:`billed_seconds`): AWS and GCE bill an on-demand or spot
   instance per second with a one-minute minimum; a reservation is paid by its commitment.
-  The simulator's instance runs and the report's instance rows (boot and idle) apply it.
+  The simulator's instance runs and the report's instance rows (boot and idle) apply it,
+  and a hard budget cap counts it (:func:`instance_billed_micro`): an instance we start is
+  counted against the cap from its launch request, at least its minimum, so the cap holds
+  for what the report shows, not only for the task rows.
 * **Charge** (:func:`charge_usd`): rate × seconds × the share of the instance the task held
   (1 alone; its GPUs, or vCPUs, over the instance's when it shares one). A ledger row's
   spend, a budget hold's settlement and a simulated job's cost are this charge.
@@ -30,6 +33,7 @@ A row dearer than its baseline is explained by :func:`dearer_reasons`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,6 +80,17 @@ def billed_seconds(seconds: float, option: PurchaseOption | str) -> float:
     if option == PurchaseOption.RESERVED:
         return max(seconds, 0.0)
     return max(seconds, MIN_BILLED_S)
+
+
+def instance_billed_micro(
+    price_micro_per_hour: int, seconds: float, option: PurchaseOption | str
+) -> int:
+    """What one instance run of ``seconds`` is billed, in micro-dollars rounded *up*.
+
+    The report's instance rows and the budget's count of an instance use this, so a cap
+    that admitted an instance's time also covers what the report charges for it.
+    """
+    return math.ceil(price_micro_per_hour * billed_seconds(seconds, option) / 3600)
 
 
 def hourly_rate(offer: Offer) -> float:

@@ -232,8 +232,11 @@ class BudgetTracker:
         with self._lock:
             return self._overruns(expected_micro)
 
-    def admit(self, expected_micro: int) -> tuple[int | None, list[Overrun]]:
+    def admit(self, expected_micro: int, floor_micro: int = 0) -> tuple[int | None, list[Overrun]]:
         """Check and hold in one step.
+
+        ``floor_micro`` is the least the placement commits to once started whatever its
+        estimate (an instance we launch: its boot and the cloud's minimum).
 
         Returns:
             ``(hold, overruns)``: ``hold`` is ``None`` when a hard cap refused the placement;
@@ -241,7 +244,7 @@ class BudgetTracker:
         """
         if expected_micro < 0:
             raise ValueError(f"expected cost must be >= 0, got {expected_micro}")
-        amount = self.hold_for(expected_micro)
+        amount = self.hold_for(expected_micro, floor_micro)
         with self._lock:
             overruns = self._overruns(amount)
             if overruns and self.policy.hard:
@@ -250,11 +253,12 @@ class BudgetTracker:
             self._holds[hold] = amount
             return hold, overruns
 
-    def hold_for(self, expected_micro: int) -> int:
-        """What admission holds: the worst case under a hard cap, else the expectation."""
+    def hold_for(self, expected_micro: int, floor_micro: int = 0) -> int:
+        """What admission holds: the worst case under a hard cap, else the expectation;
+        never less than ``floor_micro``."""
         if not self.policy.hard:
-            return expected_micro
-        return math.ceil(expected_micro * self.policy.overrun_factor)
+            return max(expected_micro, floor_micro)
+        return max(math.ceil(expected_micro * self.policy.overrun_factor), floor_micro)
 
     def extend(self, hold: int, amount_micro: int) -> list[Overrun]:
         """Raise a running placement's hold to ``amount_micro`` if every hard cap allows.

@@ -13,13 +13,12 @@ boot instances too, and the warm pool's idle time is the price of skipping later
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect_cloudsched.core.accounting import billed_seconds
+from prefect_cloudsched.core.accounting import instance_billed_micro
 from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord, as_utc
 
 #: Task name (``--group-by task``) of the overhead rows.
@@ -41,7 +40,7 @@ def overhead_records(
         instances: Instance rows of the ledger (``Ledger.instances()``).
         now: End of the lifetime of instances still running (default: now).
 
-    The lifetime (at least the clouds' one-minute minimum, :func:`billed_seconds`) is priced
+    The lifetime (at least the clouds' one-minute minimum, :func:`instance_billed_micro`) is priced
     at the instance's own rate (the ``price_micro_per_hour`` of its rows), rounded up to a
     whole micro-dollar like every charge.
     """
@@ -63,7 +62,7 @@ def overhead_records(
         seconds = max(0.0, (ended - launched).total_seconds())
         first = min(rows, key=lambda r: r.started_at)
         price = max(r.price_micro_per_hour for r in rows)
-        billed = math.ceil(price * billed_seconds(seconds, first.option) / 3600)
+        billed = instance_billed_micro(price, seconds, first.option)
         extra = billed - sum(r.cost_micro for r in rows)
         if extra <= 0:
             continue

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 
 from prefect_cloudsched.adapters.execute.base import Placement
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
+from prefect_cloudsched.core.accounting import instance_billed_micro
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import Decision
+from prefect_cloudsched.core.records import to_micro
 
 if TYPE_CHECKING:
     from prefect_cloudsched.runtime.shared import MapBatch, SharedInstance
@@ -52,11 +54,38 @@ class Attempt:
     released: bool = False
     #: Which reservation paid for a reserved placement (``RESERVATION_SOURCES``).
     reservation_source: str | None = None
+    #: ``perf_counter()`` when this attempt asked a provisioner for its own instance
+    #: (``None``: no instance, or a shared one); a budget cap counts the instance from here.
+    launch_t0: float | None = None
+    #: Seconds the provisioner may keep the instance warm after release (billed too).
+    tail_s: float = 0.0
+    #: ``perf_counter()`` when its instance was released (the budget stops counting there).
+    released_t: float | None = None
 
     def billed_seconds(self, now: float) -> float:
         """Instance time billed for this attempt: until now, or until it was stopped."""
         end = now if self.stopped_at is None else min(now, self.stopped_at)
         return max(0.0, end - self.t0)
+
+    @property
+    def counted_from(self) -> float:
+        """Where a budget cap starts counting: the launch request, else the task's start."""
+        return self.t0 if self.launch_t0 is None else self.launch_t0
+
+    def counted_micro(self, now: float) -> int:
+        """What this attempt counts against a budget cap until ``now``.
+
+        The task's charge, or — when it started its own instance — that instance's billed
+        time from the launch request (at least the cloud's minimum) plus the warm tail it
+        may be kept for: what the report will charge for the instance (its task row and
+        its boot-and-idle row), so a hard cap covers both.
+        """
+        offer = self.decision.offer
+        if self.launch_t0 is None:
+            return to_micro(offer.usd_per_hour / 3600.0 * self.billed_seconds(now))
+        end = now if self.released_t is None else min(now, self.released_t)
+        seconds = max(0.0, end - self.launch_t0) + self.tail_s
+        return instance_billed_micro(to_micro(offer.usd_per_hour), seconds, offer.option)
 
     # what an observer needs to relate a report to the task run (see ``TaskIds``)
     @property

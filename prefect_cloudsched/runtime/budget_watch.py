@@ -5,6 +5,11 @@ must hold more before it spends more: every tick the watch raises the hold of ea
 attempt to what it will have cost a little later; when a hard cap refuses, the attempt is
 stopped at the exact second its cost reaches its hold — the instance is released and the
 task fails with ``BudgetExceeded`` — so the run's spend never crosses the cap.
+
+An attempt that starts its own instance counts that instance as the report will charge it
+(``Attempt.counted_micro``): from the launch request, at least the cloud's minimum, plus
+the warm tail. Admission holds at least the launch timeout's worth of it
+(:func:`launch_floor_micro`), because a boot cannot be stopped midway.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from prefect_cloudsched.adapters.provision.base import Provisioner
+from prefect_cloudsched.core.accounting import instance_billed_micro
 from prefect_cloudsched.core.budget import (
     BudgetExceeded,
     BudgetPolicy,
@@ -22,12 +29,26 @@ from prefect_cloudsched.core.budget import (
     month_start,
     spend_windows,
 )
+from prefect_cloudsched.core.policy import Decision
 from prefect_cloudsched.core.records import to_micro
 from prefect_cloudsched.runtime.attempt import Attempt
 
 #: Seconds between checks; holds are raised this many ticks ahead of the spend.
 TICK_S = 0.05
 LOOKAHEAD_TICKS = 4
+
+
+def launch_floor_micro(provisioner: Provisioner | None, decision: Decision) -> int:
+    """The least a budget holds for ``decision`` (micro-dollars; 0 without a provisioner).
+
+    An instance we start is billed from its launch request — the boot, up to the launch
+    timeout, cannot be stopped midway — at least the cloud's minimum, plus its warm tail.
+    """
+    if provisioner is None:
+        return 0
+    seconds = provisioner.launch_timeout_seconds + provisioner.warm_seconds
+    offer = decision.offer
+    return instance_billed_micro(to_micro(offer.usd_per_hour), seconds, offer.option)
 
 
 def open_budget(policy: BudgetPolicy | None, ledger: object) -> BudgetTracker | None:
@@ -67,11 +88,11 @@ class SharedWindowBudget(BudgetTracker):
         if not self.run_id:
             self.run_id = run_id
 
-    def admit(self, expected_micro: int) -> tuple[int | None, list[Overrun]]:
-        hold, overruns = super().admit(expected_micro)
+    def admit(self, expected_micro: int, floor_micro: int = 0) -> tuple[int | None, list[Overrun]]:
+        hold, overruns = super().admit(expected_micro, floor_micro)
         if hold is None:
             return None, overruns
-        amount = self.hold_for(expected_micro)  # what the run cap holds, held for all too
+        amount = self.hold_for(expected_micro, floor_micro)  # the run cap's hold, for all too
         try:
             result = self._ledger.hold_budget(  # type: ignore[attr-defined]
                 self._windows, amount, self.run_id or "unknown", hard=self.policy.hard
@@ -181,16 +202,15 @@ class BudgetWatch:
         per_second = offer.usd_per_hour / 3600.0
         if per_second <= 0 or attempt.hold is None:
             return
-        ahead = now - attempt.t0 + LOOKAHEAD_TICKS * TICK_S
-        wanted = to_micro(per_second * ahead)
+        wanted = attempt.counted_micro(now + LOOKAHEAD_TICKS * TICK_S)
         overruns = self._budget.extend(attempt.hold, wanted)
         if not overruns:
             return
         # bill no more than the hold (one micro-dollar kept for rounding): stop at the
-        # second the cost reaches it, if that is earlier than now
+        # second the counted cost reaches it, if that is earlier than now
         held_usd = (self._budget.held(attempt.hold) - 1) / 1_000_000
-        stop_after = max(0.0, held_usd / per_second)
-        attempt.stopped_at = min(now, attempt.t0 + stop_after)
+        stop_after = max(0.0, held_usd / per_second - attempt.tail_s)
+        attempt.stopped_at = max(attempt.t0, min(now, attempt.counted_from + stop_after))
         with self._lock:
             self._running.discard(attempt)
         self._on_stop(attempt, BudgetExceeded(attempt.task_name, overruns[0]))

@@ -50,7 +50,7 @@ from prefect_cloudsched.errors import (
 )
 from prefect_cloudsched.runtime import build
 from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
-from prefect_cloudsched.runtime.budget_watch import BudgetWatch, open_budget
+from prefect_cloudsched.runtime.budget_watch import BudgetWatch, launch_floor_micro, open_budget
 from prefect_cloudsched.runtime.config import SessionSettings
 from prefect_cloudsched.runtime.deciding import RunDecisions
 from prefect_cloudsched.runtime.observer import LoggingObserver, RunObserver
@@ -228,6 +228,7 @@ class Session:
         )
         handle: InstanceHandle | None = None
         hold: int | None = None
+        launch_t0: float | None = None
         if shared is not None:
             shared_decision = shared.decision_for(spec.decision)
             try:
@@ -236,7 +237,7 @@ class Session:
             except OfferUnavailable:  # the shared instance could not start: go alone
                 shared = None
         if shared is None:
-            decision, (handle, hold) = self._start_alone(
+            decision, (handle, hold, launch_t0) = self._start_alone(
                 decision, needs, spec, task_run_id, controlled=controlled
             )
         placement = Placement(
@@ -247,6 +248,11 @@ class Session:
         )
         if decision.offer.option is PurchaseOption.RESERVED:
             started.reservation_source = self._reservation_source(decision, shared is not None)
+        if handle is not None and launch_t0 is not None:
+            started.launch_t0 = launch_t0
+            started.tail_s = self.provisioners[decision.offer.cloud].warm_seconds
+        if self._watch is not None:  # from before the worker joins: that time is billed too
+            self._watch.add(started)
         try:
             if spec.announce or attempt > 1 or handle is not None:
                 self.observer.log(f"{spec.task_name}: {decision.explanation()}")
@@ -254,13 +260,13 @@ class Session:
             if handle is not None:
                 self.executor.attach(handle, placement)
         except BaseException as err:  # the instance is running: never leave it behind
+            if self._watch is not None:
+                self._watch.remove(started)
             lost = self._interrupted(handle)  # reclaimed before its worker joined?
             self._end(started, lost or err, attached=False)
             if lost is not None:
                 raise lost from err  # a spot loss: retried and re-placed like any other
             raise
-        if self._watch is not None:
-            self._watch.add(started)
         if controlled:  # spot control hook (issue 12): re-evaluate while the body runs
             self.spot_live.started(started)
         return started
@@ -304,23 +310,26 @@ class Session:
         task_run_id: str,
         *,
         controlled: bool = False,
-    ) -> tuple[Decision, tuple[InstanceHandle | None, int | None]]:
+    ) -> tuple[Decision, tuple[InstanceHandle | None, int | None, float]]:
         """Admit and start ``decision``, falling back to the next offer on capacity errors.
 
         Returns:
             The decision that really started (admission may have changed it), and its
-            instance (``None`` without a provisioner) with its budget hold.
+            instance (``None`` without a provisioner) with its budget hold and the
+            ``perf_counter()`` of the launch request.
         """
 
         tried = [decision]
 
         def admit_and_start(
             choice: Decision,
-        ) -> tuple[Decision, tuple[InstanceHandle | None, int | None]]:
+        ) -> tuple[Decision, tuple[InstanceHandle | None, int | None, float]]:
             tried[0] = choice
             admitted = self._admit(choice, needs, spec, task_run_id)
             try:
-                return admitted.decision, (self._start(admitted.decision, spec), admitted.hold)
+                launch_t0 = time.perf_counter()
+                handle = self._start(admitted.decision, spec)
+                return admitted.decision, (handle, admitted.hold, launch_t0)
             except BaseException:
                 self._release_hold(admitted.hold)
                 raise
@@ -348,6 +357,7 @@ class Session:
                     n, submitted_at=spec.submitted_at, any_spot_band=any_spot_band
                 ),
                 task_name=spec.task_name,
+                floor=lambda d: launch_floor_micro(self.provisioners.get(d.offer.cloud), d),
             )
         except BudgetExceeded as refused:
             self.observer.budget_exceeded(
@@ -460,6 +470,7 @@ class Session:
             try:
                 if handle is not None and provisioner is not None and last and not attempt.released:
                     provisioner.release(handle)
+                    attempt.released_t = time.perf_counter()
             except Exception as err:  # the run's close() and the reaper are the backup
                 self.observer.log(
                     f"{attempt.task_name}: could not release {handle.instance_id if handle else ''}"
@@ -490,7 +501,10 @@ class Session:
         with self._lock:
             self.records.append(record)
         if self.budget is not None:
-            self.budget.settle(attempt.hold, record.cost_micro)
+            counted = record.cost_micro
+            if attempt.launch_t0 is not None:  # the instance's boot, minimum and warm tail
+                counted = max(counted, attempt.counted_micro(time.perf_counter()))
+            self.budget.settle(attempt.hold, counted)
         self.writer.put(record)
 
     def _record_interruption(self, attempt: Attempt, error: SpotInterrupted, cost: int) -> None:
@@ -514,6 +528,7 @@ class Session:
             try:
                 provisioner.release(handle)
                 attempt.released = True
+                attempt.released_t = time.perf_counter()
             except Exception as err:
                 self.observer.log(f"{attempt.task_name}: release failed: {err}", "error")
         self.observer.budget_exceeded(

@@ -16,6 +16,10 @@ from prefect_cloudsched.errors import SpotInterrupted
 class RecordingProvisioner:
     """Starts fake instances at once; records them; reclaims spot ones if told to."""
 
+    #: It starts at once and keeps nothing warm (a budget cap still counts the minimum).
+    launch_timeout_seconds = 0.0
+    warm_seconds = 0.0
+
     def __init__(self, cloud: str = "aws", *, reclaim_spot: bool = False) -> None:
         self.cloud = cloud
         self.reclaim_spot = reclaim_spot

@@ -37,6 +37,11 @@ class Provisioner(Protocol):
     """
 
     cloud: str
+    #: Longest wait for an instance to run; a hard budget cap holds this much instance
+    #: time before it launches one (the boot is billed and cannot be stopped midway).
+    launch_timeout_seconds: float
+    #: How long a released instance may be kept warm (billed; a hard cap counts it).
+    warm_seconds: float
 
     def ensure(
         self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None

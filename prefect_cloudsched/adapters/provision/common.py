@@ -83,6 +83,16 @@ class CloudProvisioner(ABC):
             warm_across_runs=settings.warm_across_runs,
         )
 
+    @property
+    def launch_timeout_seconds(self) -> float:
+        """See ``Provisioner.launch_timeout_seconds`` (from the settings)."""
+        return self.settings.launch_timeout_seconds
+
+    @property
+    def warm_seconds(self) -> float:
+        """See ``Provisioner.warm_seconds`` (from the settings)."""
+        return self.settings.warm_seconds
+
     # ------------------------------------------------------------------ the lifecycle
     def ensure(
         self, offer: Offer, *, run_id: str, task_name: str, startup_script: str | None = None

@@ -64,8 +64,13 @@ def admit(
     redecide: Redecide,
     *,
     task_name: str,
+    floor: Callable[[Decision], int] | None = None,
 ) -> Admission:
     """Apply the spot share and the budget caps to ``decision``.
+
+    ``floor`` gives the least a decision commits to once started whatever its estimate
+    (micro-dollars; the runtime's instance launch: boot allowance and the cloud's minimum);
+    the hold is never below it.
 
     Raises:
         BudgetExceeded: a hard cap refuses the placement, even on the cheapest fallback.
@@ -78,14 +83,15 @@ def admit(
             fell_back(decision, redecide(needs.merged({"spot_ok": False}))),
             f"spot share cap {budget.policy.spot_max_share:.0%} reached: on-demand",
         )
-    hold, overruns = budget.admit(to_micro(decision.expected_cost))
+    least = floor or (lambda _: 0)
+    hold, overruns = budget.admit(to_micro(decision.expected_cost), least(decision))
     if hold is None and budget.policy.fallback_cheapest:
         relaxed = needs.merged(
             {"deadline": None} if spot_ok else {"deadline": None, "spot_ok": False}
         )
         cheaper = redecide(relaxed, any_spot_band=True)
         if cheaper.expected_cost < decision.expected_cost:
-            hold, fallback_overruns = budget.admit(to_micro(cheaper.expected_cost))
+            hold, fallback_overruns = budget.admit(to_micro(cheaper.expected_cost), least(cheaper))
             if hold is not None:
                 overruns = fallback_overruns
                 decision = _with_reason(
