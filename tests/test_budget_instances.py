@@ -152,3 +152,32 @@ def test_a_shared_day_cap_settles_at_the_instance_minute(tmp_path) -> None:
     [hold] = ledger.holds("run-1")
     assert hold["state"] == "settled" and hold["actual_micro"] == minute > record.cost_micro
     assert ledger.window_spend()["budget_per_day_usd"] == minute
+
+
+class SlowBootProvisioner(RecordingProvisioner):
+    """A provisioner whose instances may take up to ten minutes to run."""
+
+    launch_timeout_seconds = 600.0
+
+
+@pytest.mark.parametrize(("hard", "held_minutes"), [(True, 10), (False, 1)])
+def test_a_hard_cap_holds_the_launch_timeout_a_soft_one_the_minimum(
+    tmp_path, hard: bool, held_minutes: int
+) -> None:
+    """The boot cannot be stopped midway, so a hard cap holds its worst case; a soft cap
+    only reports crossings and holds what the launch will at least cost."""
+    minute = _minute_micro(tmp_path)
+    budget = BudgetTracker(BudgetPolicy(per_run_usd=1.0, hard=hard))
+    session = runtime_session(
+        tmp_path,
+        policy=US_EAST_1,
+        provisioners={"aws": SlowBootProvisioner()},
+        executor=InstanceStandInExecutor(),
+        budget=budget,
+    )
+    spec = session.submit("t", ONE_SECOND, flow_run_id="run-1", flow_name="f", announce=True)
+    placed = session.place(spec, task_run_id="t", attempt=1)
+    assert abs(budget.in_flight_micro - held_minutes * minute) <= held_minutes
+    session.finish(placed, None)
+    session.close()
+    assert budget.spent_micro == minute  # settled at what the instance cost

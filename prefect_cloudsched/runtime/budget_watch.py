@@ -38,15 +38,19 @@ TICK_S = 0.05
 LOOKAHEAD_TICKS = 4
 
 
-def launch_floor_micro(provisioner: Provisioner | None, decision: Decision) -> int:
+def launch_floor_micro(
+    provisioner: Provisioner | None, decision: Decision, *, hard: bool = True
+) -> int:
     """The least a budget holds for ``decision`` (micro-dollars; 0 without a provisioner).
 
-    An instance we start is billed from its launch request — the boot, up to the launch
-    timeout, cannot be stopped midway — at least the cloud's minimum, plus its warm tail.
+    An instance we start is billed from its launch request, at least the cloud's minimum,
+    plus its warm tail. Under a hard cap the boot is held at its worst case — the launch
+    timeout — since it cannot be stopped midway; a soft cap holds only the minimum.
     """
     if provisioner is None:
         return 0
-    seconds = provisioner.launch_timeout_seconds + provisioner.warm_seconds
+    boot = provisioner.launch_timeout_seconds if hard else 0.0
+    seconds = boot + provisioner.warm_seconds
     offer = decision.offer
     return instance_billed_micro(to_micro(offer.usd_per_hour), seconds, offer.option)
 

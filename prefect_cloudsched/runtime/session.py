@@ -357,7 +357,11 @@ class Session:
                     n, submitted_at=spec.submitted_at, any_spot_band=any_spot_band
                 ),
                 task_name=spec.task_name,
-                floor=lambda d: launch_floor_micro(self.provisioners.get(d.offer.cloud), d),
+                floor=lambda d: launch_floor_micro(
+                    self.provisioners.get(d.offer.cloud),
+                    d,
+                    hard=bool(self.budget and self.budget.policy.hard),
+                ),
             )
         except BudgetExceeded as refused:
             self.observer.budget_exceeded(
