@@ -8,6 +8,8 @@ provisioners, against ``MockClouds``: moto EC2 server + fake GCE server, loopbac
 - ``storm``: every spot instance is interrupted right after it starts, on both clouds.
 - ``capacity``: the first two offers the policy would choose are out of capacity.
 - ``throttle``: launches are throttled *after* EC2 started the instance (lost responses).
+- ``instance_cap``: a hard per-run cap vs 0.2 s GPU tasks: the report's spend (task rows +
+  each instance's boot-and-idle row, i.e. the one-minute minimum) must stay under the cap.
 - ``sigkill``: a flow process is killed with SIGKILL mid-flow after some tasks completed; their
   rows must be in the ledger, and ``reap`` must end the orphans and record what they cost.
 
@@ -290,6 +292,77 @@ _KILLED_FLOW = textwrap.dedent(
 )
 
 
+#: The instance-cap scenario's launch timeout (what a hard cap holds per launch) and its cap
+#: in instance minutes: four launches at once need four held minutes, so three start.
+INSTANCE_CAP_LAUNCH_TIMEOUT_S = 30.0
+INSTANCE_CAP_MINUTES = 3.5
+
+
+def instance_cap(clouds: Any, tmp: Path, backend: str, *, tasks: int = 6) -> Outcome:
+    """A hard per-run cap vs 0.2 s GPU tasks on real provisioners: the report's spend — task
+    rows plus each instance's boot-and-idle row (the clouds' one-minute minimum) — must stay
+    under the cap. Task rows alone are a fraction of it; before instances counted against
+    caps, every task started and the report showed the cap crossed."""
+    from prefect import flow, task
+
+    from prefect_cloudsched import requires
+    from prefect_cloudsched.adapters.ledger import Ledger
+    from prefect_cloudsched.core.accounting import MIN_BILLED_S, instance_billed_micro
+    from prefect_cloudsched.core.catalog import load_catalog
+    from prefect_cloudsched.core.instance_time import overhead_records
+    from prefect_cloudsched.core.needs import TaskNeeds
+    from prefect_cloudsched.core.policy import PolicyConfig, decide
+    from prefect_cloudsched.core.records import to_micro
+    from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
+
+    trial = Trial.start(tmp, backend, "instance_cap")
+    needs = TaskNeeds(gpus=1, est_runtime=EST_RUNTIME)
+    offer = decide(needs, load_catalog(), now=datetime.now(UTC), config=PolicyConfig()).offer
+    minute = instance_billed_micro(to_micro(offer.usd_per_hour), MIN_BILLED_S, offer.option)
+    cap_usd = round(INSTANCE_CAP_MINUTES * minute / 1e6, 6)
+    policy = CloudSchedPolicy(budget_per_run_usd=cap_usd, budget_enforcement="hard")
+    provisioners = clouds.provisioners_for(
+        trial.owner, launch_timeout_seconds=INSTANCE_CAP_LAUNCH_TIMEOUT_S
+    )
+
+    @requires(gpus=1, est_runtime=EST_RUNTIME)
+    @task
+    def step(i: int) -> int:
+        time.sleep(0.2)
+        return i
+
+    @flow(name=f"fault-suite-{uuid.uuid4().hex[:6]}", task_runner=_runner(provisioners, policy))
+    def work() -> list[Any]:
+        futures = step.map(range(tasks))
+        futures.wait()
+        return [f.state for f in futures]
+
+    submitted = datetime.now(UTC)
+    states = work()
+    completed = sum(s.is_completed() for s in states)
+    refused = sum("BudgetExceeded" in str(s.message or "") for s in states if s.is_failed())
+    rows = ledger_rows(trial.ledger_url)
+    overhead = overhead_records(rows, Ledger(trial.ledger_url).instances())
+    task_spend = sum(r.cost_micro for r in rows)
+    spend = task_spend + sum(r.cost_micro for r in overhead)
+    return _cloud_outcome(
+        clouds,
+        trial,
+        "instance_cap",
+        rows,
+        submitted,
+        tasks=tasks,
+        tasks_ok=completed + refused,  # a refusal is the cap working, not a failure
+        faults_injected=0,
+        interruptions=0,
+        rows_expected=completed,
+        spend_over_cap=spend / to_micro(cap_usd),
+        detail=f"{completed} completed, {refused} refused by the cap; report spend "
+        f"${spend / 1e6:.6f} (task rows ${task_spend / 1e6:.6f} + {len(overhead)} instance "
+        f"row(s)) against a hard cap of ${cap_usd} ({INSTANCE_CAP_MINUTES} instance minutes)",
+    )
+
+
 def sigkill(
     clouds: Any, tmp: Path, backend: str, *, quick: int = 5, ttl: float = 2.0, timeout=300.0
 ) -> Outcome:
@@ -387,6 +460,7 @@ CLOUD_SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "capacity": capacity,
     "throttle": throttle,
     "sigkill": sigkill,
+    "instance_cap": instance_cap,
 }
 
 

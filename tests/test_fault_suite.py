@@ -91,6 +91,18 @@ def test_sigkilled_flow_is_reaped(prefect_harness, clouds: MockClouds, tmp_path:
     assert "2 orphaned by the kill, 2 reaped, 2 orphan row(s)" in outcome.detail
 
 
+@pytest.mark.slow
+@pytest.mark.harness
+def test_instance_minutes_count_against_a_hard_cap(
+    prefect_harness, clouds: MockClouds, tmp_path: Path
+) -> None:
+    outcome = fault_suite.instance_cap(clouds, tmp_path, "sqlite")
+    assert outcome.ok, outcome
+    assert outcome.spend_over_cap is not None and 0 < outcome.spend_over_cap <= 1.0
+    assert "refused by the cap" in outcome.detail and not outcome.detail.startswith("0 completed")
+    assert "0 refused" not in outcome.detail  # task rows alone would have admitted all six
+
+
 def test_a_scenario_that_raises_is_recorded_as_no_and_the_suite_goes_on() -> None:
     def broken(tmp: Path, backend: str) -> fault_suite.Outcome:
         raise RuntimeError("the mock cloud fell over\nsecond line")
