@@ -6,6 +6,7 @@ scheduler and real workers (one per mocked instance, through ``LocalWorkerLaunch
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import threading
@@ -218,6 +219,29 @@ def test_bodies_run_on_the_worker_of_their_instance(local_executor) -> None:
         local_executor.run(lambda: lock.locked(), cpu)
     with pytest.raises(TypeError, match="returned a lock that cannot be pickled"):
         local_executor.run(threading.Lock, cpu)
+
+
+def _size_on_worker(blob: bytes) -> tuple[str, int]:
+    from distributed import get_worker
+
+    return str(get_worker().name), len(blob)
+
+
+@pytest.mark.slow
+def test_large_inputs_travel_as_data_to_their_worker_not_in_the_graph(local_executor) -> None:
+    """A dataset passed to a task used to ride inside the task graph (Dask: "Sending large
+    graph of size 10.86 MiB"); it is scattered to the placement's worker instead."""
+    import functools
+    import warnings
+
+    placement = _placement(TaskNeeds(cpus=2), "i-data")
+    local_executor.attach(_handle(placement), placement)
+    blob = os.urandom(12 << 20)  # above Dask's 10 MB large-graph warning
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = local_executor.run(functools.partial(_size_on_worker, blob), placement)
+    assert result == ("i-data", len(blob))
+    assert not [w for w in seen if "large graph" in str(w.message)]
 
 
 @pytest.mark.slow

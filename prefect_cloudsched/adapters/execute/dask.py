@@ -88,6 +88,8 @@ DEFAULT_CLUSTER_KWARGS: dict[str, Any] = {
 }
 
 _LOSS_ERRORS = (KilledWorker, CommClosedError, CancelledError)
+#: Bodies (function + inputs, pickled) at least this large are scattered, not put in the graph.
+SCATTER_BYTES = 1 << 20
 
 
 class DaskExecutor:
@@ -393,12 +395,13 @@ class _Session:
 
     # ------------------------------------------------------------------ bodies
     def run(self, call: Callable[[], R], placement: Placement) -> R:
-        payload = _pack(call)
+        payload: Any = _pack(call)
         decision = placement.decision
         key = f"cloudsched-body-{placement.task_run_id}-{placement.attempt}-{uuid.uuid4().hex[:8]}"
         instance = placement.instance_id
         if instance is None:
             self._require_some_worker(decision.offer)
+            payload = self._scatter_if_large(payload, None, placement)
             future = self.client.submit(_RUN_BODY, payload, key=key, pure=False)
             return self._result(future, None, placement)
         with self._lock:
@@ -406,6 +409,7 @@ class _Session:
         if address is None:
             raise RuntimeError(f"instance {instance} has no attached Dask worker")
         offer = decision.offer
+        payload = self._scatter_if_large(payload, address, placement)
         future = self.client.submit(
             _RUN_BODY,
             payload,
@@ -416,6 +420,18 @@ class _Session:
             resources={pool_name(offer): slots_needed(decision.needs, offer)},
         )
         return self._result(future, address, placement)
+
+    def _scatter_if_large(self, payload: bytes, address: str | None, placement: Placement) -> Any:
+        """A large body (its inputs: a dataset, a model) is sent as data, not in the task
+        graph: the scheduler then forwards it to the one worker that needs it instead of
+        holding it in the graph (Dask warns about graphs over a few MiB)."""
+        if len(payload) < SCATTER_BYTES:
+            return payload
+        workers = [address] if address is not None else None
+        try:
+            return self.client.scatter(payload, workers=workers, hash=False)
+        except _LOSS_ERRORS as err:  # the worker left while its inputs travelled
+            raise _interrupted(placement, f"{type(err).__name__}: {err}") from err
 
     def _require_some_worker(self, offer: Offer) -> None:
         """An unplaced body on our own worker-less scheduler would wait forever: say so."""
