@@ -14,8 +14,13 @@ clouds, and through the single-job replay, on the same trace window.
 * **Live**: ``MockClouds(spot_trace=..., seconds_per_trace_hour=S)`` (moto; the trace clock
   set to the job's start), a :class:`~prefect_cloudsched.runtime.session.Session` with the
   instance stand-in executor, the job driven by ``testing/spot_job.run_controlled_job``
-  (what Prefect's retries do). The ledger bills wall seconds; × (3600 / S) gives trace
-  dollars.
+  (what Prefect's retries do). The stand-in plays the trace on the replay's time axis (tick
+  i at i × the median gap; ``--real-tick-times``: at its own timestamps).
+* **Cost**: the replay's, and what the live ledger bills as the report counts it — each
+  instance from its launch request to its termination (task row + boot/idle row), the
+  one-minute minimum applied in trace seconds — in wall seconds × (3600 / S). The task rows
+  alone (from the instance running) are reported beside it, and every segment of both
+  sides (decision, launch, running, end, rate, $) in the markdown.
 
 Run: ``.venv/bin/python bench/bench_live_spot.py [--jobs 3 --seconds-per-trace-hour 1.0]``.
 Writes ``bench/results/live_spot.json`` and ``.md``.
