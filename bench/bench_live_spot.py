@@ -14,8 +14,13 @@ clouds, and through the single-job replay, on the same trace window.
 * **Live**: ``MockClouds(spot_trace=..., seconds_per_trace_hour=S)`` (moto; the trace clock
   set to the job's start), a :class:`~prefect_cloudsched.runtime.session.Session` with the
   instance stand-in executor, the job driven by ``testing/spot_job.run_controlled_job``
-  (what Prefect's retries do). The ledger bills wall seconds; × (3600 / S) gives trace
-  dollars.
+  (what Prefect's retries do). The stand-in plays the trace on the replay's time axis (tick
+  i at i × the median gap; ``--real-tick-times``: at its own timestamps).
+* **Cost**: the replay's, and what the live ledger bills as the report counts it — each
+  instance from its launch request to its termination (task row + boot/idle row), the
+  one-minute minimum applied in trace seconds — in wall seconds × (3600 / S). The task rows
+  alone (from the instance running) are reported beside it, and every segment of both
+  sides (decision, launch, running, end, rate, $) in the markdown.
 
 Run: ``.venv/bin/python bench/bench_live_spot.py [--jobs 3 --seconds-per-trace-hour 1.0]``.
 Writes ``bench/results/live_spot.json`` and ``.md``.
@@ -25,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
+import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +50,27 @@ WORK_H, SLACK = 6.0, 1.5
 CHANGE_OVER_S = 0.2 * 3600
 EGRESS_USD = 0.2
 HISTORY_S = 7 * 86400.0
+#: The stand-in clouds play the trace on the replay's time axis (tick i at i × the median
+#: gap); ``--real-tick-times`` plays it at its own timestamps instead (see ``main``).
+UNIFORM_TICKS = True
 
 
 def stamps() -> list[float]:
-    """Trace time (s since the first tick) of every tick."""
+    """Trace time (s since the first tick) of every tick, on the stand-in's time axis."""
     with TRACE.open(newline="") as handle:
         rows = list(csv.reader(handle))[1:]
     times = [datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp() for r in rows]
+    if UNIFORM_TICKS:
+        gap = statistics.median(b - a for a, b in itertools.pairwise(times))
+        return [i * gap for i in range(len(times))]
     return [t - times[0] for t in times]
+
+
+def spot_trace() -> Any:
+    """The trace as the stand-in clouds play it."""
+    from prefect_cloudsched.simulate.spot import load_spot_trace
+
+    return load_spot_trace(TRACE, uniform_ticks=UNIFORM_TICKS)
 
 
 def prices() -> tuple[float, float]:
@@ -85,6 +105,7 @@ def simulate(start_tick: int) -> dict[str, Any]:
     # before the policy acts, so they show as spot → idle at the start of a tick)
     return {
         "cost_usd": result.cost_usd,
+        "segments": replay_segments(placements, result, market, spot, on_demand),
         "missed": result.missed,
         "finish_h": result.finish_s / 3600,
         "spot_starts": result.spot_starts,
@@ -96,6 +117,43 @@ def simulate(start_tick: int) -> dict[str, Any]:
         "spot_hours": result.spot_hours,
         "on_demand_hours": result.on_demand_hours,
     }
+
+
+def replay_segments(
+    placements: list[Any], result: Any, market: Any, spot: float, on_demand: float
+) -> list[dict[str, Any]]:
+    """Each run of one placement in the replay: trace hours from the job's start, rate, $.
+
+    The replay bills from the tick of the decision (the change-over is paid at the new
+    price) to the tick the placement ends, or to the job's finish.
+    """
+    from prefect_cloudsched.core.policy.spot_control import Kind
+
+    g, found = market.gap_s, []
+    for step, here in enumerate(placements):
+        if here.kind is Kind.WAIT:
+            continue
+        last = found[-1] if found else None
+        if last is not None and last["ticks"][1] == step and last["placement"] == here:
+            last["ticks"][1] = step + 1
+        else:
+            found.append({"placement": here, "ticks": [step, step + 1]})
+    rows = []
+    for seg in found:
+        begin, end = seg["ticks"][0] * g, min(seg["ticks"][1] * g, result.finish_s)
+        rate = spot if seg["placement"].kind is Kind.SPOT else on_demand
+        rows.append(
+            {
+                "kind": seg["placement"].kind.value,
+                "decided_h": begin / 3600,
+                "billed_from_h": begin / 3600,
+                "billed_to_h": end / 3600,
+                "billed_h": (end - begin) / 3600,
+                "usd_per_hour": rate,
+                "usd": rate * (end - begin) / 3600,
+            }
+        )
+    return rows
 
 
 def pick_starts(count: int, gap: float) -> list[int]:
@@ -115,9 +173,7 @@ def pick_starts(count: int, gap: float) -> list[int]:
 
 def prime(model: Any, key: str, start_s: float) -> None:
     """Feed the trace's 7 days before ``start_s`` into the live model (as the replay does)."""
-    from prefect_cloudsched.simulate.spot import load_spot_trace
-
-    lane = load_spot_trace(TRACE).lanes[ZONE]
+    lane = spot_trace().lanes[ZONE]
     first = start_s - HISTORY_S
     model.observe(key, first, lane.up_at(first) is not None)
     for begin, end in zip(lane.starts, lane.ends, strict=True):
@@ -144,7 +200,7 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
     ledger_url = f"sqlite:///{home / f'live-{start_tick}.db'}"
     with MockClouds(
         owner,
-        spot_trace=TRACE,
+        spot_trace=spot_trace(),
         seconds_per_trace_hour=seconds_per_trace_hour,
         ledger_url=ledger_url,
     ) as clouds:
@@ -177,19 +233,26 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
         warm_up(session)
         trace = clouds.trace_clock
         trace.started = trace.clock() - start_s * trace.scale  # trace time = the job's start
+        anchor = (datetime.now(UTC), trace.now())  # wall time → trace time (segments)
         wall = time.perf_counter()
         run = run_controlled_job(session, needs, f"job-{start_tick}")
         finish_h = (run.finished_s - start_s) / 3600
         wall = time.perf_counter() - wall
         records = session.close()
         left = clouds.running_instances(owner_id=owner)
+        instances = {r["instance_id"]: r for r in Ledger(ledger_url).instances(run_id=None)}
     job = next(iter(spot.jobs.values()))
     speed = 3600 / seconds_per_trace_hour
     micro = sum(r.cost_micro for r in records)
     kinds = [kind for _, kind, _ in job.log]
+    segments = live_segments(records, instances, job, anchor, start_s, speed)
     return {
         "cost_micro_wall": micro,
-        "cost_usd": micro / 1e6 * speed,
+        # what the ledger bills, as the report counts it: the task rows plus each instance's
+        # time no row paid (launch request → running, loss → termination), in trace time
+        "cost_usd": sum(seg["usd"] for seg in segments),
+        "task_rows_usd": micro / 1e6 * speed,
+        "segments": segments,
         "finish_h": finish_h,
         "missed": finish_h > deadline_h,
         "spot_starts": sum(r.option == "spot" for r in records),
@@ -208,6 +271,63 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
         * speed
         / 3600,
     }
+
+
+def live_segments(
+    records: list[Any],
+    instances: dict[str, Any],
+    job: Any,
+    anchor: tuple[datetime, float],
+    start_s: float,
+    speed: float,
+) -> list[dict[str, Any]]:
+    """Each attempt of the live run: trace hours from the job's start, rate, what is billed.
+
+    ``billed_*`` is the instance from its launch request to its termination, the time the
+    report charges (``core/instance_time.py``: the task row, plus the instance's boot and
+    idle row), with the one-minute minimum applied in trace seconds
+    (:func:`~prefect_cloudsched.core.accounting.billed_seconds`: the wall-clock minimum of
+    a scaled run would be hours of trace time). ``row_*`` is the task row alone (from the
+    instance running to the end of the attempt's billing).
+    """
+    from prefect_cloudsched.core.accounting import billed_seconds
+
+    wall0, trace0 = anchor
+
+    def hours(when: datetime | None) -> float | None:
+        if when is None:
+            return None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        return (trace0 + (when - wall0).total_seconds() * speed - start_s) / 3600
+
+    decided = [(at - start_s) / 3600 for at, kind, _ in job.log if kind in ("spot", "on-demand")]
+    rows = []
+    for record in sorted(records, key=lambda r: r.started_at):
+        instance = instances.get(record.instance_id or "", {})
+        running = hours(record.started_at) or 0.0
+        launch, ended = hours(instance.get("launched_at")), hours(instance.get("terminated_at"))
+        rate = record.price_micro_per_hour / 1e6
+        row_h = record.runtime_s * speed / 3600
+        row_usd = record.cost_micro / 1e6 * speed
+        life_h = (ended - launch) if launch is not None and ended is not None else row_h
+        usd = max(row_usd, rate * billed_seconds(life_h * 3600, record.option) / 3600)
+        rows.append(
+            {
+                "kind": record.option,
+                "state": record.state,
+                "decided_h": max((d for d in decided if d <= (launch or running)), default=None),
+                "billed_from_h": launch,
+                "running_h": running,
+                "row_to_h": running + row_h,
+                "billed_to_h": ended,
+                "row_h": row_h,
+                "billed_h": life_h,
+                "usd_per_hour": rate,
+                "row_usd": row_usd,
+                "usd": usd,
+            }
+        )
+    return rows
 
 
 def warm_up(session: Any) -> None:
@@ -256,7 +376,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--seconds-per-trace-hour", type=float, default=1.0)
+    parser.add_argument(
+        "--real-tick-times",
+        action="store_true",
+        help="stand-in clouds play the trace at its own timestamps, not the replay's axis",
+    )
     args = parser.parse_args()
+    global UNIFORM_TICKS
+    UNIFORM_TICKS = not args.real_tick_times
     home = isolate()
     from prefect_cloudsched.simulate.spot_replay import load_market
 
@@ -276,30 +403,77 @@ def main() -> None:
 
 
 def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    axis = "its own timestamps" if args.real_tick_times else "the replay's time axis"
     lines = [
         "# Live = simulated: one spot-controlled job, runner vs replay",
         "",
         f"`bench/bench_live_spot.py --jobs {args.jobs} --seconds-per-trace-hour "
-        f"{args.seconds_per_trace_hour}`: p3.2xlarge in {REGION}, {WORK_H:g} h of work, "
-        f"deadline {SLACK} ×, change-over {CHANGE_OVER_S / 3600:g} h.",
+        f"{args.seconds_per_trace_hour}{' --real-tick-times' if args.real_tick_times else ''}`"
+        f": p3.2xlarge in {REGION}, {WORK_H:g} h of work, deadline {SLACK} ×, change-over "
+        f"{CHANGE_OVER_S / 3600:g} h; the stand-in clouds play the trace on {axis}.",
         "",
-        "| start tick | sim $ | live $ | live ÷ sim | spot starts sim/live | OD starts "
-        "sim/live | interruptions sim/live | yields sim/live | moves sim/live | waits sim/live "
-        "| finish h sim/live | live wall s | left running |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Live $ is what the ledger bills as the report counts it (each instance from its launch "
+        "request to its termination: task row + boot/idle row), in trace time; task rows $ is "
+        "the task rows alone (from the instance running).",
+        "",
+        "| start tick | sim $ | live $ | live ÷ sim | task rows $ (÷ sim) | spot starts sim/live "
+        "| OD starts sim/live | interruptions sim/live | yields sim/live | moves sim/live "
+        "| waits sim/live | finish h sim/live | live wall s | left running |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, g = r["simulated"], r["live"]
         lines.append(
             f"| {r['start_tick']} | {s['cost_usd']:.3f} | {g['cost_usd']:.3f} "
-            f"| **{r['cost_ratio']:.4f}** | {s['spot_starts']}/{g['spot_starts']} "
+            f"| **{r['cost_ratio']:.4f}** | {g['task_rows_usd']:.3f} "
+            f"({g['task_rows_usd'] / s['cost_usd']:.4f}) "
+            f"| {s['spot_starts']}/{g['spot_starts']} "
             f"| {s['on_demand_starts']}/{g['on_demand_starts']} "
             f"| {s['interruptions']}/{g['interruptions']} | {s['yields']}/{g['yields']} "
             f"| {s['moves']}/{g['moves']} | {s['waits']}/{g['waits']} "
             f"| {s['finish_h']:.2f}/{g['finish_h']:.2f} | {g['wall_s']:.1f} "
             f"| {g['instances_left_running']} |"
         )
+    lines += [
+        "",
+        "## Per segment",
+        "",
+        "Trace hours from the job's start. Replay: billed from the decision's tick to the "
+        "tick the placement ends (or the finish). Live: decided → launch request (billed "
+        "from) → running (task row from) → task row to → instance terminated (billed to).",
+        "",
+        "| start tick | # | kind | sim decided–to h | sim billed h | sim $ | live decided h "
+        "| live launch → running h | live row to / billed to h | live billed h (row h) "
+        "| live $ (row $) | live − sim $ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sims, lives = r["simulated"]["segments"], r["live"]["segments"]
+        for i in range(max(len(sims), len(lives))):
+            a = sims[i] if i < len(sims) else None
+            b = lives[i] if i < len(lives) else None
+            kind = (a or b or {}).get("kind", "?")
+            sim_cells = (
+                f"{a['decided_h']:.4f}–{a['billed_to_h']:.4f} | {a['billed_h']:.4f} "
+                f"| {a['usd']:.3f}"
+                if a
+                else "– | – | –"
+            )
+            live_cells = (
+                f"{_h(b['decided_h'])} | {_h(b['billed_from_h'])} → {b['running_h']:.4f} "
+                f"| {b['row_to_h']:.4f} / {_h(b['billed_to_h'])} "
+                f"| {b['billed_h']:.4f} ({b['row_h']:.4f}) | {b['usd']:.3f} ({b['row_usd']:.3f})"
+                if b
+                else "– | – | – | – | –"
+            )
+            delta = f"{b['usd'] - a['usd']:+.3f}" if a and b else "–"
+            lines.append(f"| {r['start_tick']} | {i + 1} | {kind} | {sim_cells} | {live_cells} "
+                         f"| {delta} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _h(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

@@ -36,6 +36,21 @@ def test_trace_clock_scales_time_and_finds_the_zone(tmp_path: Path) -> None:
     assert clock.wall_delay(5 * 3600.0) == pytest.approx(0.25)
 
 
+def test_uniform_ticks_put_tick_i_at_i_times_the_median_gap(tmp_path: Path) -> None:
+    """The replay reads tick i at i × the median gap; a stand-in following the trace plays
+    the same market only on that axis (the real p3 ticks drift ~40 s a day from it)."""
+    rows = ["timestamp_utc,us-east-1a"]
+    stamps = ["00:00:00", "01:00:00", "02:00:00", "03:10:00", "04:10:00", "05:10:00"]
+    for stamp, up in zip(stamps, [0, 0, 0, 1, 1, 0], strict=True):
+        rows.append(f"2023-02-15T{stamp}Z,{up}")
+    path = tmp_path / "aws_p3.2xlarge_avail_2023-02-15.csv"
+    path.write_text("\n".join(rows) + "\n")
+    real = load_spot_trace(path).lanes["us-east-1a"]
+    uniform = load_spot_trace(path, uniform_ticks=True).lanes["us-east-1a"]
+    assert (real.starts, real.ends) == ([3 * 3600 + 600.0], [5 * 3600 + 600.0])
+    assert (uniform.starts, uniform.ends) == ([3 * 3600.0], [5 * 3600.0])
+
+
 @pytest.fixture
 def clouds(tmp_path: Path) -> Iterator[MockClouds]:
     with MockClouds(

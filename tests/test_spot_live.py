@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import time
 from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
 
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
-from prefect_cloudsched.core.catalog import Offer, PurchaseOption
+from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.core.policy.spot_control import Market, SpotController
 from prefect_cloudsched.errors import CapacityError, MoveRequested, SpotInterrupted
 from prefect_cloudsched.prefect import checkpoint
+from prefect_cloudsched.runtime.spot_live import SpotLive, _Job
 from prefect_cloudsched.simulate.spot import Lane, SpotTrace
 from prefect_cloudsched.testing.clouds import TraceClock
 from prefect_cloudsched.testing.executor import InstanceStandInExecutor
@@ -131,3 +137,45 @@ def test_the_retry_condition_retries_moves_like_interruptions() -> None:
     assert retry(None, run, Failed(MoveRequested("tr-1", "spot control: move")))
     assert retry(None, run, Failed(SpotInterrupted("i-1", "aws/us-east-2/p3.2xlarge/spot")))
     assert not retry(None, run, Failed(ValueError("a bug")))
+
+
+def test_a_reclaimed_spot_attempt_ends_at_the_reclaim_not_when_it_is_noticed() -> None:
+    """The stand-in reclaims the instance when its zone goes down (trace hour 2); the
+    runtime notices half an hour later (a scaled clock's scheduling delay, or a slow
+    check). Billing and the controller's progress end at the reclaim: counting the time
+    after it credits work no instance did, and made the live job diverge from the replay
+    (bench/bench_live_spot.py)."""
+    now = [0.0]
+    clock = TraceClock(_trace([(0.0, 2.0)]), seconds_per_trace_hour=1.0, clock=lambda: now[0])
+    provisioner = TracedProvisioner(clock)
+    session = SimpleNamespace(
+        catalog=load_catalog(), policy=POLICY, provisioners={"aws": provisioner}
+    )
+    live = SpotLive(session, change_over_s=0.1 * H, horizon_s=0.1 * H)
+    offer = next(
+        o
+        for o in session.catalog.offers
+        if o.region == REGION and o.instance_type == "p3.2xlarge"
+        and o.option is PurchaseOption.SPOT
+    )  # fmt: skip
+    controller = SpotController(
+        [Market(REGION, REGION, offer.usd_per_hour, offer.ondemand_usd_per_hour)],
+        change_over_s=0.1 * H,
+        horizon_s=0.1 * H,
+        model=live.model,
+    )
+    job = _Job(controller, {REGION: offer}, work_s=10 * H, start_s=0.0, deadline_s=20 * H)
+    live.jobs["tr-lost"] = job
+    handle = provisioner.ensure(offer, run_id="r", task_name="t")
+    attempt = SimpleNamespace(
+        task_run_id="tr-lost", handle=handle, t0=time.perf_counter() - 2.5, stopped_at=None,
+        decision=SimpleNamespace(offer=offer),
+    )  # fmt: skip
+    live.started(attempt)
+    assert job.reclaim_s == 2 * H
+    now[0] = 2.5  # trace hour 2.5 at 1 s per trace hour
+    assert live._lost(attempt, job)
+    assert time.perf_counter() - attempt.stopped_at == pytest.approx(0.5, abs=0.05)
+    live.ended(attempt, SpotInterrupted(handle.instance_id, offer.key))
+    assert job.done_s == pytest.approx(1.9 * H, abs=60)  # 2 h up, less the change-over
+    assert live.model._zones[REGION].since_s == 2 * H  # the market went down then

@@ -105,6 +105,14 @@ class TraceClockView:
             return None
         return self.trace_clock.launch(region) is not None
 
+    def reclaim_at(self, region: str, launched_s: float) -> float | None:
+        """When the stand-in reclaims a spot instance launched in ``region`` at
+        ``launched_s``: the end of the up-run of the zone it landed in (None: not traced)."""
+        if region not in self.trace_clock.trace.regions:
+            return None
+        landed = self.trace_clock.launch(region, launched_s)
+        return None if landed is None else landed[1]
+
 
 @dataclass
 class _Job:
@@ -120,6 +128,8 @@ class _Job:
     checkpoint_region: str | None = None
     running_since: float | None = None
     decided_at: float | None = None
+    #: When the cloud will reclaim the spot instance, if it says (the trace stand-in does).
+    reclaim_s: float | None = None
     moves: int = 0
     log: list[tuple[float, str, str]] = field(default_factory=list)
 
@@ -334,6 +344,9 @@ class SpotLive:
         if offer.option is PurchaseOption.SPOT:
             job.controller.observe(key, now, True)
             job.placement = Placement(Kind.SPOT, key, offer.region)
+            reclaim_at = getattr(self.clock, "reclaim_at", None)
+            launched = now if job.decided_at is None else job.decided_at
+            job.reclaim_s = reclaim_at(offer.region, launched) if reclaim_at else None
         else:
             job.placement = Placement(Kind.ON_DEMAND, None, offer.region)
         if job.checkpoint_region not in (None, offer.region):
@@ -384,7 +397,8 @@ class SpotLive:
         deadline = time.monotonic() + self.horizon_s / self.clock.speed
         while time.monotonic() < deadline and not stop.is_set():
             if self._lost(attempt, job):
-                attempt.stopped_at = seen  # billing ended when the market went down
+                # billing ended when the market went down (the cloud's reclaim, if it told)
+                attempt.stopped_at = min(seen, attempt.stopped_at or seen)
                 return True
             stop.wait(min(0.01, self.horizon_s / self.clock.speed / 10))
         return False
@@ -403,13 +417,27 @@ class SpotLive:
                 provisioner.check(attempt.handle)
             return False
         except SpotInterrupted as lost:
-            attempt.stopped_at = time.perf_counter()
+            now = self.clock.now()
+            lost_at = self._lost_at(job, now)
+            # billing and work ended at the reclaim, not when we noticed it
+            attempt.stopped_at = max(
+                attempt.t0, time.perf_counter() - (now - lost_at) / self.clock.speed
+            )
             with self._lock:
                 self._losses[id(attempt)] = lost  # the cloud reports a loss only once
-            job.controller.observe(job.placement.zone or "", self.clock.now(), False)
+            job.controller.observe(job.placement.zone or "", lost_at, False)
             return True
         except Exception:  # a failed check is not a loss; finish() checks again
             return False
+
+    @staticmethod
+    def _lost_at(job: _Job, now: float) -> float:
+        """When the spot instance was lost: the cloud's reclaim time if it told (the trace
+        stand-in's zone went down then; a scaled clock sees it a scheduling delay late),
+        else ``now``, when it was noticed."""
+        if job.reclaim_s is not None and job.reclaim_s <= now:
+            return job.reclaim_s
+        return now
 
     def check_lost(self, attempt: Attempt) -> None:
         """Raise the interruption the monitor saw (the cloud's check reports it only once).
@@ -435,8 +463,10 @@ class SpotLive:
         now = self.clock.now()
         if attempt.stopped_at is not None:  # billing (and work) ended then
             now -= (time.perf_counter() - attempt.stopped_at) * self.clock.speed
+        if isinstance(error, SpotInterrupted):  # no work after the reclaim
+            now = min(now, self._lost_at(job, now))
         job.done_s += max(0.0, now - job.running_since - self.change_over_s)
-        job.running_since = None
+        job.running_since, job.reclaim_s = None, None
         if isinstance(error, SpotInterrupted) and job.placement.zone:
             job.controller.observe(job.placement.zone, now, False)
         if isinstance(error, MoveRequested | SpotInterrupted) or error is None:

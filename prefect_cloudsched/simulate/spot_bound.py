@@ -5,10 +5,12 @@ Formulation (Wu et al., NSDI'24, §A, extended to several zones): per tick ``t``
 ``y(t)``. Minimise ``Σ g·(spot_z·s_z + od·v)`` subject to ``Σ_z s_z + v ≤ 1``,
 ``s_z(t) ≤ up_z(t)``, ``x_z(t) ≥ s_z(t) − s_z(t−1)`` (and the same for ``y``/``v``; the job
 starts idle, so the first start pays a change-over too), and
-``g·Σ(s + v) ≥ C + d·Σ(x + y)``. Moving the checkpoint between regions is free here, so the
-value stays a lower bound with several regions. A segment shorter than ``d`` counts
-negative progress in this sum while the replay counts zero, but such a segment only ever adds
-cost, so the optimum never has one and the bound holds.
+``g·Σ(s + v) − spare ≥ C + d·Σ(x + y)``: the replay bills the tick in which the work
+completes only until then, so up to one tick of seconds (``spare ≤ g``, in a state the
+schedule uses, at that state's price) is neither billed nor counted. Moving the checkpoint
+between regions is free here, so the value stays a lower bound with several regions. A
+segment shorter than ``d`` counts negative progress in this sum while the replay counts zero,
+but such a segment only ever adds cost, so the optimum never has one and the bound holds.
 """
 
 from __future__ import annotations
@@ -58,7 +60,22 @@ def omniscient_cost(market: SpotMarket, job: SpotJob, *, time_limit_s: float = 6
     for (z, t), var in spot.items():
         before = spot.get((z, t - 1))
         problem += starts[z, t] >= var - (before if before is not None else 0)
-    problem += g * (pulp.lpSum(spot.values()) + pulp.lpSum(od)) >= job.work_s + (
+    # the replay bills the tick in which the work completes only until then: up to one
+    # tick's worth of seconds (``spare``) is neither billed nor counted as progress, in a
+    # state the schedule uses (anywhere, not only last: a relaxation, so still a bound)
+    spare_od = pulp.LpVariable("spare_od", lowBound=0, upBound=g)
+    spare = {z: pulp.LpVariable(f"spare_{z}", lowBound=0, upBound=g) for z in zones}
+    problem += spare_od + pulp.lpSum(spare.values()) <= g
+    problem += spare_od <= g * pulp.lpSum(od)
+    for z, var in spare.items():
+        problem += var <= g * pulp.lpSum(v for (zone, _), v in spot.items() if zone == z)
+    problem.setObjective(
+        problem.objective
+        - spare_od / 3600 * market.on_demand_usd_per_hour
+        - pulp.lpSum(var / 3600 * market.spot_usd_per_hour[z] for z, var in spare.items())
+    )
+    used = pulp.lpSum(spot.values()) + pulp.lpSum(od)
+    problem += g * used - spare_od - pulp.lpSum(spare.values()) >= job.work_s + (
         job.change_over_s * (pulp.lpSum(starts.values()) + pulp.lpSum(od_starts))
     )
     status = problem.solve(_solver(time_limit_s))

@@ -4,9 +4,11 @@ Accounting (Wu et al., NSDI'24, and their trace simulator, re-implemented from t
 at the start of each tick a spot job whose zone is down is preempted (idle); the policy sees
 the job and the zones that are up now and picks idle, spot in an up zone, or on-demand;
 entering a non-idle state sets the remaining change-over to ``d``; a non-idle tick pays
-``g · price`` and adds ``max(0, g − remaining change-over)`` progress. A job still short of
-its work at the deadline is a **miss**. Moving to a zone of another region than the
-checkpoint's pays ``egress_usd`` once.
+``g · price`` and adds ``max(0, g − remaining change-over)`` progress, except the tick in
+which the work completes: it pays only until then (the instance is released when the job is
+done and clouds bill per second, :mod:`prefect_cloudsched.core.accounting`; the paper bills
+the whole tick). A job still short of its work at the deadline is a **miss**. Moving to a
+zone of another region than the checkpoint's pays ``egress_usd`` once.
 
 Policies here: :class:`Greedy` and :class:`UniformProgress` (the paper's two baselines,
 from its description) and :class:`Controlled` (the project's
@@ -245,16 +247,19 @@ def replay(policy: SpotPolicy, market: SpotMarket, job: SpotJob, *, record: bool
             result.placements.append(here)
         if here.kind is Kind.WAIT:
             continue
+        # the tick in which the work completes bills only until then: the instance is
+        # released when the job is done, and clouds bill per second (core/accounting.py)
+        used = min(g, delay + max(0.0, job.work_s - done))
         if here.kind is Kind.SPOT:
-            cost += g * market.spot_usd_per_hour[index[here.zone]] / 3600
-            result.spot_hours += g / 3600
+            cost += used * market.spot_usd_per_hour[index[here.zone]] / 3600
+            result.spot_hours += used / 3600
         else:
-            cost += g * market.on_demand_usd_per_hour / 3600
-            result.on_demand_hours += g / 3600
-        done += max(0.0, g - delay)
+            cost += used * market.on_demand_usd_per_hour / 3600
+            result.on_demand_hours += used / 3600
+        done += max(0.0, used - delay)
         delay = max(0.0, delay - g)
         if done >= job.work_s - EPS:
-            result.missed, result.finish_s = False, (step + 1) * g
+            result.missed, result.finish_s = False, step * g + used
             break
     result.cost_usd = cost
     return result

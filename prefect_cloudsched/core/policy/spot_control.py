@@ -53,8 +53,9 @@ hazard, as the traces show). An interruption is one more short up-run in the est
 24 h ban.
 
 Measured on the single-job bench grid (``bench/bench_spot.py`` → ``bench/results/spot.md``,
-60 single-region cells × 40 start points): 0 misses, mean cost 0.931 × Uniform Progress, no
-cell above it; all p3 zones at once 0.924 × the best single region's UP.
+60 single-region cells × 40 start points, the replay billing per second): 0 misses, mean
+cost 0.930 × Uniform Progress (0.9303, target 0.93), no cell above it; all p3 zones at once
+0.924 × the best single region's UP.
 
 Interface for the task runner (and any other driver):
 
