@@ -59,7 +59,11 @@ def _warm_across_runs_field(noun: str) -> Any:
 
 def _launch_timeout_field(an_instance: str) -> Any:
     return Field(
-        default=600.0, gt=0, le=3600, description=f"Longest wait for {an_instance} to run."
+        default=600.0,
+        gt=0,
+        le=3600,
+        description=f"Longest wait for {an_instance} to run. A hard budget cap holds this "
+        "much instance time for each launch (a boot cannot be stopped midway).",
     )
 
 
