@@ -181,3 +181,36 @@ def test_a_hard_cap_holds_the_launch_timeout_a_soft_one_the_minimum(
     session.finish(placed, None)
     session.close()
     assert budget.spent_micro == minute  # settled at what the instance cost
+
+
+class SlowJoinExecutor(InstanceStandInExecutor):
+    """A worker that takes a while to join, then fails to (its instance was released)."""
+
+    def attach(self, handle, placement) -> None:
+        time.sleep(0.6)
+        raise RuntimeError("no worker joined")
+
+
+def test_a_cap_reached_while_the_worker_joins_fails_the_task_with_budget_exceeded(
+    tmp_path, monkeypatch
+) -> None:
+    """The instance counts from its launch request, so the watch may stop an attempt before
+    its worker joins; the task then fails with the cap's error, not the failed join's."""
+    import prefect_cloudsched.core.accounting as accounting
+
+    monkeypatch.setattr(accounting, "MIN_BILLED_S", 0.1)  # a minimum the test can outrun
+    needs = TaskNeeds(gpus=8, gpu_type="H100", est_runtime=timedelta(milliseconds=10))
+    (tmp_path / "probe").mkdir()
+    offer = runtime_session(tmp_path / "probe").decide(needs).offer
+    cap_usd = offer.usd_per_hour * 0.3 / 3600  # 0.3 s of the instance
+    budget = BudgetTracker(BudgetPolicy(per_run_usd=cap_usd))
+    provisioner = RecordingProvisioner()
+    session = runtime_session(
+        tmp_path, provisioners={"aws": provisioner}, executor=SlowJoinExecutor(), budget=budget
+    )
+    spec = session.submit("t", needs, flow_run_id="run-1", flow_name="f", announce=True)
+    with pytest.raises(BudgetExceeded):
+        session.place(spec, task_run_id="t", attempt=1)
+    session.close()
+    assert provisioner.released == ["i-0"]
+    assert 0 < budget.spent_micro <= to_micro(cap_usd)

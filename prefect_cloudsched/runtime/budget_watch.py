@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from prefect_cloudsched.adapters.provision.base import Provisioner
@@ -39,16 +39,19 @@ LOOKAHEAD_TICKS = 4
 
 
 def launch_floor_micro(
-    provisioner: Provisioner | None, decision: Decision, *, hard: bool = True
+    provisioners: Mapping[str, Provisioner], decision: Decision, budget: BudgetTracker | None
 ) -> int:
-    """The least a budget holds for ``decision`` (micro-dollars; 0 without a provisioner).
+    """The least ``budget`` holds for ``decision`` (micro-dollars; 0 when no provisioner of
+    its cloud starts an instance).
 
     An instance we start is billed from its launch request, at least the cloud's minimum,
     plus its warm tail. Under a hard cap the boot is held at its worst case — the launch
     timeout — since it cannot be stopped midway; a soft cap holds only the minimum.
     """
+    provisioner = provisioners.get(decision.offer.cloud)
     if provisioner is None:
         return 0
+    hard = budget is None or budget.policy.hard
     boot = provisioner.launch_timeout_seconds if hard else 0.0
     seconds = boot + provisioner.warm_seconds
     offer = decision.offer

@@ -262,6 +262,9 @@ class Session:
         except BaseException as err:  # the instance is running: never leave it behind
             if self._watch is not None:
                 self._watch.remove(started)
+            if started.stopped_by is not None:  # the cap stopped it while its worker joined
+                self._end(started, started.stopped_by, attached=False)
+                raise started.stopped_by from err
             lost = self._interrupted(handle)  # reclaimed before its worker joined?
             self._end(started, lost or err, attached=False)
             if lost is not None:
@@ -357,11 +360,7 @@ class Session:
                     n, submitted_at=spec.submitted_at, any_spot_band=any_spot_band
                 ),
                 task_name=spec.task_name,
-                floor=lambda d: launch_floor_micro(
-                    self.provisioners.get(d.offer.cloud),
-                    d,
-                    hard=bool(self.budget and self.budget.policy.hard),
-                ),
+                floor=lambda d: launch_floor_micro(self.provisioners, d, self.budget),
             )
         except BudgetExceeded as refused:
             self.observer.budget_exceeded(
