@@ -321,6 +321,21 @@ def test_warm_pool_reuses_within_the_run(
     assert gcp.release_run(RUN) == 1 and vms(fake) == []
 
 
+def test_a_label_change_raced_by_another_writer_is_read_again_and_merged(
+    fake: FakeGcpCompute, make: Callable[..., GcpProvisioner]
+) -> None:
+    """Reusing a warm VM relabels it while the heartbeat thread may stamp it: GCE refuses
+    the second write's stale fingerprint (412). It used to fail the task (seen in CI)."""
+    gcp = make()
+    handle = gcp.ensure(offer(), run_id=RUN, task_name="a")
+    stale = gcp._get(handle)  # read before the heartbeat's write
+    gcp._set_labels(handle, gcp._get(handle), {HEARTBEAT_TAG: "1"})
+    gcp._set_labels(handle, stale, {TASK_TAG: "b"})
+    labels = vms(fake)[0]["labels"]
+    assert labels[TASK_TAG] == "b" and labels[HEARTBEAT_TAG] == "1"  # both writes kept
+    gcp.release(handle)
+
+
 def test_a_vm_warm_across_runs_outlives_its_run(
     fake: FakeGcpCompute, make: Callable[..., GcpProvisioner]
 ) -> None:

@@ -70,6 +70,10 @@ _ZONE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
 _NAME_BAD = re.compile(r"[^a-z0-9-]+")
 
 
+#: Tries of a label change whose fingerprint another writer made stale meanwhile.
+LABEL_ATTEMPTS = 4
+
+
 def _retryable(err: BaseException) -> bool:
     from google.api_core import exceptions as gexc
 
@@ -515,18 +519,34 @@ class GcpProvisioner(CloudProvisioner):
         return True
 
     def _set_labels(self, handle: InstanceHandle, vm: Any, changes: Mapping[str, str]) -> None:
+        """Merge ``changes`` into the VM's labels.
+
+        GCE takes labels with the fingerprint they were read at; when another writer (our
+        heartbeat thread, a reuse of the warm VM) changed them in between it answers 412, and
+        the labels are read again and the merge retried.
+        """
+        from google.api_core import exceptions as gexc
         from google.cloud import compute_v1
 
         instances, _ = self._clients()
-        self._call(
-            instances.set_labels_unary,
-            project=self.settings.project,
-            zone=handle.zone,
-            instance=handle.instance_id,
-            instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
-                labels={**dict(vm.labels), **changes}, label_fingerprint=vm.label_fingerprint
-            ),
-        )
+        for attempt in range(LABEL_ATTEMPTS):
+            try:
+                self._call(
+                    instances.set_labels_unary,
+                    project=self.settings.project,
+                    zone=handle.zone,
+                    instance=handle.instance_id,
+                    instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
+                        labels={**dict(vm.labels), **changes},
+                        label_fingerprint=vm.label_fingerprint,
+                    ),
+                )
+                return
+            except gexc.PreconditionFailed:
+                fresh = self._get(handle)
+                if fresh is None or attempt == LABEL_ATTEMPTS - 1:
+                    raise
+                vm = fresh
 
     def _refresh_heartbeats(self, handles: list[InstanceHandle]) -> None:
         from google.api_core import exceptions as gexc
