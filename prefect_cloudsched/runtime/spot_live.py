@@ -88,6 +88,14 @@ class WallClock:
     def now(self) -> float:
         return time.time()
 
+    def available(self, region: str) -> bool | None:
+        """A real market is not probed: a launch tells (None, as for an untraced region)."""
+        return None
+
+    def reclaim_at(self, region: str, launched_s: float) -> float | None:
+        """A real cloud does not say in advance when it reclaims (None)."""
+        return None
+
 
 class TraceClockView:
     """A stand-in's scaled trace clock (``testing.clouds.TraceClock``) as the controller's."""
@@ -157,7 +165,9 @@ class SpotLive:
         self.egress_usd = egress_usd
         traced = [getattr(p, "spot_trace_clock", None) for p in session.provisioners.values()]
         traced = [t for t in traced if t is not None]
-        self.clock: Any = TraceClockView(traced[0]) if traced else WallClock()
+        self.clock: WallClock | TraceClockView = (
+            TraceClockView(traced[0]) if traced else WallClock()
+        )
         #: What the market has shown, shared by the run's tasks (a runner keeps learning).
         self.model = AvailabilityModel()
         self.jobs: dict[str, _Job] = {}
@@ -259,9 +269,8 @@ class SpotLive:
 
     def _observe(self, job: _Job, now: float) -> None:
         """Feed what the market shows now: the trace's availability, or a re-probe hope."""
-        available = getattr(self.clock, "available", None)
         for key, offer in job.offers.items():
-            seen = available(offer.region) if available else None
+            seen = self.clock.available(offer.region)
             if seen is not None:
                 job.controller.observe(key, now, seen)
             elif not self.model.is_up(key) and now - self._down_since(key) >= REPROBE_S:
@@ -344,9 +353,8 @@ class SpotLive:
         if offer.option is PurchaseOption.SPOT:
             job.controller.observe(key, now, True)
             job.placement = Placement(Kind.SPOT, key, offer.region)
-            reclaim_at = getattr(self.clock, "reclaim_at", None)
             launched = now if job.decided_at is None else job.decided_at
-            job.reclaim_s = reclaim_at(offer.region, launched) if reclaim_at else None
+            job.reclaim_s = self.clock.reclaim_at(offer.region, launched)
         else:
             job.placement = Placement(Kind.ON_DEMAND, None, offer.region)
         if job.checkpoint_region not in (None, offer.region):
