@@ -12,6 +12,9 @@ concurrency. Every figure is measured from the ledger and the flows' own states.
   before its cost crosses the cap).
 - ``shared_day_cap``: four flow processes started together under one hard day cap (the
   runtime admits through ``Ledger.hold_budget`` and raises the hold while a task runs).
+- ``instance_cap``: a hard per-run cap vs 0.2 s GPU tasks on the real provisioners
+  (``MockClouds``): the report's spend, task rows + each instance's boot-and-idle row, must
+  stay under the cap.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fault_outcome import Outcome, fresh_ledger
+from fault_outcome import (
+    EST_RUNTIME,
+    Outcome,
+    Trial,
+    cloud_outcome,
+    cloud_runner,
+    fresh_ledger,
+    ledger_rows,
+)
 
 #: The issue's figure: another writer holds SQLite's write lock this long.
 LEDGER_LOCK_SECONDS = 25.0
@@ -304,4 +315,77 @@ def shared_day_cap(
         detail=f"{processes} processes started together: {completed} tasks completed, "
         f"{sum(r['failed'] for r in reports)} refused; day spend ${spend / 1e6:.6f} against "
         f"a hard day cap of ${cap_usd}",
+    )
+
+
+#: The instance-cap scenario's launch timeout (what a hard cap holds per launch) and its cap
+#: in instance minutes: four launches at once need four held minutes, so three start.
+INSTANCE_CAP_LAUNCH_TIMEOUT_S = 30.0
+INSTANCE_CAP_MINUTES = 3.5
+
+
+def instance_cap(clouds: Any, tmp: Path, backend: str, *, tasks: int = 6) -> Outcome:
+    """A hard per-run cap vs 0.2 s GPU tasks on real provisioners: the report's spend — task
+    rows plus each instance's boot-and-idle row (the clouds' one-minute minimum) — must stay
+    under the cap. Task rows alone are a fraction of it; before instances counted against
+    caps, every task started and the report showed the cap crossed."""
+    from prefect import flow, task
+
+    from prefect_cloudsched import requires
+    from prefect_cloudsched.adapters.ledger import Ledger
+    from prefect_cloudsched.core.accounting import MIN_BILLED_S, instance_billed_micro
+    from prefect_cloudsched.core.catalog import load_catalog
+    from prefect_cloudsched.core.instance_time import overhead_records
+    from prefect_cloudsched.core.needs import TaskNeeds
+    from prefect_cloudsched.core.policy import PolicyConfig, decide
+    from prefect_cloudsched.core.records import to_micro
+    from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
+
+    trial = Trial.start(tmp, backend, "instance_cap")
+    needs = TaskNeeds(gpus=1, est_runtime=EST_RUNTIME)
+    offer = decide(needs, load_catalog(), now=datetime.now(UTC), config=PolicyConfig()).offer
+    minute = instance_billed_micro(to_micro(offer.usd_per_hour), MIN_BILLED_S, offer.option)
+    cap_usd = round(INSTANCE_CAP_MINUTES * minute / 1e6, 6)
+    policy = CloudSchedPolicy(budget_per_run_usd=cap_usd, budget_enforcement="hard")
+    provisioners = clouds.provisioners_for(
+        trial.owner, launch_timeout_seconds=INSTANCE_CAP_LAUNCH_TIMEOUT_S
+    )
+
+    @requires(gpus=1, est_runtime=EST_RUNTIME)
+    @task
+    def step(i: int) -> int:
+        time.sleep(0.2)
+        return i
+
+    runner = cloud_runner(provisioners, policy)
+
+    @flow(name=f"fault-money-{uuid.uuid4().hex[:6]}", task_runner=runner)
+    def work() -> list[Any]:
+        futures = step.map(range(tasks))
+        futures.wait()
+        return [f.state for f in futures]
+
+    submitted = datetime.now(UTC)
+    states = work()
+    completed = sum(s.is_completed() for s in states)
+    refused = sum("BudgetExceeded" in str(s.message or "") for s in states if s.is_failed())
+    rows = ledger_rows(trial.ledger_url)
+    overhead = overhead_records(rows, Ledger(trial.ledger_url).instances())
+    task_spend = sum(r.cost_micro for r in rows)
+    spend = task_spend + sum(r.cost_micro for r in overhead)
+    return cloud_outcome(
+        clouds,
+        trial,
+        "instance_cap",
+        rows,
+        submitted,
+        tasks=tasks,
+        tasks_ok=completed + refused,  # a refusal is the cap working, not a failure
+        faults_injected=0,
+        interruptions=0,
+        rows_expected=completed,
+        spend_over_cap=spend / to_micro(cap_usd),
+        detail=f"{completed} completed, {refused} refused by the cap; report spend "
+        f"${spend / 1e6:.6f} (task rows ${task_spend / 1e6:.6f} + {len(overhead)} instance "
+        f"row(s)) against a hard cap of ${cap_usd} ({INSTANCE_CAP_MINUTES} instance minutes)",
     )

@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -125,4 +126,71 @@ def launched_by(clouds: Any, owner: str) -> list[str]:
     return found
 
 
-__all__ = ["Outcome", "Trial", "failed", "fresh_ledger", "launched_by", "ledger_rows"]
+# ---------------------------------------------------------------------- cloud scenarios
+#: Tasks estimate 1 s, replacement takes ~1 s: a 30 s deadline leaves room for two lost spot
+#: attempts and their re-placements, and is missed if recovery stalls.
+EST_RUNTIME = timedelta(seconds=1)
+DEADLINE = timedelta(seconds=30)
+CHANGE_OVER = timedelta(seconds=1)
+
+
+def cloud_runner(provisioners: dict[str, Any] | None, policy: Any = None, **config: Any) -> Any:
+    """The runner of a scenario on ``MockClouds`` (4 workers, 2 spot retries, untagged)."""
+    from prefect_cloudsched import CloudSchedTaskRunner
+    from prefect_cloudsched.core.policy import PolicyConfig
+    from prefect_cloudsched.testing.executor import InstanceStandInExecutor
+
+    # Stand-in clouds have no machine to run a body on: the stand-in executor runs it here.
+    return CloudSchedTaskRunner(
+        max_workers=4,
+        provisioners=provisioners,
+        executor=InstanceStandInExecutor(),
+        policy=policy or PolicyConfig(change_over=CHANGE_OVER, **config),
+        spot_retries=2,
+        label_task_runs=False,
+    )
+
+
+def deadlines_met(rows: list[Any], submitted: datetime) -> bool:
+    """Every completed task ended within ``DEADLINE`` of the flow's submission."""
+    done = [r for r in rows if r.state == "completed"]
+    return bool(done) and max(r.ended_at for r in done) - submitted <= DEADLINE
+
+
+def cloud_outcome(
+    clouds: Any,
+    trial: Trial,
+    scenario: str,
+    rows: list[Any],
+    submitted: datetime,
+    *,
+    leaked_besides: int = 0,
+    **figures: Any,
+) -> Outcome:
+    """What every cloud scenario measures the same way: instances of its owner still running
+    (plus ``leaked_besides``), the ledger rows found, every deadline met, the seconds taken."""
+    return Outcome(
+        scenario=scenario,
+        backend=trial.backend,
+        instances_leaked=len(clouds.running_instances(owner_id=trial.owner)) + leaked_besides,
+        rows_found=len(rows),
+        deadlines_met=deadlines_met(rows, submitted),
+        seconds=trial.seconds(),
+        **figures,
+    )
+
+
+__all__ = [
+    "CHANGE_OVER",
+    "DEADLINE",
+    "EST_RUNTIME",
+    "Outcome",
+    "Trial",
+    "cloud_outcome",
+    "cloud_runner",
+    "deadlines_met",
+    "failed",
+    "fresh_ledger",
+    "launched_by",
+    "ledger_rows",
+]

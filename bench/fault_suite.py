@@ -8,15 +8,15 @@ provisioners, against ``MockClouds``: moto EC2 server + fake GCE server, loopbac
 - ``storm``: every spot instance is interrupted right after it starts, on both clouds.
 - ``capacity``: the first two offers the policy would choose are out of capacity.
 - ``throttle``: launches are throttled *after* EC2 started the instance (lost responses).
-- ``instance_cap``: a hard per-run cap vs 0.2 s GPU tasks: the report's spend (task rows +
-  each instance's boot-and-idle row, i.e. the one-minute minimum) must stay under the cap.
 - ``sigkill``: a flow process is killed with SIGKILL mid-flow after some tasks completed; their
   rows must be in the ledger, and ``reap`` must end the orphans and record what they cost.
 
 Money scenarios (``bench/fault_money.py``): ``ledger_lock`` (another writer holds SQLite's
 write lock for 25 s), ``postgres_restart``, ``writers`` (8 processes × 150 tasks, one day
 cap), and two hooks that measure the runtime: ``runtime_overrun`` (hard per-run cap vs tasks
-that outrun their estimate) and ``shared_day_cap`` (four flow processes, one hard day cap).
+that outrun their estimate) and ``shared_day_cap`` (four flow processes, one hard day cap);
+and ``instance_cap`` on ``MockClouds`` (a hard per-run cap vs 0.2 s GPU tasks: the report's
+spend, task rows + each instance's one-minute minimum, must stay under the cap).
 
 The cloud and hook scenarios run on each ledger backend (SQLite and a real PostgreSQL server
 started by ``scripts/postgres.sh``). Each run reports tasks finished, faults injected,
@@ -50,36 +50,25 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_outcome import Outcome, Trial, failed, launched_by, ledger_rows
-
-#: Tasks estimate 1 s, replacement takes ~1 s: a 30 s deadline leaves room for two lost spot
-#: attempts and their re-placements, and is missed if recovery stalls.
-EST_RUNTIME = timedelta(seconds=1)
-DEADLINE = timedelta(seconds=30)
-CHANGE_OVER = timedelta(seconds=1)
-
-
-def _runner(provisioners: dict[str, Any] | None, policy: Any = None, **config: Any) -> Any:
-    from prefect_cloudsched import CloudSchedTaskRunner
-    from prefect_cloudsched.core.policy import PolicyConfig
-    from prefect_cloudsched.testing.executor import InstanceStandInExecutor
-
-    # Stand-in clouds have no machine to run a body on: the stand-in executor runs it here.
-    return CloudSchedTaskRunner(
-        max_workers=4,
-        provisioners=provisioners,
-        executor=InstanceStandInExecutor(),
-        policy=policy or PolicyConfig(change_over=CHANGE_OVER, **config),
-        spot_retries=2,
-        label_task_runs=False,
-    )
+from fault_outcome import (
+    CHANGE_OVER,
+    DEADLINE,
+    EST_RUNTIME,
+    Outcome,
+    Trial,
+    cloud_outcome,
+    cloud_runner,
+    failed,
+    launched_by,
+    ledger_rows,
+)
 
 
 def _work_flow(runner: Any, tasks: int, *, spot_ok: bool) -> Any:
@@ -100,35 +89,6 @@ def _work_flow(runner: Any, tasks: int, *, spot_ok: bool) -> Any:
     return work
 
 
-def _deadlines_met(rows: list[Any], submitted: datetime) -> bool:
-    """Every completed task ended within ``DEADLINE`` of the flow's submission."""
-    done = [r for r in rows if r.state == "completed"]
-    return bool(done) and max(r.ended_at for r in done) - submitted <= DEADLINE
-
-
-def _cloud_outcome(
-    clouds: Any,
-    trial: Trial,
-    scenario: str,
-    rows: list[Any],
-    submitted: datetime,
-    *,
-    leaked_besides: int = 0,
-    **figures: Any,
-) -> Outcome:
-    """What every cloud scenario measures the same way: instances of its owner still running
-    (plus ``leaked_besides``), the ledger rows found, every deadline met, the seconds taken."""
-    return Outcome(
-        scenario=scenario,
-        backend=trial.backend,
-        instances_leaked=len(clouds.running_instances(owner_id=trial.owner)) + leaked_besides,
-        rows_found=len(rows),
-        deadlines_met=_deadlines_met(rows, submitted),
-        seconds=trial.seconds(),
-        **figures,
-    )
-
-
 def _squares_ok(results: list[int]) -> int:
     return sum(a == b for a, b in zip(results, [i * i for i in range(len(results))], strict=True))
 
@@ -141,7 +101,7 @@ def storm(clouds: Any, tmp: Path, backend: str, *, tasks: int = 4, interrupt: in
     trial = Trial.start(tmp, backend, "storm")
     before = len(clouds.interrupted)
     clouds.interrupt_next_spot(count=interrupt)
-    work = _work_flow(_runner(clouds.provisioners_for(trial.owner)), tasks, spot_ok=True)
+    work = _work_flow(cloud_runner(clouds.provisioners_for(trial.owner)), tasks, spot_ok=True)
     submitted = datetime.now(UTC)
     try:
         results = work()
@@ -150,7 +110,7 @@ def storm(clouds: Any, tmp: Path, backend: str, *, tasks: int = 4, interrupt: in
     rows = ledger_rows(trial.ledger_url)
     interrupted = len(clouds.interrupted) - before
     completed = [r for r in rows if r.state == "completed"]
-    return _cloud_outcome(
+    return cloud_outcome(
         clouds,
         trial,
         "storm",
@@ -186,13 +146,13 @@ def capacity(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome
     submitted = datetime.now(UTC)
     try:
         results = _work_flow(
-            _runner(clouds.provisioners_for(trial.owner), **policy), tasks, spot_ok=False
+            cloud_runner(clouds.provisioners_for(trial.owner), **policy), tasks, spot_ok=False
         )()
     finally:
         clouds.moto.clear_faults()
     rows = ledger_rows(trial.ledger_url)
     dodged = all(r.offer_key not in {o.key for o in refused} for r in rows)
-    return _cloud_outcome(
+    return cloud_outcome(
         clouds,
         trial,
         "capacity",
@@ -215,7 +175,7 @@ def throttle(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome
     submitted = datetime.now(UTC)
     try:
         work = _work_flow(
-            _runner(clouds.provisioners_for(trial.owner), allowed_clouds=frozenset({"aws"})),
+            cloud_runner(clouds.provisioners_for(trial.owner), allowed_clouds=frozenset({"aws"})),
             tasks,
             spot_ok=False,
         )
@@ -225,7 +185,7 @@ def throttle(clouds: Any, tmp: Path, backend: str, *, tasks: int = 3) -> Outcome
     rows = ledger_rows(trial.ledger_url)
     launched = launched_by(clouds, trial.owner)
     duplicates = len(launched) - len({r.instance_id for r in rows})
-    return _cloud_outcome(
+    return cloud_outcome(
         clouds,
         trial,
         "throttle",
@@ -290,77 +250,6 @@ _KILLED_FLOW = textwrap.dedent(
     doomed()
     """
 )
-
-
-#: The instance-cap scenario's launch timeout (what a hard cap holds per launch) and its cap
-#: in instance minutes: four launches at once need four held minutes, so three start.
-INSTANCE_CAP_LAUNCH_TIMEOUT_S = 30.0
-INSTANCE_CAP_MINUTES = 3.5
-
-
-def instance_cap(clouds: Any, tmp: Path, backend: str, *, tasks: int = 6) -> Outcome:
-    """A hard per-run cap vs 0.2 s GPU tasks on real provisioners: the report's spend — task
-    rows plus each instance's boot-and-idle row (the clouds' one-minute minimum) — must stay
-    under the cap. Task rows alone are a fraction of it; before instances counted against
-    caps, every task started and the report showed the cap crossed."""
-    from prefect import flow, task
-
-    from prefect_cloudsched import requires
-    from prefect_cloudsched.adapters.ledger import Ledger
-    from prefect_cloudsched.core.accounting import MIN_BILLED_S, instance_billed_micro
-    from prefect_cloudsched.core.catalog import load_catalog
-    from prefect_cloudsched.core.instance_time import overhead_records
-    from prefect_cloudsched.core.needs import TaskNeeds
-    from prefect_cloudsched.core.policy import PolicyConfig, decide
-    from prefect_cloudsched.core.records import to_micro
-    from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
-
-    trial = Trial.start(tmp, backend, "instance_cap")
-    needs = TaskNeeds(gpus=1, est_runtime=EST_RUNTIME)
-    offer = decide(needs, load_catalog(), now=datetime.now(UTC), config=PolicyConfig()).offer
-    minute = instance_billed_micro(to_micro(offer.usd_per_hour), MIN_BILLED_S, offer.option)
-    cap_usd = round(INSTANCE_CAP_MINUTES * minute / 1e6, 6)
-    policy = CloudSchedPolicy(budget_per_run_usd=cap_usd, budget_enforcement="hard")
-    provisioners = clouds.provisioners_for(
-        trial.owner, launch_timeout_seconds=INSTANCE_CAP_LAUNCH_TIMEOUT_S
-    )
-
-    @requires(gpus=1, est_runtime=EST_RUNTIME)
-    @task
-    def step(i: int) -> int:
-        time.sleep(0.2)
-        return i
-
-    @flow(name=f"fault-suite-{uuid.uuid4().hex[:6]}", task_runner=_runner(provisioners, policy))
-    def work() -> list[Any]:
-        futures = step.map(range(tasks))
-        futures.wait()
-        return [f.state for f in futures]
-
-    submitted = datetime.now(UTC)
-    states = work()
-    completed = sum(s.is_completed() for s in states)
-    refused = sum("BudgetExceeded" in str(s.message or "") for s in states if s.is_failed())
-    rows = ledger_rows(trial.ledger_url)
-    overhead = overhead_records(rows, Ledger(trial.ledger_url).instances())
-    task_spend = sum(r.cost_micro for r in rows)
-    spend = task_spend + sum(r.cost_micro for r in overhead)
-    return _cloud_outcome(
-        clouds,
-        trial,
-        "instance_cap",
-        rows,
-        submitted,
-        tasks=tasks,
-        tasks_ok=completed + refused,  # a refusal is the cap working, not a failure
-        faults_injected=0,
-        interruptions=0,
-        rows_expected=completed,
-        spend_over_cap=spend / to_micro(cap_usd),
-        detail=f"{completed} completed, {refused} refused by the cap; report spend "
-        f"${spend / 1e6:.6f} (task rows ${task_spend / 1e6:.6f} + {len(overhead)} instance "
-        f"row(s)) against a hard cap of ${cap_usd} ({INSTANCE_CAP_MINUTES} instance minutes)",
-    )
 
 
 def sigkill(
@@ -460,7 +349,6 @@ CLOUD_SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "capacity": capacity,
     "throttle": throttle,
     "sigkill": sigkill,
-    "instance_cap": instance_cap,
 }
 
 
@@ -480,6 +368,7 @@ def scenarios() -> dict[str, tuple[Callable[..., Outcome], tuple[str, ...], bool
             "writers": (fault_money.writers, both, False),
             "runtime_overrun": (fault_money.runtime_overrun, both, False),
             "shared_day_cap": (fault_money.shared_day_cap, both, False),
+            "instance_cap": (fault_money.instance_cap, both, True),
         }
     )
     table.update({name: (fn, both, True) for name, fn in REMOTE_SCENARIOS.items()})

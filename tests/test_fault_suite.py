@@ -96,7 +96,7 @@ def test_sigkilled_flow_is_reaped(prefect_harness, clouds: MockClouds, tmp_path:
 def test_instance_minutes_count_against_a_hard_cap(
     prefect_harness, clouds: MockClouds, tmp_path: Path
 ) -> None:
-    outcome = fault_suite.instance_cap(clouds, tmp_path, "sqlite")
+    outcome = fault_money.instance_cap(clouds, tmp_path, "sqlite")
     assert outcome.ok, outcome
     assert outcome.spend_over_cap is not None and 0 < outcome.spend_over_cap <= 1.0
     assert "refused by the cap" in outcome.detail and not outcome.detail.startswith("0 completed")
