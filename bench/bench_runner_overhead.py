@@ -16,6 +16,9 @@ The local Prefect server records task-run events in the background; a run that s
 it still drains the previous run's backlog is slowed for reasons that are not the runner's,
 so before each run the script waits until the server process is idle (its CPU time grows by
 under ``IDLE_CPU_S`` per ``IDLE_WINDOW_S`` window, twice in a row; at most ``SETTLE_MAX_S``).
+Besides wall time it records the flow process's own CPU seconds per run (all its threads:
+``getrusage``), which a busy machine disturbs far less than wall time: the runner's cost per
+task is the CPU difference between arms divided by the tasks.
 Writes ``bench/results/runner_overhead.*``.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 
@@ -56,6 +60,12 @@ def _children_cpu_seconds() -> float:
         if int(fields[1]) == me:  # ppid
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds used so far by this process (every thread: flow engine, runner, writer)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def settle() -> float:
@@ -103,6 +113,7 @@ def main() -> None:
         ),
     }
     times: dict[str, list[float]] = {k: [] for k in flows}
+    cpu: dict[str, list[float]] = {k: [] for k in flows}
     with prefect_test_harness(server_startup_timeout=120):
         for f in flows.values():  # warm-up run each (imports, first API calls)
             f(20)
@@ -110,15 +121,23 @@ def main() -> None:
             order = list(flows) if i % 2 == 0 else list(reversed(flows))
             for name in order:
                 waited = settle()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _own_cpu_seconds()
                 assert flows[name](args.tasks) == sum(range(1, args.tasks + 1))
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(_own_cpu_seconds() - c0)
                 print(
-                    f"run {i + 1} {name}: {times[name][-1]:.2f}s (settled {waited:.1f}s)",
+                    f"run {i + 1} {name}: {times[name][-1]:.2f}s, flow process CPU "
+                    f"{cpu[name][-1]:.2f}s (settled {waited:.1f}s)",
                     flush=True,
                 )
         rows = len(Ledger().placements(flow_name="bench-cloudsched"))
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    per_task_ms = {
+        k: round((med_cpu[k] - med_cpu["threadpool"]) / args.tasks * 1000, 3)
+        for k in flows
+        if k != "threadpool"
+    }
     ratio = med["cloudsched"] / med["threadpool"]
     expected_rows = args.tasks * args.runs + 20
     data = {
@@ -127,6 +146,10 @@ def main() -> None:
         "max_workers": MAX_WORKERS,
         "seconds": times,
         "median_s": med,
+        "cpu_s": cpu,
+        "median_cpu_s": med_cpu,
+        "cpu_ratio": {k: round(med_cpu[k] / med_cpu["threadpool"], 3) for k in flows},
+        "extra_cpu_ms_per_task": per_task_ms,
         "ratio": round(ratio, 3),
         "target": 1.10,
         "pass": ratio <= 1.10,
@@ -136,9 +159,12 @@ def main() -> None:
     ratio_declared = med["cloudsched-declared"] / med["threadpool"]
     data["ratio_declared_tagged"] = round(ratio_declared, 3)
     md = (
-        f"| runner | median of {args.runs} (s) | all runs (s) |\n|---|---|---|\n"
+        f"| runner | median of {args.runs} (s) | all runs (s) | flow-process CPU, median (s) "
+        f"| ÷ threadpool CPU | extra CPU per task |\n|---|---|---|---|---|---|\n"
         + "".join(
-            f"| {k} | {med[k]:.2f} | {', '.join(f'{t:.2f}' for t in v)} |\n"
+            f"| {k} | {med[k]:.2f} | {', '.join(f'{t:.2f}' for t in v)} | {med_cpu[k]:.2f} "
+            f"| {med_cpu[k] / med_cpu['threadpool']:.3f} "
+            f"| {per_task_ms.get(k, '—')} ms |\n"
             for k, v in times.items()
         )
         + f"\nRatio cloudsched / threadpool: **{ratio:.3f}** (target ≤ 1.10: "
