@@ -43,8 +43,8 @@ from fault_outcome import (
 LEDGER_LOCK_SECONDS = 25.0
 
 
-def _accounting_flow(runner: Any, tasks: int, *, sleep_s: float, needs: dict[str, Any]) -> Any:
-    """``tasks`` tasks that sleep ``sleep_s``; accounting-only runner (no provisioner)."""
+def _sleeping_flow(runner: Any, tasks: int, *, sleep_s: float, needs: dict[str, Any]) -> Any:
+    """A flow of ``tasks`` tasks with ``needs`` that sleep ``sleep_s`` each, on ``runner``."""
     from prefect import flow, task
 
     from prefect_cloudsched import requires
@@ -89,7 +89,7 @@ def ledger_lock(tmp: Path, backend: str, *, tasks: int = 40, lock_s: float = LED
     database = Path(url.removeprefix("sqlite:///"))
     holder = hold_sqlite_write_lock(database, lock_s)
     locked_at = time.perf_counter()
-    states = _accounting_flow(_runner(), tasks, sleep_s=0.05, needs=ONE_GPU)()
+    states = _sleeping_flow(_runner(), tasks, sleep_s=0.05, needs=ONE_GPU)()
     flow_s = time.perf_counter() - locked_at
     completed = sum(s.is_completed() for s in states)
     pending = Ledger(url, create=False).pending_journal_rows()
@@ -142,7 +142,7 @@ def postgres_restart(tmp: Path, backend: str, *, tasks: int = 40) -> Outcome:
 
     restarter = threading.Thread(target=restart_after_first_rows, daemon=True)
     restarter.start()
-    states = _accounting_flow(_runner(), tasks, sleep_s=0.3, needs=ONE_GPU)()
+    states = _sleeping_flow(_runner(), tasks, sleep_s=0.3, needs=ONE_GPU)()
     restarter.join(timeout=120)
     completed = sum(s.is_completed() for s in states)
     rows = Ledger(url).placements()
@@ -219,7 +219,7 @@ def runtime_overrun(tmp: Path, backend: str, *, tasks: int = 8, cap_usd: float =
     url = fresh_ledger(tmp, backend)
     policy = CloudSchedPolicy(budget_per_run_usd=cap_usd, budget_enforcement="hard")
     needs = {"gpus": 8, "gpu_type": "H100", "est_runtime": timedelta(seconds=1), "spot_ok": False}
-    states = _accounting_flow(_runner(policy), tasks, sleep_s=3.0, needs=needs)()
+    states = _sleeping_flow(_runner(policy), tasks, sleep_s=3.0, needs=needs)()
     completed, budget, other = _budget_states(states)
     rows = Ledger(url).placements()
     spend = sum(r.cost_micro for r in rows)
@@ -329,9 +329,6 @@ def instance_cap(clouds: Any, tmp: Path, backend: str, *, tasks: int = 6) -> Out
     rows plus each instance's boot-and-idle row (the clouds' one-minute minimum) — must stay
     under the cap. Task rows alone are a fraction of it; before instances counted against
     caps, every task started and the report showed the cap crossed."""
-    from prefect import flow, task
-
-    from prefect_cloudsched import requires
     from prefect_cloudsched.adapters.ledger import Ledger
     from prefect_cloudsched.core.accounting import MIN_BILLED_S, instance_billed_micro
     from prefect_cloudsched.core.catalog import load_catalog
@@ -350,21 +347,12 @@ def instance_cap(clouds: Any, tmp: Path, backend: str, *, tasks: int = 6) -> Out
     provisioners = clouds.provisioners_for(
         trial.owner, launch_timeout_seconds=INSTANCE_CAP_LAUNCH_TIMEOUT_S
     )
-
-    @requires(gpus=1, est_runtime=EST_RUNTIME)
-    @task
-    def step(i: int) -> int:
-        time.sleep(0.2)
-        return i
-
-    runner = cloud_runner(provisioners, policy)
-
-    @flow(name=f"fault-money-{uuid.uuid4().hex[:6]}", task_runner=runner)
-    def work() -> list[Any]:
-        futures = step.map(range(tasks))
-        futures.wait()
-        return [f.state for f in futures]
-
+    work = _sleeping_flow(
+        cloud_runner(provisioners, policy),
+        tasks,
+        sleep_s=0.2,
+        needs={"gpus": 1, "est_runtime": EST_RUNTIME},
+    )
     submitted = datetime.now(UTC)
     states = work()
     completed = sum(s.is_completed() for s in states)

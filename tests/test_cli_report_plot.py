@@ -10,21 +10,18 @@ import pytest
 from prefect_cloudsched.adapters.ledger import Ledger
 from prefect_cloudsched.cli import main
 from prefect_cloudsched.cli.report_plot import daily_totals
-from prefect_cloudsched.core.records import PlacementRecord, to_micro
+from prefect_cloudsched.core.records import PlacementRecord
+from prefect_cloudsched.testing.records import placement_record
 
 
 def _record(
     i: int, *, flow: str, cloud: str, region: str, option: str, day: int
 ) -> PlacementRecord:
     start = datetime(2026, 11, 1, 12, tzinfo=UTC) + timedelta(days=day, minutes=i)
-    cost, base = 0.5 + 0.1 * (i % 3), 1.2
-    return PlacementRecord(
-        flow_run_id=f"fr-{day}", flow_name=flow, task_run_id=f"tr-{i}", task_name=f"t{i % 2}",
-        cloud=cloud, region=region, zone=None, instance_type="g5.xlarge", option=option,
-        offer_key=f"{cloud}/{region}/g5.xlarge/{option}", gpu_type="A10G", gpus=1,
-        price_micro_per_hour=to_micro(0.3), started_at=start,
-        ended_at=start + timedelta(seconds=60), runtime_s=60.0, cost_micro=to_micro(cost),
-        baseline_micro=to_micro(base),
+    return placement_record(
+        f"t{i % 2}", cost_usd=0.5 + 0.1 * (i % 3), baseline_usd=1.2, started_at=start,
+        cloud=cloud, option=option, flow_run_id=f"fr-{day}", flow_name=flow,
+        task_run_id=f"tr-{i}", region=region, offer_key=f"{cloud}/{region}/g5.xlarge/{option}",
     )  # fmt: skip
 
 

@@ -54,6 +54,15 @@ _DUMMY_ENV = {
 _FAST = Backoff(attempts=5, base_seconds=0.02, max_seconds=0.2, deadline_seconds=10)
 
 
+def _set_env(values: dict[str, str | None]) -> None:
+    """Set each variable of ``values`` in ``os.environ``; ``None`` unsets it."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 class TraceClock:
     """A spot availability trace played back in scaled wall time.
 
@@ -180,13 +189,9 @@ class MockClouds:
         from prefect_cloudsched.testing.gcp_server import FakeGcpCompute
 
         self._saved_env = {key: os.environ.get(key) for key in _DUMMY_ENV}
-        for key, value in _DUMMY_ENV.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_env(_DUMMY_ENV)
         stack = ExitStack()
-        stack.callback(self._restore_env)
+        stack.callback(_set_env, self._saved_env)
         try:
             self.aws_url = stack.enter_context(moto_server())
             stack.enter_context(self.moto)
@@ -205,13 +210,6 @@ class MockClouds:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             stack.close()
-
-    def _restore_env(self) -> None:
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
     def _build(self) -> None:
         catalog = load_catalog()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_cloudsched.core.records import PlacementRecord
+from prefect_cloudsched.testing.records import placement_record
 
 _LOCK_HOLDER = textwrap.dedent(
     """
@@ -173,21 +174,14 @@ def sample_placement(
 ) -> PlacementRecord:
     """One 3-second on-demand A10G placement row (``extra`` sets any other field)."""
     start = started_at or datetime.now(UTC)
-    return PlacementRecord(
+    return placement_record(
+        f"t{number}",
+        started_at=start,
+        option="on-demand",
         flow_run_id=run_id,
         flow_name="ledger-load",
         task_run_id=f"{run_id}-{number}",
-        task_name=f"t{number}",
-        cloud="aws",
-        region="us-east-1",
-        zone=None,
-        instance_type="g5.xlarge",
-        option="on-demand",
-        offer_key="aws/us-east-1/g5.xlarge/on-demand",
-        gpu_type="A10G",
-        gpus=1,
         price_micro_per_hour=1_006_000,
-        started_at=start,
         ended_at=start + timedelta(seconds=3),
         runtime_s=3.0,
         cost_micro=cost_micro,

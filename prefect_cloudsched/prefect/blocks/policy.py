@@ -19,6 +19,11 @@ from prefect_cloudsched.prefect.blocks._common import (
 )
 
 
+# The three budget caps: each optional, positive and in USD; only who spends when differs.
+def _budget_cap_field(spending: str) -> Any:
+    return Field(default=None, gt=0, description=f"Most {spending}, in USD (empty = no cap).")
+
+
 class CloudSchedPolicy(_CloudSchedBlock, Block):
     """Where tasks may run, how much they may cost, and how capacity is planned.
 
@@ -45,20 +50,10 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
         ge=0,
         description="Carbon price in USD per tonne of CO2 (used with the cost_carbon objective).",
     )
-    budget_per_run_usd: float | None = Field(
-        default=None,
-        gt=0,
-        description="Most a single flow run may spend, in USD (empty = no cap).",
-    )
-    budget_per_day_usd: float | None = Field(
-        default=None,
-        gt=0,
-        description="Most all flow runs may spend per UTC day, in USD (empty = no cap).",
-    )
-    budget_per_month_usd: float | None = Field(
-        default=None,
-        gt=0,
-        description="Most all flow runs may spend per UTC calendar month, in USD (empty = no cap).",
+    budget_per_run_usd: float | None = _budget_cap_field("a single flow run may spend")
+    budget_per_day_usd: float | None = _budget_cap_field("all flow runs may spend per UTC day")
+    budget_per_month_usd: float | None = _budget_cap_field(
+        "all flow runs may spend per UTC calendar month"
     )
     budget_enforcement: Literal["hard", "soft"] = Field(
         default="hard",
