@@ -94,7 +94,8 @@ def simulate(start_tick: int) -> dict[str, Any]:
     market = load_market(TRACE, on_demand_usd_per_hour=on_demand, spot_usd_per_hour=spot)
     market = market.only([ZONE])
     job = SpotJob(start_tick, WORK_H * 3600, SLACK * WORK_H * 3600, CHANGE_OVER_S, EGRESS_USD)
-    result = replay(Controlled(HISTORY_S), market, job, record=True)
+    # the runner's margin for a late decision (one tick), as the live side keeps it
+    result = replay(Controlled(HISTORY_S, late_s=None), market, job, record=True)
     placements = result.placements
     waits = sum(
         1

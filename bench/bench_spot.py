@@ -10,7 +10,9 @@ points per cell (the same for every policy), change-over d = 0.2 h, egress $0.20
 * ``bench/data/aws_k80_v100_avail_2022-10-26.csv``: v100_1 (p3.2xlarge, $3.06/h) and k80_1
   (p2.xlarge, $0.90/h) in us-west-2a/2b, spot assumed at 30 % of on-demand.
 
-Per cell: mean cost and misses of greedy, Uniform Progress (UP) and the controller; the
+Per cell: mean cost and misses of greedy, Uniform Progress (UP) and the controller as the
+replay runs it (deciding exactly on each tick, ``late_s=0``) and at the task runner's
+default margin for a late decision (``late_s`` = one tick: ``controller@runner``); the
 omniscient ILP bound (PuLP + HiGHS) on the first ``--bound-starts`` start points, with the
 policies' ratio to it on those same points. The controller has seen the 7 days of the trace
 before each start (a deployed runner keeps observing the market).
@@ -42,7 +44,7 @@ SLACKS = (1.1, 1.25, 1.5, 2.0)
 HOURS = (6, 24, 48)
 CHANGE_OVER_S = 0.2 * 3600
 EGRESS_USD = 10 * 0.02
-POLICIES = ("greedy", "uniform-progress", "controller")
+POLICIES = ("greedy", "uniform-progress", "controller", "controller@runner")
 
 
 def markets() -> dict[str, Any]:
@@ -67,7 +69,9 @@ def markets() -> dict[str, Any]:
 def run_cell(task: tuple[str, float, float, int, int, int]) -> dict[str, Any]:
     """One (market, hours, slack) cell: every policy on the same seeded start points."""
     from prefect_cloudsched.simulate.spot_bound import omniscient_cost
-    from prefect_cloudsched.simulate.spot_replay import SPOT_POLICIES, SpotJob, replay
+    from prefect_cloudsched.simulate.spot_replay import SPOT_POLICIES, Controlled, SpotJob, replay
+
+    make = dict(SPOT_POLICIES) | {"controller@runner": lambda: Controlled(late_s=None)}
 
     name, hours, slack, starts, bound_starts, seed = task
     market = markets()[name]
@@ -85,7 +89,7 @@ def run_cell(task: tuple[str, float, float, int, int, int]) -> dict[str, Any]:
     for k, point in enumerate(points):
         job = SpotJob(int(point), work, deadline, CHANGE_OVER_S, EGRESS_USD)
         for policy in POLICIES:
-            result = replay(SPOT_POLICIES[policy](), market, job)
+            result = replay(make[policy](), market, job)
             costs[policy].append(result.cost_usd)
             misses[policy] += result.missed
             if policy == "controller":
@@ -106,6 +110,7 @@ def run_cell(task: tuple[str, float, float, int, int, int]) -> dict[str, Any]:
         "mean_cost": {p: round(v, 4) for p, v in mean.items()},
         "misses": misses,
         "controller_vs_up": round(mean["controller"] / mean["uniform-progress"], 4),
+        "runner_margin_vs_up": round(mean["controller@runner"] / mean["uniform-progress"], 4),
         "greedy_vs_up": round(mean["greedy"] / mean["uniform-progress"], 4),
         "controller_interruptions_mean": round(float(np.mean(extra["interruptions"])), 2),
         "controller_moves_mean": round(float(np.mean(extra["moves"])), 2),
@@ -123,9 +128,9 @@ def run_cell(task: tuple[str, float, float, int, int, int]) -> dict[str, Any]:
 
 def _table(cells: list[dict[str, Any]]) -> str:
     lines = [
-        "| market | job | slack | n | greedy $ | UP $ | controller $ | ctrl ÷ UP | misses G/UP/C"
-        " | ctrl ÷ bound | UP ÷ bound | bound n (opt) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| market | job | slack | n | greedy $ | UP $ | controller $ | ctrl ÷ UP"
+        " | ctrl@runner ÷ UP | misses G/UP/C/C@r | ctrl ÷ bound | UP ÷ bound | bound n (opt) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         vb = c["vs_bound"] or {}
@@ -134,7 +139,8 @@ def _table(cells: list[dict[str, Any]]) -> str:
             f"| {c['market']} | {c['hours']} h | {c['slack']} | {c['starts']} "
             f"| {c['mean_cost']['greedy']:.2f} | {c['mean_cost']['uniform-progress']:.2f} "
             f"| {c['mean_cost']['controller']:.2f} | **{c['controller_vs_up']:.3f}** "
-            f"| {m['greedy']}/{m['uniform-progress']}/{m['controller']} "
+            f"| {c['runner_margin_vs_up']:.3f} "
+            f"| {m['greedy']}/{m['uniform-progress']}/{m['controller']}/{m['controller@runner']} "
             f"| {vb.get('controller', float('nan')):.3f} "
             f"| {vb.get('uniform-progress', float('nan')):.3f} "
             f"| {c['bound_starts']} ({c['bound_proved_optimal']}) |"
@@ -160,6 +166,16 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 if c["market"].startswith("p3 ") and c["market"] != "p3 all regions"
             )
             [everywhere] = [c for c in here if c["market"] == "p3 all regions"]
+            # the omniscient bound with every zone allowed, on its start points, ÷ the best
+            # single region's UP on the same points (every p3 market draws the same ones)
+            bound_vs_best_up = None
+            if everywhere["vs_bound"]:
+                best_up_there = min(
+                    c["vs_bound"]["uniform-progress"] * c["bound_mean"]
+                    for c in here
+                    if c["market"].startswith("p3 ") and c is not everywhere
+                )
+                bound_vs_best_up = round(everywhere["bound_mean"] / best_up_there, 4)
             # No schedule pays less than work + one change-over at the cheapest spot price.
             floor = (hours + CHANGE_OVER_S / 3600) * min(
                 markets()["p3 all regions"].spot_usd_per_hour
@@ -173,10 +189,19 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
                     "best_single_region_up": best_up,
                     "multi_region_controller": everywhere["mean_cost"]["controller"],
                     "ratio": round(everywhere["mean_cost"]["controller"] / best_up, 4),
+                    "bound_vs_best_single_up": bound_vs_best_up,
                 }
             )
+    runner = [c["runner_margin_vs_up"] for c in single]
+    bound_multi = [m["bound_vs_best_single_up"] for m in multi if m["bound_vs_best_single_up"]]
     return {
         "controller_misses": sum(c["misses"]["controller"] for c in cells),
+        "runner_margin_misses": sum(c["misses"]["controller@runner"] for c in cells),
+        "mean_runner_margin_vs_up": round(float(np.mean(runner)), 4),
+        "max_runner_margin_vs_up": round(float(np.max(runner)), 4),
+        "mean_multi_region_bound_vs_best_single_up": round(float(np.mean(bound_multi)), 4)
+        if bound_multi
+        else None,
         "up_misses": sum(c["misses"]["uniform-progress"] for c in cells),
         "greedy_misses": sum(c["misses"]["greedy"] for c in cells),
         "single_region_cells": len(single),
@@ -221,8 +246,13 @@ def main() -> None:
     multi_rows = "\n".join(
         f"| {m['hours']} h | {m['slack']} | {m['best_single_region_up']:.2f} "
         f"| {0.8 * m['best_single_region_up']:.2f} | {m['floor_cheapest_spot']:.2f} "
-        f"| {m['multi_region_controller']:.2f} | **{m['ratio']:.3f}** |"
+        f"| {m['multi_region_controller']:.2f} | **{m['ratio']:.3f}** "
+        f"| {m['bound_vs_best_single_up']} |"
         for m in summary["multi_region"]
+    )
+    multi_header = (
+        "| job | slack | best single-region UP $ | 0.80 × it | floor $"
+        " | multi-region controller $ | ratio | bound ÷ best UP |\n" + "|---" * 8 + "|"
     )
     markdown = f"""# Single-job spot control (`bench/bench_spot.py`)
 
@@ -237,8 +267,13 @@ single-region cells: mean **{summary["mean_controller_vs_up"]:.3f}** (target ≤
 (target 0). What the omniscient bound leaves (on the first {args.bound_starts} start points
 of each cell only): mean over cells of bound ÷ UP **{summary["best_possible_mean_vs_up"]}**, the
 best ctrl ÷ UP mean any policy could reach there; controller ÷ bound, mean over cells
-{summary["controller_vs_bound_mean"]}. Multi-region controller ÷ best single-region UP: mean
-**{summary["mean_multi_region_vs_best_single_up"]:.3f}** (target ≤ 0.80).
+{summary["controller_vs_bound_mean"]}. At the task runner's margin for a late decision (one
+tick, `controller@runner`): mean **{summary["mean_runner_margin_vs_up"]:.3f}** × UP, max
+{summary["max_runner_margin_vs_up"]:.3f}, {summary["runner_margin_misses"]} misses.
+Multi-region controller ÷ best single-region UP: mean
+**{summary["mean_multi_region_vs_best_single_up"]:.3f}** (target ≤ 0.80); the omniscient
+bound with every zone allowed ÷ the best single region's UP on the bound's start points:
+mean {summary["mean_multi_region_bound_vs_best_single_up"]}.
 
 ## Every cell
 
@@ -253,8 +288,7 @@ use the LP relaxation, a looser lower bound).
 *floor* = (work + d) × the cheapest zone's mean spot price: no schedule, omniscient or not,
 pays less. Where 0.80 × the best single-region UP is below it, that target cannot be met.
 
-| job | slack | best single-region UP $ | 0.80 × it | floor $ | multi-region controller $ | ratio |
-|---|---|---|---|---|---|---|
+{multi_header}
 {multi_rows}
 """
     write("spot", {"cells": cells, "summary": summary, "args": vars(args)}, markdown)

@@ -230,11 +230,12 @@ def test_controller_never_misses_and_bound_is_below_every_policy(seed: int) -> N
             assert bound.cost_usd <= result.cost_usd + 1e-6
 
 
-def test_adversarial_spot_cannot_make_the_controller_miss() -> None:
+@pytest.mark.parametrize("late_s", [0.0, None])
+def test_adversarial_spot_cannot_make_the_controller_miss(late_s: float | None) -> None:
     # spot up every other tick: each start is preempted before its change-over ends
     market = _market(np.tile([True, False], 300), gap=0.05 * H)
     job = SpotJob(0, 4 * H, 4.6 * H, 0.2 * H)
-    result = replay(Controlled(history_s=0), market, job)
+    result = replay(Controlled(history_s=0, late_s=late_s), market, job)
     assert not result.missed
 
 
@@ -320,3 +321,25 @@ def test_a_spot_start_keeps_one_more_interval_for_a_late_decision() -> None:
     assert controller.decide(edge).kind is Kind.ON_DEMAND
     roomy = _status(10.5 * H, 1.1 * H, work_s=5 * H)  # slack 0.6 h >= 2 (d + h) = 0.57 h
     assert controller.decide(roomy).kind is Kind.SPOT
+
+
+def test_a_controller_that_decides_on_time_starts_and_keeps_spot_with_less_slack() -> None:
+    on_time = _controller(late_s=0)
+    for controller in (on_time, _controller()):
+        controller.observe("us-east-1a", 0, True)
+    # the edge above: slack 0.5 h >= 2d (0.4 h) and d + h (0.28 h) with no late margin
+    edge = _status(10.5 * H, 1 * H, work_s=5 * H)
+    assert on_time.decide(edge).kind is Kind.SPOT
+    # on spot with 0.21 h of slack: an interruption is seen at once and d = 0.2 h is left
+    spot = Placement(Kind.SPOT, "us-east-1a", "us-east-1")
+    thin = _status(10.79 * H, 1 * H, work_s=5 * H, placement=spot)
+    assert on_time.decide(thin).kind is Kind.STAY
+    assert _controller().decide(thin).kind is Kind.ON_DEMAND  # keeps d + h for a late one
+    on_time.observe("us-east-1a", 10.79 * H, False)
+    assert on_time.decide(thin).kind is Kind.ON_DEMAND  # interrupted: on-demand to the end
+
+
+def test_late_margin_defaults_to_the_horizon_and_rejects_negatives() -> None:
+    assert _controller().late_s == 300
+    with pytest.raises(ValueError, match="late_s"):
+        _controller(late_s=-1)

@@ -353,12 +353,16 @@ class Controlled:
     Args:
         history_s: How much of the trace before the job's start the controller has seen
             (a deployed runner keeps observing the market between jobs).
+        late_s: The controller's margin for a late decision. 0 by default: the replay
+            decides exactly on every tick; the runner keeps a whole timer period
+            (``late_s=None``: the tick), which ``bench/bench_live_spot.py`` replays.
     """
 
     name = "controller"
 
-    def __init__(self, history_s: float = 7 * 86400.0) -> None:
+    def __init__(self, history_s: float = 7 * 86400.0, late_s: float | None = 0.0) -> None:
         self.history_s = history_s
+        self.late_s = late_s
 
     def start(self, market: SpotMarket, job: SpotJob) -> None:
         """Build a controller and replay the market's past into its availability model."""
@@ -373,6 +377,7 @@ class Controlled:
             market.markets(),
             change_over_s=job.change_over_s,
             horizon_s=market.gap_s,
+            late_s=self.late_s,
             egress_usd=job.egress_usd,
             model=model,
         )

@@ -11,19 +11,24 @@ going idle is free; on-demand is always available.
 
 What it decides, every time it is asked (see :meth:`SpotController.decide`):
 
-1. **Safety net** (provable). A non-on-demand choice is allowed only if, should it make no
-   progress at all until the next decision (``horizon_s`` later), on-demand from then on,
-   change-over included, still meets the deadline: ``remaining + d ≤ time_left − horizon``.
-   Otherwise: on-demand, kept to the end. By induction the deadline is met whenever the job
-   starts with ``work + d ≤ deadline − start``, whatever spot does.
+1. **Safety net** (provable). Idle, a non-on-demand choice is allowed only if, should it
+   make no progress at all until the next decision (``horizon_s`` later), on-demand from
+   then on, change-over included, still meets the deadline: ``remaining + d ≤ time_left −
+   horizon``. On spot in a zone that is up, the job loses slack only once spot goes, and it
+   is told at once (an interruption is a decision point), so it keeps ``d + late`` there:
+   the change-over to on-demand and ``late_s``, how late a decision may come. Otherwise:
+   on-demand, kept to the end. By induction the deadline is met whenever the job starts
+   with ``work + d ≤ deadline − start``, whatever spot does.
 2. **Exploitation.** On spot in a zone that is still up: stay.
 3. **Commitment.** Off spot with less slack than a new spot start needs, on-demand to the
    end now: waiting could only end on on-demand too, one change-over later (Uniform
-   Progress's commitment rule). A start needs ``2·(d + horizon)``: it spends ``d``, must
-   leave the safety net's ``d + horizon``, and keeps one more ``horizon`` for a decision
-   that comes late (live, a runner under load decides a little after its timer; without
-   the margin a start at the edge was moved off spot by the safety net a moment later and
-   missed its deadline in ``bench/bench_live_spot.py``).
+   Progress's commitment rule). A start needs ``max(2·(d + late), d + horizon + late)``:
+   it spends ``d`` (late by up to ``late``) and must leave the ``d + late`` kept on spot,
+   and, if the launch is refused, the idle safety net's ``d + horizon``. ``late_s``
+   defaults to ``horizon_s``: live, a runner under load decides a little after its timer,
+   and without the margin a start at the edge was moved off spot a moment later and missed
+   its deadline in ``bench/bench_live_spot.py`` (one trace tick is 54 ms of wall time
+   there). The trace replay decides on its ticks exactly and passes ``late_s=0``.
 4. **Which spot.** Every zone that is up now is scored by the expected saving of starting
    there against doing the same work on on-demand, over the zone's *learned distribution of
    remaining up time* ``R`` (:class:`AvailabilityModel`):
@@ -53,9 +58,9 @@ hazard, as the traces show). An interruption is one more short up-run in the est
 24 h ban.
 
 Measured on the single-job bench grid (``bench/bench_spot.py`` → ``bench/results/spot.md``,
-60 single-region cells × 40 start points, the replay billing per second): 0 misses, mean
-cost 0.930 × Uniform Progress (0.9303, target 0.93), no cell above it; all p3 zones at once
-0.924 × the best single region's UP.
+60 single-region cells × 40 start points, the replay billing per second): see
+``docs/simulator.md`` for the figures, with ``late_s=0`` (the replay's) and at the runner's
+default margin.
 
 Interface for the task runner (and any other driver):
 
@@ -274,6 +279,9 @@ class SpotController:
         markets: Every spot zone the job may use.
         change_over_s: ``d``: time to get a new instance productive.
         horizon_s: Longest time between two decisions (the safety net's look-ahead).
+        late_s: How late a decision may come after the event that calls for it (a
+            runner's timer under load); ``None``: ``horizon_s``. 0 for a replay that
+            decides exactly on its ticks.
         egress_usd: Cost of moving the checkpoint to another region.
         model: Availability learned so far (a fresh one by default).
         confidence: Share of spot's learned throughput counted on when deciding that
@@ -288,6 +296,7 @@ class SpotController:
         *,
         change_over_s: float,
         horizon_s: float,
+        late_s: float | None = None,
         egress_usd: float = 0.0,
         model: AvailabilityModel | None = None,
         confidence: float = 0.5,
@@ -297,9 +306,12 @@ class SpotController:
             raise ValueError("markets: give at least one spot zone")
         if change_over_s < 0 or horizon_s <= 0:
             raise ValueError("change_over_s must be >= 0 and horizon_s > 0")
+        if late_s is not None and late_s < 0:
+            raise ValueError("late_s must be >= 0 (or None for horizon_s)")
         self.markets = {m.zone: m for m in markets}
         self.change_over_s = change_over_s
         self.horizon_s = horizon_s
+        self.late_s = horizon_s if late_s is None else late_s
         self.egress_usd = egress_usd
         self.model = model or AvailabilityModel()
         self.confidence = confidence
@@ -319,13 +331,16 @@ class SpotController:
         if remaining <= EPS:
             return ControlDecision(Kind.WAIT, reason="done")
         slack = time_left - remaining
-        if slack < d + self.horizon_s - EPS:
+        late, h = self.late_s, self.horizon_s
+        on_up_spot = here.kind is Kind.SPOT and here.zone and self.model.is_up(here.zone)
+        # on spot an interruption is seen at once: d + late; idle, h may pass with no progress
+        if slack < (d + late if on_up_spot else d + h) - EPS:
             return self._on_demand(job, "safety net: on-demand to the end keeps the deadline")
-        if here.kind is Kind.SPOT and here.zone and self.model.is_up(here.zone):
+        if on_up_spot:
             return ControlDecision(Kind.STAY, here.zone, here.region, reason="on spot: stay")
-        if slack < 2 * (d + self.horizon_s) - EPS:
-            # no spot start is allowed any more (it spends d, must leave d + h, and keeps h
-            # for a late decision): waiting could only end on on-demand, so go now, or stay
+        if slack < max(2 * (d + late), d + h + late) - EPS:
+            # no spot start is allowed any more (it spends d and must leave spot's d + late,
+            # or idle's d + h if refused): waiting could only end on on-demand, so go now
             return self._on_demand(job, "too little slack for a spot start: on-demand to the end")
         on_demand = here.kind is Kind.ON_DEMAND
         spot_can_finish = self._spot_can_finish(job)
