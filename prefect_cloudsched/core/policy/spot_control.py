@@ -65,7 +65,7 @@ default margin.
 Interface for the task runner (and any other driver):
 
 ```python
-controller = SpotController(markets, change_over_s=720, egress_usd=0.2)
+controller = SpotController(markets, change_over_s=720, horizon_s=300, egress_usd=0.2)
 controller.observe(zone, now_s, available)        # on every probe / launch / interruption
 decision = controller.decide(JobStatus(now_s, work_s, done_s, deadline_s, start_s,
                                        placement=current, checkpoint_region="us-east-1"))
