@@ -27,6 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import fault_money
 import fault_remote
 import fault_suite
+from fault_outcome import Outcome
+
+
+def _assert_ok(outcome: Outcome) -> None:
+    # as a str: pytest prints a message object cut at 240 characters, hiding which check failed
+    assert outcome.ok, str(outcome.as_dict())
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,7 @@ def test_spot_interruption_is_recovered_end_to_end(
     prefect_harness, clouds: MockClouds, tmp_path: Path
 ) -> None:
     outcome = fault_suite.storm(clouds, tmp_path, "sqlite", tasks=1, interrupt=1)
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
     assert outcome.faults_injected == 1 and outcome.interruptions == 1
     ledger = Ledger(fault_suite.os.environ["PREFECT_CLOUDSCHED_LEDGER_URL"])
     rows = ledger.placements()
@@ -57,7 +63,7 @@ def test_spot_interruption_is_recovered_end_to_end(
 @pytest.mark.harness
 def test_interruption_storm(prefect_harness, clouds: MockClouds, tmp_path: Path) -> None:
     outcome = fault_suite.storm(clouds, tmp_path, "sqlite", tasks=4)
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
     assert outcome.faults_injected >= 4 and outcome.interruptions == outcome.faults_injected
     assert "spot" not in outcome.detail  # every task finished on non-spot capacity
 
@@ -66,7 +72,7 @@ def test_interruption_storm(prefect_harness, clouds: MockClouds, tmp_path: Path)
 @pytest.mark.harness
 def test_capacity_refusals_fall_back(prefect_harness, clouds: MockClouds, tmp_path: Path) -> None:
     outcome = fault_suite.capacity(clouds, tmp_path, "sqlite")
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
     assert outcome.faults_injected >= 2  # both first choices were tried and refused
 
 
@@ -76,7 +82,7 @@ def test_throttled_launches_start_no_duplicates(
     prefect_harness, clouds: MockClouds, tmp_path: Path
 ) -> None:
     outcome = fault_suite.throttle(clouds, tmp_path, "sqlite")
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
     assert outcome.faults_injected == 2 * outcome.tasks  # throttled launches, not token hits
     assert outcome.detail.startswith(f"instances launched {outcome.tasks} ")
 
@@ -85,7 +91,7 @@ def test_throttled_launches_start_no_duplicates(
 @pytest.mark.harness
 def test_sigkilled_flow_is_reaped(prefect_harness, clouds: MockClouds, tmp_path: Path) -> None:
     outcome = fault_suite.sigkill(clouds, tmp_path, "sqlite")
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
     assert outcome.tasks_ok == outcome.tasks == 5  # counted from the killed process's output
     assert outcome.rows_expected == 5 + 2 == outcome.rows_found  # 5 task rows + 2 orphan rows
     assert "2 orphaned by the kill, 2 reaped, 2 orphan row(s)" in outcome.detail
@@ -97,7 +103,7 @@ def test_instance_minutes_count_against_a_hard_cap(
     prefect_harness, clouds: MockClouds, tmp_path: Path
 ) -> None:
     outcome = fault_money.instance_cap(clouds, tmp_path, "sqlite")
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
     assert outcome.spend_over_cap is not None and 0 < outcome.spend_over_cap <= 1.0
     assert "refused by the cap" in outcome.detail and not outcome.detail.startswith("0 completed")
     assert "0 refused" not in outcome.detail  # task rows alone would have admitted all six
@@ -141,7 +147,7 @@ def test_only_remote_selects_the_remote_family() -> None:
 def test_a_held_sqlite_write_lock_loses_no_row(prefect_harness, tmp_path: Path) -> None:
     # the bench holds it for the full 25 s; 12 s still outlasts the runner's close wait
     outcome = fault_money.ledger_lock(tmp_path, "sqlite", tasks=20, lock_s=12.0)
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
     assert outcome.rows_found == outcome.rows_expected == 20
 
 
@@ -152,7 +158,7 @@ def test_a_postgres_restart_mid_flow_loses_no_row(
 ) -> None:
     outcome = fault_money.postgres_restart(tmp_path, "postgresql", tasks=24)
     assert outcome.faults_injected == 1, outcome  # the server really restarted mid-flow
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
 
 
 @pytest.mark.slow
@@ -161,7 +167,7 @@ def test_runtime_overrun_hook_stays_under_the_hard_cap(prefect_harness, tmp_path
     outcome = fault_money.runtime_overrun(tmp_path, "sqlite")
     assert outcome.spend_over_cap is not None and outcome.spend_over_cap > 0  # measured
     assert outcome.rows_lost == 0
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
 
 
 @pytest.mark.slow
@@ -171,7 +177,7 @@ def test_shared_day_cap_hook_keeps_four_processes_under_one_cap(
 ) -> None:
     outcome = fault_money.shared_day_cap(tmp_path, "sqlite")
     assert outcome.spend_over_cap is not None and outcome.spend_over_cap > 0  # measured
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
 
 
 @pytest.mark.harness
@@ -271,7 +277,7 @@ def test_remote_bad_input_fails_with_one_line_and_leaves_nothing_running(
 ) -> None:
     """Failed with one line naming the setting; nothing of ours left; launches accounted."""
     outcome = scenario(clouds, tmp_path, "sqlite")
-    assert outcome.ok, str(outcome.as_dict())  # a str is printed whole, an object cut at 240
+    _assert_ok(outcome)
     assert outcome.one_line_error and outcome.names_setting, outcome.detail
     assert outcome.instances_leaked == 0 and outcome.rows_lost == 0
     assert outcome.faults_injected >= 1  # the fault really happened
