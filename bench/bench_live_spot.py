@@ -85,6 +85,16 @@ def prices() -> tuple[float, float]:
     return found[PurchaseOption.SPOT], found[PurchaseOption.ON_DEMAND]
 
 
+def late_share() -> float:
+    """The live side's ``late_s`` as a share of a tick: it checks the instance
+    ``CHECKS_PER_DECISION`` times a tick, and after a loss the stand-in body stops at its
+    next save (``end_s`` = one save period, ``SAVES_PER_TICK`` saves a tick)."""
+    from prefect_cloudsched.runtime.spot_live import CHECKS_PER_DECISION
+    from prefect_cloudsched.testing.spot_job import SAVES_PER_TICK
+
+    return 1 / CHECKS_PER_DECISION + 1 / SAVES_PER_TICK
+
+
 def simulate(start_tick: int) -> dict[str, Any]:
     """The replay of the job from ``start_tick`` under the controller."""
     from prefect_cloudsched.core.policy.spot_control import Kind
@@ -94,8 +104,10 @@ def simulate(start_tick: int) -> dict[str, Any]:
     market = load_market(TRACE, on_demand_usd_per_hour=on_demand, spot_usd_per_hour=spot)
     market = market.only([ZONE])
     job = SpotJob(start_tick, WORK_H * 3600, SLACK * WORK_H * 3600, CHANGE_OVER_S, EGRESS_USD)
-    # the runner's margin for a late decision (one tick), as the live side keeps it
-    result = replay(Controlled(HISTORY_S, late_s=None), market, job, record=True)
+    # the live side's margin for a late decision (check_s + end_s), replayed as it keeps it
+    result = replay(
+        Controlled(HISTORY_S, late_s=late_share() * market.gap_s), market, job, record=True
+    )
     placements = result.placements
     waits = sum(
         1
@@ -194,7 +206,7 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
     from prefect_cloudsched.runtime.session import Session
     from prefect_cloudsched.testing.clouds import MockClouds
     from prefect_cloudsched.testing.executor import InstanceStandInExecutor
-    from prefect_cloudsched.testing.spot_job import run_controlled_job
+    from prefect_cloudsched.testing.spot_job import SAVES_PER_TICK, run_controlled_job
 
     start_s = stamps()[start_tick]
     owner = f"live-{start_tick}"
@@ -219,6 +231,8 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
         spot = session.spot_live
         spot.mover = checkpoint
         spot.change_over_s, spot.horizon_s, spot.egress_usd = CHANGE_OVER_S, gap, EGRESS_USD
+        spot.end_s = gap / SAVES_PER_TICK  # the body stops at its next save after a loss
+        assert abs(spot.late_s - late_share() * gap) < 1e-6 * gap  # the replay's margin
         prime(spot.model, REGION, start_s)
         unit = timedelta(seconds=seconds_per_trace_hour)
         # the replay's deadline is its last whole tick before slack × work

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -179,3 +180,64 @@ def test_a_reclaimed_spot_attempt_ends_at_the_reclaim_not_when_it_is_noticed() -
     live.ended(attempt, SpotInterrupted(handle.instance_id, offer.key))
     assert job.done_s == pytest.approx(1.9 * H, abs=60)  # 2 h up, less the change-over
     assert live.model._zones[REGION].since_s == 2 * H  # the market went down then
+
+
+def test_the_monitor_checks_the_instance_between_decisions_and_keeps_a_smaller_margin() -> None:
+    """Decisions stay on the ``horizon_s`` grid, but the instance is checked every
+    ``check_s`` (a fifth of it by default), so a reclaim between two decisions is seen at
+    the next check, not at the next decision; the controller's margin for a late decision
+    is ``check_s + end_s`` instead of a whole interval."""
+    clock = TraceClock(_trace([(0.0, 0.25)]), seconds_per_trace_hour=5.0)
+    provisioner = TracedProvisioner(clock)
+    checks: list[float] = []
+    check = provisioner.check
+
+    def counted(handle: InstanceHandle) -> None:
+        checks.append(clock.now())
+        check(handle)
+
+    provisioner.check = counted  # type: ignore[method-assign]
+    session = SimpleNamespace(
+        catalog=load_catalog(), policy=POLICY, provisioners={"aws": provisioner}
+    )
+    live = SpotLive(session, change_over_s=0.02 * H, horizon_s=0.1 * H, end_s=0.01 * H)
+    assert live.check_period_s == pytest.approx(0.02 * H)
+    assert live.late_s == pytest.approx(0.03 * H)
+    assert SpotLive(session).late_s == 300 / 5 + 60  # defaults: 0.4 of the 300 s interval
+    moves: list[tuple[float, str]] = []
+    live.mover = SimpleNamespace(
+        request_move=lambda _run, reason: moves.append((clock.now(), reason)),
+        cancel_move=lambda _run: None,
+    )
+    offer = next(
+        o
+        for o in session.catalog.offers
+        if o.region == REGION and o.instance_type == "p3.2xlarge"
+        and o.option is PurchaseOption.SPOT
+    )  # fmt: skip
+    clock.restart()
+    submitted = datetime.now(UTC)  # 1 trace hour of work, 2 h to the deadline
+    spec = SimpleNamespace(
+        needs=replace(NEEDS, est_runtime=timedelta(seconds=5.0)),
+        submitted_at=submitted,
+        decision=SimpleNamespace(deadline=submitted + timedelta(seconds=10.0)),
+        task_name="t",
+    )
+    live._spot_offers = lambda _needs: {REGION: offer}  # type: ignore[method-assign]
+    job = live.job(spec, "tr-monitor")
+    assert job.controller.late_s == pytest.approx(live.late_s)
+    handle = provisioner.ensure(offer, run_id="r", task_name="t")
+    attempt = SimpleNamespace(
+        task_run_id="tr-monitor", handle=handle, t0=time.perf_counter(), stopped_at=None,
+        decision=SimpleNamespace(offer=offer),
+    )  # fmt: skip
+    live.started(attempt)
+    deadline = time.monotonic() + 5.0
+    while not moves and time.monotonic() < deadline:
+        time.sleep(0.01)
+    live.ended(attempt, SpotInterrupted(handle.instance_id, offer.key))
+    decisions = [t for t, kind, _ in job.log if kind not in ("started",)]
+    assert moves and moves[0][1] == "spot control: spot instance reclaimed"
+    # reclaimed at 0.25 h: seen at the next check (0.26 h), before the decision at 0.3 h
+    assert 0.25 * H <= moves[0][0] < 0.29 * H
+    assert len(checks) >= 3 * max(1, len(decisions))

@@ -12,7 +12,11 @@ single-job simulator replays), so the runner does what ``simulate/spot_replay.py
   back to whatever ``decide()`` would pick.
 * **While the body runs** a monitor re-evaluates on a timer (every ``horizon_s``, the
   controller's look-ahead, on a grid from the job's start) and on capacity changes (a
-  probe or the instance check sees the market flip). When the controller leaves the
+  probe or the instance check sees the market flip). It checks the instance more often
+  than it decides (every ``check_s``, a fifth of ``horizon_s`` by default), so a reclaim
+  is seen at most ``check_s`` late; the controller keeps ``late_s = check_s + end_s`` of
+  margin for that and for the attempt to end and be placed again (``end_s``), instead of a
+  whole decision interval. When the controller leaves the
   current placement (spot elsewhere, on-demand before an interruption, spot again from
   on-demand, or idle while ahead), it calls ``checkpoint.request_move(task_run_id)``: the
   body's next ``checkpoint.save()`` stores the state and raises ``MoveRequested``;
@@ -75,6 +79,12 @@ class RunView(Protocol):
 #: Defaults for a real cloud: 12 min change-over, a decision at least every 5 min.
 CHANGE_OVER_S = 720.0
 HORIZON_S = 300.0
+#: Instance checks per decision interval (``check_s = horizon_s / CHECKS_PER_DECISION``).
+CHECKS_PER_DECISION = 5
+#: After a reclaim is seen, how long until the attempt has ended and its retry is being
+#: placed: a terminated instance's executor call fails at once; a body running here stops
+#: at its next ``checkpoint.save()``, so a body that saves less often than this needs more.
+END_S = 60.0
 EGRESS_USD = 0.2
 #: Without a probe, a market last seen down is tried again after this long.
 REPROBE_S = 900.0
@@ -149,6 +159,14 @@ class SpotLive:
         session: The session whose catalog, policy and provisioners it uses.
         change_over_s / horizon_s / egress_usd: The controller's parameters (seconds on
             the controller's clock).
+        check_s: How often a running spot instance is checked (``None``: a fifth of
+            ``horizon_s``, following it when it is changed).
+        end_s: How long an attempt may take to end, and its retry to be placed, after its
+            loss is seen (see ``END_S``).
+
+    The controller's margin for a late decision is ``late_s = check_s + end_s``: 120 s by
+    default (0.4 of the decision interval), where a monitor that checked only on its
+    decision timer needed a whole interval (300 s).
     """
 
     def __init__(
@@ -158,11 +176,15 @@ class SpotLive:
         change_over_s: float = CHANGE_OVER_S,
         horizon_s: float = HORIZON_S,
         egress_usd: float = EGRESS_USD,
+        check_s: float | None = None,
+        end_s: float = END_S,
     ) -> None:
         self.session = session
         self.change_over_s = change_over_s
         self.horizon_s = horizon_s
         self.egress_usd = egress_usd
+        self.check_s = check_s
+        self.end_s = end_s
         traced = [getattr(p, "spot_trace_clock", None) for p in session.provisioners.values()]
         traced = [t for t in traced if t is not None]
         self.clock: WallClock | TraceClockView = (
@@ -177,6 +199,17 @@ class SpotLive:
         self.mover: Any = None
         self._losses: dict[int, SpotInterrupted] = {}
         self._lock = threading.Lock()
+
+    @property
+    def check_period_s(self) -> float:
+        """Seconds between two checks of a running spot instance."""
+        return self.check_s if self.check_s is not None else self.horizon_s / CHECKS_PER_DECISION
+
+    @property
+    def late_s(self) -> float:
+        """How late a decision may come after a reclaim: seen ≤ one check late, then the
+        attempt ends and its retry is placed (``end_s``)."""
+        return self.check_period_s + self.end_s
 
     @staticmethod
     def controls(needs: TaskNeeds) -> bool:
@@ -207,6 +240,7 @@ class SpotLive:
                     markets,
                     change_over_s=self.change_over_s,
                     horizon_s=self.horizon_s,
+                    late_s=self.late_s,
                     egress_usd=self.egress_usd,
                     model=self.model,
                 ),
@@ -317,9 +351,12 @@ class SpotLive:
         target = min(until_s, self._next_tick(job, now))
         time.sleep(max(0.0, (target - now) / self.clock.speed))
 
-    def _next_tick(self, job: _Job, now: float) -> float:
-        k = math.floor((now - job.start_s) / self.horizon_s + 1e-9) + 1
-        return job.start_s + k * self.horizon_s
+    def _next_tick(self, job: _Job, now: float, period: float | None = None) -> float:
+        """The next point after ``now`` of a grid of ``period`` (the decision interval by
+        default) from the job's start."""
+        period = self.horizon_s if period is None else period
+        k = math.floor((now - job.start_s) / period + 1e-9) + 1
+        return job.start_s + k * period
 
     def _decision(
         self, base: Decision, offer: Offer, control: ControlDecision, needs: TaskNeeds
@@ -375,16 +412,19 @@ class SpotLive:
         thread.start()
 
     def _monitor(self, attempt: Attempt, job: _Job, stop: threading.Event) -> None:
-        """Re-evaluate on the grid; request a move when the controller leaves here."""
+        """Check the instance every ``check_s`` and re-evaluate on the decision grid;
+        request a move when the instance is lost or the controller leaves here."""
         while True:
             now = self.clock.now()
-            if stop.wait(max(0.0, (self._next_tick(job, now) - now) / self.clock.speed)):
+            decide_at = self._next_tick(job, now)
+            wake = min(decide_at, self._next_tick(job, now, self.check_period_s))
+            if stop.wait(max(0.0, (wake - now) / self.clock.speed)):
                 return
             if self._lost(attempt, job):
                 self._move(attempt, "spot instance reclaimed")
                 return
-            if self.mover is None:
-                continue
+            if self.mover is None or wake < decide_at - 1e-6 * self.horizon_s:
+                continue  # an instance check only: decisions stay on their grid
             control = self.ask(job)
             if control.kind is Kind.STAY:
                 continue

@@ -354,8 +354,9 @@ class Controlled:
         history_s: How much of the trace before the job's start the controller has seen
             (a deployed runner keeps observing the market between jobs).
         late_s: The controller's margin for a late decision. 0 by default: the replay
-            decides exactly on every tick; the runner keeps a whole timer period
-            (``late_s=None``: the tick), which ``bench/bench_live_spot.py`` replays.
+            decides exactly on every tick; the runner keeps its instance-check period plus
+            the time an attempt takes to end (``SpotLive.late_s``), which the benches
+            replay as a share of a tick (``None``: a whole tick).
     """
 
     name = "controller"

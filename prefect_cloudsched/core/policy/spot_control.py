@@ -25,11 +25,12 @@ What it decides, every time it is asked (see :meth:`SpotController.decide`):
    Progress's commitment rule). A start needs ``max(2·(d + late), d + horizon + late)``:
    it spends ``d`` (late by up to ``late``) and must leave the ``d + late`` kept on spot,
    and, if the launch is refused, the idle safety net's ``d + horizon``. ``late_s``
-   defaults to ``horizon_s``: the runner checks its instance only on its decision timer, so
-   it may learn of an interruption one interval late (and under load it decides a little
-   after the timer: without the margin a start at the edge was moved off spot a moment
-   later and missed its deadline in ``bench/bench_live_spot.py``). The trace replay sees an
-   interruption at its tick and passes ``late_s=0``.
+   defaults to ``horizon_s``, right for a driver that learns of an interruption only on its
+   decision timer. The runner checks its instance more often than it decides and passes
+   ``check_s + end_s`` (0.4 of its interval by default: ``runtime/spot_live.py``); without
+   any margin a start at the edge was moved off spot a moment later and missed its
+   deadline in ``bench/bench_live_spot.py``. The trace replay sees an interruption at its
+   tick and passes ``late_s=0``.
 4. **Which spot.** Every zone that is up now is scored by the expected saving of starting
    there against doing the same work on on-demand, over the zone's *learned distribution of
    remaining up time* ``R`` (:class:`AvailabilityModel`):
