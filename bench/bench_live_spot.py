@@ -1,16 +1,20 @@
 """Live = simulated: one spot-controlled job through the runtime on trace-following stand-in
 clouds, and through the single-job replay, on the same trace window.
 
-* **Market**: ``bench/data/aws_p3.2xlarge_avail_2023-02-15.csv``, region us-east-2 (one zone,
-  so "the first zone up" — where a stand-in AWS launch lands — is the zone the simulator
-  runs in), p3.2xlarge at the catalog's prices (spot $0.459/h, on-demand $3.06/h: the live
-  ledger bills the catalog offer, so the replay uses the same prices).
+* **Market**: ``bench/data/aws_p3.2xlarge_avail_2023-02-15.csv``, one zone per region
+  (``--zones``, default us-east-2a: the region's only zone), so "the first zone up" of a
+  region — where a stand-in AWS launch lands — is the zone the simulator runs in;
+  p3.2xlarge at the catalog's prices (us-east-2: spot $0.459/h, on-demand $3.06/h: the live
+  ledger bills the catalog offer, so the replay uses the same prices). With several regions
+  the job may move its checkpoint; the replay pays ``EGRESS_USD`` per move, the ledger has
+  no row for it, so live ÷ replay compares the instances alone (egress shown beside).
 * **Job**: 6 trace hours of work, deadline 1.5 × (9 h), change-over 0.2 h, one decision per
   trace tick (195 s) in both. The controller has seen the 7 trace days before the start in
   both (the replay's ``Controlled`` and the live session's shared availability model).
 * **Start points**: every whole trace hour from day 7 on; the first ``--jobs`` where the
-  replayed controller waits at least once and starts spot at least twice (windows where
-  spot is always up or always down test nothing).
+  replayed controller waits at least once and starts spot at least twice, and with several
+  regions moves at least once (windows where spot is always up or always down test
+  nothing).
 * **Live**: ``MockClouds(spot_trace=..., seconds_per_trace_hour=S)`` (moto; the trace clock
   set to the job's start), a :class:`~prefect_cloudsched.runtime.session.Session` with the
   instance stand-in executor, the job driven by ``testing/spot_job.run_controlled_job``
@@ -22,8 +26,9 @@ clouds, and through the single-job replay, on the same trace window.
   alone (from the instance running) are reported beside it, and every segment of both
   sides (decision, launch, running, end, rate, $) in the markdown.
 
-Run: ``.venv/bin/python bench/bench_live_spot.py [--jobs 3 --seconds-per-trace-hour 1.0]``.
-Writes ``bench/results/live_spot.json`` and ``.md``.
+Run: ``.venv/bin/python bench/bench_live_spot.py [--jobs 3 --seconds-per-trace-hour 1.0]
+[--zones us-east-2a,us-west-2a --name live_spot.multi]``.
+Writes ``bench/results/<name>.json`` and ``.md`` (``live_spot`` by default).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,7 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, isolate, machine, write
 
 TRACE = DATA / "aws_p3.2xlarge_avail_2023-02-15.csv"
-REGION, ZONE = "us-east-2", "us-east-2a"
+#: The zones the job may use, one per region (``--zones``): a stand-in launch lands in the
+#: first zone up of its region, so with one zone per region it lands where the replay's
+#: controller chose. Several regions: the job may move its checkpoint (egress per move).
+ZONES = ["us-east-2a"]
 WORK_H, SLACK = 6.0, 1.5
 CHANGE_OVER_S = 0.2 * 3600
 EGRESS_USD = 0.2
@@ -70,19 +79,40 @@ def spot_trace() -> Any:
     """The trace as the stand-in clouds play it."""
     from prefect_cloudsched.simulate.spot import load_spot_trace
 
-    return load_spot_trace(TRACE, uniform_ticks=UNIFORM_TICKS)
+    full = load_spot_trace(TRACE, uniform_ticks=UNIFORM_TICKS)
+    return replace(
+        full,
+        regions={r: [z] for z, r in zip(ZONES, regions(), strict=True)},
+        lanes={z: full.lanes[z] for z in ZONES},
+    )
 
 
-def prices() -> tuple[float, float]:
-    """(spot, on-demand) USD/h of the p3.2xlarge offers in the region, from the catalog."""
+def regions() -> list[str]:
+    """The region of each zone in ``ZONES``."""
+    from prefect_cloudsched.simulate.spot import zone_region
+
+    return [zone_region(z) for z in ZONES]
+
+
+def prices() -> tuple[dict[str, float], float]:
+    """Spot USD/h of every zone of the trace (its region's p3.2xlarge offer) and the
+    on-demand USD/h of ``ZONES``' regions, from the catalog (the replay takes one on-demand
+    price: they must agree)."""
     from prefect_cloudsched.core.catalog import PurchaseOption, load_catalog
+    from prefect_cloudsched.simulate.spot import zone_region
 
     found = {
-        o.option: o.usd_per_hour
+        (o.region, o.option): o.usd_per_hour
         for o in load_catalog().offers
-        if o.cloud == "aws" and o.region == REGION and o.instance_type == "p3.2xlarge"
+        if o.cloud == "aws" and o.instance_type == "p3.2xlarge"
     }
-    return found[PurchaseOption.SPOT], found[PurchaseOption.ON_DEMAND]
+    on_demand = {found[r, PurchaseOption.ON_DEMAND] for r in regions()}
+    if len(on_demand) != 1:
+        raise SystemExit(f"--zones: on-demand prices differ between regions ({on_demand})")
+    with TRACE.open(newline="") as handle:
+        zones = next(csv.reader(handle))[1:]
+    spot = {z: found[zone_region(z), PurchaseOption.SPOT] for z in zones}  # every zone's
+    return spot, on_demand.pop()
 
 
 def late_share() -> float:
@@ -102,7 +132,7 @@ def simulate(start_tick: int) -> dict[str, Any]:
 
     spot, on_demand = prices()
     market = load_market(TRACE, on_demand_usd_per_hour=on_demand, spot_usd_per_hour=spot)
-    market = market.only([ZONE])
+    market = market.only(ZONES)
     job = SpotJob(start_tick, WORK_H * 3600, SLACK * WORK_H * 3600, CHANGE_OVER_S, EGRESS_USD)
     # the live side's margin for a late decision (check_s + end_s), replayed as it keeps it
     result = replay(
@@ -116,8 +146,12 @@ def simulate(start_tick: int) -> dict[str, Any]:
     )
     # a running placement left by choice (not by an interruption: the replay marks those idle
     # before the policy acts, so they show as spot → idle at the start of a tick)
+    egress = result.moves * EGRESS_USD  # the replay pays it once per move
     return {
         "cost_usd": result.cost_usd,
+        "egress_usd": egress,
+        # what instances cost: the part a ledger row bills (it has no egress row)
+        "instances_usd": result.cost_usd - egress,
         "segments": replay_segments(placements, result, market, spot, on_demand),
         "missed": result.missed,
         "finish_h": result.finish_s / 3600,
@@ -133,7 +167,7 @@ def simulate(start_tick: int) -> dict[str, Any]:
 
 
 def replay_segments(
-    placements: list[Any], result: Any, market: Any, spot: float, on_demand: float
+    placements: list[Any], result: Any, market: Any, spot: dict[str, float], on_demand: float
 ) -> list[dict[str, Any]]:
     """Each run of one placement in the replay: trace hours from the job's start, rate, $.
 
@@ -154,10 +188,12 @@ def replay_segments(
     rows = []
     for seg in found:
         begin, end = seg["ticks"][0] * g, min(seg["ticks"][1] * g, result.finish_s)
-        rate = spot if seg["placement"].kind is Kind.SPOT else on_demand
+        here = seg["placement"]
+        rate = spot[here.zone] if here.kind is Kind.SPOT else on_demand
         rows.append(
             {
-                "kind": seg["placement"].kind.value,
+                "kind": here.kind.value,
+                "region": here.region,
                 "decided_h": begin / 3600,
                 "billed_from_h": begin / 3600,
                 "billed_to_h": end / 3600,
@@ -178,15 +214,17 @@ def pick_starts(count: int, gap: float) -> list[int]:
     while len(chosen) < count and hour < total_h:
         tick = round(hour * ticks_per_hour)
         sim = simulate(tick)
-        if sim["waits"] >= 1 and sim["spot_starts"] >= 2 and not sim["missed"]:
+        moves_ok = len(ZONES) == 1 or sim["moves"] >= 1  # several regions: a move to test
+        if sim["waits"] >= 1 and sim["spot_starts"] >= 2 and moves_ok and not sim["missed"]:
             chosen.append(tick)
         hour += 1
     return chosen
 
 
-def prime(model: Any, key: str, start_s: float) -> None:
-    """Feed the trace's 7 days before ``start_s`` into the live model (as the replay does)."""
-    lane = spot_trace().lanes[ZONE]
+def prime(model: Any, key: str, zone: str, start_s: float) -> None:
+    """Feed ``zone``'s 7 days before ``start_s`` into the live model's market ``key`` (its
+    region), as the replay does."""
+    lane = spot_trace().lanes[zone]
     first = start_s - HISTORY_S
     model.observe(key, first, lane.up_at(first) is not None)
     for begin, end in zip(lane.starts, lane.ends, strict=True):
@@ -220,7 +258,7 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
         session = Session(
             catalog=load_catalog(),
             policy=PolicyConfig(
-                allowed_clouds=frozenset({"aws"}), allowed_regions=frozenset({REGION})
+                allowed_clouds=frozenset({"aws"}), allowed_regions=frozenset(regions())
             ),
             ledger=Ledger(ledger_url),
             state=PlacementState(),
@@ -233,7 +271,8 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
         spot.change_over_s, spot.horizon_s, spot.egress_usd = CHANGE_OVER_S, gap, EGRESS_USD
         spot.end_s = gap / SAVES_PER_TICK  # the body stops at its next save after a loss
         assert abs(spot.late_s - late_share() * gap) < 1e-6 * gap  # the replay's margin
-        prime(spot.model, REGION, start_s)
+        for zone, region in zip(ZONES, regions(), strict=True):
+            prime(spot.model, region, zone, start_s)
         unit = timedelta(seconds=seconds_per_trace_hour)
         # the replay's deadline is its last whole tick before slack × work
         deadline_h = math.floor(SLACK * WORK_H * 3600 / gap + 1e-6) * gap / 3600
@@ -329,6 +368,7 @@ def live_segments(
         rows.append(
             {
                 "kind": record.option,
+                "region": record.region,
                 "state": record.state,
                 "decided_h": max((d for d in decided if d <= (launch or running)), default=None),
                 "billed_from_h": launch,
@@ -351,15 +391,16 @@ def warm_up(session: Any) -> None:
     which no later launch pays and which the replay's change-over does not model."""
     from prefect_cloudsched.core.catalog import PurchaseOption
 
-    offer = next(
-        o
-        for o in session.catalog.offers
-        if o.region == REGION
-        and o.instance_type == "p3.2xlarge"
-        and o.option is PurchaseOption.ON_DEMAND
-    )
     provisioner = session.provisioners["aws"]
-    provisioner.release(provisioner.ensure(offer, run_id="warm-up", task_name="warm-up"))
+    for region in regions():  # each region's client is set up at its first launch
+        offer = next(
+            o
+            for o in session.catalog.offers
+            if o.region == region
+            and o.instance_type == "p3.2xlarge"
+            and o.option is PurchaseOption.ON_DEMAND
+        )
+        provisioner.release(provisioner.ensure(offer, run_id="warm-up", task_name="warm-up"))
 
 
 def launch_latency_h(job: Any) -> list[float]:
@@ -378,9 +419,10 @@ def launch_latency_h(job: Any) -> list[float]:
 
 def compare(sim: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
     """How the live run differs from the replay."""
+    ratio = got["cost_usd"] / sim["instances_usd"]  # egress: the ledger has no row for it
     return {
-        "cost_ratio": got["cost_usd"] / sim["cost_usd"],
-        "cost_within_2pct": abs(got["cost_usd"] / sim["cost_usd"] - 1) <= 0.02,
+        "cost_ratio": ratio,
+        "cost_within_2pct": abs(ratio - 1) <= 0.02,
         "same_spot_starts": got["spot_starts"] == sim["spot_starts"],
         "same_moves": got["moves"] == sim["moves"],
         "same_yields": got["yields"] == sim["yields"],
@@ -392,6 +434,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--seconds-per-trace-hour", type=float, default=1.0)
     parser.add_argument(
+        "--zones",
+        default=",".join(ZONES),
+        help="comma-separated trace zones, one per region (several: the job may move)",
+    )
+    parser.add_argument("--name", default="live_spot", help="bench/results/<name>.json|md")
+    parser.add_argument(
         "--real-tick-times",
         action="store_true",
         help="stand-in clouds play the trace at its own timestamps, not the replay's axis",
@@ -399,6 +447,9 @@ def main() -> None:
     args = parser.parse_args()
     global UNIFORM_TICKS
     UNIFORM_TICKS = not args.real_tick_times
+    ZONES[:] = [z.strip() for z in args.zones.split(",") if z.strip()]
+    if len(set(regions())) != len(ZONES):
+        raise SystemExit("--zones: give one zone per region")
     home = isolate()
     from prefect_cloudsched.simulate.spot_replay import load_market
 
@@ -411,7 +462,7 @@ def main() -> None:
             rows.append({"start_tick": tick, "simulated": sim, "live": got, **compare(sim, got)})
             print(rows[-1], flush=True)
     write(
-        "live_spot",
+        args.name,
         {"jobs": rows, "args": vars(args), "machine": machine(), "home": str(home)},
         _markdown(rows, args),
     )
@@ -423,25 +474,29 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "# Live = simulated: one spot-controlled job, runner vs replay",
         "",
         f"`bench/bench_live_spot.py --jobs {args.jobs} --seconds-per-trace-hour "
-        f"{args.seconds_per_trace_hour}{' --real-tick-times' if args.real_tick_times else ''}`"
-        f": p3.2xlarge in {REGION}, {WORK_H:g} h of work, deadline {SLACK} ×, change-over "
-        f"{CHANGE_OVER_S / 3600:g} h; the stand-in clouds play the trace on {axis}.",
+        f"{args.seconds_per_trace_hour}{' --real-tick-times' if args.real_tick_times else ''}"
+        f"{'' if args.zones == 'us-east-2a' else f' --zones {args.zones} --name {args.name}'}`"
+        f": p3.2xlarge in {', '.join(ZONES)}, {WORK_H:g} h of work, deadline {SLACK} ×, "
+        f"change-over {CHANGE_OVER_S / 3600:g} h; the stand-in clouds play the trace on {axis}.",
         "",
         "Live $ is what the ledger bills as the report counts it (each instance from its launch "
         "request to its termination: task row + boot/idle row), in trace time; task rows $ is "
-        "the task rows alone (from the instance running).",
+        "the task rows alone (from the instance running). Sim $ is the replay's cost with "
+        f"its egress (${EGRESS_USD:.2f} per move) in brackets; live ÷ sim compares the "
+        "instances alone: the ledger has no row for a checkpoint's transfer.",
         "",
-        "| start tick | sim $ | live $ | live ÷ sim | task rows $ (÷ sim) | spot starts sim/live "
-        "| OD starts sim/live | interruptions sim/live | yields sim/live | moves sim/live "
-        "| waits sim/live | finish h sim/live | live wall s | left running |",
+        "| start tick | sim $ (egress) | live $ | live ÷ sim | task rows $ (÷ sim) "
+        "| spot starts sim/live | OD starts sim/live | interruptions sim/live "
+        "| yields sim/live | moves sim/live | waits sim/live | finish h sim/live | live wall s "
+        "| left running |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, g = r["simulated"], r["live"]
         lines.append(
-            f"| {r['start_tick']} | {s['cost_usd']:.3f} | {g['cost_usd']:.3f} "
-            f"| **{r['cost_ratio']:.4f}** | {g['task_rows_usd']:.3f} "
-            f"({g['task_rows_usd'] / s['cost_usd']:.4f}) "
+            f"| {r['start_tick']} | {s['cost_usd']:.3f} ({s['egress_usd']:.2f}) "
+            f"| {g['cost_usd']:.3f} | **{r['cost_ratio']:.4f}** | {g['task_rows_usd']:.3f} "
+            f"({g['task_rows_usd'] / s['instances_usd']:.4f}) "
             f"| {s['spot_starts']}/{g['spot_starts']} "
             f"| {s['on_demand_starts']}/{g['on_demand_starts']} "
             f"| {s['interruptions']}/{g['interruptions']} | {s['yields']}/{g['yields']} "
@@ -457,7 +512,8 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "tick the placement ends (or the finish). Live: decided → launch request (billed "
         "from) → running (task row from) → task row to → instance terminated (billed to).",
         "",
-        "| start tick | # | kind | sim decided–to h | sim billed h | sim $ | live decided h "
+        "| start tick | # | kind, region sim / live | sim decided–to h | sim billed h | sim $ "
+        "| live decided h "
         "| live launch → running h | live row to / billed to h | live billed h (row h) "
         "| live $ (row $) | live − sim $ |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -468,6 +524,7 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             a = sims[i] if i < len(sims) else None
             b = lives[i] if i < len(lives) else None
             kind = (a or b or {}).get("kind", "?")
+            where = f"{(a or {}).get('region', '–')} / {(b or {}).get('region', '–')}"
             sim_cells = (
                 f"{a['decided_h']:.4f}–{a['billed_to_h']:.4f} | {a['billed_h']:.4f} "
                 f"| {a['usd']:.3f}"
@@ -482,8 +539,8 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 else "– | – | – | – | –"
             )
             delta = f"{b['usd'] - a['usd']:+.3f}" if a and b else "–"
-            lines.append(f"| {r['start_tick']} | {i + 1} | {kind} | {sim_cells} | {live_cells} "
-                         f"| {delta} |")  # fmt: skip
+            lines.append(f"| {r['start_tick']} | {i + 1} | {kind}, {where} | {sim_cells} "
+                         f"| {live_cells} | {delta} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
