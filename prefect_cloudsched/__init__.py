@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "CloudSchedLedger": "prefect_cloudsched.prefect.blocks",
     "CloudSchedExecutor": "prefect_cloudsched.prefect.blocks",
     "checkpoint": "prefect_cloudsched.prefect.checkpoint",
+    "SpotControlSettings": "prefect_cloudsched.runtime.spot_settings",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from prefect_cloudsched.errors import NeedsError, NoFeasibleOffer, SpotInterrupted  # noqa: F401
     from prefect_cloudsched.prefect import checkpoint  # noqa: F401
     from prefect_cloudsched.prefect.runner import CloudSchedTaskRunner  # noqa: F401
+    from prefect_cloudsched.runtime.spot_settings import SpotControlSettings  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -241,3 +241,49 @@ def test_the_monitor_checks_the_instance_between_decisions_and_keeps_a_smaller_m
     # reclaimed at 0.25 h: seen at the next check (0.26 h), before the decision at 0.3 h
     assert 0.25 * H <= moves[0][0] < 0.29 * H
     assert len(checks) >= 3 * max(1, len(decisions))
+
+
+def test_spot_control_settings_reach_the_controller_and_bad_ones_name_the_field(tmp_path) -> None:
+    """The runner's ``spot_control`` (settings or a mapping) sets the session's controller;
+    a bad value is one line naming the field."""
+    from prefect_cloudsched import SpotControlSettings
+    from prefect_cloudsched.errors import InputError
+    from prefect_cloudsched.runtime.config import RunnerConfig
+
+    config = RunnerConfig(
+        spot_control={"change_over": timedelta(minutes=20), "end_allowance": timedelta(0)}
+    )
+    settings = config.spot_control
+    assert isinstance(settings, SpotControlSettings)
+    session = runtime_session(tmp_path, policy=POLICY, spot_control=settings)
+    live = session.spot_live
+    assert (live.change_over_s, live.horizon_s, live.check_period_s, live.late_s) == (
+        1200.0, 300.0, 60.0, 60.0,
+    )  # fmt: skip
+    assert RunnerConfig(**config.as_kwargs()) == config  # duplicate() keeps them
+    from prefect_cloudsched.prefect.resolve import resolve_settings
+    from prefect_cloudsched.runtime.session import Session
+
+    opened = Session.open(  # the runner's path: configuration → settings → session
+        resolve_settings(
+            RunnerConfig(ledger_url=f"sqlite:///{tmp_path / 'o.db'}", spot_control=settings)
+        )
+    )
+    try:
+        assert opened.spot_live.change_over_s == 1200.0
+    finally:
+        opened.close()
+    defaults = runtime_session(tmp_path / "d", policy=POLICY).spot_live
+    assert (defaults.change_over_s, defaults.late_s) == (720.0, 120.0)
+    for bad, field in (
+        ({"change_over": 60}, "change_over must be a timedelta"),
+        ({"decision_interval": timedelta(0)}, "decision_interval must be > 0"),
+        ({"end_allowance": timedelta(seconds=-1)}, "end_allowance must be >= 0"),
+        ({"check_interval": timedelta(minutes=10)}, "check_interval must not exceed"),
+        ({"egress_usd": -1}, "egress_usd must be a number >= 0"),
+        ({"horizon": timedelta(minutes=1)}, "unknown field"),
+        ("fast", "must be a SpotControlSettings or a mapping"),
+    ):
+        with pytest.raises(InputError, match=field) as caught:
+            RunnerConfig(spot_control=bad)
+        assert "\n" not in str(caught.value)

@@ -16,6 +16,7 @@ from prefect_cloudsched.core.budget import BudgetPolicy
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.runtime.config import ExecutionMode, RunnerConfig, SessionSettings
+from prefect_cloudsched.runtime.spot_settings import SpotControlSettings
 
 
 def resolve_settings(config: RunnerConfig) -> SessionSettings:
@@ -38,6 +39,7 @@ def resolve_settings(config: RunnerConfig) -> SessionSettings:
         spot_retries=config.spot_retries,
         on_deadline_risk=config.on_deadline_risk,
         execution=execution,
+        spot_control=SpotControlSettings.of(config.spot_control),
     )
 
 

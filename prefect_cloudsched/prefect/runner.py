@@ -70,6 +70,7 @@ from prefect_cloudsched.runtime.config import DeadlineRisk, ExecutionMode, Runne
 from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.runtime.shared import MapBatch
 from prefect_cloudsched.runtime.spot_live import SpotLive
+from prefect_cloudsched.runtime.spot_settings import SpotControlSettings
 
 #: Extra retries of a spot-controlled task: each move or interruption is one attempt.
 SPOT_CONTROL_MOVES = 50
@@ -125,6 +126,12 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         execution: ``"auto"`` (default), ``"remote"`` (bodies on the instances; needs
             provisioners), ``"local"`` (bodies here; refused with provisioners) or
             ``"accounting"`` (start no instance even with provisioners; account only).
+        spot_control: How spot-tolerant, checkpointable tasks with a deadline are controlled:
+            a :class:`~prefect_cloudsched.runtime.spot_settings.SpotControlSettings` or a
+            mapping of its fields (``{"change_over": timedelta(minutes=20)}``); ``None`` =
+            a 12 min change-over, a decision every 5 min, the instance checked every minute.
+            The deadline guarantee holds only if ``change_over`` covers what your tasks
+            really take to get going again on a new instance.
 
     A ``CloudSchedPolicy`` block also brings budget caps (hard: a placement that would
     cross one fails with ``BudgetExceeded``, and a running task is stopped — its instance
@@ -165,6 +172,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         ledger: str | Any | None = None,
         on_deadline_risk: DeadlineRisk = "warn",
         execution: ExecutionMode = "auto",
+        spot_control: SpotControlSettings | Mapping[str, Any] | None = None,
     ) -> None:
         self.config = RunnerConfig(
             max_workers=max_workers,
@@ -184,6 +192,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             ledger=ledger,
             on_deadline_risk=on_deadline_risk,
             execution=execution,
+            spot_control=spot_control,
         )
         if executor == "dask":  # fail fast on options DaskExecutor does not take
             from prefect_cloudsched.adapters.execute.dask import DaskExecutor

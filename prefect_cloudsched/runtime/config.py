@@ -17,6 +17,7 @@ from typing import Any, Literal
 from prefect_cloudsched.core.budget import BudgetPolicy
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import InputError
+from prefect_cloudsched.runtime.spot_settings import SpotControlSettings
 
 LabelMode = Literal["declared", "all", "none"]
 DeadlineRisk = Literal["warn", "fail"]
@@ -49,6 +50,7 @@ class RunnerConfig:
     ledger: str | Any | None = None
     on_deadline_risk: DeadlineRisk = "warn"
     execution: ExecutionMode = "auto"
+    spot_control: SpotControlSettings | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.max_workers is not None and (
@@ -95,6 +97,7 @@ class RunnerConfig:
         object.__setattr__(self, "provisioners", dict(self.provisioners))
         object.__setattr__(self, "executor_options", dict(self.executor_options))
         object.__setattr__(self, "pools", tuple(self.pools))
+        object.__setattr__(self, "spot_control", SpotControlSettings.of(self.spot_control))
 
     def as_kwargs(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this configuration."""
@@ -130,6 +133,7 @@ class SessionSettings:
     spot_retries: int = 2
     on_deadline_risk: DeadlineRisk = "warn"
     execution: ExecutionMode = "auto"
+    spot_control: SpotControlSettings = field(default_factory=SpotControlSettings)
 
 
 __all__ = [

@@ -29,12 +29,7 @@ from prefect_cloudsched.adapters.reservations import HeldReservations
 from prefect_cloudsched.core.budget import BudgetExceeded, BudgetPolicy, BudgetTracker
 from prefect_cloudsched.core.catalog import Catalog, PurchaseOption, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
-from prefect_cloudsched.core.policy import (
-    Decision,
-    PlacementState,
-    PolicyConfig,
-    cost_of,
-)
+from prefect_cloudsched.core.policy import Decision, PlacementState, PolicyConfig, cost_of
 from prefect_cloudsched.core.policy.admission import (
     OfferUnavailable,
     admit,
@@ -42,12 +37,7 @@ from prefect_cloudsched.core.policy.admission import (
     start_with_fallback,
 )
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
-from prefect_cloudsched.errors import (
-    CapacityError,
-    DeadlineAtRisk,
-    MoveRequested,
-    SpotInterrupted,
-)
+from prefect_cloudsched.errors import CapacityError, DeadlineAtRisk, MoveRequested, SpotInterrupted
 from prefect_cloudsched.runtime import build
 from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
 from prefect_cloudsched.runtime.budget_watch import BudgetWatch, launch_floor_micro, open_budget
@@ -56,7 +46,7 @@ from prefect_cloudsched.runtime.deciding import RunDecisions
 from prefect_cloudsched.runtime.observer import LoggingObserver, RunObserver
 from prefect_cloudsched.runtime.recording import attempt_record, interruption_row
 from prefect_cloudsched.runtime.shared import MapBatch
-from prefect_cloudsched.runtime.spot_live import SpotLive
+from prefect_cloudsched.runtime.spot_live import SpotControlSettings, SpotLive
 
 #: Solver time limit of the online packing program (the first mapped task waits for it).
 PACK_TIME_LIMIT_S = 2.0
@@ -82,6 +72,7 @@ class Session:
         default_slack: timedelta | None = None,
         reserved: HeldReservations | None = None,
         on_deadline_risk: str = "warn",
+        spot_control: SpotControlSettings | None = None,
     ) -> None:
         self.catalog = catalog
         self.policy = policy
@@ -105,6 +96,7 @@ class Session:
         # spot control (issue 12): checkpointable spot tasks with a deadline run under a
         # SpotController (runtime/spot_live.py); the Prefect layer sets spot_live.mover
         self.spot_live = SpotLive(self)
+        (spot_control or SpotControlSettings()).apply(self.spot_live)
 
     @classmethod
     def open(cls, settings: SessionSettings, observer: RunObserver | None = None) -> Session:
@@ -139,6 +131,7 @@ class Session:
             default_slack=settings.default_slack,
             reserved=reserved,
             on_deadline_risk=settings.on_deadline_risk,
+            spot_control=settings.spot_control,
         )
         executor.start()  # last: nothing after it can fail and leak a cluster
         return session

@@ -61,6 +61,14 @@ from prefect_cloudsched.core.policy.spot_control import (
     SpotController,
 )
 from prefect_cloudsched.errors import MoveRequested, NoFeasibleOffer, SpotInterrupted
+from prefect_cloudsched.runtime.spot_settings import (
+    CHANGE_OVER_S,
+    CHECKS_PER_DECISION,
+    EGRESS_USD,
+    END_S,
+    HORIZON_S,
+    SpotControlSettings,
+)
 
 if TYPE_CHECKING:
     from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
@@ -76,16 +84,6 @@ class RunView(Protocol):
     def decide(self, needs: TaskNeeds, *, submitted_at: datetime | None = None) -> Decision: ...
 
 
-#: Defaults for a real cloud: 12 min change-over, a decision at least every 5 min.
-CHANGE_OVER_S = 720.0
-HORIZON_S = 300.0
-#: Instance checks per decision interval (``check_s = horizon_s / CHECKS_PER_DECISION``).
-CHECKS_PER_DECISION = 5
-#: After a reclaim is seen, how long until the attempt has ended and its retry is being
-#: placed: a terminated instance's executor call fails at once; a body running here stops
-#: at its next ``checkpoint.save()``, so a body that saves less often than this needs more.
-END_S = 60.0
-EGRESS_USD = 0.2
 #: Without a probe, a market last seen down is tried again after this long.
 REPROBE_S = 900.0
 
@@ -521,4 +519,14 @@ class SpotLive:
             job.placement = IDLE
 
 
-__all__ = ["SpotLive", "TraceClockView", "WallClock"]
+__all__ = [
+    "CHANGE_OVER_S",
+    "CHECKS_PER_DECISION",
+    "EGRESS_USD",
+    "END_S",
+    "HORIZON_S",
+    "SpotControlSettings",
+    "SpotLive",
+    "TraceClockView",
+    "WallClock",
+]
