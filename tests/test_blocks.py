@@ -485,3 +485,34 @@ def test_executor_block_is_picked_up_by_name(prefect_harness) -> None:
     assert isinstance(settings, ExecutorSettings)
     with pytest.raises(MissingBlockError, match="CloudSched Executor block 'nope' is not saved"):
         load_executor_settings("nope")
+
+
+def test_policy_block_carries_the_spot_control_settings_and_the_runner_wins() -> None:
+    from pydantic import ValidationError
+
+    from prefect_cloudsched.prefect.resolve import resolve_settings
+    from prefect_cloudsched.runtime.config import RunnerConfig
+    from prefect_cloudsched.runtime.spot_settings import SpotControlSettings
+
+    assert CloudSchedPolicy().to_spot_control() == SpotControlSettings()
+    policy = CloudSchedPolicy(
+        spot_control_change_over_minutes=25,
+        spot_control_decision_minutes=10,
+        spot_control_check_minutes=2,
+        spot_control_end_allowance_seconds=30,
+        checkpoint_move_egress_usd=1.5,
+    )
+    expected = SpotControlSettings(
+        change_over=timedelta(minutes=25),
+        decision_interval=timedelta(minutes=10),
+        check_interval=timedelta(minutes=2),
+        end_allowance=timedelta(seconds=30),
+        egress_usd=1.5,
+    )
+    assert policy.to_spot_control() == expected
+    assert resolve_settings(RunnerConfig(policy=policy)).spot_control == expected
+    mine = SpotControlSettings(change_over=timedelta(minutes=3))
+    assert resolve_settings(RunnerConfig(policy=policy, spot_control=mine)).spot_control == mine
+    assert resolve_settings(RunnerConfig()).spot_control == SpotControlSettings()
+    with pytest.raises(ValidationError, match="check_interval must not exceed decision_interval"):
+        CloudSchedPolicy(spot_control_decision_minutes=1, spot_control_check_minutes=2)

@@ -21,7 +21,7 @@ from prefect_cloudsched.runtime.spot_settings import SpotControlSettings
 
 def resolve_settings(config: RunnerConfig) -> SessionSettings:
     """Load every block ``config`` names and return plain settings for one flow run."""
-    policy, budget, default_slack = policy_parts(config.policy)
+    policy, budget, default_slack, spot_control = policy_parts(config.policy)
     executor, execution = executor_for(config.executor, config.execution)
     ledger = open_ledger(config.ledger, config.ledger_url)
     return SessionSettings(
@@ -39,7 +39,8 @@ def resolve_settings(config: RunnerConfig) -> SessionSettings:
         spot_retries=config.spot_retries,
         on_deadline_risk=config.on_deadline_risk,
         execution=execution,
-        spot_control=SpotControlSettings.of(config.spot_control),
+        # the runner's own setting wins over the policy block's
+        spot_control=config.spot_control or spot_control,
     )
 
 
@@ -69,12 +70,13 @@ def resolve_policy(policy: PolicyConfig | Any | str | None) -> PolicyConfig:
 
 def policy_parts(
     spec: PolicyConfig | Any | str | None,
-) -> tuple[PolicyConfig, BudgetPolicy | None, timedelta | None]:
-    """Placement knobs, budget and default deadline slack of a policy (block loaded once)."""
+) -> tuple[PolicyConfig, BudgetPolicy | None, timedelta | None, SpotControlSettings]:
+    """Placement knobs, budget, default deadline slack and spot control of a policy (block
+    loaded once)."""
     if spec is None:
-        return PolicyConfig(), None, None
+        return PolicyConfig(), None, None, SpotControlSettings()
     if isinstance(spec, PolicyConfig):
-        return spec, None, None
+        return spec, None, None, SpotControlSettings()
     if isinstance(spec, str):
         from prefect_cloudsched.prefect.blocks import CloudSchedPolicy
 
@@ -87,7 +89,13 @@ def policy_parts(
         )
     to_budget = getattr(spec, "to_budget", None)
     slack = getattr(spec, "default_deadline_slack", None)
-    return to_config(), to_budget() if to_budget else None, slack() if slack else None
+    spot = getattr(spec, "to_spot_control", None)
+    return (
+        to_config(),
+        to_budget() if to_budget else None,
+        slack() if slack else None,
+        spot() if spot else SpotControlSettings(),
+    )
 
 
 def open_ledger(block: str | Any | None, url: str | None) -> Ledger:

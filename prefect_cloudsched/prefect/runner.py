@@ -129,7 +129,8 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
         spot_control: How spot-tolerant, checkpointable tasks with a deadline are controlled:
             a :class:`~prefect_cloudsched.runtime.spot_settings.SpotControlSettings` or a
             mapping of its fields (``{"change_over": timedelta(minutes=20)}``); ``None`` =
-            a 12 min change-over, a decision every 5 min, the instance checked every minute.
+            the ``CloudSchedPolicy`` block's ``spot_control_*`` fields, else the defaults (a
+            12 min change-over, a decision every 5 min, the instance checked every minute).
             The deadline guarantee holds only if ``change_over`` covers what your tasks
             really take to get going again on a new instance.
 

@@ -97,7 +97,8 @@ class RunnerConfig:
         object.__setattr__(self, "provisioners", dict(self.provisioners))
         object.__setattr__(self, "executor_options", dict(self.executor_options))
         object.__setattr__(self, "pools", tuple(self.pools))
-        object.__setattr__(self, "spot_control", SpotControlSettings.of(self.spot_control))
+        if self.spot_control is not None:  # None: the policy block's (or the defaults)
+            object.__setattr__(self, "spot_control", SpotControlSettings.of(self.spot_control))
 
     def as_kwargs(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this configuration."""

@@ -6,16 +6,24 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from prefect_cloudsched.core.budget import BudgetPolicy
 from prefect_cloudsched.core.needs import normalize_gpu_type
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.core.policy.config import PACK_MIN_SAVING_PCT, PACK_MIN_SAVING_USD
+from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.prefect.blocks._common import (
     SpotBand,
     _check_regions,
     _CloudSchedBlock,
+)
+from prefect_cloudsched.runtime.spot_settings import (
+    CHANGE_OVER_S,
+    EGRESS_USD,
+    END_S,
+    HORIZON_S,
+    SpotControlSettings,
 )
 
 
@@ -107,6 +115,45 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
         le=240,
         description="Minutes to get a replacement instance running after a spot loss.",
     )
+    spot_control_change_over_minutes: float = Field(
+        default=CHANGE_OVER_S / 60,
+        ge=0,
+        le=240,
+        description=(
+            "Spot-controlled tasks (spot-tolerant, checkpointable, with a deadline): minutes "
+            "from choosing a new instance to the body making progress again (launch, boot, "
+            "image pull, checkpoint restore). Their deadline guarantee counts on it."
+        ),
+    )
+    spot_control_decision_minutes: float = Field(
+        default=HORIZON_S / 60,
+        gt=0,
+        le=120,
+        description="Spot-controlled tasks: longest time between two decisions, in minutes.",
+    )
+    spot_control_check_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        le=120,
+        description=(
+            "Spot-controlled tasks: minutes between two checks of a running spot instance "
+            "(empty = a fifth of the decision interval; at most the decision interval)."
+        ),
+    )
+    spot_control_end_allowance_seconds: float = Field(
+        default=END_S,
+        ge=0,
+        le=3600,
+        description=(
+            "Spot-controlled tasks: seconds an attempt may take to end after its instance "
+            "is lost (a body running locally stops at its next checkpoint save)."
+        ),
+    )
+    checkpoint_move_egress_usd: float = Field(
+        default=EGRESS_USD,
+        ge=0,
+        description="What moving a checkpoint to another region costs, in USD (weighs moves).",
+    )
     pack_min_saving_pct: float = Field(
         default=PACK_MIN_SAVING_PCT,
         ge=0,
@@ -134,6 +181,14 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
         default=60.0, gt=0, le=3600, description="Time limit of one plan solve, in seconds."
     )
 
+    @model_validator(mode="after")
+    def _spot_control_holds(self) -> CloudSchedPolicy:
+        try:
+            self.to_spot_control()
+        except InputError as err:  # the form names the field; one line
+            raise ValueError(str(err)) from None
+        return self
+
     @field_validator("allowed_regions")
     @classmethod
     def _known_regions(cls, value: list[str] | None) -> list[str] | None:
@@ -158,6 +213,17 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
             max_usd_per_hour=self.max_usd_per_hour,
             pack_min_saving_pct=self.pack_min_saving_pct,
             pack_min_saving_usd=self.pack_min_saving_usd,
+        )
+
+    def to_spot_control(self) -> SpotControlSettings:
+        """How the runner controls spot-tolerant, checkpointable tasks with a deadline."""
+        check = self.spot_control_check_minutes
+        return SpotControlSettings(
+            change_over=timedelta(minutes=self.spot_control_change_over_minutes),
+            decision_interval=timedelta(minutes=self.spot_control_decision_minutes),
+            check_interval=None if check is None else timedelta(minutes=check),
+            end_allowance=timedelta(seconds=self.spot_control_end_allowance_seconds),
+            egress_usd=self.checkpoint_move_egress_usd,
         )
 
     def to_budget(self) -> BudgetPolicy:
