@@ -6,6 +6,7 @@ scheduler and real workers (one per mocked instance, through ``LocalWorkerLaunch
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import subprocess
@@ -577,3 +578,32 @@ def test_boot_script_carries_the_worker_key_only_when_it_is_not_on_the_image() -
     assert "--gpus all" in run and "--network host" in run
     assert "-v /var/lib/cloudsched/tls:/cloudsched-tls:ro" in run
     assert "--tls-ca-file /cloudsched-tls/ca.pem" in run and "pip install" not in container
+
+
+@pytest.mark.slow
+def test_a_checkpointable_body_on_a_worker_keeps_its_state_under_the_task_run_id(
+    local_executor, tmp_path
+) -> None:
+    """On an instance's worker there is no Prefect task run context: the documented
+    ``checkpoint.save(state)`` (no ``key=``) failed there. The runner now sends a
+    checkpointable body wrapped in ``checkpoint.run_as(task_run_id, ...)``, so a retry on
+    another worker finds the state."""
+    from prefect_cloudsched.prefect import checkpoint
+
+    placement = _placement(TaskNeeds(cpus=2), "i-cpu")
+    local_executor.attach(_handle(placement), placement)
+    location = f"file://{tmp_path}"
+
+    def body() -> int:
+        from prefect_cloudsched.prefect import checkpoint as on_worker
+
+        state = on_worker.load(default={"n": 0}, location=location)
+        on_worker.save({"n": state["n"] + 1}, location=location)
+        return state["n"]
+
+    with pytest.raises(RuntimeError, match="no Prefect task run here"):
+        local_executor.run(body, placement)
+    keyed = functools.partial(checkpoint.run_as, "tr-remote", body)
+    assert local_executor.run(keyed, placement) == 0
+    assert local_executor.run(keyed, placement) == 1  # the retry resumes
+    assert checkpoint.load(key="tr-remote", location=location) == {"n": 2}

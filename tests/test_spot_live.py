@@ -287,3 +287,50 @@ def test_spot_control_settings_reach_the_controller_and_bad_ones_name_the_field(
         with pytest.raises(InputError, match=field) as caught:
             RunnerConfig(spot_control=bad)
         assert "\n" not in str(caught.value)
+
+
+def test_the_wrapper_gives_a_checkpointable_body_on_an_instance_its_task_run_id(
+    monkeypatch,
+) -> None:
+    """A body sent to an instance runs where Prefect's context is not (a Dask worker): the
+    wrapper keys its checkpoints by the task run id; a body that declared no checkpoints is
+    sent as it is (its worker may not have this package)."""
+    import threading as _threading
+
+    import cloudpickle
+
+    from prefect_cloudsched.prefect import wrapper
+
+    monkeypatch.setattr(wrapper, "_task_run", lambda: ("tr-7", 1))
+    sent: list[object] = []
+
+    class RemoteSession:
+        executor = SimpleNamespace(runs_on_instance=True)
+
+        def place(self, spec, *, task_run_id, attempt):
+            return SimpleNamespace(task_run_id=task_run_id)
+
+        def run(self, attempt, call):  # a fresh thread, the call pickled: as on a worker
+            sent.append(call)
+            out: list[object] = []
+            thread = _threading.Thread(target=lambda: out.append(cloudpickle.loads(
+                cloudpickle.dumps(call))()))  # fmt: skip
+            thread.start()
+            thread.join()
+            return out[0] if out else None
+
+        def finish(self, attempt, error):
+            pass
+
+    location = "memory://cloudsched-wrapper-test"
+
+    def body(n: int) -> str:
+        return checkpoint.save({"n": n}, location=location)
+
+    keyed = SimpleNamespace(needs=replace(NEEDS, checkpointable=True))
+    wrapped = wrapper.wrap_body(RemoteSession(), keyed, body, is_async=False)
+    assert wrapped(3).endswith("/tr-7.pkl")
+    assert checkpoint.load(key="tr-7", location=location) == {"n": 3}
+    plain = SimpleNamespace(needs=replace(NEEDS, checkpointable=False))
+    wrapper.wrap_body(RemoteSession(), plain, lambda: 1, is_async=False)()
+    assert sent[0].func is checkpoint.run_as and sent[-1].func is not checkpoint.run_as

@@ -44,6 +44,8 @@ import pickle
 import re
 import tempfile
 import threading
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -54,6 +56,22 @@ DIR_ENV = "PREFECT_CLOUDSCHED_CHECKPOINT_DIR"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _moves: dict[str, str] = {}
 _moves_lock = threading.Lock()
+#: The task run a body runs for where Prefect's context does not reach (a Dask worker).
+_TASK_KEY: ContextVar[str | None] = ContextVar("cloudsched_checkpoint_key", default=None)
+
+
+def run_as(key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` with ``key`` as the checkpoint key of its :func:`save` and :func:`load`.
+
+    The runner wraps a checkpointable body in it when the body runs on an instance's
+    worker: there is no Prefect task run context in that process, and the key must be the
+    task run's id, so a retry on another instance finds the state.
+    """
+    token = _TASK_KEY.set(key)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _TASK_KEY.reset(token)
 
 
 def request_move(key: str, reason: str = "the spot controller moved the job") -> None:
@@ -85,6 +103,9 @@ def checkpoint_dir() -> Path:
 def _key(key: str | None) -> str:
     if key is not None:
         return key
+    given = _TASK_KEY.get()
+    if given is not None:
+        return given
     from prefect.context import TaskRunContext
 
     context = TaskRunContext.get()
@@ -213,5 +234,6 @@ __all__ = [
     "load",
     "move_requested",
     "request_move",
+    "run_as",
     "save",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 from prefect.context import TaskRunContext
 
 from prefect_cloudsched.errors import MoveRequested, NoFeasibleOffer, SpotInterrupted
+from prefect_cloudsched.prefect import checkpoint
 from prefect_cloudsched.runtime.attempt import TaskSpec
 from prefect_cloudsched.runtime.session import Session
 
@@ -33,9 +34,12 @@ def wrap_body(session: Session, spec: TaskSpec, fn: Callable[..., Any], *, is_as
     """``fn`` wrapped so each call is one attempt on (and billed to) its placement.
 
     Async bodies are awaited here when the executor runs bodies in this process; on a
-    remote executor they run to completion in their own event loop on the instance.
+    remote executor they run to completion in their own event loop on the instance. A
+    checkpointable body sent to an instance carries its task run's id as its checkpoint key
+    (:func:`~prefect_cloudsched.prefect.checkpoint.run_as`): Prefect's context stays here.
     """
     remote = bool(getattr(session.executor, "runs_on_instance", False))
+    keyed = remote and spec.needs.checkpointable
     if is_async:
 
         @functools.wraps(fn)
@@ -47,6 +51,8 @@ def wrap_body(session: Session, spec: TaskSpec, fn: Callable[..., Any], *, is_as
             try:
                 if remote:
                     call = functools.partial(_run_coroutine, fn, args, kwargs)
+                    if keyed:
+                        call = functools.partial(checkpoint.run_as, task_run_id, call)
                     result = await asyncio.to_thread(session.run, attempt, call)
                 else:
                     result = await fn(*args, **kwargs)
@@ -62,8 +68,11 @@ def wrap_body(session: Session, spec: TaskSpec, fn: Callable[..., Any], *, is_as
     def dispatch(*args: Any, **kwargs: Any) -> Any:
         task_run_id, number = _task_run()
         attempt = session.place(spec, task_run_id=task_run_id, attempt=number)
+        call = functools.partial(fn, *args, **kwargs)
+        if keyed:
+            call = functools.partial(checkpoint.run_as, task_run_id, call)
         try:
-            result = session.run(attempt, functools.partial(fn, *args, **kwargs))
+            result = session.run(attempt, call)
         except BaseException as err:
             session.finish(attempt, err)
             raise
