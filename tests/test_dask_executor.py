@@ -607,3 +607,42 @@ def test_a_checkpointable_body_on_a_worker_keeps_its_state_under_the_task_run_id
     assert local_executor.run(keyed, placement) == 0
     assert local_executor.run(keyed, placement) == 1  # the retry resumes
     assert checkpoint.load(key="tr-remote", location=location) == {"n": 2}
+
+
+@pytest.mark.slow
+def test_a_move_request_reaches_a_body_on_a_worker(local_executor, tmp_path) -> None:
+    """The spot controller's move request lives in the runner's process; a body on an
+    instance's worker reads it through the executor's cluster-wide flag at its next save."""
+    from prefect_cloudsched.errors import MoveRequested
+    from prefect_cloudsched.prefect import checkpoint
+    from prefect_cloudsched.prefect.runner import _Mover
+
+    placement = _placement(TaskNeeds(cpus=2), "i-cpu")
+    local_executor.attach(_handle(placement), placement)
+    location = f"file://{tmp_path}"
+
+    def body() -> int:
+        import time as _time
+
+        from prefect_cloudsched.prefect import checkpoint as on_worker
+
+        for step in range(400):
+            on_worker.save({"step": step}, location=location)
+            _time.sleep(0.025)
+        return -1  # never asked to move
+
+    mover = _Mover(local_executor)
+    threading.Timer(0.5, mover.request_move, ("tr-move", "spot control: test")).start()
+    with pytest.raises(MoveRequested):
+        local_executor.run(functools.partial(checkpoint.run_as, "tr-move", body), placement)
+    saved = checkpoint.load(key="tr-move", location=location)["step"]
+    assert 0 < saved < 399  # stopped at a save, the state kept
+    mover.cancel_move("tr-move")  # the next attempt is not stopped by the old request
+
+    def short() -> int:
+        from prefect_cloudsched.prefect import checkpoint as on_worker
+
+        on_worker.save({"step": "again"}, location=location)
+        return 1
+
+    assert local_executor.run(functools.partial(checkpoint.run_as, "tr-move", short), placement)

@@ -35,6 +35,12 @@ task run's key. The body's next :func:`save` stores the checkpoint *first* and t
 :class:`MoveRequested`, so the attempt stops at a point it can resume from; the runner
 treats that exception as "re-place and retry", not as a failure. :func:`move_requested`
 lets a body poll without saving. Bodies that never call :func:`save` are never stopped.
+
+**On an instance's worker** (the remote executor, the default with provisioners) there is no
+Prefect task run context, so the runner sends a checkpointable body wrapped in
+:func:`run_as` with its task run id as the key, and a move request travels as a
+cluster-wide flag (a ``distributed.Event`` named :func:`move_signal`) that :func:`save`
+reads on the worker, one scheduler round trip per save.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -72,6 +79,25 @@ def run_as(key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> An
         return fn(*args, **kwargs)
     finally:
         _TASK_KEY.reset(token)
+
+
+def move_signal(key: str) -> str:
+    """The name of the cluster-wide flag that asks the body of ``key`` on an instance's
+    worker to move (a ``distributed.Event``: the request itself lives in this process)."""
+    return f"cloudsched-move-{_SAFE.sub('_', key)}"
+
+
+def _remote_move(safe: str) -> bool:
+    """Inside a Dask worker: has the runner raised this body's move flag?"""
+    if "distributed" not in sys.modules:  # not on a worker: nothing to ask
+        return False
+    from distributed import Event, get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return bool(Event(move_signal(safe)).is_set())
 
 
 def request_move(key: str, reason: str = "the spot controller moved the job") -> None:
@@ -141,6 +167,8 @@ def save(state: Any, *, key: str | None = None, location: str | None = None) -> 
     safe = _SAFE.sub("_", _key(key))
     with _moves_lock:
         reason = _moves.pop(safe, None)
+    if reason is None and _remote_move(safe):
+        reason = "the spot controller moved the job"
     if reason is not None:
         raise MoveRequested(safe, reason)
     return target
@@ -233,6 +261,7 @@ __all__ = [
     "clear",
     "load",
     "move_requested",
+    "move_signal",
     "request_move",
     "run_as",
     "save",

@@ -48,6 +48,7 @@ that cannot checkpoint are decided at start and at each retry only.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -71,6 +72,8 @@ from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.runtime.shared import MapBatch
 from prefect_cloudsched.runtime.spot_live import SpotLive
 from prefect_cloudsched.runtime.spot_settings import SpotControlSettings
+
+_logger = logging.getLogger(__name__)
 
 #: Extra retries of a spot-controlled task: each move or interruption is one attempt.
 SPOT_CONTROL_MOVES = 50
@@ -250,7 +253,7 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
                         resolve_settings(self.config), visibility.PrefectObserver()
                     )
                     # spot control hook (issue 12): moves yield through checkpoint.save()
-                    self._session.spot_live.mover = checkpoint
+                    self._session.spot_live.mover = _Mover(self._session.executor)
                 except Exception as err:
                     self._open_error = err
                     raise
@@ -324,6 +327,32 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             return super().submit(remote, parameters, wait_for, dependencies)
         with tags(spec.decision.tag):
             return super().submit(remote, parameters, wait_for, dependencies)
+
+
+class _Mover:
+    """Move requests for the spot controller: to a body here through ``checkpoint``'s
+    request, and to a body on an instance's worker through the executor's cluster-wide
+    flag, which its ``checkpoint.save()`` reads."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+
+    def request_move(self, key: str, reason: str) -> None:
+        checkpoint.request_move(key, reason)
+        self._flag("raise_flag", key)
+
+    def cancel_move(self, key: str) -> None:
+        checkpoint.cancel_move(key)
+        self._flag("lower_flag", key)
+
+    def _flag(self, action: str, key: str) -> None:
+        flag = getattr(self.executor, action, None)
+        if flag is None:  # bodies run here: checkpoint's own request reaches them
+            return
+        try:
+            flag(checkpoint.move_signal(key))
+        except Exception as err:  # the controller asks again at its next decision
+            _logger.warning("could not signal a move to task run %s: %s", key, err)
 
 
 #: The ``.map()`` call being submitted in this context, whose members may share instances.

@@ -273,6 +273,19 @@ class DaskExecutor:
         )
         session.attach(spec, timeout=cfg["join_timeout"])
 
+    def raise_flag(self, name: str) -> None:
+        """Set the cluster-wide flag ``name`` (a ``distributed.Event``) that bodies on the
+        workers can read: how a move request reaches a body on an instance."""
+        from distributed import Event
+
+        Event(name, client=self._live().client).set()
+
+    def lower_flag(self, name: str) -> None:
+        """Clear the flag ``name`` (a new attempt starts: an old request is void)."""
+        from distributed import Event
+
+        Event(name, client=self._live().client).clear()
+
     def detach(self, handle: InstanceHandle) -> None:
         """The instance's task is over: its worker starts counting idle time."""
         self._live().detach(handle.instance_id)
