@@ -97,7 +97,10 @@ def _remote_move(safe: str) -> bool:
         get_worker()
     except ValueError:
         return False
-    return bool(Event(move_signal(safe)).is_set())
+    try:
+        return bool(Event(move_signal(safe)).is_set())
+    except Exception:  # the scheduler did not answer: the state is saved, keep working
+        return False
 
 
 def request_move(key: str, reason: str = "the spot controller moved the job") -> None:
