@@ -119,7 +119,7 @@ def late_share() -> float:
     """The live side's ``late_s`` as a share of a tick: it checks the instance
     ``CHECKS_PER_DECISION`` times a tick, and after a loss the stand-in body stops at its
     next save (``end_s`` = one save period, ``SAVES_PER_TICK`` saves a tick)."""
-    from prefect_cloudsched.runtime.spot_live import CHECKS_PER_DECISION
+    from prefect_cloudsched.runtime.spot_settings import CHECKS_PER_DECISION
     from prefect_cloudsched.testing.spot_job import SAVES_PER_TICK
 
     return 1 / CHECKS_PER_DECISION + 1 / SAVES_PER_TICK

@@ -69,7 +69,7 @@ def markets() -> dict[str, Any]:
 
 def runner_late_share() -> float:
     """The runner's default ``late_s`` as a share of its decision interval (one tick here)."""
-    from prefect_cloudsched.runtime.spot_live import CHECKS_PER_DECISION, END_S, HORIZON_S
+    from prefect_cloudsched.runtime.spot_settings import CHECKS_PER_DECISION, END_S, HORIZON_S
 
     return (HORIZON_S / CHECKS_PER_DECISION + END_S) / HORIZON_S
 

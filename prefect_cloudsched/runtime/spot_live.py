@@ -519,14 +519,4 @@ class SpotLive:
             job.placement = IDLE
 
 
-__all__ = [
-    "CHANGE_OVER_S",
-    "CHECKS_PER_DECISION",
-    "EGRESS_USD",
-    "END_S",
-    "HORIZON_S",
-    "SpotControlSettings",
-    "SpotLive",
-    "TraceClockView",
-    "WallClock",
-]
+__all__ = ["SpotControlSettings", "SpotLive", "TraceClockView", "WallClock"]
