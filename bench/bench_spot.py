@@ -209,35 +209,30 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
         "runner_margin_misses": sum(c["misses"]["controller@runner"] for c in cells),
         "mean_runner_margin_vs_up": round(float(np.mean(runner)), 4),
         "max_runner_margin_vs_up": round(float(np.max(runner)), 4),
-        "mean_multi_region_bound_vs_best_single_up": round(float(np.mean(bound_multi)), 4)
-        if bound_multi
-        else None,
+        "mean_multi_region_bound_vs_best_single_up": _mean(bound_multi),
         # how far the multi-region controller is from the omniscient multi-region schedule
         # (SkyNomad's anchor: within about 10 % of the optimum), on the bound's start points
-        "mean_multi_region_controller_vs_bound": round(
-            float(np.mean([c["vs_bound"]["controller"] for c in everywhere_cells])), 4
-        )
-        if everywhere_cells
-        else None,
+        "mean_multi_region_controller_vs_bound": _mean(
+            [c["vs_bound"]["controller"] for c in everywhere_cells]
+        ),
         "up_misses": sum(c["misses"]["uniform-progress"] for c in cells),
         "greedy_misses": sum(c["misses"]["greedy"] for c in cells),
         "single_region_cells": len(single),
         "mean_controller_vs_up": round(float(np.mean(ratios)), 4),
         "max_controller_vs_up": round(float(np.max(ratios)), 4),
         "cells_above_up": sum(r > 1 for r in ratios),
-        "best_possible_mean_vs_up": round(float(np.mean(best_possible)), 4)
-        if best_possible
-        else None,
-        "controller_vs_bound_mean": round(
-            float(np.mean([c["vs_bound"]["controller"] for c in bounded])), 4
-        )
-        if bounded
-        else None,
+        "best_possible_mean_vs_up": _mean(best_possible),
+        "controller_vs_bound_mean": _mean([c["vs_bound"]["controller"] for c in bounded]),
         "multi_region": multi,
         "mean_multi_region_vs_best_single_up": round(
             float(np.mean([m["ratio"] for m in multi])), 4
         ),
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    """The mean to 4 digits, or None for no values (a figure not measured is not 0)."""
+    return round(float(np.mean(values)), 4) if values else None
 
 
 def main() -> None:
