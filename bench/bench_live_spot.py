@@ -6,8 +6,9 @@ clouds, and through the single-job replay, on the same trace window.
   region — where a stand-in AWS launch lands — is the zone the simulator runs in;
   p3.2xlarge at the catalog's prices (us-east-2: spot $0.459/h, on-demand $3.06/h: the live
   ledger bills the catalog offer, so the replay uses the same prices). With several regions
-  the job may move its checkpoint; the replay pays ``EGRESS_USD`` per move, the ledger has
-  no row for it, so live ÷ replay compares the instances alone (egress shown beside).
+  the job may move its checkpoint; the replay pays ``EGRESS_USD`` per move and the ledger
+  bills it in a transfer row per move, so live ÷ replay compares totals with egress (the
+  instances alone are compared beside them).
 * **Job**: 6 trace hours of work, deadline 1.5 × (9 h), change-over 0.2 h, one decision per
   trace tick (195 s) in both. The controller has seen the 7 trace days before the start in
   both (the replay's ``Controlled`` and the live session's shared availability model).
@@ -150,7 +151,7 @@ def simulate(start_tick: int) -> dict[str, Any]:
     return {
         "cost_usd": result.cost_usd,
         "egress_usd": egress,
-        # what instances cost: the part a ledger row bills (it has no egress row)
+        # what instances cost: the part the ledger's instance rows bill
         "instances_usd": result.cost_usd - egress,
         "segments": replay_segments(placements, result, market, spot, on_demand),
         "missed": result.missed,
@@ -240,6 +241,7 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
     from prefect_cloudsched.core.catalog import load_catalog
     from prefect_cloudsched.core.needs import TaskNeeds
     from prefect_cloudsched.core.policy import PlacementState, PolicyConfig
+    from prefect_cloudsched.core.records import TRANSFER_STATE
     from prefect_cloudsched.prefect import checkpoint
     from prefect_cloudsched.runtime.session import Session
     from prefect_cloudsched.testing.clouds import MockClouds
@@ -297,14 +299,23 @@ def live(start_tick: int, seconds_per_trace_hour: float, gap: float, home: Path)
         instances = {r["instance_id"]: r for r in Ledger(ledger_url).instances(run_id=None)}
     job = next(iter(spot.jobs.values()))
     speed = 3600 / seconds_per_trace_hour
+    transfers = [r for r in records if r.state == TRANSFER_STATE]
+    records = [r for r in records if r.state != TRANSFER_STATE]
     micro = sum(r.cost_micro for r in records)
     kinds = [kind for _, kind, _ in job.log]
     segments = live_segments(records, instances, job, anchor, start_s, speed)
+    # a transfer is billed in dollars, not by the (scaled) hour: it is not rescaled
+    egress = sum(r.cost_micro for r in transfers) / 1e6
+    instances_usd = sum(seg["usd"] for seg in segments)
     return {
         "cost_micro_wall": micro,
         # what the ledger bills, as the report counts it: the task rows plus each instance's
-        # time no row paid (launch request → running, loss → termination), in trace time
-        "cost_usd": sum(seg["usd"] for seg in segments),
+        # time no row paid (launch request → running, loss → termination), in trace time,
+        # plus the moves' transfer rows
+        "cost_usd": instances_usd + egress,
+        "instances_usd": instances_usd,
+        "egress_usd": egress,
+        "transfer_rows": len(transfers),
         "task_rows_usd": micro / 1e6 * speed,
         "segments": segments,
         "finish_h": finish_h,
@@ -419,12 +430,13 @@ def launch_latency_h(job: Any) -> list[float]:
 
 def compare(sim: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
     """How the live run differs from the replay."""
-    ratio = got["cost_usd"] / sim["instances_usd"]  # egress: the ledger has no row for it
+    ratio = got["cost_usd"] / sim["cost_usd"]  # both with the moves' egress
     return {
         "cost_ratio": ratio,
+        "instances_ratio": got["instances_usd"] / sim["instances_usd"],
         "cost_within_2pct": abs(ratio - 1) <= 0.02,
         "same_spot_starts": got["spot_starts"] == sim["spot_starts"],
-        "same_moves": got["moves"] == sim["moves"],
+        "same_moves": got["moves"] == sim["moves"] == got["transfer_rows"],
         "same_yields": got["yields"] == sim["yields"],
     }
 
@@ -481,21 +493,24 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "Live $ is what the ledger bills as the report counts it (each instance from its launch "
         "request to its termination: task row + boot/idle row), in trace time; task rows $ is "
-        "the task rows alone (from the instance running). Sim $ is the replay's cost with "
-        f"its egress (${EGRESS_USD:.2f} per move) in brackets; live ÷ sim compares the "
-        "instances alone: the ledger has no row for a checkpoint's transfer.",
+        "the task rows alone (from the instance running). Both sides include the moves' "
+        f"egress (${EGRESS_USD:.2f} per move; in brackets): the replay pays it per move, "
+        "the ledger bills it in one transfer row per move. live ÷ sim compares the totals; "
+        "instances ÷ sim the instances alone.",
         "",
-        "| start tick | sim $ (egress) | live $ | live ÷ sim | task rows $ (÷ sim) "
+        "| start tick | sim $ (egress) | live $ (egress) | live ÷ sim | instances ÷ sim "
+        "| task rows $ (÷ sim instances) "
         "| spot starts sim/live | OD starts sim/live | interruptions sim/live "
         "| yields sim/live | moves sim/live | waits sim/live | finish h sim/live | live wall s "
         "| left running |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, g = r["simulated"], r["live"]
         lines.append(
             f"| {r['start_tick']} | {s['cost_usd']:.3f} ({s['egress_usd']:.2f}) "
-            f"| {g['cost_usd']:.3f} | **{r['cost_ratio']:.4f}** | {g['task_rows_usd']:.3f} "
+            f"| {g['cost_usd']:.3f} ({g['egress_usd']:.2f}) | **{r['cost_ratio']:.4f}** "
+            f"| {r['instances_ratio']:.4f} | {g['task_rows_usd']:.3f} "
             f"({g['task_rows_usd'] / s['instances_usd']:.4f}) "
             f"| {s['spot_starts']}/{g['spot_starts']} "
             f"| {s['on_demand_starts']}/{g['on_demand_starts']} "

@@ -11,10 +11,13 @@ from types import SimpleNamespace
 import pytest
 
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
+from prefect_cloudsched.core.accounting import dearer_reasons
+from prefect_cloudsched.core.budget import BudgetPolicy, BudgetTracker
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.core.policy.spot_control import Market, SpotController
+from prefect_cloudsched.core.report import build_report
 from prefect_cloudsched.errors import CapacityError, MoveRequested, SpotInterrupted
 from prefect_cloudsched.prefect import checkpoint
 from prefect_cloudsched.runtime.spot_live import SpotLive, _Job
@@ -119,6 +122,57 @@ def test_a_controlled_task_waits_moves_and_resumes_from_its_checkpoint(tmp_path)
     moved = [r for r in records if r.state == "moved"]
     assert all(r.baseline_micro == 0 and r.wasted_micro == 0 and r.cost_micro > 0 for r in moved)
     assert sorted(provisioner.released) == sorted(h.instance_id for h in provisioner.started)
+
+
+def test_a_move_to_another_region_bills_its_checkpoint_transfer_in_a_row_of_its_own(
+    tmp_path,
+) -> None:
+    """us-east-2's spot (the cheapest) is up for 1.5 trace hours, then down for the day;
+    us-west-2's is up all day. The task runs on us-east-2 spot, is reclaimed, and resumes
+    on us-west-2 spot: a move. The ledger bills its transfer (the replay's egress, the
+    controller's ``egress_usd``) in one row of its own — no instance, no runtime, baseline
+    0, the report's ``egress`` reason — and the budget counts it. Without the row the
+    ledger's total was short of the replay's by the egress."""
+    west = "us-west-2"
+    lanes = {
+        f"{REGION}a": Lane([0.0], [1.5 * H]),
+        f"{west}a": Lane([0.0], [24 * H]),
+    }
+    trace = SpotTrace("p3.2xlarge", 24 * H, {REGION: [f"{REGION}a"], west: [f"{west}a"]}, lanes)
+    clock = TraceClock(trace, seconds_per_trace_hour=0.5)
+    provisioner = TracedProvisioner(clock)
+    session = runtime_session(
+        tmp_path,
+        policy=replace(POLICY, allowed_regions=frozenset({REGION, west})),
+        provisioners={"aws": provisioner},
+        executor=InstanceStandInExecutor(),
+        budget=BudgetTracker(BudgetPolicy(per_run_usd=50.0)),
+    )
+    session.spot_live.mover = checkpoint
+    session.spot_live.change_over_s = 0.1 * H
+    session.spot_live.horizon_s = 0.1 * H
+    session.spot_live.egress_usd = 0.37
+    clock.restart()
+    run_controlled_job(session, NEEDS, "tr-move")
+    records = session.close()
+    job = session.spot_live.jobs["tr-move"]
+    transfers = [r for r in records if r.state == "transfer"]
+    instances = [r for r in records if r.state != "transfer"]
+    assert [r.region for r in instances][:2] == [REGION, west]
+    assert job.moves == len(transfers) >= 1
+    row = transfers[0]
+    assert (row.cost_micro, row.baseline_micro, row.runtime_s, row.instance_id) == (
+        370_000, 0, 0.0, None
+    )
+    assert (row.option, row.region, row.task_run_id) == ("egress", west, "tr-move")
+    assert f"from {REGION} to {west}" in row.explanation
+    assert dearer_reasons(row) == ("egress",)
+    # the ledger holds every row the session wrote, transfer included
+    stored = session.ledger.placements()
+    assert sorted(r.cost_micro for r in stored) == sorted(r.cost_micro for r in records)
+    assert build_report(stored).total.spend_micro == sum(r.cost_micro for r in records)
+    # the run's cap counted the transfer too (with each instance's boot and minimum)
+    assert session.budget.spent_micro >= sum(r.cost_micro for r in records)
 
 
 def test_the_retry_condition_retries_moves_like_interruptions() -> None:

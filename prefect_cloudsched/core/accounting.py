@@ -40,7 +40,12 @@ from typing import Any
 import numpy as np
 
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption
-from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord, to_micro
+from prefect_cloudsched.core.records import (
+    REAPED_STATE,
+    TRANSFER_STATE,
+    PlacementRecord,
+    to_micro,
+)
 
 #: Why a row's spend may exceed its on-demand baseline (the report counts rows per reason).
 INTERRUPTED = "interrupted"
@@ -61,8 +66,10 @@ REASON_HELP: Mapping[str, str] = {
     SHARED_IDLE: "paid its shared instance's idle time (members did not overlap fully)",
     RESERVATION: "an idle reservation dearer per hour than the cheapest on-demand that fits"
     " (larger, or elsewhere): paid whether used or not, so used first",
-    EGRESS: "placed near its data: the decision counted the egress a cheaper-per-hour"
-    " on-demand elsewhere would pay; rows count no egress",
+    EGRESS: "data or a checkpoint crossed regions: a task placed near its data (the"
+    " decision counted the egress a cheaper-per-hour on-demand elsewhere would pay; its row"
+    " counts none), or a spot-controlled task's move (its transfer row bills"
+    " spot_control.egress_usd)",
     REAPED: "orphaned instance ended by `reap`: all of it wasted",
     UNEXPLAINED: "none of the above: please report it",
 }
@@ -178,7 +185,8 @@ def dearer_reasons(record: PlacementRecord) -> tuple[str, ...]:
     Read from the row itself: its interruption fields, its runtime against the decision's
     estimate (``decision_json.task_needs.est_runtime_s``), ``fell_back_from`` and
     ``shared_by`` of the decision that ran, its purchase option and the task's input data
-    (``task_needs.input_gib``: the decision priced egress, the row does not). A dearer row
+    (``task_needs.input_gib``: the decision priced egress, the row does not) or its being a
+    checkpoint transfer (``TRANSFER_STATE``). A dearer row
     none of these explains is :data:`UNEXPLAINED` (the report shows it; tests keep it at 0).
     """
     if record.cost_micro <= record.baseline_micro:
@@ -198,7 +206,7 @@ def dearer_reasons(record: PlacementRecord) -> tuple[str, ...]:
         reasons.append(SHARED_IDLE)
     if record.option == PurchaseOption.RESERVED.value:
         reasons.append(RESERVATION)
-    if (details.get("task_needs") or {}).get("input_gib"):
+    if (details.get("task_needs") or {}).get("input_gib") or record.state == TRANSFER_STATE:
         reasons.append(EGRESS)
     if record.state == REAPED_STATE:
         reasons.append(REAPED)

@@ -38,6 +38,9 @@ RESERVATION_OWNED, RESERVATION_DECLARED, RESERVATION_BOUGHT_PLAN = "owned", "dec
 RESERVATION_SOURCES = (RESERVATION_OWNED, RESERVATION_DECLARED, RESERVATION_BOUGHT_PLAN)
 #: ``state`` of a ledger row the reaper wrote for an orphaned instance it ended.
 REAPED_STATE = "reaped"
+#: ``state`` and ``option`` of the row a spot-controlled task's move writes: its checkpoint
+#: crossed regions and the transfer is billed (no instance, no runtime, baseline 0).
+TRANSFER_STATE, TRANSFER_OPTION = "transfer", "egress"
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,10 @@ class Attempt:
     tail_s: float = 0.0
     #: ``perf_counter()`` when its instance was released (the budget stops counting there).
     released_t: float | None = None
+    #: A spot-controlled task's move: the region its checkpoint comes from, and what the
+    #: transfer costs (``spot_control.egress_usd``), billed by a row of its own.
+    checkpoint_from: str | None = None
+    egress_micro: int = 0
 
     def billed_seconds(self, now: float) -> float:
         """Instance time billed for this attempt: until now, or until it was stopped."""
@@ -78,14 +82,17 @@ class Attempt:
         The task's charge, or — when it started its own instance — that instance's billed
         time from the launch request (at least the cloud's minimum) plus the warm tail it
         may be kept for: what the report will charge for the instance (its task row and
-        its boot-and-idle row), so a hard cap covers both.
+        its boot-and-idle row), so a hard cap covers both. A move's checkpoint transfer
+        counts from the start (it is paid when the state is fetched).
         """
         offer = self.decision.offer
         if self.launch_t0 is None:
-            return to_micro(offer.usd_per_hour / 3600.0 * self.billed_seconds(now))
+            charged = to_micro(offer.usd_per_hour / 3600.0 * self.billed_seconds(now))
+            return charged + self.egress_micro
         end = now if self.released_t is None else min(now, self.released_t)
         seconds = max(0.0, end - self.launch_t0) + self.tail_s
-        return instance_billed_micro(to_micro(offer.usd_per_hour), seconds, offer.option)
+        billed = instance_billed_micro(to_micro(offer.usd_per_hour), seconds, offer.option)
+        return billed + self.egress_micro
 
     # what an observer needs to relate a report to the task run (see ``TaskIds``)
     @property

@@ -1,4 +1,5 @@
-"""What one finished attempt writes to the ledger: its placement row, and an interruption row.
+"""What one finished attempt writes to the ledger: its placement row, an interruption row,
+and a checkpoint transfer row when the spot controller moved it to another region.
 
 Kept apart from the session so the row's fields — the accounting model the report and the
 simulator share — are read in one place.
@@ -11,7 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect_cloudsched.core.policy import cost_of
-from prefect_cloudsched.core.records import PlacementRecord, to_micro
+from prefect_cloudsched.core.records import (
+    TRANSFER_OPTION,
+    TRANSFER_STATE,
+    PlacementRecord,
+    to_micro,
+    to_usd,
+)
 from prefect_cloudsched.errors import MoveRequested, SpotInterrupted
 from prefect_cloudsched.runtime.attempt import Attempt
 
@@ -75,6 +82,53 @@ def attempt_record(
     )
 
 
+def transfer_record(attempt: Attempt) -> PlacementRecord | None:
+    """The row billing a move's checkpoint transfer (``None`` when the attempt did not move).
+
+    The replay pays ``egress_usd`` once per move (``simulate/spot_replay.py``) and the
+    controller decides with it, so the ledger bills the same figure: a row of its own, with
+    no instance (the boot-and-idle rows of ``core/instance_time.py`` read instance rows
+    only), no runtime and baseline 0 (plain on-demand never moves a checkpoint).
+    """
+    if not attempt.egress_micro or attempt.checkpoint_from is None:
+        return None
+    offer = attempt.decision.offer
+    usd = to_usd(attempt.egress_micro)
+    return PlacementRecord(
+        flow_run_id=attempt.flow_run_id,
+        flow_name=attempt.spec.flow_name,
+        task_run_id=attempt.task_run_id,
+        task_name=attempt.task_name,
+        cloud=offer.cloud,
+        region=offer.region,
+        zone=None,
+        instance_type="checkpoint transfer",
+        option=TRANSFER_OPTION,
+        offer_key=f"transfer:{attempt.checkpoint_from}->{offer.region}",
+        gpu_type=None,
+        gpus=0,
+        price_micro_per_hour=0,
+        started_at=attempt.started_at,
+        ended_at=attempt.started_at,
+        runtime_s=0.0,
+        cost_micro=attempt.egress_micro,
+        baseline_micro=0,
+        state=TRANSFER_STATE,
+        explanation=(
+            f"spot control moved the checkpoint from {attempt.checkpoint_from} to "
+            f"{offer.region}: ${usd} transfer (spot_control.egress_usd)"
+        ),
+        decision_json=json.dumps(
+            {
+                "checkpoint_from": attempt.checkpoint_from,
+                "checkpoint_to": offer.region,
+                "egress_usd": str(usd),
+                "attempt": attempt.placement.attempt,
+            }
+        ),
+    )
+
+
 def interruption_row(attempt: Attempt, error: SpotInterrupted, cost_micro: int) -> dict[str, Any]:
     """Keyword arguments of ``Ledger.record_interruption`` for a reclaimed attempt."""
     return dict(
@@ -88,4 +142,4 @@ def interruption_row(attempt: Attempt, error: SpotInterrupted, cost_micro: int) 
     )
 
 
-__all__ = ["attempt_record", "interruption_row"]
+__all__ = ["attempt_record", "interruption_row", "transfer_record"]

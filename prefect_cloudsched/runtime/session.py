@@ -44,7 +44,11 @@ from prefect_cloudsched.runtime.budget_watch import BudgetWatch, launch_floor_mi
 from prefect_cloudsched.runtime.config import SessionSettings
 from prefect_cloudsched.runtime.deciding import RunDecisions
 from prefect_cloudsched.runtime.observer import LoggingObserver, RunObserver
-from prefect_cloudsched.runtime.recording import attempt_record, interruption_row
+from prefect_cloudsched.runtime.recording import (
+    attempt_record,
+    interruption_row,
+    transfer_record,
+)
 from prefect_cloudsched.runtime.shared import MapBatch
 from prefect_cloudsched.runtime.spot_live import SpotControlSettings, SpotLive
 
@@ -241,6 +245,10 @@ class Session:
         )
         if decision.offer.option is PurchaseOption.RESERVED:
             started.reservation_source = self._reservation_source(decision, shared is not None)
+        if controlled:  # a move to another region pays its checkpoint's transfer
+            started.checkpoint_from, started.egress_micro = self.spot_live.transfer(
+                task_run_id, decision.offer
+            )
         if handle is not None and launch_t0 is not None:
             started.launch_t0 = launch_t0
             started.tail_s = self.provisioners[decision.offer.cloud].warm_seconds
@@ -494,14 +502,17 @@ class Session:
                 instance_id=attempt.placement.instance_id,
                 wasted_usd=cost / 1_000_000,
             )
+        transfer = transfer_record(attempt)
+        rows = [record] if transfer is None else [record, transfer]
         with self._lock:
-            self.records.append(record)
+            self.records.extend(rows)
         if self.budget is not None:
-            counted = record.cost_micro
+            counted = record.cost_micro + attempt.egress_micro
             if attempt.launch_t0 is not None:  # the instance's boot, minimum and warm tail
                 counted = max(counted, attempt.counted_micro(time.perf_counter()))
             self.budget.settle(attempt.hold, counted)
-        self.writer.put(record)
+        for row in rows:
+            self.writer.put(row)
 
     def _record_interruption(self, attempt: Attempt, error: SpotInterrupted, cost: int) -> None:
         """The interruption's own row; a failed write is logged, never raised (it would

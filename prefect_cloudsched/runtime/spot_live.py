@@ -60,6 +60,7 @@ from prefect_cloudsched.core.policy.spot_control import (
     Placement,
     SpotController,
 )
+from prefect_cloudsched.core.records import to_micro
 from prefect_cloudsched.errors import MoveRequested, NoFeasibleOffer, SpotInterrupted
 from prefect_cloudsched.runtime.spot_settings import (
     CHANGE_OVER_S,
@@ -335,10 +336,10 @@ class SpotLive:
         while True:
             control = self.ask(job)
             if control.kind is Kind.SPOT and control.zone in job.offers:
-                return self._decision(base, job.offers[control.zone], control, spec.needs)
+                return self._decision(base, job.offers[control.zone], control, job, spec.needs)
             if control.kind in (Kind.ON_DEMAND, Kind.STAY):
                 offer = self._on_demand(spec.needs, control.region or job.checkpoint_region)
-                return self._decision(base, offer, control, spec.needs)
+                return self._decision(base, offer, control, job, spec.needs)
             if control.reason == "done":
                 return base  # the model says done; let the body confirm from its checkpoint
             self._sleep_until(job, control.recheck_at_s)
@@ -357,14 +358,30 @@ class SpotLive:
         return job.start_s + k * period
 
     def _decision(
-        self, base: Decision, offer: Offer, control: ControlDecision, needs: TaskNeeds
+        self, base: Decision, offer: Offer, control: ControlDecision, job: _Job, needs: TaskNeeds
     ) -> Decision:
+        """``base`` moved to ``offer``; a move's transfer is part of what it expects to pay
+        (a budget hold then covers the transfer row too)."""
+        moving = job.checkpoint_region not in (None, offer.region)
         return replace(
             base,
             offer=offer,
-            expected_cost=cost_of(offer, needs.est_runtime.total_seconds()),
+            expected_cost=cost_of(offer, needs.est_runtime.total_seconds())
+            + (self.egress_usd if moving else 0.0),
             reasons=(*base.reasons, f"spot control: {control.reason}"),
         )
+
+    def transfer(self, task_run_id: str, offer: Offer) -> tuple[str | None, int]:
+        """Where a start on ``offer`` moves the task's checkpoint from, and what the
+        transfer is billed in micro-dollars (``(None, 0)``: no move).
+
+        The same rule as the replay's and as :meth:`started`'s count of moves: a start in
+        another region than the last attempt's.
+        """
+        job = self.jobs.get(task_run_id)
+        if job is None or job.checkpoint_region in (None, offer.region):
+            return None, 0
+        return job.checkpoint_region, to_micro(self.egress_usd)
 
     def refused(self, spec: TaskSpec, task_run_id: str, decision: Decision) -> Decision:
         """A launch was refused for capacity: observe the market down, ask again."""
