@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 
@@ -69,6 +71,23 @@ class MoveRequested(CloudSchedError):
 
 class InputError(CloudSchedError, ValueError):
     """Bad user input (a file, a column, an option). The CLI prints it and exits 2."""
+
+
+@contextmanager
+def read_errors(what: str, name: str, path: str, *, save_as: str = "UTF-8") -> Iterator[None]:
+    """Reading a user's text file: a decode or OS error becomes one :class:`InputError` line.
+
+    One wording for every file we read (``what`` names the flag or the file's role), so a
+    user sees which byte or which OS error, and the fix, never a decoder traceback.
+    """
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{what} {name} is not UTF-8 text (byte {err.start}); save it as {save_as}"
+        ) from None
+    except OSError as err:
+        raise InputError(f"{what} {path} cannot be read ({err.strerror})") from None
 
 
 class CapacityError(CloudSchedError):

@@ -41,12 +41,23 @@ def clouds() -> Iterator[MockClouds]:
         yield mc
 
 
+@pytest.fixture
+def sqlite_ok(prefect_harness, clouds: MockClouds, tmp_path: Path) -> Callable[..., Outcome]:
+    """Runs a mock-cloud scenario once on SQLite and checks it passed; returns its outcome."""
+
+    def run(scenario: Callable[..., Outcome], **options: object) -> Outcome:
+        outcome = scenario(clouds, tmp_path, "sqlite", **options)
+        _assert_ok(outcome)
+        return outcome
+
+    return run
+
+
 @pytest.mark.harness
 def test_spot_interruption_is_recovered_end_to_end(
-    prefect_harness, clouds: MockClouds, tmp_path: Path
+    sqlite_ok: Callable[..., Outcome], clouds: MockClouds
 ) -> None:
-    outcome = fault_suite.storm(clouds, tmp_path, "sqlite", tasks=1, interrupt=1)
-    _assert_ok(outcome)
+    outcome = sqlite_ok(fault_suite.storm, tasks=1, interrupt=1)
     assert outcome.faults_injected == 1 and outcome.interruptions == 1
     ledger = Ledger(fault_suite.os.environ["PREFECT_CLOUDSCHED_LEDGER_URL"])
     rows = ledger.placements()
@@ -61,37 +72,31 @@ def test_spot_interruption_is_recovered_end_to_end(
 
 @pytest.mark.slow
 @pytest.mark.harness
-def test_interruption_storm(prefect_harness, clouds: MockClouds, tmp_path: Path) -> None:
-    outcome = fault_suite.storm(clouds, tmp_path, "sqlite", tasks=4)
-    _assert_ok(outcome)
+def test_interruption_storm(sqlite_ok: Callable[..., Outcome]) -> None:
+    outcome = sqlite_ok(fault_suite.storm, tasks=4)
     assert outcome.faults_injected >= 4 and outcome.interruptions == outcome.faults_injected
     assert "spot" not in outcome.detail  # every task finished on non-spot capacity
 
 
 @pytest.mark.slow
 @pytest.mark.harness
-def test_capacity_refusals_fall_back(prefect_harness, clouds: MockClouds, tmp_path: Path) -> None:
-    outcome = fault_suite.capacity(clouds, tmp_path, "sqlite")
-    _assert_ok(outcome)
+def test_capacity_refusals_fall_back(sqlite_ok: Callable[..., Outcome]) -> None:
+    outcome = sqlite_ok(fault_suite.capacity)
     assert outcome.faults_injected >= 2  # both first choices were tried and refused
 
 
 @pytest.mark.slow
 @pytest.mark.harness
-def test_throttled_launches_start_no_duplicates(
-    prefect_harness, clouds: MockClouds, tmp_path: Path
-) -> None:
-    outcome = fault_suite.throttle(clouds, tmp_path, "sqlite")
-    _assert_ok(outcome)
+def test_throttled_launches_start_no_duplicates(sqlite_ok: Callable[..., Outcome]) -> None:
+    outcome = sqlite_ok(fault_suite.throttle)
     assert outcome.faults_injected == 2 * outcome.tasks  # throttled launches, not token hits
     assert outcome.detail.startswith(f"instances launched {outcome.tasks} ")
 
 
 @pytest.mark.slow
 @pytest.mark.harness
-def test_sigkilled_flow_is_reaped(prefect_harness, clouds: MockClouds, tmp_path: Path) -> None:
-    outcome = fault_suite.sigkill(clouds, tmp_path, "sqlite")
-    _assert_ok(outcome)
+def test_sigkilled_flow_is_reaped(sqlite_ok: Callable[..., Outcome]) -> None:
+    outcome = sqlite_ok(fault_suite.sigkill)
     assert outcome.tasks_ok == outcome.tasks == 5  # counted from the killed process's output
     assert outcome.rows_expected == 5 + 2 == outcome.rows_found  # 5 task rows + 2 orphan rows
     assert "2 orphaned by the kill, 2 reaped, 2 orphan row(s)" in outcome.detail
@@ -99,11 +104,8 @@ def test_sigkilled_flow_is_reaped(prefect_harness, clouds: MockClouds, tmp_path:
 
 @pytest.mark.slow
 @pytest.mark.harness
-def test_instance_minutes_count_against_a_hard_cap(
-    prefect_harness, clouds: MockClouds, tmp_path: Path
-) -> None:
-    outcome = fault_money.instance_cap(clouds, tmp_path, "sqlite")
-    _assert_ok(outcome)
+def test_instance_minutes_count_against_a_hard_cap(sqlite_ok: Callable[..., Outcome]) -> None:
+    outcome = sqlite_ok(fault_money.instance_cap)
     assert outcome.spend_over_cap is not None and 0 < outcome.spend_over_cap <= 1.0
     assert "refused by the cap" in outcome.detail and not outcome.detail.startswith("0 completed")
     assert "0 refused" not in outcome.detail  # task rows alone would have admitted all six
@@ -266,9 +268,7 @@ def test_checkpointable_task_resumes_after_interruption(
     ],
 )
 def test_remote_bad_input_fails_with_one_line_and_leaves_nothing_running(
-    prefect_harness,
-    clouds: MockClouds,
-    tmp_path: Path,
+    sqlite_ok: Callable[..., Outcome],
     scenario: Callable[..., fault_suite.Outcome],
     final_state: str,
     rows_expected: int,
@@ -276,8 +276,7 @@ def test_remote_bad_input_fails_with_one_line_and_leaves_nothing_running(
     within_s: float | None,
 ) -> None:
     """Failed with one line naming the setting; nothing of ours left; launches accounted."""
-    outcome = scenario(clouds, tmp_path, "sqlite")
-    _assert_ok(outcome)
+    outcome = sqlite_ok(scenario)
     assert outcome.one_line_error and outcome.names_setting, outcome.detail
     assert outcome.instances_leaked == 0 and outcome.rows_lost == 0
     assert outcome.faults_injected >= 1  # the fault really happened

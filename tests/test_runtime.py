@@ -17,6 +17,7 @@ from prefect_cloudsched.core.policy import PlacementState
 from prefect_cloudsched.core.policy.admission import needs_for_attempt
 from prefect_cloudsched.errors import DeadlineAtRisk, InputError, SpotInterrupted
 from prefect_cloudsched.runtime import build
+from prefect_cloudsched.runtime.attempt import run_and_finish
 from prefect_cloudsched.runtime.config import RunnerConfig
 from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.testing.executor import InstanceStandInExecutor
@@ -27,13 +28,7 @@ from prefect_cloudsched.testing.session import runtime_session
 def _attempt(session: Session, needs: TaskNeeds, body, *, attempt: int = 1):
     spec = session.submit("t", needs, flow_run_id="run-1", flow_name="f", announce=True)
     placed = session.place(spec, task_run_id="tr-1", attempt=attempt)
-    try:
-        result = session.run(placed, body)
-    except BaseException as err:
-        session.finish(placed, err)
-        raise
-    session.finish(placed, None)
-    return result
+    return run_and_finish(session, placed, body)
 
 
 def test_place_run_finish_writes_one_row_and_releases_the_instance(tmp_path) -> None:

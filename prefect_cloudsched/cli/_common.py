@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from prefect_cloudsched.errors import InputError
+from prefect_cloudsched.errors import InputError, read_errors
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -222,16 +222,12 @@ def text_file(path: str | Path, flag: str) -> Path:
         raise InputError(f"{flag} {str(file)!r} does not exist; check the path")
     if not file.is_file():
         raise InputError(f"{flag} {str(file)!r} is not a file; pass a CSV file")
-    try:
-        with file.open(encoding="utf-8") as handle:
-            while handle.read(1 << 20):
-                pass
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"{flag} {file.name!r} is not UTF-8 text (byte {err.start}); save it as UTF-8 CSV"
-        ) from None
-    except OSError as err:
-        raise InputError(f"{flag} {str(file)!r} cannot be read ({err.strerror})") from None
+    with (
+        read_errors(flag, repr(file.name), repr(str(file)), save_as="UTF-8 CSV"),
+        file.open(encoding="utf-8") as handle,
+    ):
+        while handle.read(1 << 20):
+            pass
     return file
 
 

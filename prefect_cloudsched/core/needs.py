@@ -264,6 +264,8 @@ def check_region(name: object, field_name: str = "data_region") -> str:
 
 # --------------------------------------------------------------------------- parsing helpers
 
+_N = TypeVar("_N", int, float)
+
 _DURATION_RE = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*"
     r"(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$",
@@ -304,21 +306,23 @@ def parse_memory_gib(text: str) -> float:
     return value
 
 
-def _parse_int(tag: str, value: str) -> int:
+def _tag_number(tag: str, value: str, kind: Callable[[str], _N], noun: str) -> _N:
+    """``value`` converted by ``kind``; else one line naming the tag, not a ValueError."""
     try:
-        number = int(value)
+        return kind(value)
     except ValueError:
-        raise NeedsError(f"tag {tag!r}: {value!r} is not a whole number") from None
+        raise NeedsError(f"tag {tag!r}: {value!r} is not a {noun}") from None
+
+
+def _parse_int(tag: str, value: str) -> int:
+    number = _tag_number(tag, value, int, "whole number")
     if number < 0:
         raise NeedsError(f"tag {tag!r}: count must be >= 0")
     return number
 
 
 def _parse_float(tag: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise NeedsError(f"tag {tag!r}: {value!r} is not a number") from None
+    number = _tag_number(tag, value, float, "number")
     if not math.isfinite(number):
         raise NeedsError(f"tag {tag!r}: {value!r} is not a finite number; write e.g. cpu:4")
     return number

@@ -18,6 +18,17 @@ from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.runtime.config import ExecutionMode, RunnerConfig, SessionSettings
 from prefect_cloudsched.runtime.spot_settings import SpotControlSettings
 
+#: ``RunnerConfig`` options no block changes: they reach ``SessionSettings`` as given.
+_AS_GIVEN = (
+    "catalog_path",
+    "executor_options",
+    "reserved",
+    "use_plan",
+    "live_prices",
+    "spot_retries",
+    "on_deadline_risk",
+)
+
 
 def resolve_settings(config: RunnerConfig) -> SessionSettings:
     """Load every block ``config`` names and return plain settings for one flow run."""
@@ -27,18 +38,12 @@ def resolve_settings(config: RunnerConfig) -> SessionSettings:
     return SessionSettings(
         policy=policy,
         ledger=ledger,
-        catalog_path=config.catalog_path,
         budget=budget,
         default_slack=default_slack,
         provisioners=provisioners_for(config.provisioners, config.pools, ledger.url),
         executor=executor,
-        executor_options=config.executor_options,
-        reserved=config.reserved,
-        use_plan=config.use_plan,
-        live_prices=config.live_prices,
-        spot_retries=config.spot_retries,
-        on_deadline_risk=config.on_deadline_risk,
         execution=execution,
+        **{name: getattr(config, name) for name in _AS_GIVEN},
         # the runner's own setting wins over the policy block's
         spot_control=config.spot_control or spot_control,
     )

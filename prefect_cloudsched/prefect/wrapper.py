@@ -18,7 +18,7 @@ from prefect.context import TaskRunContext
 
 from prefect_cloudsched.errors import MoveRequested, NoFeasibleOffer, SpotInterrupted
 from prefect_cloudsched.prefect import checkpoint
-from prefect_cloudsched.runtime.attempt import TaskSpec
+from prefect_cloudsched.runtime.attempt import TaskSpec, run_and_finish
 from prefect_cloudsched.runtime.session import Session
 
 
@@ -71,13 +71,7 @@ def wrap_body(session: Session, spec: TaskSpec, fn: Callable[..., Any], *, is_as
         call = functools.partial(fn, *args, **kwargs)
         if keyed:
             call = functools.partial(checkpoint.run_as, task_run_id, call)
-        try:
-            result = session.run(attempt, call)
-        except BaseException as err:
-            session.finish(attempt, err)
-            raise
-        session.finish(attempt, None)
-        return result
+        return run_and_finish(session, attempt, call)
 
     return dispatch
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prefect_cloudsched.adapters.execute.base import Placement
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
@@ -14,7 +15,10 @@ from prefect_cloudsched.core.policy import Decision
 from prefect_cloudsched.core.records import to_micro
 
 if TYPE_CHECKING:
+    from prefect_cloudsched.runtime.session import Session
     from prefect_cloudsched.runtime.shared import MapBatch, SharedInstance
+
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -112,4 +116,19 @@ class Attempt:
         return self.placement.decision
 
 
-__all__ = ["Attempt", "TaskSpec"]
+def run_and_finish(session: Session, attempt: Attempt, call: Callable[[], R]) -> R:
+    """Run ``call`` on ``attempt``, then finish it with the outcome (its error, else none).
+
+    One place for the place → run → finish protocol's last two steps, so every caller
+    finishes an attempt that raised too (the session releases and bills it there).
+    """
+    try:
+        result = session.run(attempt, call)
+    except BaseException as err:
+        session.finish(attempt, err)
+        raise
+    session.finish(attempt, None)
+    return result
+
+
+__all__ = ["Attempt", "TaskSpec", "run_and_finish"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefect_cloudsched.errors import InputError
+from prefect_cloudsched.errors import InputError, read_errors
 
 
 class PurchaseOption(StrEnum):
@@ -334,15 +334,11 @@ def _cached_file(path: str, _mtime_ns: int, _size: int) -> Catalog:
 
 
 def _read_file(file: Path) -> Catalog:
-    try:
-        with file.open(newline="", encoding="utf-8") as handle:
-            return catalog_from_csv(handle, str(file))
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"price catalog {file.name} is not UTF-8 text (byte {err.start}); save it as UTF-8"
-        ) from None
-    except OSError as err:
-        raise InputError(f"price catalog {file} cannot be read ({err.strerror})") from None
+    with (
+        read_errors("price catalog", file.name, str(file)),
+        file.open(newline="", encoding="utf-8") as handle,
+    ):
+        return catalog_from_csv(handle, str(file))
 
 
 REQUIRED_COLUMNS = ("cloud", "region", "instance_type", "vcpus", "memory_gib",
