@@ -11,9 +11,9 @@ For every hourly series in ``bench/data/`` (see its SOURCE.md) the backtest of
 * **development**: up to 14 origins just before those, i.e. ending where held-out starts.
   The grid, window, Fourier options, the selection rule, the combination (members,
   stacking, re-estimation interval) and the conformal intervals were chosen on this slice
-  (the interval settings ``conformal_decay``, ``crossfit_folds`` and ``aci_gamma`` also on
-  the earlier origins before it; docs/forecast.md, "What the interval settings were tuned
-  on").
+  (the interval settings ``conformal_decay``, ``crossfit_folds``, ``aci_gamma`` and
+  ``width_eta`` also on the earlier origins before it; docs/forecast.md, "What the interval
+  settings were tuned on" and "How width_eta was chosen").
   ``--slice development`` runs only this slice (``--out`` renames the results files), so a
   change can be judged without looking at held-out numbers.
 
@@ -215,6 +215,7 @@ def main() -> None:
             "conformal_decay": config.conformal_decay,
             "crossfit_folds": config.crossfit_folds,
             "aci_gamma": config.aci_gamma,
+            "width_eta": config.width_eta,
             "mase_ratio_target": MASE_RATIO_TARGET,
             "member_ratio_target": MEMBER_RATIO_TARGET,
             "coverage80_target": list(COVERAGE80_TARGET),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -294,3 +296,53 @@ def test_quantiles_at_several_levels_are_each_levels_own_quantile() -> None:
     assert together[0] < together[1] <= together[2] == np.nanmax(scores)
     no_scores = combined.weighted_conformal_quantiles(np.full(3, np.nan), np.ones(3), levels)
     assert np.isnan(no_scores).all()
+
+
+def test_width_tracking_widens_after_misses_and_narrows_after_hits() -> None:
+    y = pd.Series(50.0, index=pd.RangeIndex(0, 124))  # the forecast hours 100..123 are now seen
+    missed = combined.tracked_width_factors(_warm_with_last_frame(60, 70), y, eta=0.1)
+    covered = combined.tracked_width_factors(_warm_with_last_frame(40, 60), y, eta=0.1)
+    # every hour outside: log f80 += 0.1 * (1 - 0.2) / 0.2; the 95 % step (1.9) hits the bound
+    assert missed == pytest.approx((np.exp(0.4), combined.WIDTH_FACTOR_BOUND))
+    assert covered == pytest.approx((np.exp(-0.1), np.exp(-0.1)))  # no hour outside
+    # the factors carry over: a second covered day narrows again from where the first left
+    # it, and no run of misses widens past the bound
+    again = combined.tracked_width_factors(
+        dataclasses.replace(_warm_with_last_frame(40, 60), width_factors=covered), y, eta=0.1
+    )
+    assert again == pytest.approx((np.exp(-0.2), np.exp(-0.2)))
+    worse = combined.tracked_width_factors(
+        dataclasses.replace(_warm_with_last_frame(60, 70), width_factors=missed), y, eta=0.1
+    )
+    assert worse == pytest.approx((combined.WIDTH_FACTOR_BOUND,) * 2)  # exp(0.8) > 2
+    # nothing to check, no warm start, or tracking off: factors unchanged
+    early = combined.tracked_width_factors(_warm_with_last_frame(60, 70), y.iloc[:100], eta=0.1)
+    assert early == (1.0, 1.0)
+    assert combined.tracked_width_factors(None, y, eta=0.1) == (1.0, 1.0)
+    assert combined.tracked_width_factors(_warm_with_last_frame(60, 70), y, eta=0.0) == (1.0, 1.0)
+
+
+def test_a_missed_day_widens_the_next_combined_intervals_by_the_tracked_factor() -> None:
+    y = cyclic_ar_series(days=12)
+    config = fc.ForecastConfig(orders=SMALL_GRID, aci_gamma=0.0, **FAST)  # tracking alone
+    first = combined.combined_window(y.iloc[:-24], 24, config)
+    warm = first.warm.moved(24)
+    seen = y.iloc[-24:].to_numpy()
+    outside = first.forecast.frame.assign(lo80=seen + 1, hi80=seen + 2, lo95=seen + 1,
+                                          hi95=seen + 2)  # fmt: skip
+    inside = first.forecast.frame.assign(lo80=seen - 1, hi80=seen + 1, lo95=seen - 1,
+                                         hi95=seen + 1)  # fmt: skip
+    wide = combined.combined_window(y, 24, config, dataclasses.replace(warm, last_frame=outside))
+    narrow = combined.combined_window(y, 24, config, dataclasses.replace(warm, last_frame=inside))
+    half = {
+        name: (fit.forecast.frame["hi80"] - fit.forecast.frame["point"]).to_numpy()
+        for name, fit in (("wide", wide), ("narrow", narrow))
+    }
+    np.testing.assert_allclose(half["wide"] / half["narrow"], np.exp(0.4 + 0.1))
+    assert wide.warm.width_factors == pytest.approx((np.exp(0.4), 2.0))
+    np.testing.assert_allclose(wide.forecast.frame["point"], narrow.forecast.frame["point"])
+
+
+def test_width_eta_out_of_range_names_the_field() -> None:
+    with pytest.raises(InputError, match="width_eta"):
+        fc.ForecastConfig(width_eta=1.5)

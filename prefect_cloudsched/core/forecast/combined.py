@@ -11,7 +11,9 @@ out-of-sample in the weights too), scaled by the local volatility at their start
 per-step quantiles weighted towards recent days, rescaled by the volatility at the window's
 end (so they widen after a level shift). When origins follow each other (a warm start),
 adaptive conformal inference also moves the quantile levels: up after a day whose hours fell
-outside the last intervals more often than claimed, down after one that fell inside more often.
+outside the last intervals more often than claimed, down after one that fell inside more often,
+and a width factor per level tracks the same misses multiplicatively (quantile tracking), which
+still reacts when the few in-window scores make a small level change move no quantile.
 See docs/forecast.md, "The combined forecaster".
 """
 
@@ -48,6 +50,9 @@ from prefect_cloudsched.core.forecast.series import future_index
 from prefect_cloudsched.core.forecast.types import DAY, LEVELS, WEEK, Forecast
 from prefect_cloudsched.errors import InputError
 
+#: Tracked interval width factors stay within [1 / this, this] of the conformal width.
+WIDTH_FACTOR_BOUND = 2.0
+
 
 @dataclass(frozen=True)
 class WarmStart:
@@ -55,7 +60,8 @@ class WarmStart:
 
     ``age`` is how many hours the window has moved since they were estimated. ``miss_rates``
     are the adaptive conformal miss-rate targets (80 %, 95 % level) the next origin starts
-    from, and ``last_frame`` the combined forecast whose hours it checks them against.
+    from, ``width_factors`` the tracked multipliers of the two half-widths, and
+    ``last_frame`` the combined forecast whose hours it checks both against.
     """
 
     selection: Selection | None
@@ -64,6 +70,7 @@ class WarmStart:
     grid_age: int = 0
     arima_scale: tuple[float, float] | None = None
     miss_rates: tuple[float, float] = tuple(1 - level / 100 for level in LEVELS)
+    width_factors: tuple[float, float] = (1.0, 1.0)
     last_frame: pd.DataFrame | None = None
 
     def moved(self, hours: int) -> WarmStart:
@@ -123,8 +130,9 @@ def combined_window(
     fits = [f for f in fits if f.name in config.members]
     actual = np.stack([y.to_numpy(dtype=float)[s : s + check_horizon] for s in starts])
     miss_rates = adapted_miss_rates(warm, y, config.aci_gamma)
+    factors = tracked_width_factors(warm, y, config.width_eta)
     frame, members, weights, maes = _combine(
-        fits, actual, values, starts, y.index, config, miss_rates
+        fits, actual, values, starts, y.index, config, miss_rates, factors
     )
     if arima_intervals:
         members["arima"] = arima_frame if arima_frame is not None else lag_forecast(y, horizon, DAY)
@@ -141,7 +149,7 @@ def combined_window(
     )  # fmt: skip
     new_warm = replace(
         _next_warm(warm, selection, ets_params, how, scale), miss_rates=miss_rates,
-        last_frame=frame,
+        width_factors=factors, last_frame=frame,
     )  # fmt: skip
     return CombinedFit(forecast, members, weights, maes, new_warm, res is None, seconds)
 
@@ -170,22 +178,60 @@ def adapted_miss_rates(warm: WarmStart | None, y: pd.Series, gamma: float) -> tu
     nominal = tuple(1 - level / 100 for level in LEVELS)
     if warm is None:
         return nominal
-    if warm.last_frame is None or gamma == 0:
+    observed = observed_miss_rates(warm, y) if gamma else None
+    if observed is None:
         return warm.miss_rates
-    seen = y.reindex(warm.last_frame.index).to_numpy(dtype=float)
-    known = np.isfinite(seen)
-    if not known.any():
-        return warm.miss_rates
-    rates = []
-    for level, target, goal in zip(LEVELS, warm.miss_rates, nominal, strict=True):
-        lo = warm.last_frame[f"lo{level}"].to_numpy()[known]
-        hi = warm.last_frame[f"hi{level}"].to_numpy()[known]
-        observed = float(((seen[known] < lo) | (seen[known] > hi)).mean())
-        rates.append(min(max(target + gamma * (goal - observed), 0.0), 0.5))
+    rates = [
+        min(max(target + gamma * (goal - seen), 0.0), 0.5)
+        for target, goal, seen in zip(warm.miss_rates, nominal, observed, strict=True)
+    ]
     return rates[0], rates[1]
 
 
-def _combine(fits, actual, values, starts, index, config, miss_rates=None):
+def tracked_width_factors(
+    warm: WarmStart | None, y: pd.Series, eta: float, bound: float = WIDTH_FACTOR_BOUND
+) -> tuple[float, float]:
+    """Quantile tracking of the half-widths, one multiplicative step per origin.
+
+    Each level's factor ``f`` becomes ``f * exp(eta * (observed - nominal) / nominal)``, kept
+    in ``[1 / bound, bound]``: a day whose miss rate was twice the nominal one widens the
+    next interval by ``exp(eta)``, a day without misses narrows it by ``exp(-eta)``. Unlike
+    the level step of :func:`adapted_miss_rates`, this moves the width even when the 14 days
+    of pooled scores are too few for a small level change to reach another score (the 95 %
+    quantile of ~70 scores sits among the largest few). Angelopoulos, Candes & Tibshirani
+    (2023, "Conformal PID control"), the quantile-tracking term, on the log scale.
+    """
+    if warm is None:
+        return 1.0, 1.0
+    observed = observed_miss_rates(warm, y) if eta else None
+    if observed is None:
+        return warm.width_factors
+    factors = []
+    for factor, level, seen in zip(warm.width_factors, LEVELS, observed, strict=True):
+        nominal = 1 - level / 100
+        step = math.log(factor) + eta * (seen - nominal) / nominal
+        factors.append(math.exp(min(max(step, -math.log(bound)), math.log(bound))))
+    return factors[0], factors[1]
+
+
+def observed_miss_rates(warm: WarmStart, y: pd.Series) -> tuple[float, float] | None:
+    """Share of the previous forecast's hours, now in ``y``, outside its 80 % and 95 %
+    intervals; None without a previous forecast or without any of its hours observed."""
+    if warm.last_frame is None:
+        return None
+    seen = y.reindex(warm.last_frame.index).to_numpy(dtype=float)
+    known = np.isfinite(seen)
+    if not known.any():
+        return None
+    rates = []
+    for level in LEVELS:
+        lo = warm.last_frame[f"lo{level}"].to_numpy()[known]
+        hi = warm.last_frame[f"hi{level}"].to_numpy()[known]
+        rates.append(float(((seen[known] < lo) | (seen[known] > hi)).mean()))
+    return rates[0], rates[1]
+
+
+def _combine(fits, actual, values, starts, index, config, miss_rates=None, factors=None):
     """Weights from the members' paths, then the combined and the members' conformal frames.
 
     Returns ``(frame, member_frames, weights, validation_maes)``.
@@ -198,10 +244,10 @@ def _combine(fits, actual, values, starts, index, config, miss_rates=None):
     scale_now = _local_scale(values, len(values))
     future = future_index(index, horizon)
 
-    def frame_of(point: np.ndarray, residuals: np.ndarray, rates=None) -> pd.DataFrame:
+    def frame_of(point, residuals, rates=None, widths=None) -> pd.DataFrame:
         return conformal_frame(future, point, residuals, scale_at_starts, scale_now,
                                config.conformal_pool, config.conformal_decay,
-                               rates)  # fmt: skip
+                               rates, widths)  # fmt: skip
 
     point = np.tensordot(weights, np.stack([f.future for f in fits]), axes=1)
     members = {f.name: frame_of(f.future, actual - p) for f, p in zip(fits, paths, strict=True)}
@@ -209,7 +255,7 @@ def _combine(fits, actual, values, starts, index, config, miss_rates=None):
     maes["combined"] = _mae(actual, combined_paths)
     weight_map = {f.name: float(w) for f, w in zip(fits, weights, strict=True)}
     honest = crossfit_residuals(paths, actual, config.stack_shrink, config.crossfit_folds)
-    return frame_of(point, honest, miss_rates), members, weight_map, maes
+    return frame_of(point, honest, miss_rates, factors), members, weight_map, maes
 
 
 def crossfit_residuals(
@@ -363,6 +409,7 @@ def conformal_frame(
     pool: int = 2,
     decay: float = 1.0,
     miss_rates: tuple[float, float] | None = None,
+    width_factors: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Point forecast with conformal 80/95% intervals, clipped at 0.
 
@@ -375,7 +422,8 @@ def conformal_frame(
     split conformal, rank ``ceil((N+1)q)``. The half-width is that quantile times the
     volatility now. Steps past the validated ones reuse the last validated step's quantile.
     ``miss_rates`` (adaptive conformal, :func:`adapted_miss_rates`) replace the nominal
-    1 - level of the 80 % and 95 % intervals; the 95 % one is never narrower than the 80 %.
+    1 - level of the 80 % and 95 % intervals; ``width_factors`` (:func:`tracked_width_factors`)
+    multiply their half-widths. The 95 % interval is never narrower than the 80 %.
     """
     scores = np.abs(residuals) / np.asarray(scale_at_starts, dtype=float)[:, None]
     starts, steps = scores.shape
@@ -389,10 +437,10 @@ def conformal_frame(
             pooled.reshape(-1), weights.reshape(-1), [100 * (1 - rate) for rate in rates]
         )
     halves = {}
-    for level, row in zip(LEVELS, q, strict=True):
+    for level, row, factor in zip(LEVELS, q, width_factors or (1.0, 1.0), strict=True):
         row = pd.Series(row).ffill().bfill().fillna(0.0).to_numpy()
         extended = np.concatenate([row, np.full(max(0, len(point) - steps), row[-1])])
-        halves[level] = extended[: len(point)] * scale_now
+        halves[level] = extended[: len(point)] * scale_now * factor
     halves[95] = np.maximum(halves[95], halves[80])
     return interval_frame(index, np.nan_to_num(point), halves[80], halves[95])
 

@@ -122,6 +122,9 @@ class ForecastConfig:
         aci_gamma: adaptive conformal step when origins follow each other (a backtest, a daily
             run with a warm start): how far a day's observed miss rate moves the quantile
             level of the next origin's intervals (0 = off).
+        width_eta: quantile-tracking step of the same chained runs: a day's miss rate
+            relative to the nominal one moves the log of each interval's width factor by
+            this much per unit (0 = off; the factor stays within [1/2, 2]).
     """
 
     window: int = 4 * WEEK
@@ -145,6 +148,7 @@ class ForecastConfig:
     conformal_decay: float = 0.85
     crossfit_folds: int = 4
     aci_gamma: float = 0.1
+    width_eta: float = 0.1
 
     def __post_init__(self) -> None:
         if self.transform not in ("none", "log1p", "auto"):
@@ -175,6 +179,8 @@ class ForecastConfig:
             raise InputError(f"conformal_decay must be in (0, 1] (got {self.conformal_decay})")
         if not 0 <= self.aci_gamma <= 1:
             raise InputError(f"aci_gamma must be in [0, 1] (got {self.aci_gamma})")
+        if not 0 <= self.width_eta <= 1:
+            raise InputError(f"width_eta must be in [0, 1] (got {self.width_eta})")
         if self.crossfit_folds < 2:
             raise InputError(f"crossfit_folds must be >= 2 (got {self.crossfit_folds})")
 
