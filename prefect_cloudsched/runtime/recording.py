@@ -23,6 +23,19 @@ from prefect_cloudsched.errors import MoveRequested, SpotInterrupted
 from prefect_cloudsched.runtime.attempt import Attempt
 
 
+def _whose(attempt: Attempt) -> dict[str, str]:
+    """The fields naming the run, the task and where it ran, shared by an attempt's rows."""
+    offer = attempt.decision.offer
+    return dict(
+        flow_run_id=attempt.flow_run_id,
+        flow_name=attempt.spec.flow_name,
+        task_run_id=attempt.task_run_id,
+        task_name=attempt.task_name,
+        cloud=offer.cloud,
+        region=offer.region,
+    )
+
+
 def attempt_record(
     attempt: Attempt,
     runtime: float,
@@ -50,12 +63,7 @@ def attempt_record(
     if attempt.stopped_by is not None:
         details["stopped"] = str(attempt.stopped_by)
     return PlacementRecord(
-        flow_run_id=attempt.flow_run_id,
-        flow_name=attempt.spec.flow_name,
-        task_run_id=placement.task_run_id,
-        task_name=attempt.task_name,
-        cloud=offer.cloud,
-        region=offer.region,
+        **_whose(attempt),
         zone=offer.zone,
         instance_type=offer.instance_type,
         option=offer.option.value,
@@ -95,12 +103,7 @@ def transfer_record(attempt: Attempt) -> PlacementRecord | None:
     offer = attempt.decision.offer
     usd = to_usd(attempt.egress_micro)
     return PlacementRecord(
-        flow_run_id=attempt.flow_run_id,
-        flow_name=attempt.spec.flow_name,
-        task_run_id=attempt.task_run_id,
-        task_name=attempt.task_name,
-        cloud=offer.cloud,
-        region=offer.region,
+        **_whose(attempt),
         zone=None,
         instance_type="checkpoint transfer",
         option=TRANSFER_OPTION,
