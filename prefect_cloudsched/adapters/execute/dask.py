@@ -44,6 +44,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 try:
@@ -307,29 +308,24 @@ class DaskExecutor:
         return self._session
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class _Session:
-    """One flow run's connection: the client, our workers and the watchers of running bodies."""
+    """One flow run's connection: the client, our workers and the watchers of running bodies.
 
-    def __init__(
-        self,
-        *,
-        client: Client,
-        cluster: LocalCluster | None,
-        launcher: WorkerLauncher,
-        contact_address: str,
-        idle_timeout: float,
-        monitor_interval: float,
-        tls: TlsMaterial | None = None,
-        check_versions: bool = True,
-    ) -> None:
-        self.client = client
-        self.tls = tls
-        self.check_versions = check_versions
-        self.cluster = cluster
-        self.launcher = launcher
-        self.contact_address = contact_address
-        self.idle_timeout = idle_timeout
-        self.monitor_interval = monitor_interval
+    A live connection: compared by identity, and not ``repr``-ed field by field (the client's
+    repr asks the scheduler).
+    """
+
+    client: Client
+    cluster: LocalCluster | None
+    launcher: WorkerLauncher
+    contact_address: str
+    idle_timeout: float
+    monitor_interval: float
+    tls: TlsMaterial | None = None
+    check_versions: bool = True
+
+    def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._address: dict[str, str] = {}  # worker (instance) name -> worker address
         self._busy: Counter[str] = Counter()
@@ -337,7 +333,7 @@ class _Session:
         self._lost: set[str] = set()  # addresses the scheduler removed
         self._watches: dict[str, set[threading.Event]] = {}
         self._closing = threading.Event()
-        client.subscribe_topic("all", self._on_event)
+        self.client.subscribe_topic("all", self._on_event)
         self._monitor = threading.Thread(
             target=self._monitor_loop, name="cloudsched-dask-monitor", daemon=True
         )
