@@ -125,8 +125,11 @@ def parse_heartbeat(value: str | None) -> float | None:
         return None
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class InstanceBook:
     """The live instances one provisioner started: heartbeat thread, warm pool, ledger rows.
+
+    One live book per provisioner: compared by identity, not ``repr``-ed field by field.
 
     Args:
         cloud: ``"aws"`` or ``"gcp"`` (ledger rows).
@@ -143,28 +146,17 @@ class InstanceBook:
             served by this provisioner (opt-in: its run tag is moved to the new run).
     """
 
-    def __init__(
-        self,
-        *,
-        cloud: str,
-        owner_id: str,
-        refresh: Callable[[list[InstanceHandle]], None],
-        expire: Callable[[InstanceHandle], None],
-        heartbeat_seconds: float,
-        warm_seconds: float,
-        ledger_url: str | None,
-        record_instances: bool,
-        warm_across_runs: bool = False,
-    ) -> None:
-        self.cloud = cloud
-        self.owner_id = owner_id
-        self._refresh = refresh
-        self._expire = expire
-        self.heartbeat_seconds = heartbeat_seconds
-        self.warm_seconds = warm_seconds
-        self._ledger_url = ledger_url
-        self._record = record_instances
-        self.warm_across_runs = warm_across_runs
+    cloud: str
+    owner_id: str
+    refresh: Callable[[list[InstanceHandle]], None]
+    expire: Callable[[InstanceHandle], None]
+    heartbeat_seconds: float
+    warm_seconds: float
+    ledger_url: str | None
+    record_instances: bool
+    warm_across_runs: bool = False
+
+    def __post_init__(self) -> None:
         self._ledger: Any = None
         self._lock = threading.Lock()
         self._live: dict[str, InstanceHandle] = {}
@@ -274,7 +266,7 @@ class InstanceBook:
             time.sleep(interval)
             for handle in self._expired():
                 try:
-                    self._expire(handle)
+                    self.expire(handle)
                 except Exception as err:  # the reaper is the backstop
                     logger.warning("could not end warm instance %s: %s", handle.instance_id, err)
             live = self.live()
@@ -288,7 +280,7 @@ class InstanceBook:
             if self.heartbeat_seconds > 0 and due:
                 last_refresh = time.monotonic()
                 try:
-                    self._refresh(live)
+                    self.refresh(live)
                 except Exception as err:
                     logger.warning("heartbeat refresh failed on %s: %s", self.cloud, err)
 
@@ -303,7 +295,7 @@ class InstanceBook:
         launched_at: datetime | None = None,
     ) -> None:
         """Upsert the instance's ledger row; a ledger problem never stops provisioning."""
-        if not self._record:
+        if not self.record_instances:
             return
         now = datetime.now(UTC)
         values: dict[str, Any] = dict(
@@ -335,5 +327,5 @@ class InstanceBook:
         if self._ledger is None:
             from prefect_cloudsched.adapters.ledger import Ledger
 
-            self._ledger = Ledger(self._ledger_url)
+            self._ledger = Ledger(self.ledger_url)
         return self._ledger
