@@ -42,7 +42,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -151,8 +151,11 @@ class _Job:
     log: list[tuple[float, str, str]] = field(default_factory=list)
 
 
+@dataclass(eq=False, repr=False)
 class SpotLive:
     """The session's spot control: one controller per controlled task run.
+
+    Live state of one session: compared by identity, not ``repr``-ed field by field.
 
     Args:
         session: The session whose catalog, policy and provisioners it uses.
@@ -168,23 +171,17 @@ class SpotLive:
     decision timer needed a whole interval (300 s).
     """
 
-    def __init__(
-        self,
-        session: RunView,
-        *,
-        change_over_s: float = CHANGE_OVER_S,
-        horizon_s: float = HORIZON_S,
-        egress_usd: float = EGRESS_USD,
-        check_s: float | None = None,
-        end_s: float = END_S,
-    ) -> None:
-        self.session = session
-        self.change_over_s = change_over_s
-        self.horizon_s = horizon_s
-        self.egress_usd = egress_usd
-        self.check_s = check_s
-        self.end_s = end_s
-        traced = [getattr(p, "spot_trace_clock", None) for p in session.provisioners.values()]
+    session: RunView
+    _: KW_ONLY
+    change_over_s: float = CHANGE_OVER_S
+    horizon_s: float = HORIZON_S
+    egress_usd: float = EGRESS_USD
+    check_s: float | None = None
+    end_s: float = END_S
+
+    def __post_init__(self) -> None:
+        provisioners = self.session.provisioners.values()
+        traced = [getattr(p, "spot_trace_clock", None) for p in provisioners]
         traced = [t for t in traced if t is not None]
         self.clock: WallClock | TraceClockView = (
             TraceClockView(traced[0]) if traced else WallClock()
