@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -51,8 +51,11 @@ class _Interruption:
     values: dict[str, Any]
 
 
+@dataclass(eq=False, repr=False)
 class BufferedWriter:
     """Writes ledger rows from a background thread; retries, then journals what is refused.
+
+    A live writer thread: compared by identity, not ``repr``-ed field by field.
 
     Args:
         ledger: Where the rows go.
@@ -62,20 +65,14 @@ class BufferedWriter:
         max_backoff_s: Longest pause between two attempts.
     """
 
-    def __init__(
-        self,
-        ledger: _LedgerLike,
-        interval: float = 0.25,
-        *,
-        retry_seconds: float = DEFAULT_RETRY_SECONDS,
-        close_wait_s: float = 5.0,
-        max_backoff_s: float = 2.0,
-    ) -> None:
-        self._ledger = ledger
-        self._interval = interval
-        self._retry_seconds = retry_seconds
-        self._close_wait_s = close_wait_s
-        self._max_backoff_s = max_backoff_s
+    ledger: _LedgerLike
+    interval: float = 0.25
+    _: KW_ONLY
+    retry_seconds: float = DEFAULT_RETRY_SECONDS
+    close_wait_s: float = 5.0
+    max_backoff_s: float = 2.0
+
+    def __post_init__(self) -> None:
         self._queue: queue.Queue[PlacementRecord | _Interruption | None] = queue.Queue()
         self._give_up_by = float("inf")
         self._counts_lock = threading.Lock()
@@ -89,7 +86,7 @@ class BufferedWriter:
     @property
     def journal_path(self) -> str:
         """Where deferred rows wait (for the warning the runner logs)."""
-        return str(self._ledger.journal.path)
+        return str(self.ledger.journal.path)
 
     def put(self, record: PlacementRecord) -> None:
         """Queue one placement row."""
@@ -116,14 +113,14 @@ class BufferedWriter:
     def _run(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=self._interval)
+                first = self._queue.get(timeout=self.interval)
             except queue.Empty:
                 continue
             batch, stop = self._drain(first)
             placements = [r for r in batch if isinstance(r, PlacementRecord)]
             others = [r.values for r in batch if isinstance(r, _Interruption)]
             if placements:
-                self._write("placements", placements, self._ledger.record)
+                self._write("placements", placements, self.ledger.record)
             if others:
                 self._write("interruptions", others, self._record_interruptions)
             if stop:
@@ -131,10 +128,10 @@ class BufferedWriter:
 
     def _record_interruptions(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:  # rare: one transaction each is fine
-            self._ledger.record_interruption(**row)
+            self.ledger.record_interruption(**row)
 
     def _write(self, kind: str, rows: list[Any], insert: Any) -> None:
-        deadline = time.monotonic() + self._retry_seconds
+        deadline = time.monotonic() + self.retry_seconds
         delay, attempts = 0.05, 0
         while True:
             attempts += 1
@@ -146,7 +143,7 @@ class BufferedWriter:
                 if time.monotonic() + delay >= give_up:
                     break
                 time.sleep(delay)
-                delay = min(delay * 2, self._max_backoff_s)
+                delay = min(delay * 2, self.max_backoff_s)
             else:
                 with self._counts_lock:
                     self.written_rows += len(rows)
@@ -162,7 +159,7 @@ class BufferedWriter:
             else [{**r, "at": r["at"].isoformat()} for r in rows]
         )
         try:
-            self._ledger.journal.append(kind, payload)
+            self.ledger.journal.append(kind, payload)
         except OSError as err:
             with self._counts_lock:
                 self.lost_rows += len(rows)
@@ -183,6 +180,6 @@ class BufferedWriter:
 
     def close(self) -> None:
         """Flush: every queued row is in the database or the journal when this returns."""
-        self._give_up_by = time.monotonic() + self._close_wait_s
+        self._give_up_by = time.monotonic() + self.close_wait_s
         self._queue.put(None)
         self._thread.join()
