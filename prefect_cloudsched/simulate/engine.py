@@ -38,7 +38,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -176,8 +176,11 @@ def needs_class_key(needs: TaskNeeds) -> tuple:
     )
 
 
+@dataclass(eq=False, repr=False)
 class DecisionCache:
     """Calls the shared ``decide()`` with a simulated clock, memoised per needs class.
+
+    Mutable memo state: compared by identity, not ``repr``-ed field by field.
 
     Args:
         catalog: All offers.
@@ -186,18 +189,13 @@ class DecisionCache:
         memoise: Off = call ``decide()`` for every request (for checking the memo).
     """
 
-    def __init__(
-        self,
-        catalog: Catalog,
-        config: PolicyConfig,
-        state: PlacementState,
-        *,
-        memoise: bool = True,
-    ) -> None:
-        self.catalog = catalog
-        self.config = config
-        self.state = state
-        self.memoise = memoise
+    catalog: Catalog
+    config: PolicyConfig
+    state: PlacementState
+    _: KW_ONLY
+    memoise: bool = True
+
+    def __post_init__(self) -> None:
         self.version = 0
         self.reserved_open: tuple[str, ...] = self._open_pools()
         self.calls = 0
@@ -206,7 +204,7 @@ class DecisionCache:
         self._classes: dict[tuple, int] = {}
         # The same interruptions and blocks (shared objects), no idle reservation.
         self._unreserved = PlacementState(
-            reserved_free={}, interruptions=state.interruptions, blocked=state.blocked
+            reserved_free={}, interruptions=self.state.interruptions, blocked=self.state.blocked
         )
 
     def class_of(self, needs: TaskNeeds) -> int:
