@@ -60,27 +60,26 @@ class TlsMaterial:
 
         Encryption is required; workers a ``LocalCluster`` starts here get the worker pair.
         """
-        from distributed.security import Security
-
-        return Security(
-            tls_ca_file=self.ca_pem,
+        return self._security(
             tls_client_cert=self.cert_pem,
             tls_client_key=self.key_pem,
             tls_scheduler_cert=self.cert_pem,
             tls_scheduler_key=self.key_pem,
-            tls_worker_cert=self.worker_cert_pem,
-            tls_worker_key=self.worker_key_pem,
-            **_REQUIRE,
         )
 
     def worker_security(self) -> Any:
         """``distributed.Security`` of a worker (what the boot script's files amount to)."""
+        return self._security()
+
+    def _security(self, **pairs: str) -> Any:
+        """What every role holds (the CA and the worker pair), plus ``pairs`` of its own."""
         from distributed.security import Security
 
         return Security(
             tls_ca_file=self.ca_pem,
             tls_worker_cert=self.worker_cert_pem,
             tls_worker_key=self.worker_key_pem,
+            **pairs,
             **_REQUIRE,
         )
 
