@@ -12,7 +12,7 @@ import typer
 from prefect_cloudsched.cli._app import app
 from prefect_cloudsched.cli._common import (
     FORMAT_HELP,
-    JSON_HELP,
+    JsonOption,
     open_ledger,
     print_table,
     require_extra,
@@ -77,7 +77,7 @@ def report(
         bool, typer.Option("--last-run", help="Only the most recent flow run (after filters).")
     ] = False,
     output: Annotated[ReportFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    as_json: JsonOption = False,
     plot: Annotated[
         Path | None,
         typer.Option(
