@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from prefect_cloudsched.adapters.execute.base import Placement
 from prefect_cloudsched.adapters.provision.base import InstanceHandle
@@ -15,7 +15,6 @@ from prefect_cloudsched.core.policy import Decision
 from prefect_cloudsched.core.records import to_micro
 
 if TYPE_CHECKING:
-    from prefect_cloudsched.runtime.session import Session
     from prefect_cloudsched.runtime.shared import MapBatch, SharedInstance
 
 R = TypeVar("R")
@@ -116,7 +115,16 @@ class Attempt:
         return self.placement.decision
 
 
-def run_and_finish(session: Session, attempt: Attempt, call: Callable[[], R]) -> R:
+class AttemptRunner(Protocol):
+    """What ``run_and_finish`` needs of a session (typed here, so this module needs no
+    import of the session that imports it)."""
+
+    def run(self, attempt: Attempt, call: Callable[[], R]) -> R: ...
+
+    def finish(self, attempt: Attempt, error: BaseException | None) -> None: ...
+
+
+def run_and_finish(session: AttemptRunner, attempt: Attempt, call: Callable[[], R]) -> R:
     """Run ``call`` on ``attempt``, then finish it with the outcome (its error, else none).
 
     One place for the place → run → finish protocol's last two steps, so every caller
@@ -131,4 +139,4 @@ def run_and_finish(session: Session, attempt: Attempt, call: Callable[[], R]) ->
     return result
 
 
-__all__ = ["Attempt", "TaskSpec", "run_and_finish"]
+__all__ = ["Attempt", "AttemptRunner", "TaskSpec", "run_and_finish"]
