@@ -115,6 +115,15 @@ class Attempt:
         return self.placement.decision
 
 
+@dataclass(slots=True)
+class TaskIds:
+    """Task identifiers for observer calls made before an attempt exists."""
+
+    task_name: str
+    flow_run_id: str
+    task_run_id: str
+
+
 class AttemptRunner(Protocol):
     """What ``run_and_finish`` needs of a session (typed here, so this module needs no
     import of the session that imports it)."""
@@ -139,4 +148,4 @@ def run_and_finish(session: AttemptRunner, attempt: Attempt, call: Callable[[], 
     return result
 
 
-__all__ = ["Attempt", "AttemptRunner", "TaskSpec", "run_and_finish"]
+__all__ = ["Attempt", "AttemptRunner", "TaskIds", "TaskSpec", "run_and_finish"]

@@ -39,7 +39,7 @@ from prefect_cloudsched.core.policy.admission import (
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
 from prefect_cloudsched.errors import CapacityError, DeadlineAtRisk, MoveRequested, SpotInterrupted
 from prefect_cloudsched.runtime import build
-from prefect_cloudsched.runtime.attempt import Attempt, TaskSpec
+from prefect_cloudsched.runtime.attempt import Attempt, TaskIds, TaskSpec
 from prefect_cloudsched.runtime.budget_watch import BudgetWatch, launch_floor_micro, open_budget
 from prefect_cloudsched.runtime.config import SessionSettings
 from prefect_cloudsched.runtime.deciding import RunDecisions
@@ -351,7 +351,7 @@ class Session:
         )
 
     def _admit(self, decision: Decision, needs: TaskNeeds, spec: TaskSpec, task_run_id: str):
-        ids = _Ids(spec.task_name, spec.flow_run_id, task_run_id)
+        ids = TaskIds(spec.task_name, spec.flow_run_id, task_run_id)
         try:
             admitted = admit(
                 decision,
@@ -590,15 +590,6 @@ class Session:
             self.observer.log(
                 f"released {released} leftover {provisioner.cloud} instance(s) of run {run_id}"
             )
-
-
-class _Ids:
-    """Task identifiers for observer calls made before an attempt exists."""
-
-    __slots__ = ("flow_run_id", "task_name", "task_run_id")
-
-    def __init__(self, task_name: str, flow_run_id: str, task_run_id: str) -> None:
-        self.task_name, self.flow_run_id, self.task_run_id = task_name, flow_run_id, task_run_id
 
 
 __all__ = ["BudgetPolicy", "Session"]
