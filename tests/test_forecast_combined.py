@@ -346,3 +346,32 @@ def test_a_missed_day_widens_the_next_combined_intervals_by_the_tracked_factor()
 def test_width_eta_out_of_range_names_the_field() -> None:
     with pytest.raises(InputError, match="width_eta"):
         fc.ForecastConfig(width_eta=1.5)
+
+
+# --------------------------------------------------------------------------- short windows
+
+
+def test_pool_for_starts_widens_the_pool_only_until_the_95_level_is_resolvable() -> None:
+    assert combined.pool_for_starts(14, 2, 0.85) == 2  # a full window: 5 x 5.6 = 28 >= 19
+    assert combined.pool_for_starts(4, 2, 0.85) == 3  # 5 x 3.19 = 16 < 19 <= 7 x 3.19
+    assert combined.pool_for_starts(4, 2, 1.0) == 2  # 20 equal weights resolve 95 %
+    scores = np.arange(1.0, 5 * 4 + 1)  # four days, five steps: too little weight at 0.85
+    weights = np.repeat(0.85 ** np.arange(3, -1, -1), 5)
+    assert combined.weighted_conformal_quantile(scores, weights, 95) == scores.max()
+
+
+def test_a_short_window_pools_more_steps_for_its_conformal_quantiles(monkeypatch) -> None:
+    pools: list[int] = []
+    original = combined.conformal_frame
+
+    def spy(*args, **kwargs):
+        pools.append(args[5])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(combined, "conformal_frame", spy)
+    config = fc.ForecastConfig(orders=SMALL_GRID, **FAST)
+    combined.combined_window(cyclic_ar_series(days=6), 24, config)  # 4 in-window starts
+    assert set(pools) == {3}
+    pools.clear()
+    combined.combined_window(cyclic_ar_series(days=28), 24, config)  # 14 starts
+    assert set(pools) == {config.conformal_pool}

@@ -8,12 +8,14 @@ worse than the best member on those days; the stacked weights themselves always 
 every single member is a feasible point. The intervals are conformal: the combination's
 in-window errors, each from weights fitted without its own day (cross-fitting, so the errors are
 out-of-sample in the weights too), scaled by the local volatility at their start, give
-per-step quantiles weighted towards recent days, rescaled by the volatility at the window's
+per-step quantiles weighted towards recent days (pooling more neighbouring steps when a short
+window has too few days to resolve the 95 % level), rescaled by the volatility at the window's
 end (so they widen after a level shift). When origins follow each other (a warm start),
 adaptive conformal inference also moves the quantile levels: up after a day whose hours fell
-outside the last intervals more often than claimed, down after one that fell inside more often,
-and a width factor per level tracks the same misses multiplicatively (quantile tracking), which
-still reacts when the few in-window scores make a small level change move no quantile.
+outside the last intervals more often than claimed, down after one that fell inside more
+often, and a width factor per level tracks the same misses multiplicatively (quantile
+tracking), which still reacts when the few in-window scores make a small level change move no
+quantile.
 See docs/forecast.md, "The combined forecaster".
 """
 
@@ -243,11 +245,11 @@ def _combine(fits, actual, values, starts, index, config, miss_rates=None, facto
     scale_at_starts = [_local_scale(values, s) for s in starts]
     scale_now = _local_scale(values, len(values))
     future = future_index(index, horizon)
+    pool = pool_for_starts(len(starts), config.conformal_pool, config.conformal_decay)
 
     def frame_of(point, residuals, rates=None, widths=None) -> pd.DataFrame:
         return conformal_frame(future, point, residuals, scale_at_starts, scale_now,
-                               config.conformal_pool, config.conformal_decay,
-                               rates, widths)  # fmt: skip
+                               pool, config.conformal_decay, rates, widths)  # fmt: skip
 
     point = np.tensordot(weights, np.stack([f.future for f in fits]), axes=1)
     members = {f.name: frame_of(f.future, actual - p) for f, p in zip(fits, paths, strict=True)}
@@ -256,6 +258,20 @@ def _combine(fits, actual, values, starts, index, config, miss_rates=None, facto
     weight_map = {f.name: float(w) for f, w in zip(fits, weights, strict=True)}
     honest = crossfit_residuals(paths, actual, config.stack_shrink, config.crossfit_folds)
     return frame_of(point, honest, miss_rates, factors), members, weight_map, maes
+
+
+def pool_for_starts(starts: int, pool: int, decay: float, level: float = max(LEVELS)) -> int:
+    """The fewest neighbouring steps (at least ``pool``) to pool on each side so that the
+    weighted conformal quantile of ``starts`` days can resolve ``level`` %.
+
+    The quantile needs a total score weight of ``level / (100 - level)`` times the newest
+    day's weight (19 at 95 %), else it is just the largest score. A full window (14 days at
+    decay 0.85, five pooled steps: 28) has it; a trace's first days do not (four days: 16),
+    and GenAI's five development origins covered 85 % at 95 %.
+    """
+    mass = sum(decay**k for k in range(starts))
+    need = level / (100 - level)
+    return max(pool, math.ceil((need / max(mass, 1e-12) - 1) / 2))
 
 
 def crossfit_residuals(
