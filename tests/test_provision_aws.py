@@ -23,28 +23,20 @@ from prefect_cloudsched.adapters.provision.aws import (
     AwsSettings,
     refresh_spot_prices,
 )
-from prefect_cloudsched.adapters.provision.base import (
-    HEARTBEAT_TAG,
-    OPTION_TAG,
-    OWNER_TAG,
-    RUN_TAG,
-    TASK_TAG,
-    Provisioner,
-)
+from prefect_cloudsched.adapters.provision.base import HEARTBEAT_TAG, RUN_TAG, TASK_TAG, Provisioner
 from prefect_cloudsched.adapters.provision.factory import build_provisioner
 from prefect_cloudsched.adapters.provision.images import (
     AWS_CPU_PARAMETER,
     aws_arch,
 )
-from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer, load_catalog
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
 from prefect_cloudsched.testing.aws import MOCK_AMI, MotoControl
 from prefect_cloudsched.testing.clouds import publish_aws_gpu_image
 from prefect_cloudsched.testing.offers import shipped_offer
+from prefect_cloudsched.testing.provisioners import FAST_BACKOFF, assert_launch_marks
 
 REGION = "us-east-1"
-FAST = Backoff(attempts=4, base_seconds=0.001, max_seconds=0.01, deadline_seconds=5)
 
 
 def offer(instance_type: str = "g5.xlarge", option: str = "spot", region: str = REGION) -> Offer:
@@ -65,7 +57,7 @@ def settings(tmp_path: Path) -> AwsSettings:
         ami_per_region={REGION: MOCK_AMI, "us-west-2": MOCK_AMI},
         owner_id="tester",
         poll_seconds=0.01,
-        backoff=FAST,
+        backoff=FAST_BACKOFF,
         heartbeat_seconds=0,
         ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}",
     )
@@ -114,9 +106,7 @@ def test_spot_launch_tags_user_data_and_volumes(make: Callable[..., AwsProvision
     assert instance["State"]["Name"] == "running"
     assert instance["InstanceLifecycle"] == "spot"
     assert instance["InstanceType"] == "g5.xlarge"
-    assert tags[OWNER_TAG] == "tester" and tags[RUN_TAG] == "run-1"
-    assert tags[TASK_TAG] == "train" and tags[OPTION_TAG] == "spot"
-    assert abs(float(tags[HEARTBEAT_TAG]) - time.time()) < 60
+    assert_launch_marks(tags, owner="tester", run="run-1", task="train", option="spot")
     user_data = ec2().describe_instance_attribute(
         InstanceId=handle.instance_id, Attribute="userData"
     )["UserData"]["Value"]
@@ -218,7 +208,7 @@ def test_throttled_launch_is_retried_without_duplicates(
 def test_throttling_beyond_the_budget_is_a_capacity_error(
     moto: MotoControl, make: Callable[..., AwsProvisioner]
 ) -> None:
-    moto.inject("RequestLimitExceeded", count=FAST.attempts)
+    moto.inject("RequestLimitExceeded", count=FAST_BACKOFF.attempts)
     with pytest.raises(CapacityError, match="RequestLimitExceeded"):
         make().ensure(offer(), run_id="r", task_name="t")
     assert running() == []

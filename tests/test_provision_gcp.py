@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from prefect_cloudsched.adapters.provision.base import (
     HEARTBEAT_TAG,
-    OPTION_TAG,
     OWNER_TAG,
     RUN_TAG,
     TASK_TAG,
@@ -29,16 +28,15 @@ from prefect_cloudsched.adapters.provision.factory import build_provisioner
 from prefect_cloudsched.adapters.provision.gcp import GcpProvisioner, GcpSettings
 from prefect_cloudsched.adapters.provision.images import GCP_CPU_IMAGE, GCP_GPU_IMAGE
 from prefect_cloudsched.adapters.provision.lifecycle import label_value
-from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer, PurchaseOption, load_catalog
 from prefect_cloudsched.errors import CapacityError, ProvisioningError, SpotInterrupted
 from prefect_cloudsched.testing.gcp_server import FakeGcpCompute
 from prefect_cloudsched.testing.offers import shipped_offer
+from prefect_cloudsched.testing.provisioners import FAST_BACKOFF, assert_launch_marks
 
 PROJECT = "demo-project"
 ZONE = "us-central1-a"
 RUN = "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
-FAST = Backoff(attempts=4, base_seconds=0.001, max_seconds=0.01, deadline_seconds=5)
 
 
 def offer(instance_type: str = "g2-standard-4", option: str = "spot", zone: str = ZONE) -> Offer:
@@ -59,7 +57,7 @@ def make(fake: FakeGcpCompute, tmp_path: Path) -> Callable[..., GcpProvisioner]:
         endpoint=fake.url,
         owner_id="tester",
         poll_seconds=0.01,
-        backoff=FAST,
+        backoff=FAST_BACKOFF,
         heartbeat_seconds=0,
         ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}",
     )
@@ -97,9 +95,9 @@ def test_spot_vm_body_labels_and_startup_script(
     assert vm["machineType"].endswith(f"zones/{ZONE}/machineTypes/g2-standard-4")
     assert "guestAccelerators" not in vm  # G2 has its L4 built in
     labels = vm["labels"]
-    assert labels[OWNER_TAG] == "tester" and labels[RUN_TAG] == RUN
-    assert labels[TASK_TAG] == label_value("Train Model") and labels[OPTION_TAG] == "spot"
-    assert abs(int(labels[HEARTBEAT_TAG]) - time.time()) < 60
+    assert_launch_marks(
+        labels, owner="tester", run=RUN, task=label_value("Train Model"), option="spot"
+    )
     assert vm["disks"][0]["initializeParams"]["labels"][OWNER_TAG] == "tester"
     assert vm["metadata"]["items"] == [
         {"key": "startup-script", "value": "echo hi"},
@@ -199,7 +197,7 @@ def test_capacity_refusals(
         fake.state.fail_next(403, "QUOTA_EXCEEDED", "Quota 'CPUS' exceeded.", method="insert")
         code = "QUOTA_EXCEEDED"
     else:
-        fake.state.fail_next(429, "rateLimitExceeded", count=FAST.attempts, method="insert")
+        fake.state.fail_next(429, "rateLimitExceeded", count=FAST_BACKOFF.attempts, method="insert")
         code = "rateLimitExceeded"
     gcp = make()
     with pytest.raises(CapacityError) as caught:

@@ -8,9 +8,32 @@ provisioners against local stand-in clouds use :class:`~.clouds.MockClouds` inst
 
 from __future__ import annotations
 
-from prefect_cloudsched.adapters.provision.base import InstanceHandle
+from collections.abc import Mapping
+
+from prefect_cloudsched.adapters.provision.base import HEARTBEAT_TAG, InstanceHandle
+from prefect_cloudsched.adapters.provision.lifecycle import launch_tags
+from prefect_cloudsched.adapters.provision.retry import Backoff
 from prefect_cloudsched.core.catalog import Offer
 from prefect_cloudsched.errors import SpotInterrupted
+
+#: Retries of a real provisioner under test: the same few attempts, milliseconds apart, so
+#: the fault tests of both clouds stay fast.
+FAST_BACKOFF = Backoff(attempts=4, base_seconds=0.001, max_seconds=0.01, deadline_seconds=5)
+
+
+def assert_launch_marks(
+    marks: Mapping[str, str], *, owner: str, run: str, task: str, option: str
+) -> None:
+    """Check that ``marks`` hold ``launch_tags``' owner, run, task and option, and a fresh
+    heartbeat.
+
+    AWS tags and GCP labels carry the same marks (the reaper and the runner rely on them),
+    so both clouds' tests check them here, in one place.
+    """
+    expected = launch_tags(owner, run, task, option)
+    beat = float(expected.pop(HEARTBEAT_TAG))
+    assert {key: marks.get(key) for key in expected} == expected
+    assert abs(float(marks[HEARTBEAT_TAG]) - beat) < 60
 
 
 class RecordingProvisioner:
