@@ -236,6 +236,16 @@ def text_file(path: str | Path, flag: str) -> Path:
 MAX_SERIES_HOURS = 24 * 366 * 10
 
 
+def catalog_from_option(path: str | Path | None) -> Any:
+    """The catalog ``--catalog`` names (checked as a readable file), else the default one.
+
+    ``plan run``, ``plan buy`` and ``prices`` take the same option and read it the same way.
+    """
+    from prefect_cloudsched.core.catalog import load_catalog
+
+    return load_catalog(text_file(path, "--catalog") if path else None)
+
+
 def check_series_span(series: Any, name: str) -> Any:
     """``series`` if its hours span at most :data:`MAX_SERIES_HOURS`; else one line."""
     import pandas as pd

@@ -20,6 +20,7 @@ from prefect_cloudsched.cli._common import (
     JsonOption,
     LedgerUrlOption,
     OutputFormat,
+    catalog_from_option,
     check_series_span,
     finite,
     group_with_default,
@@ -130,7 +131,6 @@ def run(
       --service-level 0.975 --spot-max-share 0.3 --budget 250000 --json`
     * `prefect-cloudsched plan demand.csv --gpu-type A10G --cloud aws --plot mix.png --save`
     """
-    from prefect_cloudsched.core.catalog import load_catalog
     from prefect_cloudsched.core.forecast import load_series_csv
     from prefect_cloudsched.core.planning import demand_from_forecast, plan_capacity
 
@@ -150,7 +150,7 @@ def run(
         raise InputError(
             f"--forecast-model {forecast_model!r}: use {' or '.join(_FORECAST_MODELS)}"
         )
-    catalog = load_catalog(text_file(catalog_path, "--catalog") if catalog_path else None)
+    catalog = catalog_from_option(catalog_path)
     gpu = _gpu_type(gpu_type, catalog)
     clouds = _clouds(cloud, catalog)
     regions = _regions(region, catalog)
@@ -402,7 +402,6 @@ def apply(
         buy,
         purchase_items,
     )
-    from prefect_cloudsched.core.catalog import load_catalog
 
     if aws_offering_type not in ("No Upfront", "Partial Upfront", "All Upfront"):
         raise InputError(
@@ -419,9 +418,7 @@ def apply(
             f"plan {stored['id']} was already bought; buying it again would double the "
             "reservations (make a new plan with: prefect-cloudsched plan SERIES.csv --save)"
         )
-    items = purchase_items(
-        stored, load_catalog(text_file(catalog_path, "--catalog") if catalog_path else None)
-    )
+    items = purchase_items(stored, catalog_from_option(catalog_path))
     if output is OutputFormat.JSON:
         import json
 

@@ -19,12 +19,12 @@ from prefect_cloudsched.cli._common import (
     FormatOption,
     JsonOption,
     OutputFormat,
+    catalog_from_option,
     cloud_errors,
     finite,
     group_with_default,
     render_rows,
     resolve_format,
-    text_file,
     whole,
 )
 from prefect_cloudsched.errors import InputError
@@ -90,14 +90,14 @@ def prices(
     * `prefect-cloudsched prices --cloud gcp --region us-central1 --max-price 1.5 -f csv`
     * `prefect-cloudsched prices --gpu H100 --min-gpus 8 --json`
     """
-    from prefect_cloudsched.core.catalog import PurchaseOption, load_catalog
+    from prefect_cloudsched.core.catalog import PurchaseOption
     from prefect_cloudsched.core.needs import normalize_gpu_type
 
     output = resolve_format(output, as_json)
     finite(max_price, "--max-price", low=0)
     whole(min_gpus, "--min-gpus", low=0)
     whole(limit, "--limit", low=0)
-    catalog = load_catalog(text_file(catalog_path, "--catalog") if catalog_path else None)
+    catalog = catalog_from_option(catalog_path)
     if cloud is not None and cloud.lower() not in catalog.clouds:
         raise InputError(f"--cloud {cloud!r} is unknown; use one of: {', '.join(catalog.clouds)}")
     if option is not None and option not in PurchaseOption._value2member_map_:
