@@ -35,6 +35,13 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 
 # The fields both pools have, with one default and one set of bounds (the provisioners share
 # the lifecycle they configure); only the wording names the cloud's instance or marker.
+def _credentials_field(collection: str, overridden: str) -> Any:
+    return Field(
+        default=None,
+        description=f"A {collection} credentials block; overrides the {overridden} below.",
+    )
+
+
 def _owner_id_field(marker: str) -> Any:
     return Field(
         default="prefect-cloudsched",
@@ -111,9 +118,8 @@ class AwsComputePool(_ComputePool):
     cloud: ClassVar[str] = "aws"
 
     if AwsCredentials is not None:
-        aws_credentials: AwsCredentials | None = Field(  # type: ignore[valid-type]
-            default=None,
-            description="A prefect-aws credentials block; overrides the key fields below.",
+        aws_credentials: AwsCredentials | None = _credentials_field(  # type: ignore[valid-type]
+            "prefect-aws", "key fields"
         )
     aws_access_key_id: str | None = Field(
         default=None, description="Access key id (empty = the environment or instance role)."
@@ -217,9 +223,8 @@ class GcpComputePool(_ComputePool):
     cloud: ClassVar[str] = "gcp"
 
     if GcpCredentials is not None:
-        gcp_credentials: GcpCredentials | None = Field(  # type: ignore[valid-type]
-            default=None,
-            description="A prefect-gcp credentials block; overrides the service account below.",
+        gcp_credentials: GcpCredentials | None = _credentials_field(  # type: ignore[valid-type]
+            "prefect-gcp", "service account"
         )
     service_account_info: SecretStr | None = Field(
         default=None,
