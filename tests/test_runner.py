@@ -18,7 +18,7 @@ from prefect_cloudsched.core.catalog import Offer
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.core.report import build_report
 from prefect_cloudsched.errors import CapacityError, SpotInterrupted
-from prefect_cloudsched.testing.executor import InstanceStandInExecutor
+from prefect_cloudsched.testing.executor import stand_in_runner
 from prefect_cloudsched.testing.provisioners import RecordingProvisioner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -125,13 +125,7 @@ def test_capacity_fallback_and_spot_interruption_recovery(prefect_harness, ledge
         time.sleep(0.2)  # long enough for a non-zero bill in micro-dollars
         return "ok"
 
-    @flow(
-        task_runner=CloudSchedTaskRunner(
-            provisioners={"aws": provisioner},
-            executor=InstanceStandInExecutor(),
-            policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
-        )
-    )
+    @flow(task_runner=stand_in_runner(provisioner))
     def f() -> str:
         return train.submit().result()
 
@@ -249,13 +243,7 @@ def test_failed_attach_releases_the_started_instance(prefect_harness, ledger_url
     def train() -> str:
         return "never"
 
-    @flow(
-        task_runner=CloudSchedTaskRunner(
-            provisioners={"aws": provisioner},
-            executor=_BrokenAttachExecutor(),
-            policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
-        )
-    )
+    @flow(task_runner=stand_in_runner(provisioner, _BrokenAttachExecutor()))
     def f() -> tuple[bool, str]:
         future = train.submit()
         future.wait()
@@ -321,14 +309,7 @@ def test_live_spot_prices_and_owned_reservations_reach_decisions(
         return "ok"
 
     def run(live: bool) -> list:
-        @flow(
-            task_runner=CloudSchedTaskRunner(
-                provisioners={"aws": PricedProvisioner()},
-                executor=InstanceStandInExecutor(),
-                policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
-                live_prices=live,
-            )
-        )
+        @flow(task_runner=stand_in_runner(PricedProvisioner(), live_prices=live))
         def f() -> list:
             futures = [train.submit(), train.submit()]  # both in flight at once
             return [fut.result() for fut in futures]
@@ -367,12 +348,10 @@ def test_mapped_gpu_tasks_share_one_idle_reserved_host(prefect_harness, ledger_u
 
     def run(pack: bool) -> list:
         @flow(
-            task_runner=CloudSchedTaskRunner(
+            task_runner=stand_in_runner(
+                provisioner,
                 max_workers=4,
-                provisioners={"aws": provisioner},
-                executor=InstanceStandInExecutor(),
                 reserved={"aws/us-east-1/g5.12xlarge": 1},
-                policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
                 pack_maps=pack,
             )
         )

@@ -413,9 +413,8 @@ class _InterruptFirstSpot(RecordingProvisioner):
 def test_spot_interruption_emits_an_event_and_shows_in_the_table(
     prefect_harness, ledger_url
 ) -> None:
-    from prefect_cloudsched.core.policy import PolicyConfig
     from prefect_cloudsched.prefect.visibility import EVENT_INTERRUPTED
-    from prefect_cloudsched.testing.executor import InstanceStandInExecutor
+    from prefect_cloudsched.testing.executor import stand_in_runner
 
     @requires(gpus=1, gpu_type="A10G", spot_ok=True, deadline=timedelta(hours=3))
     @task
@@ -423,11 +422,7 @@ def test_spot_interruption_emits_an_event_and_shows_in_the_table(
         time.sleep(0.2)
         return "ok"
 
-    runner = CloudSchedTaskRunner(
-        provisioners={"aws": _InterruptFirstSpot()},
-        executor=InstanceStandInExecutor(),
-        policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
-    )
+    runner = stand_in_runner(_InterruptFirstSpot())
 
     @flow(name="interrupted-demo", task_runner=runner)
     def interrupted() -> str:

@@ -9,9 +9,12 @@ the calling thread and declares it ran on the instance. Never use it against a r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect_cloudsched.adapters.execute.base import LocalExecutor, Placement
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prefect_cloudsched import CloudSchedTaskRunner
 
 R = TypeVar("R")
 
@@ -37,3 +40,22 @@ class InstanceStandInExecutor(LocalExecutor):
 
 
 __all__ = ["InstanceStandInExecutor"]
+
+
+def stand_in_runner(provisioner: Any, executor: Any = None, **options: Any) -> CloudSchedTaskRunner:
+    """A task runner whose only cloud is ``provisioner``, registered as AWS.
+
+    The runner tests script one stand-in cloud's behaviour (refusals, interruptions, prices),
+    so every placement must land on it; bodies run here through
+    :class:`InstanceStandInExecutor` unless ``executor`` is given. ``options`` go to
+    ``CloudSchedTaskRunner`` as they are.
+    """
+    from prefect_cloudsched import CloudSchedTaskRunner
+    from prefect_cloudsched.core.policy import PolicyConfig
+
+    return CloudSchedTaskRunner(
+        provisioners={"aws": provisioner},
+        executor=InstanceStandInExecutor() if executor is None else executor,
+        policy=PolicyConfig(allowed_clouds=frozenset({"aws"})),
+        **options,
+    )
