@@ -45,21 +45,6 @@ Examples:
 )
 app.add_typer(prices_app, name="prices")
 
-_FIELDS = (
-    "cloud",
-    "region",
-    "zone",
-    "instance_type",
-    "vcpus",
-    "memory_gib",
-    "gpu_type",
-    "gpu_count",
-    "option",
-    "usd_per_hour",
-    "ondemand_usd_per_hour",
-    "interruption_band",
-)
-
 
 @prices_app.command(_DEFAULT_COMMAND)
 def prices(
@@ -90,7 +75,9 @@ def prices(
     * `prefect-cloudsched prices --cloud gcp --region us-central1 --max-price 1.5 -f csv`
     * `prefect-cloudsched prices --gpu H100 --min-gpus 8 --json`
     """
-    from prefect_cloudsched.core.catalog import PurchaseOption
+    from dataclasses import fields
+
+    from prefect_cloudsched.core.catalog import Offer, PurchaseOption
     from prefect_cloudsched.core.needs import normalize_gpu_type
 
     output = resolve_format(output, as_json)
@@ -115,9 +102,11 @@ def prices(
         min_gpus=min_gpus,
     )
     shown = offers if limit == 0 else offers[:limit]
-    rows = [{f: _value(getattr(o, f)) for f in _FIELDS} for o in shown]
+    # csv/json carry every offer field in the dataclass's order, but the price source
+    listed = [f.name for f in fields(Offer) if f.name != "source"]
+    rows = [{f: _value(getattr(o, f)) for f in listed} for o in shown]
     if output is not OutputFormat.TABLE:
-        render_rows(rows, _FIELDS, output, right=("usd_per_hour", "ondemand_usd_per_hour"))
+        render_rows(rows, listed, output, right=("usd_per_hour", "ondemand_usd_per_hour"))
         return
     cells = [_table_row(r) for r in rows]
     render_rows(cells, _TABLE_FIELDS, output, headers=_TABLE_HEADERS,
