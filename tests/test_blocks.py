@@ -278,8 +278,11 @@ def test_runner_provisions_through_a_saved_pool_block(prefect_harness, ledger_ur
         ).save("aws-moto", overwrite=True)
         policy = CloudSchedPolicy(allowed_clouds=["aws"], allowed_regions=["us-east-1"])
 
-        @flow(task_runner=CloudSchedTaskRunner(
-            policy=policy, pools=["aws-moto"], executor=InstanceStandInExecutor()))
+        @flow(
+            task_runner=CloudSchedTaskRunner(
+                policy=policy, pools=["aws-moto"], executor=InstanceStandInExecutor()
+            )
+        )
         def pooled() -> str:
             return train.submit().result()
 

@@ -162,7 +162,10 @@ def test_a_move_to_another_region_bills_its_checkpoint_transfer_in_a_row_of_its_
     assert job.moves == len(transfers) >= 1
     row = transfers[0]
     assert (row.cost_micro, row.baseline_micro, row.runtime_s, row.instance_id) == (
-        370_000, 0, 0.0, None
+        370_000,
+        0,
+        0.0,
+        None,
     )
     assert (row.option, row.region, row.task_run_id) == ("egress", west, "tr-move")
     assert f"from {REGION} to {west}" in row.explanation
