@@ -139,6 +139,25 @@ def test_prefers_the_zone_that_lasts_and_the_cheaper_one() -> None:
     assert decision.kind is Kind.SPOT and decision.zone == "us-east-1b"
 
 
+def test_saving_is_counted_against_the_jobs_own_on_demand() -> None:
+    # the runner's markets mix instance types: an A100 spot zone looks like a large saving
+    # against its own $5/h on-demand, but the job would otherwise pay $0.12/h (a T4)
+    markets = [
+        Market("us-east5-a", "us-east5", 1.6565, 5.07),
+        Market("us-central1-a", "us-central1", 0.0292, 0.1183),
+    ]
+    controller = _controller(markets)
+    for zone in ("us-east5-a", "us-central1-a"):
+        controller.observe(zone, 0, True)
+    job = dict(work_s=0.5 * H, deadline_s=3 * H)
+    decision = controller.decide(_status(0, 0, **job))
+    assert decision.kind is Kind.SPOT and decision.zone == "us-central1-a"
+    # alone, the dear zone is not worth leaving the cheap on-demand for
+    alone = _controller([markets[0], Market("x", "us-central1", 9.0, 0.1183)])
+    alone.observe("us-east5-a", 0, True)
+    assert alone.decide(_status(0, 0, **job)).kind is not Kind.SPOT
+
+
 def test_a_move_pays_egress_and_is_flagged() -> None:
     markets = [
         Market("us-east-1a", "us-east-1", 1.0, 3.0),

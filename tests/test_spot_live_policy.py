@@ -39,3 +39,27 @@ def test_controlled_tasks_never_use_spot_beyond_the_policys_band(tmp_path) -> No
         tmp_path / "strict", PolicyConfig(allowed_clouds=aws, max_spot_band=strict)
     )
     assert kept and kept <= accepted
+
+
+def test_the_controller_never_picks_a_dearer_spot_offer_than_the_policy(tmp_path) -> None:
+    """A short job with room to spare: the controller may change the zone, not pay more
+    (it used to rank zones by saving against each region's own on-demand, and chose a
+    $0.2052/h zone over the policy's $0.1894/h one)."""
+    short = TaskNeeds(
+        gpus=1,
+        spot_ok=True,
+        checkpointable=True,
+        est_runtime=timedelta(minutes=30),
+        deadline=timedelta(hours=3),
+    )
+    session = runtime_session(tmp_path, executor=InstanceStandInExecutor())
+    spec = session.submit("train", short, flow_run_id="r", flow_name="f", announce=False)
+    base = spec.decision
+    chosen = session.spot_live.choose(spec, "tr-1", base)
+    session.close()
+    assert chosen.offer.option is PurchaseOption.SPOT
+    assert chosen.offer.usd_per_hour <= base.offer.usd_per_hour + 1e-9
+    assert chosen.marginal_cost is None  # what it adds to the bill is what it costs
+    if chosen.offer.key != base.offer.key:  # the report explains the change by the policy's pick
+        assert chosen.runner_up == base.offer and chosen.runner_up_cost == base.expected_cost
+    assert chosen.reasons[-1].startswith("spot control: ")

@@ -360,11 +360,20 @@ class SpotLive:
         """``base`` moved to ``offer``; a move's transfer is part of what it expects to pay
         (a budget hold then covers the transfer row too)."""
         moving = job.checkpoint_region not in (None, offer.region)
+        expected = cost_of(offer, needs.est_runtime.total_seconds()) + (
+            self.egress_usd if moving else 0.0
+        )
+        if offer.key == base.offer.key:
+            runner_up, runner_up_cost = base.runner_up, base.runner_up_cost
+        else:  # the policy's own pick is what the controller chose over
+            runner_up, runner_up_cost = base.offer, base.expected_cost
         return replace(
             base,
             offer=offer,
-            expected_cost=cost_of(offer, needs.est_runtime.total_seconds())
-            + (self.egress_usd if moving else 0.0),
+            expected_cost=expected,
+            marginal_cost=None,  # a spot or on-demand start costs what it is billed
+            runner_up=runner_up,
+            runner_up_cost=runner_up_cost,
             reasons=(*base.reasons, f"spot control: {control.reason}"),
         )
 

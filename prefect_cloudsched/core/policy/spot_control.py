@@ -38,7 +38,10 @@ What it decides, every time it is asked (see :meth:`SpotController.decide`):
    and gives nothing, which is why the whole distribution counts, not its mean. Leaving
    on-demand counts ``2d`` lost (the paper's lifetime-oracle thresholds ``k·d/(k−1)`` from
    idle and ``2k·d/(k−1)`` from on-demand, with ``R`` learned instead of known). A zone in
-   another region than the checkpoint is a **move** and pays the checkpoint's egress.
+   another region than the checkpoint is a **move** and pays the checkpoint's egress. ``od``
+   is the zone's region's on-demand, which runs the rest once spot ends; where it is dearer
+   than the on-demand the job would run on instead (other instance types in the runner's
+   markets), the difference on the remaining work is subtracted too.
 5. **On-demand is left for spot only**, as soon as a spot start is worth it and the job is
    not behind its progress line; never for idle, since coming back would pay ``d`` again.
    No extra hysteresis (UP stays until two change-overs ahead): the score above already
@@ -404,8 +407,18 @@ class SpotController:
         return job.done_s < self._line(job, job.now_s + lead_s) - EPS
 
     def _best_spot(self, job: JobStatus, *, leaving_on_demand: bool) -> tuple[Market, float] | None:
-        """The up zone with the largest positive expected saving over on-demand, or None."""
+        """The up zone with the largest positive expected saving over on-demand, or None.
+
+        The saving is counted against the on-demand the job would run on instead
+        (:meth:`_reference_on_demand`), not each zone's own: after spot ends, the rest runs
+        on-demand where the checkpoint then is, so a zone whose region's on-demand is dearer
+        (another instance type, a pricier region) also pays that difference on the rest of
+        the work. Without it a $1.66/h A100 spot zone "saved" more against its $5/h
+        on-demand than a $0.03/h T4 spot zone against the job's $0.12/h one. Markets of one
+        price (the trace replay's) are ranked exactly as before.
+        """
         d = self.change_over_s
+        reference = self._reference_on_demand(job)
         best: tuple[Market, float] | None = None
         for market in self.markets.values():
             if not self.model.is_up(market.zone):
@@ -419,8 +432,11 @@ class SpotController:
                 market.zone, job.now_s, job.remaining_s + d, lost
             )
             egress = self.egress_usd if job.checkpoint_region not in (None, market.region) else 0.0
+            dearer_rest = max(0.0, market.on_demand_usd_per_hour - reference) * job.remaining_s
             saving = (
-                market.on_demand_usd_per_hour * useful - market.spot_usd_per_hour * billed
+                market.on_demand_usd_per_hour * useful
+                - market.spot_usd_per_hour * billed
+                - dearer_rest
             ) / 3600 - egress
             if saving <= 0:
                 continue
@@ -434,6 +450,17 @@ class SpotController:
             return ControlDecision(Kind.STAY, None, here.region, reason=reason)
         region = job.checkpoint_region or self._cheapest_on_demand_region()
         return ControlDecision(Kind.ON_DEMAND, None, region, reason=reason)
+
+    def _reference_on_demand(self, job: JobStatus) -> float:
+        """USD/h of the on-demand the job runs on if it takes no spot now: in the region of
+        its checkpoint when it has one (where :meth:`_on_demand` sends it), else the
+        cheapest."""
+        here = [
+            m.on_demand_usd_per_hour
+            for m in self.markets.values()
+            if job.checkpoint_region is not None and m.region == job.checkpoint_region
+        ]
+        return min(here or [m.on_demand_usd_per_hour for m in self.markets.values()])
 
     def _cheapest_on_demand_region(self) -> str:
         return min(self.markets.values(), key=lambda m: m.on_demand_usd_per_hour).region
