@@ -351,19 +351,26 @@ def test_version_differences_ignore_only_an_absent_optional_package() -> None:
     assert differences(flow, {**flow, "distributed": None}) == ["distributed missing (flow: 1)"]
 
 
-def test_a_worker_that_never_joins_is_a_bounded_provisioning_error() -> None:
+def test_a_worker_that_never_joins_is_a_bounded_provisioning_error(monkeypatch, caplog) -> None:
+    from prefect_cloudsched.adapters.execute import dask as dask_executor
     from prefect_cloudsched.adapters.execute.dask import DaskExecutor
 
-    executor = DaskExecutor(join_timeout=0.5)  # boot-script launcher: nobody starts a worker
+    monkeypatch.setattr(dask_executor, "JOIN_PROGRESS_S", 0.2)
+    executor = DaskExecutor(join_timeout=0.7)  # boot-script launcher: nobody starts a worker
     executor.start()
     try:
         placement = _placement(TaskNeeds(cpus=1), "i-silent")
         started = time.monotonic()
-        with pytest.raises(ProvisioningError, match="no Dask worker named i-silent"):
+        with (
+            caplog.at_level("WARNING", logger=dask_executor.logger.name),
+            pytest.raises(ProvisioningError, match="no Dask worker named i-silent"),
+        ):
             executor.attach(_handle(placement), placement)
         assert time.monotonic() - started < 5
     finally:
         executor.stop()
+    waits = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert waits and "i-silent" in waits[0] and "join_timeout_seconds=0.7" in waits[0]
 
 
 @pytest.mark.slow

@@ -76,6 +76,8 @@ from prefect_cloudsched.errors import ProvisioningError, SpotInterrupted
 R = TypeVar("R")
 
 logger = logging.getLogger("prefect_cloudsched.adapters.execute.dask")
+#: How often a worker that has not joined yet is reported (a warning: it reaches stderr).
+JOIN_PROGRESS_S = 60.0
 
 #: A scheduler we start ourselves: in this process, no workers (only placements' workers
 #: join), TCP so real instances could dial it, no dashboard unless asked for.
@@ -379,7 +381,9 @@ class _Session:
             self._idle_since[name] = time.monotonic()
 
     def _wait_for_worker(self, name: str, pool: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        next_note = started + JOIN_PROGRESS_S
         pause = 0.05
         while True:
             workers = self.client.scheduler_info(n_workers=-1)["workers"]
@@ -398,6 +402,14 @@ class _Session:
                     f"{self.contact_address} within {timeout:g}s; check that the instance can "
                     "reach the scheduler (its port in the security group / firewall) and read "
                     f"{WORKER_LOG} on it, or raise join_timeout_seconds for slow boots"
+                )
+            if time.monotonic() >= next_note:  # a silent wait of minutes looks like a hang
+                next_note += JOIN_PROGRESS_S
+                waited = f"{time.monotonic() - started:.0f} s of join_timeout_seconds={timeout:g}"
+                logger.warning(
+                    f"still waiting for the Dask worker of {name} to join {self.contact_address}"
+                    f" ({waited}; a boot with an install takes minutes); mock clouds start "
+                    "none: give executor_options launcher=LocalWorkerLauncher() (the demo's)"
                 )
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
