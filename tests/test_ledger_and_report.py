@@ -264,3 +264,21 @@ def test_redact_url_hides_userinfo_and_query_secrets() -> None:
     assert "sslmode=require" in shown and "bob" in shown
     assert redact_url("sqlite:///x/ledger.db") == "sqlite:///x/ledger.db"
     assert redact_url("::nonsense::") == "<unparseable database URL>"
+
+
+def test_every_prices_help_example_parses(capsys) -> None:
+    """The examples of `prices --help` / `prices refresh --help` use options that exist
+    (``--help`` after them: click rejects an unknown option before printing help, and no
+    example reaches the network)."""
+    import re
+    import shlex
+
+    from prefect_cloudsched.cli import prices_cmd
+
+    texts = [prices_cmd.prices_app.info.help or ""]
+    texts += [c.callback.__doc__ or "" for c in prices_cmd.prices_app.registered_commands]
+    examples = re.findall(r"`prefect-cloudsched (prices[^`]*)`", "\n".join(texts))
+    assert any(e.startswith("prices refresh") for e in examples)
+    for example in examples:
+        assert main([*shlex.split(example), "--help"]) == 0, example
+        capsys.readouterr()
