@@ -227,6 +227,7 @@ def _run_on_mock_clouds(chunks: int) -> dict[str, Any]:
 
     from prefect_cloudsched import Ledger
     from prefect_cloudsched.adapters.execute.launcher import LocalWorkerLauncher
+    from prefect_cloudsched.core.report import is_attempt
     from prefect_cloudsched.testing.clouds import MockClouds
 
     logging.getLogger(distributed.__name__).setLevel(logging.WARNING)  # a line per worker event
@@ -253,14 +254,20 @@ def _run_on_mock_clouds(chunks: int) -> dict[str, Any]:
     run_id = str(state.state_details.flow_run_id)
     ledger = Ledger()
     rows = ledger.instances(run_id=run_id)
-    placements = ledger.placements(flow_run_id=run_id)
+    # placement attempts, as the report's tasks column counts them (not the transfer rows)
+    ledger_rows = ledger.placements(flow_run_id=run_id)
+    placements = [p for p in ledger_rows if is_attempt(p)]
     on_instances = sum(1 for p in placements if p.instance_id)
+    recorded = sum(p.interruptions for p in ledger_rows)  # what the report's total says
     by_cloud = {c: sum(r["cloud"] == c for r in rows) for c in ("aws", "gcp")}
+    # Two counts, said apart: the mock injects spot reclaims; the ledger (and the report)
+    # also records a Dask worker lost under load as an interruption (docs/dask.md).
     print(
         f"instances started: {len(rows)} (aws {by_cloud['aws']}, gcp {by_cloud['gcp']}) for "
-        f"{len(placements)} placements, {on_instances} of them on an instance's worker; spot "
-        f"interruptions injected: {len(interrupted)}; still running: {len(left)} instances, "
-        f"{len(workers_left)} workers"
+        f"{len(placements)} placements, {on_instances} of them on an instance's worker; "
+        f"spot reclaims injected by the mock: {len(interrupted)}; interruptions recorded in "
+        f"the ledger (reclaims and lost workers): {recorded}; still running: {len(left)} "
+        f"instances, {len(workers_left)} workers"
     )
     if left or workers_left:
         raise SystemExit(f"leaked: {[i['instance_id'] for i in left]} {workers_left}")

@@ -141,6 +141,36 @@ def test_report_groups_and_totals() -> None:
         build_report(rows, "color")
 
 
+def test_tasks_column_counts_placement_attempts_only() -> None:
+    """Boot/idle and checkpoint-transfer rows are money, not attempts; a reaped orphan's row
+    is the only trace of the attempt that launched it, so it counts."""
+    from dataclasses import replace
+
+    from prefect_cloudsched.core.instance_time import OVERHEAD_STATE, OVERHEAD_TASK
+    from prefect_cloudsched.core.records import REAPED_STATE, TRANSFER_OPTION, TRANSFER_STATE
+
+    tasks = [record("a"), record("a", interruptions=1), record("b")]
+    boot = replace(record(OVERHEAD_TASK, cost=0.1, base=0.1), state=OVERHEAD_STATE)
+    move = replace(record("a", cost=0.05, base=0.0, option=TRANSFER_OPTION), state=TRANSFER_STATE)
+    orphan = replace(record("orphan of a", cost=0.2, base=0.2), state=REAPED_STATE)
+    rows = [*tasks, boot, move, orphan]
+    report = build_report(rows, "task")
+    assert report.total.tasks == 4
+    assert {r.group: r.tasks for r in report.rows} == {
+        "a": 2, "b": 1, OVERHEAD_TASK: 0, "orphan of a": 1
+    }  # fmt: skip
+    assert report.total.spend_micro == sum(r.cost_micro for r in rows)  # money still counts
+    assert render_csv(report).splitlines()[-1].startswith("TOTAL,4,")
+
+
+def test_negative_amounts_print_the_sign_before_the_dollar() -> None:
+    report = build_report([record("a", cost=0.232, base=0.030806)], "task")
+    table = render_markdown(report)
+    assert "-$0.201194" in table and "$-" not in table
+    assert build_report([record("z", cost=0.0, base=0.0)], "task").total.savings == 0
+    assert "$-" not in render_markdown(build_report([record("z", cost=0.0, base=0.0)], "task"))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
@@ -234,3 +264,21 @@ def test_redact_url_hides_userinfo_and_query_secrets() -> None:
     assert "sslmode=require" in shown and "bob" in shown
     assert redact_url("sqlite:///x/ledger.db") == "sqlite:///x/ledger.db"
     assert redact_url("::nonsense::") == "<unparseable database URL>"
+
+
+def test_every_prices_help_example_parses(capsys) -> None:
+    """The examples of `prices --help` / `prices refresh --help` use options that exist
+    (``--help`` after them: click rejects an unknown option before printing help, and no
+    example reaches the network)."""
+    import re
+    import shlex
+
+    from prefect_cloudsched.cli import prices_cmd
+
+    texts = [prices_cmd.prices_app.info.help or ""]
+    texts += [c.callback.__doc__ or "" for c in prices_cmd.prices_app.registered_commands]
+    examples = re.findall(r"`prefect-cloudsched (prices[^`]*)`", "\n".join(texts))
+    assert any(e.startswith("prices refresh") for e in examples)
+    for example in examples:
+        assert main([*shlex.split(example), "--help"]) == 0, example
+        capsys.readouterr()

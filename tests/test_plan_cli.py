@@ -105,6 +105,96 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, args, fragm
     assert out == ""
 
 
+def test_unknown_solver_is_refused_before_the_forecast(series, capsys, monkeypatch) -> None:
+    from prefect_cloudsched.core import forecast
+
+    fit = mock.Mock(side_effect=AssertionError("must not forecast with a bad --solver"))
+    monkeypatch.setattr(forecast, "fit_forecast", fit)
+    code, out, err = run(capsys, "plan", str(series), "--gpu-type", "A100", "--solver", "gurobi")
+    assert code == 2 and out == ""
+    assert "--solver 'gurobi'" in err and "cbc" in err and "highs" in err
+    assert len(err.strip().splitlines()) == 1
+    fit.assert_not_called()
+
+
+def test_seasonal_naive_horizon_longer_than_history_is_one_line_up_front(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    from prefect_cloudsched.core import forecast
+
+    fit = mock.Mock(side_effect=AssertionError("must not start forecasting"))
+    monkeypatch.setattr(forecast, "fit_forecast", fit)
+    path = write_series(tmp_path / "d.csv", [3.0] * 72)
+    argv = ["plan", str(path), "--gpu-type", "A100", *FAST, "--horizon", "100"]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    line = err.strip()
+    assert len(line.splitlines()) == 1
+    assert "--horizon 100" in line and "--horizon 72 or less" in line
+    assert "--forecast-model" in line and "72 hours of history" in line
+    fit.assert_not_called()
+
+
+def test_printed_saving_is_the_difference_of_the_printed_figures(
+    series, capsys, monkeypatch, ledger_url
+) -> None:
+    """Expected $13,145.794047 and on-demand $26,949.61741 print as $13,145.79 and
+    $26,949.62: the saving printed is $13,803.83, not the separately rounded $13,803.82."""
+    import dataclasses
+    from decimal import Decimal
+
+    from prefect_cloudsched.core import planning
+
+    real = planning.plan_capacity
+
+    def awkward(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        return dataclasses.replace(plan, expected_cost=13145.794047, ondemand_cost=26949.61741)
+
+    monkeypatch.setattr(planning, "plan_capacity", awkward)
+    base = ["plan", str(series), "--gpu-type", "A100", "--horizon", "24", *FAST]
+    code, out, _ = run(capsys, *base)
+    assert code == 0
+    assert "Expected cost $13,145.79  all on-demand $26,949.62  saving $13,803.83" in out
+    code, _, err = run(capsys, *base, "--format", "csv")
+    assert code == 0
+    assert "expected $13,145.79, all on-demand $26,949.62, saving $13,803.83" in err
+    code, out, _ = run(capsys, *base, "--json", "--save")
+    data = json.loads(out)
+    exact = {k: Decimal(str(data[k])) for k in ("expected_cost", "ondemand_cost", "saving")}
+    assert exact["saving"] == exact["ondemand_cost"] - exact["expected_cost"]
+    stored = Ledger(ledger_url).latest_plan()
+    assert stored is not None
+
+
+def test_apply_refuses_a_mistyped_or_foreign_ledger_and_creates_nothing(tmp_path, capsys) -> None:
+    import sqlite3
+
+    missing = tmp_path / "x" / "fresh.db"
+    code, out, err = run(capsys, "plan", "apply", "--ledger", f"sqlite:///{missing}")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--ledger" in err and "does not exist" in err
+    assert not missing.exists() and not missing.parent.exists()
+    foreign = tmp_path / "other.db"
+    sqlite3.connect(foreign).execute("create table t (a)").connection.commit()
+    code, out, err = run(capsys, "plan", "apply", "--ledger", f"sqlite:///{foreign}")
+    assert code == 2 and "no prefect-cloudsched ledger" in err
+    tables = sqlite3.connect(foreign).execute("select name from sqlite_master").fetchall()
+    assert tables == [("t",)]
+
+
+def test_apply_total_is_the_sum_of_the_printed_rows(capsys, ledger_url) -> None:
+    from decimal import Decimal
+
+    store_plan(ledger_url, (aws_reserved_offer(), 3), (gcp_reserved_offer(), 7))
+    code, out, _ = run(capsys, "plan", "apply")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    terms = [Decimal(line.split("│")[-2].strip().replace(",", "")) for line in rows]
+    total = out.split("Commitment: $")[1].split(" ")[0].replace(",", "")
+    assert len(terms) == 2 and Decimal(total) == sum(terms)
+
+
 def test_missing_file_is_exit_2(tmp_path, capsys) -> None:
     code, _, err = run(capsys, "plan", str(tmp_path / "nope.csv"), "--gpu-type", "A100")
     assert code == 2 and "does not exist" in err
@@ -163,6 +253,7 @@ def test_apply_is_a_dry_run_by_default(capsys, ledger_url, monkeypatch) -> None:
 
 
 def test_apply_without_a_plan_or_with_a_missing_id_is_exit_2(capsys, ledger_url) -> None:
+    Ledger(ledger_url)  # an existing ledger that holds no plan yet
     code, _, err = run(capsys, "plan", "apply")
     assert code == 2 and "no plan" in err
     store_plan(ledger_url, (aws_reserved_offer(), 1))

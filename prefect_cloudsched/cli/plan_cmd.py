@@ -150,11 +150,13 @@ def run(
         raise InputError(
             f"--forecast-model {forecast_model!r}: use {' or '.join(_FORECAST_MODELS)}"
         )
+    _solver(solver)
     catalog = catalog_from_option(catalog_path)
     gpu = _gpu_type(gpu_type, catalog)
     clouds = _clouds(cloud, catalog)
     regions = _regions(region, catalog)
     history = check_series_span(load_series_csv(series, column), series.name)
+    _check_horizon_fits(history, horizon, forecast_model)
     with progress_bar(f"planning {horizon} h of {series.name}:{column}", None) as step:
         step(f"forecasting ({forecast_model})")
         forecast = _forecast(history, horizon, forecast_model, step)
@@ -182,8 +184,15 @@ def run(
     if output is OutputFormat.JSON:
         import json
 
+        from prefect_cloudsched.core.records import to_usd
+
+        expected, ondemand, saving = _totals_micro(plan)
         payload: dict[str, Any] = {
             **plan.to_dict(),
+            # one rounding to the micro-dollar, then saving = ondemand_cost - expected_cost
+            "expected_cost": float(to_usd(expected)),
+            "ondemand_cost": float(to_usd(ondemand)),
+            "saving": float(to_usd(saving)),
             "series": str(series),
             "column": column,
             "gpu_type": gpu,
@@ -202,18 +211,80 @@ def run(
 _FORECAST_MODELS = ("combined", "arima", "seasonal-naive")
 
 
+def _solver(name: str) -> str:
+    """``--solver`` checked up front: an unknown name must not wait for the forecast."""
+    from prefect_cloudsched.core.planning.solver import SOLVERS
+
+    if name not in SOLVERS:
+        raise InputError(f"--solver {name!r} is unknown; use {' or '.join(SOLVERS)}")
+    return name
+
+
+def _check_horizon_fits(history: Any, horizon: int, model: str) -> None:
+    """Seasonal-naive repeats whole days of the history window: refuse, before any fitting,
+    a ``--horizon`` that would reach further back than the history it is given."""
+    from prefect_cloudsched.core.forecast import DAY, ForecastConfig, prepare_series
+
+    if model != "seasonal-naive":
+        return
+    window = ForecastConfig().window
+    hours = min(len(prepare_series(history)), window)
+    longest = DAY * (hours // DAY)
+    if horizon <= longest:
+        return
+    if longest == 0:
+        raise InputError(
+            f"--forecast-model seasonal-naive needs at least {DAY} hours of history; "
+            f"SERIES has {hours}: give a longer series"
+        )
+    raise InputError(
+        f"--horizon {horizon} is too long for --forecast-model seasonal-naive, which repeats "
+        f"whole days of the last {hours} hours of history (it uses at most {window}): use "
+        f"--horizon {longest} or less, or --forecast-model combined"
+    )
+
+
+def _cents(usd: float) -> int:
+    """Dollars → whole cents, through integer micro-dollars (half up), once per figure."""
+    from prefect_cloudsched.core.records import to_micro
+
+    return (to_micro(usd) + 5_000) // 10_000
+
+
+def _usd(cents: int) -> str:
+    """``$1,234.56`` / ``-$0.50`` from whole cents."""
+    sign = "-" if cents < 0 else ""
+    return f"{sign}${abs(cents) // 100:,}.{abs(cents) % 100:02d}"
+
+
+def _totals_micro(plan: CapacityPlan) -> tuple[int, int, int]:
+    """Expected, all-on-demand and saving in micro-dollars; saving is their difference."""
+    from prefect_cloudsched.core.records import to_micro
+
+    expected, ondemand = to_micro(plan.expected_cost), to_micro(plan.ondemand_cost)
+    return expected, ondemand, 0 if plan.status == "infeasible" else ondemand - expected
+
+
+def _totals_cents(plan: CapacityPlan) -> tuple[int, int, int]:
+    """Expected, all-on-demand and saving in whole cents, as printed: the saving is the
+    difference of the two printed figures, never a third rounding."""
+    expected, ondemand = _cents(plan.expected_cost), _cents(plan.ondemand_cost)
+    return expected, ondemand, 0 if plan.status == "infeasible" else ondemand - expected
+
+
 def _render_reservations(plan: CapacityPlan, output: OutputFormat) -> None:
     """The reservations as CSV or Markdown rows; the totals go to stderr."""
     rows = [
         {"capacity_key": i.capacity_key, "count": i.count, "gpu_count": i.gpu_count,
-         "usd_per_hour": i.usd_per_hour, "usd_over_horizon": round(
-             i.usd_per_hour * i.count * plan.hours, 2)}
+         "usd_per_hour": i.usd_per_hour, "usd_over_horizon": _cents(
+             i.usd_per_hour * i.count * plan.hours) / 100}
         for i in plan.reserved
     ]  # fmt: skip
     fields = ("capacity_key", "count", "gpu_count", "usd_per_hour", "usd_over_horizon")
     render_rows(rows, fields, output, right=fields[1:])
-    _say(f"status {plan.status}; expected ${plan.expected_cost:,.2f}, all on-demand "
-         f"${plan.ondemand_cost:,.2f}, saving ${plan.saving:,.2f}")  # fmt: skip
+    expected, ondemand, saving = _totals_cents(plan)
+    _say(f"status {plan.status}; expected {_usd(expected)}, all on-demand "
+         f"{_usd(ondemand)}, saving {_usd(saving)}")  # fmt: skip
 
 
 def _forecast(history: Any, horizon: int, model: str, step: Any = None) -> Any:
@@ -256,16 +327,15 @@ def _regions(values: list[str] | None, catalog: Catalog) -> list[str] | None:
 
 
 def _save(plan: CapacityPlan, name: str, ledger_url: str | None) -> int | None:
-    from prefect_cloudsched.core.records import to_micro
-
     if plan.status == "infeasible":
         _say("not saved: the plan is infeasible (the task runner would read it as no capacity)")
         return None
-    plan_id = open_ledger(ledger_url).record_plan(
+    expected, ondemand, _ = _totals_micro(plan)
+    plan_id = open_ledger(ledger_url).record_plan(  # --save writes: creating the ledger is right
         name=name,
         status=plan.status,
-        expected_micro=to_micro(plan.expected_cost),
-        ondemand_micro=to_micro(plan.ondemand_cost),
+        expected_micro=expected,
+        ondemand_micro=ondemand,
         plan=plan.to_dict(),
     )
     _say(
@@ -300,7 +370,7 @@ def _print_plan(plan: CapacityPlan, gpu: str, model: str, plan_id: int | None) -
             str(item.count),
             str(item.gpu_count),
             f"{item.usd_per_hour:.4f}",
-            f"{item.usd_per_hour * item.count * plan.hours:,.2f}",
+            _usd(_cents(item.usd_per_hour * item.count * plan.hours))[1:],
         )
     if plan.reserved:
         print_table(table, console)
@@ -313,10 +383,11 @@ def _print_plan(plan: CapacityPlan, gpu: str, model: str, plan_id: int | None) -
         if series:
             parts.append(f"{option} {sum(series):,.0f} GPU-h (peak {max(series):g} GPUs)")
     console.print("Hourly mix: " + "; ".join(parts))
-    share = plan.saving / plan.ondemand_cost if plan.ondemand_cost else 0.0
+    expected, ondemand, saving = _totals_cents(plan)
+    share = saving / ondemand if ondemand else 0.0
     console.print(
-        f"Expected cost ${plan.expected_cost:,.2f}  all on-demand ${plan.ondemand_cost:,.2f}"
-        f"  saving ${plan.saving:,.2f} ({share:.1%})"
+        f"Expected cost {_usd(expected)}  all on-demand {_usd(ondemand)}"
+        f"  saving {_usd(saving)} ({share:.1%})"
     )
     if plan_id is not None:
         console.print(
@@ -409,7 +480,9 @@ def apply(
             "or All Upfront"
         )
     output = resolve_format(output, as_json)
-    ledger = open_ledger(ledger_url)
+    # apply reads a stored plan (and marks it bought): a mistyped --ledger must not create
+    # an empty database, nor add ledger tables to some other SQLite file
+    ledger = open_ledger(ledger_url, create=False)
     stored = _stored_plan(ledger, plan_id)
     if stored["status"] == "infeasible":
         raise InputError(f"plan {stored['id']} is infeasible; there is nothing to buy")
@@ -490,6 +563,8 @@ def _stored_plan(ledger: Any, plan_id: int | None) -> dict[str, Any]:
 def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
     from rich.table import Table
 
+    from prefect_cloudsched.core.records import to_micro
+
     console = stdout_console()
     if not items:
         console.print(
@@ -501,7 +576,9 @@ def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
         table.add_column(
             name, justify="right" if "$" in name or name in ("count", "GPUs") else "left"
         )
-    for i in items:
+    term_cents = [_cents(i.term_usd) for i in items]
+    hourly_ten_thousandths = [(to_micro(i.hourly_usd) + 50) // 100 for i in items]
+    for i, cents, hourly in zip(items, term_cents, hourly_ten_thousandths, strict=True):
         table.add_row(
             i.cloud,
             i.region,
@@ -509,11 +586,12 @@ def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
             i.instance_type,
             f"{i.gpu_count}x{i.gpu_type}" if i.gpu_count else "-",
             str(i.count),
-            f"{i.hourly_usd:,.4f}",
-            f"{i.term_usd:,.2f}",
+            f"{hourly // 10_000:,}.{hourly % 10_000:04d}",
+            _usd(cents)[1:],
         )
     print_table(table, console)
-    console.print(
-        f"Commitment: ${sum(i.term_usd for i in items):,.2f} over one year "
-        f"(${sum(i.hourly_usd for i in items):,.4f}/h, billed whether used or not)"
+    total_hourly = sum(hourly_ten_thousandths)
+    console.print(  # the totals are the sums of the printed rows
+        f"Commitment: {_usd(sum(term_cents))} over one year "
+        f"(${total_hourly // 10_000:,}.{total_hourly % 10_000:04d}/h, billed whether used or not)"
     )

@@ -40,7 +40,7 @@ prices_app = typer.Typer(
 Examples:
 
 * `prefect-cloudsched prices --gpu A10G --option spot`
-* `prefect-cloudsched prices refresh --cloud aws --region us-east-1`
+* `prefect-cloudsched prices refresh --cloud aws --dry-run`
 """,
 )
 app.add_typer(prices_app, name="prices")

@@ -153,7 +153,7 @@ def report(
     elif output is ReportFormat.MARKDOWN:
         typer.echo(render_markdown(result), nl=False)
     else:
-        from prefect_cloudsched.core.report import render_rich
+        from prefect_cloudsched.core.report import money, render_rich
 
         console = stdout_console()
         print_table(render_rich(result), console)
@@ -166,7 +166,7 @@ def report(
             pct = result.total.savings_pct
             saved = "n/a" if pct is None else f"{pct:.1f}%"
             console.print(
-                f"Spent [bold]${result.total.spend:.6f}[/bold] vs ${result.total.baseline:.6f} "
+                f"Spent [bold]{money(result.total.spend)}[/bold] vs {money(result.total.baseline)} "
                 f"on plain on-demand: saved {saved}; {result.total.interruptions} interruption(s)."
             )
         if notice:

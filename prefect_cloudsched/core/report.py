@@ -16,7 +16,24 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from prefect_cloudsched.core.accounting import REASONS, dearer_reasons
-from prefect_cloudsched.core.records import PlacementRecord, to_usd
+from prefect_cloudsched.core.instance_time import OVERHEAD_STATE
+from prefect_cloudsched.core.records import (
+    TRANSFER_STATE,
+    PlacementRecord,
+    to_usd,
+)
+
+#: ``state`` of ledger rows that are not task placement attempts: an instance's boot and idle
+#: time, and a checkpoint's cross-region transfer. Their money counts in every total; the
+#: ``tasks`` column does not count them. (The reaper's row for an orphaned instance does count:
+#: the attempt that launched it died before it could write a row of its own.)
+NOT_ATTEMPTS = frozenset({OVERHEAD_STATE, TRANSFER_STATE})
+
+
+def is_attempt(record: PlacementRecord) -> bool:
+    """Whether ``record`` is a task placement attempt (what the ``tasks`` column counts)."""
+    return record.state not in NOT_ATTEMPTS
+
 
 GroupBy = Literal["flow", "task", "cloud", "region", "option", "instance", "day"]
 GROUP_KEYS: dict[str, Callable[[PlacementRecord], str]] = {
@@ -35,6 +52,8 @@ class ReportRow:
     """Totals of one group."""
 
     group: str
+    #: Task placement attempts (instance boot/idle and checkpoint-transfer rows are not
+    #: counted; their money is).
     tasks: int
     runtime_s: float
     spend_micro: int
@@ -118,7 +137,7 @@ def _sum(group: str, records: list[PlacementRecord]) -> ReportRow:
             counts[reason] = counts.get(reason, 0) + 1
     return ReportRow(
         group=group,
-        tasks=len(records),
+        tasks=sum(1 for r in records if is_attempt(r)),
         runtime_s=sum(r.runtime_s for r in records),
         spend_micro=sum(r.cost_micro for r in records),
         baseline_micro=sum(r.baseline_micro for r in records),
@@ -146,10 +165,11 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}%"
 
 
-def _money(value: Decimal) -> str:
+def money(value: Decimal) -> str:
     # Six decimals: short demo tasks cost fractions of a cent, and rounding them to zero
     # would hide exactly the savings the report exists to show.
-    return f"${value.quantize(Decimal('0.000001'))}"
+    amount = value.quantize(Decimal("0.000001"))
+    return f"-${-amount}" if amount < 0 else f"${abs(amount)}"  # abs: no "$-0.000000"
 
 
 #: Short headers: a task-grouped table fits a 100-column terminal without wrapping.
@@ -169,9 +189,9 @@ def _cells(row: ReportRow) -> list[str]:
     return [
         str(row.tasks),
         f"{row.runtime_s:.1f}s",
-        _money(row.spend),
-        _money(row.baseline),
-        _money(row.savings),
+        money(row.spend),
+        money(row.baseline),
+        money(row.savings),
         _pct(row.savings_pct),
         str(row.interruptions),
         row.why or "—",
