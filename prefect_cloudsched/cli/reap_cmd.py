@@ -87,7 +87,8 @@ def reap_command(
     from prefect_cloudsched.adapters.provision.reaper import reap
 
     mocks = _parse_mocks(mock or [])
-    ledger = open_ledger(ledger_url)
+    # A dry run changes nothing: it must not create (or add tables to) a database either.
+    ledger = open_ledger(ledger_url, create=not dry_run)
     with _cloud_access("the cloud", mocks):
         provisioners = _provisioners(
             owner=owner,
