@@ -159,7 +159,8 @@ def build_block(document: BlockDocument) -> Any:
     except ValidationError as err:
         problem = err.errors()[0]
         field = ".".join(str(part) for part in problem["loc"]) or "values"
-        raise InputError(f"{document.path}: {field}: {problem['msg']}") from None
+        message = problem["msg"].removeprefix("Value error, ")
+        raise InputError(f"{document.path}: {field}: {message}") from None
 
 
 def _fields(block: Any) -> dict[str, Any]:
