@@ -403,6 +403,25 @@ def test_ledger_block_saved_before_validation_names_its_field(tmp_path: Path) ->
     assert "pw-planted" not in str(info.value)
 
 
+def test_blocks_apply_against_an_unreachable_api_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_cloudsched.cli import main
+
+    dead = "http://127.0.0.1:1/api"  # nothing listens on port 1: refused at once, offline
+    monkeypatch.setenv("PREFECT_API_URL", dead)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with temporary_settings(updates={PREFECT_API_URL: dead}):
+        code = main(["blocks", "apply", "--dir", str(REPO_BLOCKS)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("Error: ") and len(err.splitlines()) == 1
+    assert "PREFECT_API_URL" in err and "unreachable" in err and dead in err
+    assert "unexpected" not in err
+
+
 def test_duplicate_documents_are_rejected(tmp_path: Path) -> None:
     from prefect_cloudsched.cli.blocks_cmd import read_documents
     from prefect_cloudsched.errors import InputError

@@ -16,9 +16,11 @@ equal the document's is left alone, and one that differs is only replaced with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +32,7 @@ from prefect_cloudsched.cli._common import (
     FormatOption,
     JsonOption,
     OutputFormat,
+    hide_password,
     render_rows,
     resolve_format,
 )
@@ -203,6 +206,28 @@ def apply_documents(
     return outcome
 
 
+@contextlib.contextmanager
+def _prefect_api_errors() -> Iterator[None]:
+    """The Prefect API unreachable or refusing: one line naming PREFECT_API_URL and the fix."""
+    import httpx
+
+    where = os.environ.get("PREFECT_API_URL") or "the temporary local server"
+    try:
+        yield
+    except httpx.HTTPStatusError as err:
+        raise InputError(
+            f"the Prefect API at {hide_password(where)} (PREFECT_API_URL) refused the request "
+            f"(HTTP {err.response.status_code}); check PREFECT_API_URL and PREFECT_API_KEY"
+        ) from None
+    except (httpx.TransportError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"the Prefect API at {hide_password(where)} (PREFECT_API_URL) is unreachable "
+            f"({hide_password(first)[:200]}); start it (`prefect server start`) or set "
+            "PREFECT_API_URL to a running server"
+        ) from None
+
+
 @blocks_app.command("apply")
 def apply(
     directory: Annotated[
@@ -233,7 +258,8 @@ def apply(
             "into $PREFECT_HOME/prefect.db",
             err=True,
         )
-    outcome = apply_documents(blocks, overwrite=overwrite)
+    with _prefect_api_errors():
+        outcome = apply_documents(blocks, overwrite=overwrite)
     if output is not OutputFormat.TABLE:
         rows = [{"status": status, "block": ref} for status, ref in outcome]
         render_rows(rows, ("status", "block"), output)
