@@ -210,8 +210,10 @@ def apply_documents(
 def _prefect_api_errors() -> Iterator[None]:
     """The Prefect API unreachable or refusing: one line naming PREFECT_API_URL and the fix."""
     import httpx
+    from prefect.settings import PREFECT_API_URL
 
-    where = os.environ.get("PREFECT_API_URL") or "the temporary local server"
+    # the effective setting: the environment, or the active Prefect profile
+    where = PREFECT_API_URL.value() or "the temporary local server"
     try:
         yield
     except httpx.HTTPStatusError as err:
