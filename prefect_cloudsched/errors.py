@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-#: A URL in a message: ``scheme://`` and everything up to whitespace or a quote.
-_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s'\"]*)")
+#: A URL in a message: ``scheme://`` and everything up to whitespace (quotes included: a
+#: password may hold one, and hiding up to a closing quote only hides too much).
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>\S*)")
 #: Query parameters that carry credentials in common drivers' URLs (psycopg, asyncpg, pymysql).
 SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "key")
 _SECRET_QUERY = re.compile(

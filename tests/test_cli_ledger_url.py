@@ -91,6 +91,7 @@ def test_ledger_names_its_source(monkeypatch: pytest.MonkeyPatch) -> None:
         ("postgresql://u@h/db?sslpassword=a@b", "postgresql://u@h/db?sslpassword=***", "a@b"),
         ("sqlite:////tmp/a@b/ledger.db", "sqlite:////tmp/a@b/ledger.db", None),
         ("cannot open 'postgresql://u:x@y@h/db': refused", "'postgresql://u:***@h/db'", "x@y"),
+        ("""--ledger "postgresql://u:it's@h/db": no""", '"postgresql://u:***@h/db"', "it's"),
     ],
 )
 def test_hide_password_hides_everything_up_to_the_last_at(
