@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
+
+#: A URL in a message: ``scheme://`` and everything up to whitespace (quotes included: a
+#: password may hold one, and hiding up to a closing quote only hides too much).
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>\S*)")
+#: Query parameters that carry credentials in common drivers' URLs (psycopg, asyncpg, pymysql).
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "key")
+_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&;][^=&;#]*(?:" + "|".join(SECRET_QUERY_KEYS) + r")[^=&;#]*=)[^&;#]*",
+    re.IGNORECASE,
+)
+
+
+def hide_url_secrets(text: str) -> str:
+    """Every URL password in ``text`` replaced by ``***``: userinfo and query string.
+
+    The password is everything between the user's ``:`` and the *last* ``@`` before the
+    query string (a password may itself hold ``@``, ``:`` or ``/``); a query parameter whose
+    name mentions a password, secret, token or key has its value hidden too. It hides too
+    much rather than too little.
+    """
+
+    def hide(match: re.Match[str]) -> str:
+        rest = match.group("rest")
+        cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+        # The last "@" before the query; none there: a "?" or "#" may sit in the password.
+        at = rest.rfind("@", 0, cut)
+        at = rest.rfind("@") if at < 0 else at
+        if at >= 0:
+            user, colon, _secret = rest[:at].partition(":")
+            if colon and "/" not in user:
+                rest = f"{user}:***{rest[at:]}"
+        rest = _SECRET_QUERY.sub(lambda m: f"{m.group('name')}***", rest)
+        return f"{match.group('scheme')}{rest}"
+
+    return _URL.sub(hide, text)
 
 
 class _Overrun(Protocol):

@@ -362,6 +362,66 @@ def test_bad_documents_exit_2_with_one_line(
     assert len(err.splitlines()) == 1
 
 
+BAD_PORT_URL = "postgresql://u:pw-planted@db.internal:notaport/ledger"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [(BAD_PORT_URL, "port must be a number"), ("notaurl", "not a database URL")],
+)
+def test_ledger_block_refuses_a_bad_url_without_showing_it(url: str, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        CloudSchedLedger(url=url)
+    assert info.value.errors()[0]["loc"][0] == "url"
+    assert message in str(info.value) and "pw-planted" not in str(info.value)
+
+
+def test_ledger_block_with_a_bad_url_is_not_applied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect_cloudsched.cli import main
+
+    _write(
+        tmp_path,
+        "ledger.yaml",
+        f"type: cloudsched-ledger\nname: bad\nvalues:\n  url: {BAD_PORT_URL}\n",
+    )
+    # refused before the API is asked: no server is running and none is needed
+    assert main(["blocks", "apply", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and len(err.splitlines()) == 1
+    assert "ledger.yaml: url: " in err and "port must be a number" in err
+    assert "pw-planted" not in err and "Value error" not in err
+
+
+def test_ledger_block_saved_before_validation_names_its_field(tmp_path: Path) -> None:
+    from prefect_cloudsched.errors import LedgerError
+
+    old = CloudSchedLedger.model_construct(url=SecretStr(BAD_PORT_URL))  # as loaded, unchecked
+    with pytest.raises(LedgerError, match=r"^CloudSchedLedger block url .*port must be") as info:
+        old.get_ledger()
+    assert "pw-planted" not in str(info.value)
+
+
+def test_blocks_apply_against_an_unreachable_api_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_cloudsched.cli import main
+
+    dead = "http://127.0.0.1:1/api"  # nothing listens on port 1: refused at once, offline
+    monkeypatch.setenv("PREFECT_API_URL", dead)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with temporary_settings(updates={PREFECT_API_URL: dead}):
+        code = main(["blocks", "apply", "--dir", str(REPO_BLOCKS)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("Error: ") and len(err.splitlines()) == 1
+    assert "PREFECT_API_URL" in err and "unreachable" in err and dead in err
+    assert "unexpected" not in err
+
+
 def test_duplicate_documents_are_rejected(tmp_path: Path) -> None:
     from prefect_cloudsched.cli.blocks_cmd import read_documents
     from prefect_cloudsched.errors import InputError

@@ -35,6 +35,8 @@ from prefect_cloudsched.errors import NeedsError
         ({"deadline": timedelta(days=10**6)}, "deadline must be at most 366 days"),
         ({"data_region": "mars-1"}, "'mars-1' is not an AWS or GCP region"),
         ({"data_region": "us-central1-a"}, "use its region 'us-central1'"),
+        ({"data_region": "us-east-1a"}, "looks like a zone; use its region 'us-east-1'"),
+        ({"data_region": "eu-west-3c"}, "looks like a zone; use its region 'eu-west-3'"),
         ({"data_region": 5}, "data_region must be a region name"),
         ({"gpu_type": 5}, "gpu_type 5 is unknown"),
         ({"priority": ["high"]}, "priority must be one of"),
@@ -62,6 +64,7 @@ def test_spot_no_string_never_places_on_spot():
         ("cpu:inf", "is not a finite number"),
         ("mem:" + "9" * 400, "is too large"),
         ("data-region:mars-1", "'mars-1' is not an AWS or GCP region"),
+        ("data-region:us-east-1a", "use its region 'us-east-1'"),
     ],
 )
 def test_tags_refuse_without_overflow(tag, fragment):

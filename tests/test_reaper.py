@@ -140,6 +140,34 @@ def test_stale_reason_rules() -> None:
             reap([], heartbeat_ttl=bad)
 
 
+class _Listing:
+    """A provisioner that lists fixed instances and must never terminate one (dry run)."""
+
+    cloud = "aws"
+
+    def __init__(self, *instances: OwnedInstance) -> None:
+        self.instances = list(instances)
+
+    def list_owned(self) -> list[OwnedInstance]:
+        return self.instances
+
+    def terminate_owned(self, instance: OwnedInstance) -> bool:
+        raise AssertionError("a dry run terminated an instance")
+
+
+def test_kept_reason_says_what_kept_it() -> None:
+    now = time.time()
+    cases = [
+        (owned(now - 10), "alive (heartbeat 10 s old)"),
+        (owned(None, launched_ago=30), "alive (no heartbeat yet, launched 30 s ago)"),
+        (owned(None), "kept (no heartbeat and launch time unknown)"),
+    ]
+    for instance, reason in cases:
+        [action] = reap([_Listing(instance)], heartbeat_ttl=60, dry_run=True, now=now)
+        assert not action.reap and action.reason == reason
+        assert "fresh heartbeat" not in action.reason
+
+
 def test_orphan_row_counts_from_launch_or_from_its_release() -> None:
     ended = datetime(2026, 11, 1, 12, tzinfo=UTC)
     instance = replace(owned(None), launched_at=ended - timedelta(hours=1))
@@ -281,6 +309,8 @@ def test_reap_scans_only_the_clouds_named(
         (["--heartbeat-ttl", "nan"], "--heartbeat-ttl must be a finite number"),
         (["--heartbeat-ttl", "-5"], "--heartbeat-ttl -5"),
         (["--cloud", "gcp"], "--gcp-project is required"),
+        (["--owner", "", "--mock", "aws=http://127.0.0.1:1"], "--owner '' is empty"),
+        (["--owner", "   ", "--mock", "aws=http://127.0.0.1:1"], "--owner '   ' is empty"),
     ],
 )
 def test_reap_cli_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:

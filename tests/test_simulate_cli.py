@@ -116,6 +116,22 @@ def test_spot_trace_must_cover_the_jobs(tmp_path: Path, capsys: pytest.CaptureFi
         SpotModel(trace=load_spot_trace(trace)).check_covers(7 * 3600.0)
 
 
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("z9.mega", "prefect-cloudsched prices"), ("p3.2xlarg", "did you mean p3.2xlarge")],
+)
+def test_unknown_spot_instance_exits_2_with_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, name: str, hint: str
+) -> None:
+    jobs = write(tmp_path, HEADER + ROWS)
+    trace = write(tmp_path, SPOT, "aws_g.x_avail_2023.csv")
+    argv = ["simulate", "--jobs", str(jobs), "--spot-trace", str(trace), "--spot-instance", name]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"Error: --spot-instance {name!r} is not an instance type")
+    assert hint in err and len(err.splitlines()) == 1
+
+
 def test_bad_spot_trace_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     jobs = write(tmp_path, HEADER + ROWS)
     bad = write(

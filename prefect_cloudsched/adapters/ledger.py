@@ -42,7 +42,7 @@ from prefect_cloudsched.adapters.ledger_schema import (
     select_rows,
 )
 from prefect_cloudsched.core.records import PlacementRecord, as_utc
-from prefect_cloudsched.errors import LedgerError
+from prefect_cloudsched.errors import LedgerError, hide_url_secrets
 
 logger = logging.getLogger("prefect_cloudsched.ledger")
 
@@ -66,20 +66,43 @@ def default_url() -> str:
     return os.environ.get(URL_ENV) or f"sqlite:///{default_home() / 'ledger.db'}"
 
 
-#: Query parameters that carry credentials in common drivers' URLs (psycopg, asyncpg, pymysql).
-_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "sslpassword", "key")
-
-
 def redact_url(url: str) -> str:
-    """The URL with its password — in the userinfo or the query string — hidden."""
+    """The URL with its password — in the userinfo or the query string — hidden.
+
+    Text-based (:func:`~prefect_cloudsched.errors.hide_url_secrets`): SQLAlchemy splits
+    ``user:pa@ss@host`` at the first ``@``, which would show half of such a password.
+    """
     try:
-        parsed = sa.engine.make_url(url)
+        sa.engine.make_url(url)
     except sa.exc.ArgumentError:
         return "<unparseable database URL>"
-    hidden = {
-        k: "redacted" for k in parsed.query if any(s in k.lower() for s in _SECRET_QUERY_KEYS)
-    }
-    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    except ValueError:  # a bad port: parsed far enough to show, with its secrets hidden
+        pass
+    return hide_url_secrets(url)
+
+
+def url_source(url: str | None, source: str | None) -> str:
+    """Where a ledger URL came from, as a user would fix it: an option, a block or the env."""
+    if source:
+        return source
+    return URL_ENV if url is None and os.environ.get(URL_ENV) else "the ledger URL"
+
+
+def check_url(url: str, source: str) -> sa.engine.URL:
+    """``url`` parsed, or one :class:`LedgerError` line naming ``source`` and the fix."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as err:
+        reason = (
+            "its port must be a number"
+            if isinstance(err, ValueError) and "int()" in str(err)
+            else "not a database URL"
+        )
+        raise LedgerError(
+            f"{source} {redact_url(url)!r}: {reason}; write e.g. sqlite:///path/ledger.db "
+            "or postgresql+psycopg://user@host:5432/db"
+        ) from None
+    return parsed
 
 
 class Ledger(SharedBudget):
@@ -95,6 +118,9 @@ class Ledger(SharedBudget):
             report) refuses a database that does not exist or holds no ledger, creating
             nothing, and leaves a pending journal for the next writer.
         busy_timeout_s: How long one SQLite statement waits for another writer's lock.
+        source: Where ``url`` came from, named in errors so the user knows what to fix
+            (``--ledger``, a block field); default: the environment variable when it
+            supplied the URL, else "the ledger URL".
     """
 
     def __init__(
@@ -103,19 +129,15 @@ class Ledger(SharedBudget):
         *,
         create: bool = True,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        source: str | None = None,
     ) -> None:
+        self.source = url_source(url, source)
         self.url = url or default_url()
-        try:
-            parsed = sa.engine.make_url(self.url)
-        except sa.exc.ArgumentError:
-            raise LedgerError(
-                f"ledger URL {redact_url(self.url)!r} is not a database URL; "
-                "write e.g. sqlite:///path/ledger.db or postgresql+psycopg://user@host/db"
-            ) from None
+        parsed = check_url(self.url, self.source)
         self.is_sqlite = parsed.drivername.startswith("sqlite")
         on_disk = self.is_sqlite and parsed.database not in (None, "", ":memory:")
         if on_disk:
-            _prepare_sqlite_file(sqlite_file(str(parsed.database)), self.url, create)
+            _prepare_sqlite_file(sqlite_file(str(parsed.database)), self.url, create, self.source)
         self.journal = Journal(
             journal_path(self.url, parsed.database, self.is_sqlite, default_home())
         )
@@ -138,7 +160,7 @@ class Ledger(SharedBudget):
                 if not create and not sa.inspect(conn).has_table(placements.name):
                     raise LedgerError(
                         f"{redact_url(self.url)} holds no prefect-cloudsched ledger; "
-                        "check --ledger or run a flow first"
+                        f"check {self.source} or run a flow first"
                     )
                 metadata.create_all(conn)
                 found = conn.execute(
@@ -158,10 +180,21 @@ class Ledger(SharedBudget):
                         meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
                     )
         except sa.exc.SQLAlchemyError as err:
+            if self.is_sqlite and "file is not a database" in str(err):
+                raise LedgerError(
+                    f"{self.source} {redact_url(self.url)!r}: the file is not a SQLite "
+                    "database, so not a ledger; point it at a ledger file or a new path"
+                ) from None
             raise LedgerError(
                 f"cannot open ledger {redact_url(self.url)}: {type(err).__name__}; "
-                f"check {URL_ENV} or the ledger block"
+                f"check {self._fix_hint()}"
             ) from None
+
+    def _fix_hint(self) -> str:
+        """What to check when the ledger cannot be opened: its source, or where URLs come from."""
+        if self.source == "the ledger URL":
+            return f"{URL_ENV} or the ledger block"
+        return self.source
 
     @property
     def schema_version(self) -> int:
@@ -409,13 +442,19 @@ def _placement_row(record: PlacementRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in _PLACEMENT_FIELDS}
 
 
-def _prepare_sqlite_file(path: Path, url: str, create: bool) -> None:
+def _prepare_sqlite_file(path: Path, url: str, create: bool, source: str) -> None:
+    if path.is_dir():
+        raise LedgerError(
+            f"{source} {redact_url(url)!r} names a directory, not a ledger file; "
+            "add a file name, e.g. sqlite:///path/ledger.db"
+        )
     if not create:
         if not path.is_file():
             raise LedgerError(
-                f"no ledger at {redact_url(url)}: the file does not exist; check --ledger "
-                f"(default: {default_url()})"
+                f"no ledger at {redact_url(url)}: the file does not exist; check {source} "
+                f"(default: {redact_url(default_url())})"
             )
+        _check_sqlite_ledger(path, url, source)
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -424,6 +463,39 @@ def _prepare_sqlite_file(path: Path, url: str, create: bool) -> None:
             f"cannot create the ledger folder {path.parent}: {err.strerror}; set {HOME_ENV} "
             f"or {URL_ENV} to a writable place"
         ) from None
+
+
+def _check_sqlite_ledger(path: Path, url: str, source: str) -> None:
+    """Refuse, read-only, a file that is not a SQLite ledger, before anything writes to it.
+
+    The engine's first connection switches the file to WAL mode and ``create_all`` adds
+    tables: a reader or a dry run pointed at another application's database must change
+    neither. A file that cannot be read here is left to the engine, which says why.
+    """
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (placements.name,)
+        ).fetchone()
+    except sqlite3.DatabaseError as err:
+        if "file is not a database" in str(err):
+            raise LedgerError(
+                f"{source} {redact_url(url)!r}: the file is not a SQLite database, so not a "
+                "ledger; point it at a ledger file or a new path"
+            ) from None
+        return
+    finally:
+        conn.close()
+    if found is None:
+        raise LedgerError(
+            f"{redact_url(url)} holds no prefect-cloudsched ledger; "
+            f"check {source} or run a flow first"
+        )
 
 
 def _sqlite_begin_on_demand(engine: Engine, busy_timeout_s: float) -> None:

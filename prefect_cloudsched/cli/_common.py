@@ -14,7 +14,6 @@ import io
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from prefect_cloudsched.errors import InputError, read_errors
+from prefect_cloudsched.errors import InputError, hide_url_secrets, read_errors
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -289,33 +288,25 @@ def require_extra(module: str, purpose: str) -> None:
 
 
 def open_ledger(url: str | None, flag: str = "--ledger", *, create: bool = True) -> Any:
-    """The ledger at ``url``; a URL SQLAlchemy cannot parse is one line naming the option.
+    """The ledger at ``url`` (or the default one); a bad URL is one line naming its source.
 
-    ``create=False`` for commands that only read: a typo in the path must not make (and then
-    report on) an empty database.
+    The source is ``flag`` when the URL was given, else ``$PREFECT_CLOUDSCHED_LEDGER_URL``
+    (the ledger names it). ``create=False`` for commands that only read, and for dry runs: a
+    typo in the path must not make (and then report on) an empty database.
     """
-    import sqlalchemy as sa
+    from prefect_cloudsched.adapters.ledger import URL_ENV, Ledger
 
-    from prefect_cloudsched.adapters.ledger import Ledger
-
-    if url is not None:
-        try:
-            sa.engine.make_url(url)
-        except (sa.exc.ArgumentError, ValueError) as err:
-            reason = "its port must be a number" if "int()" in str(err) else "not a database URL"
-            raise InputError(
-                f"{flag} {hide_password(url)!r}: {reason}; write e.g. sqlite:///path/ledger.db "
-                "or postgresql+psycopg://user@host:5432/db"
-            ) from None
-    return Ledger(url, create=create)
-
-
-_USERINFO = re.compile(r"://([^:/@\s]+):[^@\s]*@")
+    from_env = url is None and bool(os.environ.get(URL_ENV))
+    return Ledger(url, create=create, source=URL_ENV if from_env else flag)
 
 
 def hide_password(text: str) -> str:
-    """``scheme://user:secret@host`` → ``scheme://user:***@host`` anywhere in ``text``."""
-    return _USERINFO.sub(r"://\1:***@", text)
+    """``scheme://user:secret@host`` → ``scheme://user:***@host`` anywhere in ``text``.
+
+    The secret runs to the *last* ``@`` of the authority (a password may hold ``@``), and
+    password-like query parameters (``?password=...``) are hidden too.
+    """
+    return hide_url_secrets(text)
 
 
 # --------------------------------------------------------------------------- rendering

@@ -16,9 +16,11 @@ equal the document's is left alone, and one that differs is only replaced with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +32,7 @@ from prefect_cloudsched.cli._common import (
     FormatOption,
     JsonOption,
     OutputFormat,
+    hide_password,
     render_rows,
     resolve_format,
 )
@@ -159,7 +162,8 @@ def build_block(document: BlockDocument) -> Any:
     except ValidationError as err:
         problem = err.errors()[0]
         field = ".".join(str(part) for part in problem["loc"]) or "values"
-        raise InputError(f"{document.path}: {field}: {problem['msg']}") from None
+        message = problem["msg"].removeprefix("Value error, ")
+        raise InputError(f"{document.path}: {field}: {message}") from None
 
 
 def _fields(block: Any) -> dict[str, Any]:
@@ -202,6 +206,30 @@ def apply_documents(
     return outcome
 
 
+@contextlib.contextmanager
+def _prefect_api_errors() -> Iterator[None]:
+    """The Prefect API unreachable or refusing: one line naming PREFECT_API_URL and the fix."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    # the effective setting: the environment, or the active Prefect profile
+    where = PREFECT_API_URL.value() or "the temporary local server"
+    try:
+        yield
+    except httpx.HTTPStatusError as err:
+        raise InputError(
+            f"the Prefect API at {hide_password(where)} (PREFECT_API_URL) refused the request "
+            f"(HTTP {err.response.status_code}); check PREFECT_API_URL and PREFECT_API_KEY"
+        ) from None
+    except (httpx.TransportError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"the Prefect API at {hide_password(where)} (PREFECT_API_URL) is unreachable "
+            f"({hide_password(first)[:200]}); start it (`prefect server start`) or set "
+            "PREFECT_API_URL to a running server"
+        ) from None
+
+
 @blocks_app.command("apply")
 def apply(
     directory: Annotated[
@@ -232,7 +260,8 @@ def apply(
             "into $PREFECT_HOME/prefect.db",
             err=True,
         )
-    outcome = apply_documents(blocks, overwrite=overwrite)
+    with _prefect_api_errors():
+        outcome = apply_documents(blocks, overwrite=overwrite)
     if output is not OutputFormat.TABLE:
         rows = [{"status": status, "block": ref} for status, ref in outcome]
         render_rows(rows, ("status", "block"), output)

@@ -82,12 +82,19 @@ def reap_command(
     * `prefect-cloudsched reap --pool gpu-pool --json`
     """
     output = resolve_format(output, as_json)
+    if not owner.strip():
+        # An empty owner would match instances whose owner tag is empty: not ours.
+        raise InputError(
+            f"--owner {owner!r} is empty; give the owner id your flows tag instances with "
+            "(default: prefect-cloudsched)"
+        )
     if not math.isfinite(heartbeat_ttl) or heartbeat_ttl <= 0:
         raise InputError(f"--heartbeat-ttl {heartbeat_ttl}: give a number of seconds > 0, e.g. 900")
     from prefect_cloudsched.adapters.provision.reaper import reap
 
     mocks = _parse_mocks(mock or [])
-    ledger = open_ledger(ledger_url)
+    # A dry run changes nothing: it must not create (or add tables to) a database either.
+    ledger = open_ledger(ledger_url, create=not dry_run)
     with _cloud_access("the cloud", mocks):
         provisioners = _provisioners(
             owner=owner,

@@ -111,6 +111,8 @@ def simulate(
     finite(headroom, "--headroom", low=0, low_open=True)
     whole(seed, "--seed", low=0, high=2**32 - 1)
     names = parse_policies(policies)
+    if spot_instance is not None:
+        _check_instance_type(spot_instance, load_catalog())
     jobs = text_file(jobs, "--jobs")
     if out is not None:
         require_extra("matplotlib", "simulate --out (its PNG plots)")
@@ -147,6 +149,21 @@ def simulate(
         for path in write_outputs(comparison, out):
             typer.echo(f"wrote {path}", err=True)
     _check_placed(comparison)
+
+
+def _check_instance_type(name: str, catalog) -> None:
+    """``--spot-instance`` must name an instance type of the catalog (docs/cli.md)."""
+    import difflib
+
+    known = sorted({offer.instance_type for offer in catalog.offers})
+    if name in known:
+        return
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "name one the catalog has"
+    raise InputError(
+        f"--spot-instance {name!r} is not an instance type of the catalog; {hint} "
+        "(`prefect-cloudsched prices` lists them)"
+    )
 
 
 def _print(comparison, output: OutputFormat) -> None:

@@ -253,7 +253,9 @@ def check_region(name: object, field_name: str = "data_region") -> str:
     region = name.strip().lower()
     if region in KNOWN_REGIONS:
         return region
-    zone_of = region.rsplit("-", 1)[0]
+    zone_of = region.rsplit("-", 1)[0]  # GCP: us-central1-a
+    if zone_of not in KNOWN_REGIONS:
+        zone_of = region.rstrip("abcdefghijklmnopqrstuvwxyz")  # AWS: us-east-1a
     hint = (
         f"{name!r} looks like a zone; use its region {zone_of!r}"
         if zone_of in KNOWN_REGIONS

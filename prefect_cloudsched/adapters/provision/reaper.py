@@ -92,6 +92,16 @@ def stale_reason(
     return None
 
 
+def alive_reason(instance: OwnedInstance, *, now: float) -> str:
+    """Why an instance :func:`stale_reason` keeps is kept, as the rule that kept it says."""
+    if instance.heartbeat is not None:
+        return f"alive (heartbeat {now - instance.heartbeat:.0f} s old)"
+    if instance.launched_at is not None:
+        age = now - instance.launched_at.timestamp()
+        return f"alive (no heartbeat yet, launched {age:.0f} s ago)"
+    return "kept (no heartbeat and launch time unknown)"
+
+
 def reap(
     provisioners: Iterable[Reapable],
     *,
@@ -125,7 +135,7 @@ def reap(
         for instance in provisioner.list_owned():
             reason = stale_reason(instance, now=clock, heartbeat_ttl=heartbeat_ttl, ended_ids=ended)
             if reason is None:
-                actions.append(ReapAction(instance, "alive (fresh heartbeat)", reap=False))
+                actions.append(ReapAction(instance, alive_reason(instance, now=clock), reap=False))
                 continue
             done = False if dry_run else provisioner.terminate_owned(instance)
             if not dry_run and not done:
