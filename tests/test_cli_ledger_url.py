@@ -168,3 +168,16 @@ def test_a_file_that_is_not_sqlite_says_so(
     err = one_error_line(capsys)
     assert "not a SQLite database" in err and "--ledger" in err
     assert digest(junk) == before
+
+
+def test_reap_dry_run_on_a_machine_without_a_ledger_reads_heartbeats_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """No ledger named and none here yet: the dry run goes on without one, creating none."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("PREFECT_CLOUDSCHED_HOME", str(tmp_path))
+    main([*REAP, "--dry-run"])  # the mock endpoint refuses: listing fails after the ledger step
+    captured = capsys.readouterr()
+    assert "judges by heartbeats alone" in captured.out + captured.err
+    assert "no ledger at sqlite" not in captured.err
+    assert sorted(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -93,8 +94,7 @@ def reap_command(
     from prefect_cloudsched.adapters.provision.reaper import reap
 
     mocks = _parse_mocks(mock or [])
-    # A dry run changes nothing: it must not create (or add tables to) a database either.
-    ledger = open_ledger(ledger_url, create=not dry_run)
+    ledger = _ledger_for(ledger_url, dry_run)
     with _cloud_access("the cloud", mocks):
         provisioners = _provisioners(
             owner=owner,
@@ -113,6 +113,22 @@ def reap_command(
                 [provisioner], heartbeat_ttl=heartbeat_ttl, ledger=ledger, dry_run=dry_run
             )
     _print(actions, owner=owner, dry_run=dry_run, output=output)
+
+
+def _ledger_for(url: str | None, dry_run: bool) -> Any:
+    """The ledger to read (and, unless a dry run, to write orphan rows to).
+
+    A dry run changes nothing: it must not create (or add tables to) a database either. On a
+    machine that has no local ledger yet and names none, it reads the heartbeats alone; a
+    ledger that was named and is missing is an error (a typo must not pass silently).
+    """
+    from prefect_cloudsched.adapters.ledger import URL_ENV, default_home
+
+    default_file = default_home() / "ledger.db"
+    if dry_run and url is None and not os.environ.get(URL_ENV) and not default_file.exists():
+        say(f"no ledger at {default_file} yet: the dry run judges by heartbeats alone")
+        return None
+    return open_ledger(url, create=not dry_run)
 
 
 _HINTS = {
