@@ -74,7 +74,13 @@ def test_catalog_rejects_bad_rows(tmp_path) -> None:
         "cloud,region,zone,instance_type,vcpus,memory_gib,ondemand_usd_per_hour\n"
         "aws,us-east-1,,m5.large,two,8,0.1\n"
     )
-    with pytest.raises(InputError, match="line 2"):
+    with pytest.raises(InputError, match="line 2: column vcpus='two' is not a number"):
+        load_catalog(bad)
+    bad.write_text(
+        "cloud,region,zone,instance_type,vcpus,memory_gib,ondemand_usd_per_hour,spot_usd_per_hour\n"
+        "aws,us-east-1,,m5.large,2,8,0.1,cheap\n"
+    )
+    with pytest.raises(InputError, match="column spot_usd_per_hour='cheap' is not a number"):
         load_catalog(bad)
     with pytest.raises(InputError, match="does not exist"):
         load_catalog(tmp_path / "missing.csv")

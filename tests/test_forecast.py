@@ -94,6 +94,7 @@ def test_load_series_csv_reads_column_and_turns_blank_cells_into_gaps(tmp_path) 
         ("hour,gpu_hours\n0,1\n1,-2\n", "gpu_hours", r"line 3 \(hour 1\): gpu_hours is negative"),
         ("hour,gpu_hours\n0,1\n1,x\n", "gpu_hours", r"line 3 \(hour 1\).*'x' is not a number"),
         ("hour,gpu_hours\n0,1\n", "cpu", "use --column with one of: gpu_hours"),
+        ("hour,gpu_hours\n0,1\n", "hour", "'hour' is the time column, not a value"),
         ("hour,gpu_hours\n0,1,7\n1,2\n", "gpu_hours", "not a valid CSV"),
         ("", "gpu_hours", "is empty"),
         ("hour,gpu_hours\n", "gpu_hours", "no rows"),

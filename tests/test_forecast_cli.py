@@ -98,7 +98,7 @@ def test_forecast_plot_writes_png(series_csv: Path, tmp_path: Path) -> None:
     ("content", "args", "message"),
     [
         ("hour,gpu_hours\n0,1,9\n1,2\n", [], "not a valid CSV"),
-        ("hour,cpu_hours\n0,1\n", [], "no column 'gpu_hours'; use --column with one of: cpu_hours"),
+        ("hour,cpu_hours\n0,1\n", [], "not a column; use --column with one of: cpu_hours"),
         ("hour,gpu_hours\n0,1\n1,-3\n", [], "line 3 (hour 1): gpu_hours is negative"),
         ("hour,gpu_hours\n0,1\n1,lots\n", [], "line 3 (hour 1): gpu_hours value 'lots'"),
         ("", [], "is empty"),

@@ -65,6 +65,7 @@ def test_out_writes_table_csv_and_plots(tmp_path: Path, capsys: pytest.CaptureFi
         (HEADER.replace("class", "class,extra") + "a,0,1,1,1,1,x,BE,9\n", "column 'extra'"),
         (HEADER.replace(",status", ""), "missing column 'status'"),
         (HEADER + "a,0,-5,1,1,1,x,BE\n", "line 2: column duration_s='-5' must be >= 0"),
+        (HEADER + "a,0,inf,1,1,1,x,BE\n", "line 2: column duration_s='inf' must be finite"),
         (HEADER + "a,zero,5,1,1,1,x,BE\n", "line 2: column submit_s='zero' is not a number"),
         (HEADER + "a,0,5,1,1\n", "line 2: expected 8"),
         (HEADER + "a,0,5,1.5,1,1,x,BE\n", "line 2: column gpus"),

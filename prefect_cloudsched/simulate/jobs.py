@@ -111,7 +111,9 @@ def _number(row: dict[str, str], column: str, line: int, *, default: float | Non
         raise InputError(
             f"jobs file line {line}: column {column}={text!r} is not a number"
         ) from None
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value):
+        raise InputError(f"jobs file line {line}: column {column}={text!r} must be finite")
+    if value < 0:
         raise InputError(f"jobs file line {line}: column {column}={text!r} must be >= 0")
     if value > _MAX_VALUE.get(column, math.inf):
         raise InputError(

@@ -242,8 +242,32 @@ def _rows(index: dict[str, list[int]], values: Iterable[str]) -> np.ndarray:
     return np.array(sorted({i for v in values for i in index.get(v, ())}), dtype=np.intp)
 
 
+#: The catalog's numeric columns, and whether a row must fill each.
+_NUMERIC_COLUMNS = (
+    ("ondemand_usd_per_hour", True),
+    ("spot_usd_per_hour", False),
+    ("reserved_1yr_usd_per_hour", False),
+    ("vcpus", True),
+    ("memory_gib", True),
+    ("accelerator_count", False),
+)
+
+
 def _price(text: str) -> float | None:
     return float(text) if text else None
+
+
+def _bad_cell(row: dict[str, str], line: int) -> str:
+    """The first numeric column of a row that does not parse (for a one-line error)."""
+    for column, required in _NUMERIC_COLUMNS:
+        text = (row.get(column) or "").strip()
+        if not text and not required:
+            continue
+        try:
+            float(text)
+        except (ValueError, TypeError, OverflowError):
+            return f"price catalog line {line}: column {column}={text!r} is not a number"
+    return f"price catalog line {line}: a value does not parse; check the row"
 
 
 def _check_row(line: int, on_demand: float, spot: float | None, reserved: float | None,
@@ -282,8 +306,12 @@ def offers_from_rows(rows: Iterable[dict[str, str]]) -> list[Offer]:
                 ondemand_usd_per_hour=on_demand,
                 source=row.get("source", ""),
             )
-        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as err:
-            raise InputError(f"price catalog line {line}: bad or missing value ({err})") from None
+        except KeyError as err:
+            raise InputError(
+                f"price catalog line {line}: column {err} is missing; see the catalog's header"
+            ) from None
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            raise InputError(_bad_cell(row, line)) from None
         _check_row(line, on_demand, spot, reserved, common)
         if band and band not in BAND_MONTHLY_FRACTION:
             raise InputError(

@@ -75,9 +75,8 @@ def _read_csv(path: Path, column: str) -> pd.DataFrame:
         )
     if column not in frame.columns or column in TIME_COLUMNS:
         available = ", ".join(c for c in frame.columns if c not in TIME_COLUMNS) or "none"
-        raise InputError(
-            f"{path.name} has no column {column!r}; use --column with one of: {available}"
-        )
+        what = "is the time column, not a value" if column in TIME_COLUMNS else "is not a column"
+        raise InputError(f"{path.name}: {column!r} {what}; use --column with one of: {available}")
     if frame.empty:
         raise InputError(f"{path.name} has a header but no rows; add hourly values")
     return frame.fillna("")  # rows with missing trailing fields
