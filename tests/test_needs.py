@@ -12,6 +12,7 @@ from prefect_cloudsched.core.needs import (
     KNOWN_GPU_TYPES,
     Priority,
     TaskNeeds,
+    current_overrides,
     declared_needs,
     needs_from_tags,
     override,
@@ -61,7 +62,10 @@ def test_tag_grammar_parses_every_documented_tag() -> None:
         ("gpu:two", "not a whole number"),
         ("gpu:-1", "count must be >= 0"),
         ("gpu-type:B200X", "gpu_type 'B200X' is unknown"),
-        ("mem:lots", "mem 'lots' is not a size"),
+        ("mem:lots", "tag 'mem:lots': 'lots' is not a size"),
+        ("mem:0", "tag 'mem:0': '0' must be more than zero"),
+        ("input:-1Gi", "tag 'input:-1Gi': '-1Gi' is not a size"),
+        ("cpu:0", "tag 'cpu:0': must be more than zero"),
         ("deadline:soon", "deadline 'soon' is not a duration"),
         ("priority:urgent", "priority must be one of"),
         ("gpu:", "has no value"),
@@ -150,8 +154,44 @@ def test_deadline_forms() -> None:
         hours=2
     )
     naive = datetime(2026, 1, 2, 12, 0)
-    assert TaskNeeds(deadline=naive).deadline_at(submitted) == naive.replace(tzinfo=UTC)
+    assert TaskNeeds(deadline=naive).deadline_at(submitted) == naive.astimezone(UTC)
     assert TaskNeeds().deadline_at(submitted) is None
+
+
+def test_a_naive_deadline_is_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``datetime.now() + 3h`` in Los Angeles is 3 h from now, not 5 h ago (it was read as UTC)."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    try:
+        needs = TaskNeeds(deadline=datetime(2026, 1, 2, 12, 0))
+        assert needs.deadline == datetime(2026, 1, 2, 20, 0, tzinfo=UTC)
+        soon = TaskNeeds(deadline=datetime.now() + timedelta(hours=3))
+        left = soon.deadline_at(datetime.now(UTC)) - datetime.now(UTC)
+        assert timedelta(hours=2, minutes=59) < left <= timedelta(hours=3)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_a_gpu_model_implies_one_gpu_and_gpus_zero_means_cpu_only() -> None:
+    assert TaskNeeds(gpu_type="t4").gpus == 1
+    assert TaskNeeds(gpus=2, gpu_type="T4").gpus == 2
+    assert TaskNeeds().gpus == 0 and TaskNeeds().merged({"gpu_type": "T4"}).gpus == 1
+    assert TaskNeeds(gpus=2).merged({"gpu_type": "T4"}).gpus == 2
+    with pytest.raises(NeedsError, match=r"gpus=0 with gpu_type 'A10G'.*drop gpu_type"):
+        TaskNeeds(gpus=0, gpu_type="A10G")
+
+    # override(gpus=0) on a task declared with a model: CPU-only, not one GPU of it (billed)
+    @requires(gpus=1, gpu_type="A10G")
+    def train() -> None: ...
+
+    with override(gpus=0):
+        resolved = resolve_needs(train, overrides=current_overrides()).needs
+    assert resolved.gpus == 0 and resolved.gpu_type is None
+    with pytest.raises(NeedsError, match="gpus=0 with gpu_type"):
+        resolve_needs(train, task_tags={"gpu:0", "gpu-type:A10G"})
 
 
 @given(st.integers(0, 30), st.integers(0, 59), st.integers(1, 59))

@@ -56,12 +56,13 @@ class TaskNeeds:
     """Resources and constraints of one task run.
 
     Attributes:
-        gpus: Whole GPUs needed on one instance.
-        gpu_type: GPU model (``None`` = any model).
+        gpus: Whole GPUs needed on one instance (unset: 1 with a ``gpu_type``, else 0).
+        gpu_type: GPU model (``None`` = any model); a model with ``gpus=0`` is refused.
         cpus: vCPUs needed.
         memory_gib: Memory needed, GiB.
         est_runtime: Estimated run time; placement prices with it.
-        deadline: Either a ``timedelta`` counted from submission or an absolute ``datetime``.
+        deadline: Either a ``timedelta`` counted from submission or an absolute ``datetime``
+            (a naive one is local time, as ``datetime.astimezone`` reads it).
         priority: ``realtime`` | ``high`` | ``batch``.
         spot_ok: May run on spot capacity (never for ``realtime``).
         checkpointable: Resumes from a checkpoint after an interruption.
@@ -69,7 +70,7 @@ class TaskNeeds:
         input_gib: Size of its input, GiB, for the egress estimate.
     """
 
-    gpus: int = 0
+    gpus: int | None = None  # always an int after __post_init__
     gpu_type: str | None = None
     cpus: float = 1.0
     memory_gib: float = 1.0
@@ -82,6 +83,8 @@ class TaskNeeds:
     input_gib: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.gpus is None:  # a model alone asks for one GPU of it
+            object.__setattr__(self, "gpus", 1 if self.gpu_type is not None else 0)
         _check_nonneg_int("gpus", self.gpus)
         _check_number("cpus", self.cpus, positive=True)
         _check_number("memory_gib", self.memory_gib, positive=True)
@@ -99,10 +102,16 @@ class TaskNeeds:
             raise NeedsError(
                 f"deadline must be a timedelta or datetime, got {type(self.deadline).__name__}"
             )
+        elif self.deadline is not None and self.deadline.tzinfo is None:
+            # local time, as Python reads a naive datetime (datetime.now() + 3h means that)
+            object.__setattr__(self, "deadline", self.deadline.astimezone(UTC))
         if self.gpu_type is not None:
             object.__setattr__(self, "gpu_type", normalize_gpu_type(self.gpu_type))
             if self.gpus == 0:
-                object.__setattr__(self, "gpus", 1)
+                raise NeedsError(
+                    f"gpus=0 with gpu_type {self.gpu_type!r}: a GPU model needs gpus >= 1; "
+                    "drop gpu_type for a CPU-only task"
+                )
         if self.data_region is not None:
             object.__setattr__(self, "data_region", check_region(self.data_region))
         try:
@@ -124,7 +133,7 @@ class TaskNeeds:
             return None
         if isinstance(self.deadline, timedelta):
             return submitted_at + self.deadline
-        return self.deadline if self.deadline.tzinfo else self.deadline.replace(tzinfo=UTC)
+        return self.deadline  # made aware (UTC) at construction
 
     def merged(self, changes: Mapping[str, Any]) -> TaskNeeds:
         """A copy with ``changes`` applied (validated again)."""
@@ -133,7 +142,12 @@ class TaskNeeds:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise NeedsError(f"unknown need(s) {sorted(unknown)}; known: {sorted(FIELD_NAMES)}")
-        return dataclasses.replace(self, **dict(changes))
+        changes = dict(changes)
+        if changes.get("gpus") == 0 and "gpu_type" not in changes:
+            changes["gpu_type"] = None  # CPU-only (e.g. override(gpus=0)) drops the model
+        if changes.get("gpu_type") is not None and "gpus" not in changes and self.gpus == 0:
+            changes["gpus"] = None  # a model alone asks for one GPU of it
+        return dataclasses.replace(self, **changes)
 
     def summary(self) -> str:
         """Short human form for logs and the ledger."""
@@ -296,15 +310,20 @@ def parse_duration(text: str, field_name: str = "duration") -> timedelta:
     return value
 
 
-def parse_memory_gib(text: str) -> float:
-    """``"32Gi"``, ``"512Mi"``, ``"1Ti"``, ``"16"`` (GiB) → GiB as a float."""
+def parse_memory_gib(text: str, label: str = "mem", *, positive: bool = False) -> float:
+    """``"32Gi"``, ``"512Mi"``, ``"1Ti"``, ``"16"`` (GiB) → GiB as a float.
+
+    ``label`` names the value in errors (a tag such as ``'input:-1Gi'``).
+    """
     match = _MEMORY_RE.match(str(text))
     if not match:
-        raise NeedsError(f"mem {text!r} is not a size; write e.g. 32Gi, 512Mi or 1Ti")
+        raise NeedsError(f"{label} {text!r} is not a size; write e.g. 32Gi, 512Mi or 1Ti")
     unit = (match.group(2) or "g")[0].lower()
     value = float(match.group(1)) * _MEMORY_FACTORS[unit]
     if not math.isfinite(value):
-        raise NeedsError(f"mem {text!r} is too large; write e.g. 32Gi, 512Mi or 1Ti")
+        raise NeedsError(f"{label} {text!r} is too large; write e.g. 32Gi, 512Mi or 1Ti")
+    if positive and value <= 0:
+        raise NeedsError(f"{label} {text!r} must be more than zero; write e.g. 32Gi")
     return value
 
 
@@ -323,10 +342,12 @@ def _parse_int(tag: str, value: str) -> int:
     return number
 
 
-def _parse_float(tag: str, value: str) -> float:
+def _parse_float(tag: str, value: str, *, positive: bool = False) -> float:
     number = _tag_number(tag, value, float, "number")
     if not math.isfinite(number):
         raise NeedsError(f"tag {tag!r}: {value!r} is not a finite number; write e.g. cpu:4")
+    if positive and number <= 0:
+        raise NeedsError(f"tag {tag!r}: must be more than zero; write e.g. cpu:4")
     return number
 
 
@@ -381,9 +402,9 @@ _VALUE_TAGS: dict[str, Callable[[str, str], tuple[str, Any]]] = {
     "gpu": lambda t, v: ("gpus", _parse_int(t, v)),
     "gpus": lambda t, v: ("gpus", _parse_int(t, v)),
     "gpu-type": lambda t, v: ("gpu_type", normalize_gpu_type(v)),
-    "cpu": lambda t, v: ("cpus", _parse_float(t, v)),
-    "cpus": lambda t, v: ("cpus", _parse_float(t, v)),
-    "mem": lambda t, v: ("memory_gib", parse_memory_gib(v)),
+    "cpu": lambda t, v: ("cpus", _parse_float(t, v, positive=True)),
+    "cpus": lambda t, v: ("cpus", _parse_float(t, v, positive=True)),
+    "mem": lambda t, v: ("memory_gib", parse_memory_gib(v, f"tag {t!r}:", positive=True)),
     "deadline": lambda t, v: ("deadline", parse_duration(v, "deadline")),
     "runtime": lambda t, v: ("est_runtime", parse_duration(v, "runtime")),
     "priority": lambda t, v: (
@@ -391,7 +412,7 @@ _VALUE_TAGS: dict[str, Callable[[str, str], tuple[str, Any]]] = {
         Priority(v.lower()) if v.lower() in Priority._value2member_map_ else _bad_priority(t),
     ),
     "data-region": lambda t, v: ("data_region", check_region(v, f"tag {t!r}")),
-    "input": lambda t, v: ("input_gib", parse_memory_gib(v)),
+    "input": lambda t, v: ("input_gib", parse_memory_gib(v, f"tag {t!r}:")),
 }
 _FLAG_TAGS: dict[str, tuple[str, Any]] = {
     "spot": ("spot_ok", True),
