@@ -214,3 +214,24 @@ def test_a_cap_reached_while_the_worker_joins_fails_the_task_with_budget_exceede
     session.close()
     assert provisioner.released == ["i-0"]
     assert 0 < budget.spent_micro <= to_micro(cap_usd)
+
+
+def test_a_stopped_attempts_row_spans_what_it_was_billed(tmp_path) -> None:
+    """Accounting mode has no instance to release: the body runs on after the stop, and the
+    row used to end when it returned (10 s) while billing 3 s. Its span is its runtime now."""
+    (tmp_path / "probe").mkdir()
+    probe = runtime_session(tmp_path / "probe", policy=US_EAST_1)
+    expected = probe.decide(ONE_SECOND).expected_cost
+    session = runtime_session(
+        tmp_path,
+        policy=US_EAST_1,
+        budget=BudgetTracker(BudgetPolicy(per_run_usd=2.5 * expected)),
+    )
+    spec = session.submit("long", ONE_SECOND, flow_run_id="run-1", flow_name="f", announce=True)
+    placed = session.place(spec, task_run_id="long", attempt=1)
+    session.run(placed, lambda: time.sleep(4.0))
+    with pytest.raises(BudgetExceeded):
+        session.finish(placed, None)
+    (row,) = session.close()
+    span = (row.ended_at - row.started_at).total_seconds()
+    assert row.runtime_s < 3.5 and span == pytest.approx(row.runtime_s, abs=0.01)

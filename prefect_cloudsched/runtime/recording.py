@@ -8,7 +8,7 @@ simulator share — are read in one place.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_cloudsched.core.policy import cost_of
@@ -72,7 +72,11 @@ def attempt_record(
         gpus=offer.gpu_count,
         price_micro_per_hour=to_micro(offer.usd_per_hour),
         started_at=attempt.started_at,
-        ended_at=datetime.now(UTC),
+        # a stopped attempt is billed until its stop (in accounting mode the body may run
+        # on, with no instance under it): the row's span says the same as its runtime
+        ended_at=datetime.now(UTC)
+        if attempt.stopped_at is None
+        else attempt.started_at + timedelta(seconds=runtime),
         runtime_s=runtime,
         cost_micro=cost_micro,
         baseline_micro=0
