@@ -52,7 +52,7 @@ configs = st.builds(
 )
 needs_ = st.builds(
     TaskNeeds,
-    gpus=st.sampled_from([0, 1, 2]),
+    gpus=st.sampled_from([None, 1, 2]),  # None: 1 with a gpu_type, else 0
     gpu_type=st.sampled_from([None, "A10G", "L4", "T4"]),
     cpus=st.sampled_from([1, 4]),
     memory_gib=st.sampled_from([2, 16]),

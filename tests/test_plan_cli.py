@@ -85,7 +85,7 @@ def test_help_of_the_group_the_default_command_and_apply(capsys) -> None:
     ("content", "args", "fragment"),
     [
         ('hour,gpu_hours\n0,1\n1,"2\n', [], "not a valid CSV"),
-        ("hour,other\n0,1\n", [], "no column 'gpu_hours'"),
+        ("hour,other\n0,1\n", [], "'gpu_hours' is not a column"),
         ("hour,gpu_hours\n0,1\n1,-3\n", [], "negative"),
         ("hour,gpu_hours\n0,1\n1,abc\n", [], "not a number"),
         ("hour,gpu_hours\n0,1\n", ["--horizon", "0"], "--horizon"),
