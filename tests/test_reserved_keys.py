@@ -18,6 +18,7 @@ from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.runtime import build
+from prefect_cloudsched.runtime.attempt import run_and_finish
 from prefect_cloudsched.runtime.config import RunnerConfig, SessionSettings
 from prefect_cloudsched.runtime.session import Session
 
@@ -142,14 +143,13 @@ def test_a_session_never_places_on_a_forbidden_reservation(tmp_path) -> None:
         allowed_clouds=frozenset({"aws"}), allowed_regions=frozenset({"us-west-2"})
     )
     session = Session.open(_settings(tmp_path, {KEY: 1}, policy), notes)
-    try:
-        assert session.state.idle_reserved() == {} and session.reserved.counts == {}
-        decision = session.decide(
-            TaskNeeds(gpus=1, gpu_type="A10G", est_runtime=timedelta(minutes=5))
-        )
-        assert decision.offer.region == "us-west-2" and decision.offer.option.value != "reserved"
-    finally:
-        session.close()
+    assert session.state.idle_reserved() == {} and session.reserved.counts == {}
+    needs = TaskNeeds(gpus=1, gpu_type="A10G", est_runtime=timedelta(minutes=5))
+    spec = session.submit("t", needs, flow_run_id="run-1", flow_name="f", announce=True)
+    placed = session.place(spec, task_run_id="tr-1", attempt=1)
+    assert run_and_finish(session, placed, lambda: 42) == 42
+    [row] = session.close()
+    assert row.region == "us-west-2" and row.option == "on-demand"
     assert notes.about("used first") == [] and len(notes.about("will not be used")) == 1
 
 
