@@ -7,13 +7,14 @@ Before: ``reserved={"g5.xlarge": 1}`` (no cloud/region), ``{"aws/us-east-1/g9.hu
 
 from __future__ import annotations
 
+import csv
 from datetime import timedelta
 
 import pytest
 
 from prefect_cloudsched import CloudSchedTaskRunner
 from prefect_cloudsched.adapters.ledger import Ledger
-from prefect_cloudsched.core.catalog import load_catalog
+from prefect_cloudsched.core.catalog import load_catalog, snapshot_rows
 from prefect_cloudsched.core.needs import TaskNeeds
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import InputError
@@ -156,3 +157,16 @@ def test_a_session_never_places_on_a_forbidden_reservation(tmp_path) -> None:
 def test_a_session_opened_from_settings_checks_declared_keys_too(tmp_path) -> None:
     with pytest.raises(InputError, match=r"reserved key 'g5\.xlarge'"):
         Session.open(_settings(tmp_path, {"g5.xlarge": 1}, PolicyConfig()), Notes())
+
+
+def test_keys_are_checked_against_the_runners_own_catalog(tmp_path) -> None:
+    """A catalog_path missing where the decorator runs is left to the session to check."""
+    catalog = tmp_path / "offers.csv"
+    assert RunnerConfig(reserved={KEY: 1}, catalog_path=str(tmp_path / "later.csv")).reserved
+    rows = [r for r in snapshot_rows() if r["instance_type"] != "g5.xlarge"]
+    with catalog.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(InputError, match=r"no instance type 'g5\.xlarge' in aws us-east-1"):
+        RunnerConfig(reserved={KEY: 1}, catalog_path=str(catalog))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect_cloudsched.adapters.reservations import check_declared
@@ -68,7 +69,9 @@ class RunnerConfig:
         }
         if bad:
             raise InputError(f"reserved counts must be whole numbers >= 0: {bad}")
-        if self.reserved:  # each key against the catalog a run would load now
+        # each key against the catalog a run would load now; a catalog_path missing here (it
+        # may exist only where the flow runs) is checked, with the keys, when the session opens
+        if self.reserved and (self.catalog_path is None or Path(self.catalog_path).is_file()):
             check_declared(self.reserved, load_catalog(self.catalog_path))
         if self.ledger is not None and self.ledger_url is not None:
             raise InputError("give either ledger (a block) or ledger_url, not both")
