@@ -16,16 +16,23 @@ when the task ends.
 
 from __future__ import annotations
 
+import difflib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from prefect_cloudsched.core.catalog import Catalog, PurchaseOption
+from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.core.records import (
     RESERVATION_BOUGHT_PLAN,
     RESERVATION_DECLARED,
     RESERVATION_OWNED,
     RESERVATION_SOURCES,
 )
+from prefect_cloudsched.errors import InputError
+
+#: What a reserved-capacity key looks like (``Offer.capacity_key``), with a real example.
+KEY_FORMAT = "cloud/region-or-zone/instance-type, e.g. 'aws/us-east-1/g5.xlarge'"
 
 
 def plan_reservations(plan: Mapping[str, Any] | None) -> dict[str, int]:
@@ -86,6 +93,12 @@ class HeldReservations:
                     return source
         return None
 
+    def drop(self, capacity_key: str) -> None:
+        """Forget every unit of a key (capacity this run cannot use, e.g. a forbidden region)."""
+        with self._lock:
+            for keys in self._free.values():
+                keys.pop(capacity_key, None)
+
     def give_back(self, capacity_key: str, source: str) -> None:
         """Return a unit taken with :meth:`take`."""
         with self._lock:
@@ -109,3 +122,62 @@ def held_reservations(
             RESERVATION_BOUGHT_PLAN: bought,
         }
     )
+
+
+def check_declared(declared: Iterable[Any], catalog: Catalog) -> None:
+    """Each declared key must be a capacity key of the price catalog.
+
+    Raises:
+        InputError: one line naming the key, what is wrong and the expected format.
+    """
+    known = {o.capacity_key for o in catalog.offers}
+    for key in declared:
+        if isinstance(key, str) and key in known:
+            continue
+        parts = key.split("/") if isinstance(key, str) else []
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            shape = parts[-1].strip() if parts else ""
+            same = sorted(k for k in known if shape and k.endswith(f"/{shape}"))[:3]
+            hint = f" (the catalog has {', '.join(same)})" if same else ""
+            raise InputError(
+                f"reserved key {key!r} is not a capacity key: write {KEY_FORMAT}{hint}"
+            )
+        why = _unknown(parts, catalog, known)
+        raise InputError(f"reserved key {key!r} is not in the price catalog: {why}")
+
+
+def _unknown(parts: list[str], catalog: Catalog, known: set[str]) -> str:
+    cloud, location, shape = parts
+    key = "/".join(parts)
+    if cloud not in catalog.clouds:
+        what = f"unknown cloud {cloud!r} (the catalog has {', '.join(catalog.clouds)})"
+    elif not any(k.startswith(f"{cloud}/{location}/") for k in known):
+        what = f"no {cloud} region or zone {location!r}"
+    else:
+        what = f"no instance type {shape!r} in {cloud} {location}"
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(repr(k) for k in close)}?" if close else ""
+    return f"{what}; write {KEY_FORMAT}{hint}"
+
+
+def unusable_reason(capacity_key: str, catalog: Catalog, policy: PolicyConfig) -> str | None:
+    """Why a placement can never take this reserved capacity, ``None`` when it can."""
+    offers = [
+        o
+        for o in catalog.offers
+        if o.capacity_key == capacity_key and o.option is PurchaseOption.RESERVED
+    ]
+    if not offers:
+        return "the price catalog has no reserved offer for it"
+    offer = offers[0]
+    if policy.allowed_clouds is not None and offer.cloud not in policy.allowed_clouds:
+        return f"the policy allows only clouds {sorted(policy.allowed_clouds)}"
+    if policy.allowed_regions is not None and offer.region not in policy.allowed_regions:
+        return f"the policy allows only regions {sorted(policy.allowed_regions)}"
+    gpus = policy.allowed_gpu_types
+    if gpus is not None and offer.gpu_count and offer.gpu_type not in gpus:
+        return f"its GPU {offer.gpu_type} is not in the policy's allowed_gpu_types {sorted(gpus)}"
+    cap = policy.max_usd_per_hour
+    if cap is not None and all(o.usd_per_hour > cap for o in offers):
+        return f"its ${offer.usd_per_hour:.4f}/h is over the policy's max_usd_per_hour {cap}"
+    return None

@@ -13,8 +13,14 @@ from typing import Any
 from prefect_cloudsched.adapters.execute.base import Executor, LocalExecutor
 from prefect_cloudsched.adapters.ledger import Ledger
 from prefect_cloudsched.adapters.provision.base import Provisioner
-from prefect_cloudsched.adapters.reservations import HeldReservations, held_reservations
+from prefect_cloudsched.adapters.reservations import (
+    HeldReservations,
+    check_declared,
+    held_reservations,
+    unusable_reason,
+)
 from prefect_cloudsched.core.catalog import Catalog
+from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.runtime.config import ExecutionMode
 from prefect_cloudsched.runtime.observer import RunObserver
@@ -27,18 +33,36 @@ def reserved_capacity(
     *,
     use_plan: bool,
     observer: RunObserver,
+    catalog: Catalog | None = None,
+    policy: PolicyConfig | None = None,
 ) -> HeldReservations:
     """The reserved capacity this run may use first: owned, declared, or a *bought* plan.
 
     A plan saved with ``plan --save`` is a draft: it holds nothing, so it never makes a
     placement "reserved" (on a real account that task would start an on-demand instance).
+    With the run's catalog and policy, a declared key the catalog does not know is refused,
+    and capacity no placement could take (a region the policy forbids, no reserved price)
+    is dropped with one warning each, so the log lists only what can really be used.
+
+    Raises:
+        InputError: a declared key is not a capacity key of the catalog.
     """
+    if catalog is not None:
+        check_declared(declared, catalog)
     held = held_reservations(
         owned=owned_reservations(provisioners, observer),
         declared=declared,
         ledger=ledger,
         use_plan=use_plan,
     )
+    if catalog is not None and policy is not None:
+        for key, count in held.counts.items():
+            why = unusable_reason(key, catalog, policy)
+            if why is not None:
+                held.drop(key)
+                observer.log(
+                    f"reserved capacity {key} ({count}) will not be used: {why}", "warning"
+                )
     if held.counts:
         observer.log(f"reserved capacity used first: {held.counts}")
     return held

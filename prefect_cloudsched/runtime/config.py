@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
+from prefect_cloudsched.adapters.reservations import check_declared
 from prefect_cloudsched.core.budget import BudgetPolicy
+from prefect_cloudsched.core.catalog import load_catalog
 from prefect_cloudsched.core.policy import PolicyConfig
 from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.runtime.spot_settings import SpotControlSettings
@@ -66,6 +69,10 @@ class RunnerConfig:
         }
         if bad:
             raise InputError(f"reserved counts must be whole numbers >= 0: {bad}")
+        # each key against the catalog a run would load now; a catalog_path missing here (it
+        # may exist only where the flow runs) is checked, with the keys, when the session opens
+        if self.reserved and (self.catalog_path is None or Path(self.catalog_path).is_file()):
+            check_declared(self.reserved, load_catalog(self.catalog_path))
         if self.ledger is not None and self.ledger_url is not None:
             raise InputError("give either ledger (a block) or ledger_url, not both")
         if isinstance(self.pools, str) or any(

@@ -116,10 +116,11 @@ class Session:
             execution=settings.execution,
         )
         ledger = settings.ledger
-        reserved = build.reserved_capacity(
-            settings.reserved, provisioners, ledger, use_plan=settings.use_plan, observer=observer
-        )
         catalog = load_catalog(settings.catalog_path)
+        reserved = build.reserved_capacity(
+            settings.reserved, provisioners, ledger, use_plan=settings.use_plan,
+            observer=observer, catalog=catalog, policy=settings.policy,
+        )  # fmt: skip
         if settings.live_prices:
             catalog = build.with_live_prices(catalog, provisioners, observer)
         session = cls(
