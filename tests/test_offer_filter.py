@@ -20,7 +20,7 @@ from prefect_cloudsched.core.needs import KNOWN_GPU_TYPES, TaskNeeds
 from prefect_cloudsched.core.planning.packing import PackTask, pack_tasks
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide
 from prefect_cloudsched.core.policy.offer_filter import fitting, policy_allows
-from prefect_cloudsched.errors import NoFeasibleOffer
+from prefect_cloudsched.errors import InputError, NoFeasibleOffer
 from prefect_cloudsched.simulate.bound import fitting_offers
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -50,10 +50,13 @@ configs = st.builds(
     max_spot_band=st.none() | st.sampled_from(BAND_ORDER),
     max_usd_per_hour=st.none() | st.sampled_from([0.5, 3.0, 40.0]),
 )
+# a GPU model with gpus=0 is refused by TaskNeeds: CPU work names no model
+gpu_shapes = st.just((0, None)) | st.tuples(
+    st.sampled_from([1, 2]), st.sampled_from([None, "A10G", "L4", "T4"])
+)
 needs_ = st.builds(
-    TaskNeeds,
-    gpus=st.sampled_from([0, 1, 2]),
-    gpu_type=st.sampled_from([None, "A10G", "L4", "T4"]),
+    lambda shape, **kw: TaskNeeds(gpus=shape[0], gpu_type=shape[1], **kw),
+    shape=gpu_shapes,
     cpus=st.sampled_from([1, 4]),
     memory_gib=st.sampled_from([2, 16]),
     est_runtime=st.just(timedelta(hours=1)),
@@ -103,8 +106,8 @@ def test_packed_instances_obey_the_policy_too(config) -> None:
 @pytest.mark.parametrize(
     ("config", "says"),
     [
-        (PolicyConfig(allowed_clouds=frozenset({"azure"})), "widen allowed_clouds"),
-        (PolicyConfig(allowed_regions=frozenset({"mars-1"})), "widen allowed_regions"),
+        (PolicyConfig(allowed_clouds=frozenset({"gcp"})), "widen allowed_clouds"),  # A10G: AWS
+        (PolicyConfig(allowed_regions=frozenset({"af-south-1"})), "widen allowed_regions"),
         (PolicyConfig(allowed_gpu_types=frozenset({"T4"})), "widen allowed_gpu_types"),
         (PolicyConfig(max_usd_per_hour=0.0001), "no allowed offer fits"),
     ],
@@ -178,3 +181,33 @@ def test_an_interruption_raises_the_risk_of_that_capacity_only() -> None:
     )
     assert again.expected_cost > first.expected_cost
     assert again.runner_up == first.runner_up and again.runner_up_cost == first.runner_up_cost
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"allowed_clouds": "aws"}, r"allowed_clouds must be a list of names, e.g. \['aws'\]"),
+        ({"allowed_clouds": ["azure"]}, "allowed_clouds: unknown 'azure'; valid: aws, gcp"),
+        ({"allowed_clouds": []}, "allowed_clouds is empty.*leave it None for no restriction"),
+        ({"allowed_regions": ["mars-1"]}, "allowed_regions: unknown 'mars-1'.*us-east-1"),
+        ({"allowed_regions": "us-east-1"}, "allowed_regions must be a list"),
+        ({"allowed_gpu_types": "L4"}, "allowed_gpu_types must be a list"),
+        ({"max_usd_per_hour": -1}, "max_usd_per_hour must be a positive amount.*got -1"),
+        ({"max_usd_per_hour": float("nan")}, "max_usd_per_hour must be a positive"),
+        ({"max_spot_band": "5-10"}, "max_spot_band must be one of <5%, 5-10%.*got '5-10'"),
+        ({"reserved_first": "no"}, "reserved_first must be True or False; got 'no'"),
+        ({"change_over": 3}, "change_over must be a timedelta"),
+    ],
+)
+def test_a_bad_policy_is_refused_in_one_line_naming_the_field(kwargs: dict, says: str) -> None:
+    with pytest.raises(InputError, match=says) as info:
+        PolicyConfig(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_policy_name_lists_become_frozensets() -> None:
+    config = PolicyConfig(allowed_clouds=["aws"], allowed_regions=("us-east-1",))
+    assert config.allowed_clouds == frozenset({"aws"})
+    assert config.allowed_regions == frozenset({"us-east-1"})
+    assert hash(config)  # cached masks are keyed by it
+
