@@ -109,7 +109,7 @@ def test_packed_instances_obey_the_policy_too(config) -> None:
         (PolicyConfig(allowed_clouds=frozenset({"gcp"})), "widen allowed_clouds"),  # A10G: AWS
         (PolicyConfig(allowed_regions=frozenset({"af-south-1"})), "widen allowed_regions"),
         (PolicyConfig(allowed_gpu_types=frozenset({"T4"})), "widen allowed_gpu_types"),
-        (PolicyConfig(max_usd_per_hour=0.0001), "no allowed offer fits"),
+        (PolicyConfig(max_usd_per_hour=0.0001), "raise max_usd_per_hour"),
     ],
 )
 def test_an_empty_policy_says_which_setting_to_widen(config: PolicyConfig, says: str) -> None:
@@ -211,3 +211,22 @@ def test_policy_name_lists_become_frozensets() -> None:
     assert config.allowed_regions == frozenset({"us-east-1"})
     assert hash(config)  # cached masks are keyed by it
 
+
+def test_a_price_cap_that_excludes_every_fitting_offer_is_named_with_the_cheapest() -> None:
+    needs = TaskNeeds(gpus=1, gpu_type="L4", est_runtime=timedelta(hours=1))
+    fits = [o for o in CATALOG.offers if o.gpu_type == "L4" and o.gpu_count >= 1]
+    cheapest = min(fits, key=lambda o: o.usd_per_hour)
+    with pytest.raises(NoFeasibleOffer) as info:
+        decide(needs, CATALOG, now=NOW, config=PolicyConfig(max_usd_per_hour=0.01))
+    message = str(info.value)
+    assert "under max_usd_per_hour $0.01/h" in message
+    assert f"cheapest that fits: {cheapest.describe()}" in message
+    assert message.endswith("raise max_usd_per_hour in the policy")
+
+
+def test_a_price_cap_that_leaves_only_unusable_offers_is_named_among_the_reasons() -> None:
+    od = [o for o in CATALOG.offers if o.gpu_type == "L4" and o.option is PurchaseOption.ON_DEMAND]
+    cap = min(o.usd_per_hour for o in od) * 0.99  # only spot (or reserved) rows stay under it
+    needs = TaskNeeds(gpus=1, gpu_type="L4", est_runtime=timedelta(hours=1), spot_ok=False)
+    with pytest.raises(NoFeasibleOffer, match=r"max_usd_per_hour \$[0-9.]+/h excludes \d+"):
+        decide(needs, CATALOG, now=NOW, config=PolicyConfig(max_usd_per_hour=cap))
