@@ -84,7 +84,8 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
     budget_enforcement: Literal["hard", "soft"] = Field(
         default="hard",
         description=(
-            "hard: a placement whose expected cost would cross a cap is refused; "
+            "hard: a placement whose hold (twice its expected cost) would cross a cap is "
+            "refused, and a task running past its hold is stopped; "
             "soft: it runs and a cloudsched.budget.exceeded event is emitted."
         ),
     )
