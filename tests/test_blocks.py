@@ -600,3 +600,11 @@ def test_a_bad_policy_value_is_one_line_naming_the_field(kwargs: dict, says: str
     text = str(info.value)
     assert text.startswith("CloudSchedPolicy ") and says in text
     assert "\n" not in text and "errors.pydantic.dev" not in text
+
+
+def test_a_saved_policy_with_a_bad_value_fails_to_load_in_one_line() -> None:
+    from prefect_cloudsched.errors import InputError
+
+    with pytest.raises(InputError, match="allowed_regions: an empty list allows nothing") as info:
+        CloudSchedPolicy.model_validate({"allowed_regions": []})  # what Block.load calls
+    assert "\n" not in str(info.value)

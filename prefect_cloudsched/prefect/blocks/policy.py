@@ -204,8 +204,15 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
         try:
             super().__init__(*args, **kwargs)
         except ValidationError as err:
-            problems: Any = err.errors()  # the same dicts, re-raised as one-line text
-            raise PolicyValueError.from_exception_data(err.title, problems) from None
+            raise _one_line(err) from None
+
+    @classmethod
+    def model_validate(cls, *args: Any, **kwargs: Any) -> Any:
+        """Also ``Block.load``'s path: a saved block with a bad value fails in one line."""
+        try:
+            return super().model_validate(*args, **kwargs)
+        except ValidationError as err:
+            raise _one_line(err) from None
 
     @model_validator(mode="after")
     def _spot_control_holds(self) -> CloudSchedPolicy:
@@ -290,6 +297,13 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
             "solver": self.solver,
             "time_limit_s": self.solver_time_limit_s,
         }
+
+
+def _one_line(err: ValidationError) -> PolicyValueError:
+    if isinstance(err, PolicyValueError):
+        return err
+    problems: Any = err.errors()  # the same dicts, re-raised with one-line text
+    return PolicyValueError.from_exception_data(err.title, problems)
 
 
 def _frozen(values: list[str] | None) -> frozenset[str] | None:
