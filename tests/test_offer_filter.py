@@ -219,8 +219,8 @@ def test_a_price_cap_that_excludes_every_fitting_offer_is_named_with_the_cheapes
     with pytest.raises(NoFeasibleOffer) as info:
         decide(needs, CATALOG, now=NOW, config=PolicyConfig(max_usd_per_hour=0.01))
     message = str(info.value)
-    assert "under max_usd_per_hour $0.01/h" in message
-    assert f"cheapest that fits: {cheapest.describe()}" in message
+    assert ": max_usd_per_hour $0.01/h excludes every one" in message
+    assert f"(the cheapest: {cheapest.describe()})" in message
     assert message.endswith("raise max_usd_per_hour in the policy")
 
 

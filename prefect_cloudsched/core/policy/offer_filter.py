@@ -141,8 +141,9 @@ def _over_price(
     rows = np.flatnonzero(before)
     cheapest = catalog.offers[rows[np.argmin(catalog.a_price[rows])]]
     return NoFeasibleOffer(
-        f"no offer fits {needs.summary()} under max_usd_per_hour ${config.max_usd_per_hour:g}/h"
-        f" (the cheapest that fits: {cheapest.describe()}); raise max_usd_per_hour in the policy"
+        f"no offer fits {needs.summary()}: max_usd_per_hour ${config.max_usd_per_hour:g}/h"
+        f" excludes every one (the cheapest: {cheapest.describe()}); raise max_usd_per_hour"
+        " in the policy"
     )
 
 
