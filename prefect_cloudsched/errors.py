@@ -47,6 +47,8 @@ class _Overrun(Protocol):
     """What a budget error says about the cap it hit (``core.budget.Overrun``)."""
 
     cap: str
+    #: Found while the placement ran (it is stopped), not at admission (it is refused).
+    running: bool
 
     def describe(self) -> str: ...
 
@@ -150,13 +152,15 @@ class DeadlineAtRisk(CloudSchedError):
 
 
 class BudgetExceeded(CloudSchedError):
-    """A hard budget cap refused a placement; the task fails with this one-line message."""
+    """A hard budget cap refused a placement, or stopped it while it ran; the task fails
+    with this one-line message."""
 
     def __init__(self, task_name: str, overrun: _Overrun) -> None:
         self.task_name = task_name
         self.overrun = overrun
+        verb = "stopped while running" if getattr(overrun, "running", False) else "refused"
         super().__init__(
-            f"{task_name}: refused, {overrun.describe()}; raise {overrun.cap} in the "
+            f"{task_name}: {verb}, {overrun.describe()}; raise {overrun.cap} in the "
             "CloudSchedPolicy block or set budget_enforcement=soft"
         )
 

@@ -241,3 +241,53 @@ def test_shared_windows_leave_day_and_month_to_the_ledger() -> None:
     assert shared.headroom_micro() == to_micro(0.8)
     day_only = BudgetTracker(BudgetPolicy(overrun_factor=1.0, per_day_usd=1.0), shared_windows=True)
     assert day_only.headroom_micro() is None
+
+
+# ------------------------------------------------- the refusal labels each number (audit 6 Dec)
+def test_a_refusal_names_the_hold_and_the_expected_cost_apart() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))  # hard, overrun_factor 2
+    hold, overruns = tracker.admit(to_micro(0.917))
+    assert hold is None
+    text = str(BudgetExceeded("big", overruns[0]))
+    assert text.startswith("big: refused, budget_per_run_usd $1.00 would be crossed: ")
+    assert "$0.00 spent or in flight + $1.834 held for this task" in text
+    assert "(2× its $0.917 expected cost, in case it runs longer than estimated) = $1.834" in text
+    payload = overruns[0].to_dict()
+    assert payload["expected_usd"] == 0.917 and payload["held_usd"] == 1.834
+    assert payload["total_usd"] == payload["committed_usd"] + payload["held_usd"]
+    assert payload["stopped"] is False
+
+
+def test_a_hold_raised_to_the_launch_minimum_says_so() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    _, overruns = tracker.admit(to_micro(0.3), floor_micro=to_micro(1.1))
+    assert "$1.10 held for this task (its $0.30 expected cost, raised to the least its " in (
+        overruns[0].describe()
+    )
+
+
+def test_an_attempt_stopped_by_the_cap_while_running_is_not_called_refused() -> None:
+    tracker = BudgetTracker(BudgetPolicy(per_run_usd=1.0))
+    hold, _ = tracker.admit(to_micro(0.4))
+    overruns = tracker.extend(hold, to_micro(1.2))
+    text = str(BudgetExceeded("big", overruns[0]))
+    assert text.startswith("big: stopped while running, budget_per_run_usd $1.00")
+    assert "+ $0.40 more for this task to keep running = $1.20" in text
+    assert "refused" not in text and overruns[0].to_dict()["stopped"] is True
+    assert str(pickle.loads(pickle.dumps(BudgetExceeded("big", overruns[0])))) == text
+
+
+@pytest.mark.parametrize(
+    ("micro", "text"),
+    [
+        (0, "$0.00"),
+        (1, "$0.000001"),
+        (10_000, "$0.01"),
+        (1_834_000, "$1.834"),
+        (5_000_000, "$5.00"),
+    ],
+)
+def test_money_is_exact_with_at_least_cents(micro: int, text: str) -> None:
+    from prefect_cloudsched.core.budget import _usd
+
+    assert _usd(micro) == text

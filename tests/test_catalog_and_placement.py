@@ -193,7 +193,8 @@ def test_policy_filters_and_errors(small: Catalog) -> None:
     gcp_only = decide(needs, small, now=NOW, config=PolicyConfig(allowed_clouds=frozenset({"gcp"})))
     assert gcp_only.offer.cloud == "gcp"
     with pytest.raises(NoFeasibleOffer, match="allowed_regions"):
-        decide(needs, small, now=NOW, config=PolicyConfig(allowed_regions=frozenset({"mars-1"})))
+        config = PolicyConfig(allowed_regions=frozenset({"af-south-1"}))  # a region, not here
+        decide(needs, small, now=NOW, config=config)
     with pytest.raises(NoFeasibleOffer, match="largest instance has 4"):
         decide(TaskNeeds(gpus=8), small, now=NOW)
     with pytest.raises(NoFeasibleOffer, match="no offer has GPU type H100"):

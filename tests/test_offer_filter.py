@@ -20,7 +20,7 @@ from prefect_cloudsched.core.needs import KNOWN_GPU_TYPES, TaskNeeds
 from prefect_cloudsched.core.planning.packing import PackTask, pack_tasks
 from prefect_cloudsched.core.policy import PlacementState, PolicyConfig, decide
 from prefect_cloudsched.core.policy.offer_filter import fitting, policy_allows
-from prefect_cloudsched.errors import NoFeasibleOffer
+from prefect_cloudsched.errors import InputError, NoFeasibleOffer
 from prefect_cloudsched.simulate.bound import fitting_offers
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -103,10 +103,10 @@ def test_packed_instances_obey_the_policy_too(config) -> None:
 @pytest.mark.parametrize(
     ("config", "says"),
     [
-        (PolicyConfig(allowed_clouds=frozenset({"azure"})), "widen allowed_clouds"),
-        (PolicyConfig(allowed_regions=frozenset({"mars-1"})), "widen allowed_regions"),
+        (PolicyConfig(allowed_clouds=frozenset({"gcp"})), "widen allowed_clouds"),  # A10G: AWS
+        (PolicyConfig(allowed_regions=frozenset({"af-south-1"})), "widen allowed_regions"),
         (PolicyConfig(allowed_gpu_types=frozenset({"T4"})), "widen allowed_gpu_types"),
-        (PolicyConfig(max_usd_per_hour=0.0001), "no allowed offer fits"),
+        (PolicyConfig(max_usd_per_hour=0.0001), "raise max_usd_per_hour"),
     ],
 )
 def test_an_empty_policy_says_which_setting_to_widen(config: PolicyConfig, says: str) -> None:
@@ -178,3 +178,52 @@ def test_an_interruption_raises_the_risk_of_that_capacity_only() -> None:
     )
     assert again.expected_cost > first.expected_cost
     assert again.runner_up == first.runner_up and again.runner_up_cost == first.runner_up_cost
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"allowed_clouds": "aws"}, r"allowed_clouds must be a list of names, e.g. \['aws'\]"),
+        ({"allowed_clouds": ["azure"]}, "allowed_clouds: unknown 'azure'; valid: aws, gcp"),
+        ({"allowed_clouds": []}, "allowed_clouds is empty.*leave it None for no restriction"),
+        ({"allowed_regions": ["mars-1"]}, "allowed_regions: unknown 'mars-1'.*us-east-1"),
+        ({"allowed_regions": "us-east-1"}, "allowed_regions must be a list"),
+        ({"allowed_gpu_types": "L4"}, "allowed_gpu_types must be a list"),
+        ({"max_usd_per_hour": -1}, "max_usd_per_hour must be a positive amount.*got -1"),
+        ({"max_usd_per_hour": float("nan")}, "max_usd_per_hour must be a positive"),
+        ({"max_spot_band": "5-10"}, "max_spot_band must be one of <5%, 5-10%.*got '5-10'"),
+        ({"reserved_first": "no"}, "reserved_first must be True or False; got 'no'"),
+        ({"change_over": 3}, "change_over must be a timedelta"),
+    ],
+)
+def test_a_bad_policy_is_refused_in_one_line_naming_the_field(kwargs: dict, says: str) -> None:
+    with pytest.raises(InputError, match=says) as info:
+        PolicyConfig(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_policy_name_lists_become_frozensets() -> None:
+    config = PolicyConfig(allowed_clouds=["aws"], allowed_regions=("us-east-1",))
+    assert config.allowed_clouds == frozenset({"aws"})
+    assert config.allowed_regions == frozenset({"us-east-1"})
+    assert hash(config)  # cached masks are keyed by it
+
+
+def test_a_price_cap_that_excludes_every_fitting_offer_is_named_with_the_cheapest() -> None:
+    needs = TaskNeeds(gpus=1, gpu_type="L4", est_runtime=timedelta(hours=1))
+    fits = [o for o in CATALOG.offers if o.gpu_type == "L4" and o.gpu_count >= 1]
+    cheapest = min(fits, key=lambda o: o.usd_per_hour)
+    with pytest.raises(NoFeasibleOffer) as info:
+        decide(needs, CATALOG, now=NOW, config=PolicyConfig(max_usd_per_hour=0.01))
+    message = str(info.value)
+    assert ": max_usd_per_hour $0.01/h excludes every one" in message
+    assert f"(the cheapest: {cheapest.describe()})" in message
+    assert message.endswith("raise max_usd_per_hour in the policy")
+
+
+def test_a_price_cap_that_leaves_only_unusable_offers_is_named_among_the_reasons() -> None:
+    od = [o for o in CATALOG.offers if o.gpu_type == "L4" and o.option is PurchaseOption.ON_DEMAND]
+    cap = min(o.usd_per_hour for o in od) * 0.99  # only spot (or reserved) rows stay under it
+    needs = TaskNeeds(gpus=1, gpu_type="L4", est_runtime=timedelta(hours=1), spot_ok=False)
+    with pytest.raises(NoFeasibleOffer, match=r"max_usd_per_hour \$[0-9.]+/h excludes \d+"):
+        decide(needs, CATALOG, now=NOW, config=PolicyConfig(max_usd_per_hour=cap))

@@ -90,44 +90,78 @@ class BudgetPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Overrun:
-    """A cap a placement would cross: the cap and the numbers, in micro-dollars."""
+    """A cap a placement would cross: the cap and the numbers, in micro-dollars.
+
+    Attributes:
+        cap: The cap's field name (``budget_per_run_usd`` ...).
+        limit_micro: The cap.
+        committed_micro: Spent, plus held by other placements still running.
+        held_micro: What this placement would add: at admission its hold (under a hard cap
+            the worst case, more than its expected cost); while it runs, the raise of its
+            hold that would let it go on.
+        expected_cost_micro: The decision's expected cost (``None``: not known where the
+            cap was checked, e.g. the ledger's shared day/month holds).
+        hold_reason: How the hold follows from the expected cost, when it is larger: "2×
+            its $0.917 expected cost, in case it runs longer than estimated" ("" if not).
+        running: Found while the placement ran: it is stopped, not refused.
+    """
 
     cap: str
     limit_micro: int
     committed_micro: int
-    expected_micro: int
+    held_micro: int
+    expected_cost_micro: int | None = None
+    hold_reason: str = ""
+    running: bool = False
 
     @property
     def total_micro(self) -> int:
-        """Spend after the placement: recorded + in flight + this one."""
-        return self.committed_micro + self.expected_micro
+        """Spend after the placement: recorded + in flight + this one's hold."""
+        return self.committed_micro + self.held_micro
 
     def describe(self) -> str:
-        """One line naming the cap and the numbers."""
+        """One line naming the cap and the numbers, each labelled with what it is."""
+        expected = self.expected_cost_micro
+        if self.running:
+            this = f"{_usd(self.held_micro)} more for this task to keep running"
+        elif expected is not None and expected == self.held_micro:
+            this = f"{_usd(expected)} expected"
+        else:
+            this = f"{_usd(self.held_micro)} held for this task"
+            if expected is not None:
+                this += f" ({self.hold_reason or f'{_usd(expected)} expected'})"
         return (
             f"{self.cap} {_usd(self.limit_micro)} would be crossed: "
-            f"{_usd(self.committed_micro)} spent or in flight + "
-            f"{_usd(self.expected_micro)} expected = {_usd(self.total_micro)}"
+            f"{_usd(self.committed_micro)} spent or in flight + {this} = {_usd(self.total_micro)}"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form for events and artifacts (USD as floats)."""
+        """JSON-ready form for events and artifacts (USD as floats).
+
+        ``total_usd = committed_usd + held_usd``; ``expected_usd`` is the decision's expected
+        cost (``None`` when unknown), no longer the hold; ``stopped``: found while running.
+        """
+        expected = self.expected_cost_micro
         return {
             "cap": self.cap,
             "limit_usd": float(to_usd(self.limit_micro)),
             "committed_usd": float(to_usd(self.committed_micro)),
-            "expected_usd": float(to_usd(self.expected_micro)),
+            "expected_usd": None if expected is None else float(to_usd(expected)),
+            "held_usd": float(to_usd(self.held_micro)),
             "total_usd": float(to_usd(self.total_micro)),
+            "stopped": self.running,
         }
 
 
 def _usd(micro: int) -> str:
-    """Cents for dollar amounts; fractions of a cent stay visible (short tasks cost those)."""
-    value = to_usd(micro)
-    if abs(value) >= 1:
-        return f"${value:.2f}"
-    text = f"{value:.6f}".rstrip("0")
-    return f"${text}0" if len(text.split(".")[1]) < 2 else f"${text}"
+    """Exact to the micro-dollar, at least cents: ``$0.00``, ``$1.834``, ``$0.0021``.
+
+    Short tasks cost fractions of a cent, and rounding the parts of a sum to cents could
+    make them not add up to its total; trailing zeros past the cents are dropped.
+    """
+    text = f"{abs(to_usd(micro)):.6f}".rstrip("0")
+    whole, cents = text.split(".")
+    return f"{'-' if micro < 0 else ''}${whole}.{cents.ljust(2, '0')}"
 
 
 def spend_windows(records: Iterable[PlacementRecord], now: datetime) -> tuple[int, int]:
@@ -219,18 +253,33 @@ class BudgetTracker:
         with self._lock:
             return sum(self._holds.values())
 
-    def _overruns(self, expected_micro: int) -> list[Overrun]:
+    def _overruns(
+        self,
+        amount_micro: int,
+        expected_micro: int | None = None,
+        reason: str = "",
+        *,
+        running: bool = False,
+    ) -> list[Overrun]:
         committed_run = self._spent + sum(self._holds.values())
         return [
-            Overrun(cap, limit, self._before[cap] + committed_run, expected_micro)
+            Overrun(
+                cap,
+                limit,
+                self._before[cap] + committed_run,
+                amount_micro,
+                expected_micro,
+                reason,
+                running,
+            )
             for cap, limit in self._caps.items()
-            if self._before[cap] + committed_run + expected_micro > limit
+            if self._before[cap] + committed_run + amount_micro > limit
         ]
 
     def check(self, expected_micro: int) -> list[Overrun]:
         """Caps a placement of this expected cost would cross now (no hold taken)."""
         with self._lock:
-            return self._overruns(expected_micro)
+            return self._overruns(expected_micro, expected_micro)
 
     def admit(self, expected_micro: int, floor_micro: int = 0) -> tuple[int | None, list[Overrun]]:
         """Check and hold in one step.
@@ -245,8 +294,9 @@ class BudgetTracker:
         if expected_micro < 0:
             raise ValueError(f"expected cost must be >= 0, got {expected_micro}")
         amount = self.hold_for(expected_micro, floor_micro)
+        reason = self.hold_reason(expected_micro, floor_micro)
         with self._lock:
-            overruns = self._overruns(amount)
+            overruns = self._overruns(amount, expected_micro, reason)
             if overruns and self.policy.hard:
                 return None, overruns
             hold = next(self._ids)
@@ -260,6 +310,20 @@ class BudgetTracker:
             return max(expected_micro, floor_micro)
         return max(math.ceil(expected_micro * self.policy.overrun_factor), floor_micro)
 
+    def hold_reason(self, expected_micro: int, floor_micro: int = 0) -> str:
+        """How :meth:`hold_for` follows from the expected cost when it holds more ("" if not)."""
+        held = self.hold_for(expected_micro, floor_micro)
+        expected = _usd(expected_micro)
+        if held <= expected_micro:
+            return ""
+        if held == floor_micro:
+            return (
+                f"its {expected} expected cost, raised to the least its instance bills once"
+                " launched: boot allowance and the cloud's minimum"
+            )
+        factor = self.policy.overrun_factor
+        return f"{factor:g}× its {expected} expected cost, in case it runs longer than estimated"
+
     def extend(self, hold: int, amount_micro: int) -> list[Overrun]:
         """Raise a running placement's hold to ``amount_micro`` if every hard cap allows.
 
@@ -270,7 +334,7 @@ class BudgetTracker:
             current = self._holds.get(hold)
             if current is None or amount_micro <= current:
                 return []
-            overruns = self._overruns(amount_micro - current)
+            overruns = self._overruns(amount_micro - current, running=True)
             if overruns and self.policy.hard:
                 return overruns
             self._holds[hold] = amount_micro

@@ -6,7 +6,12 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 
+from prefect_cloudsched.core.catalog import BAND_ORDER
+from prefect_cloudsched.core.needs import AWS_REGIONS, GCP_REGIONS
 from prefect_cloudsched.errors import InputError
+
+#: The clouds a policy may name.
+CLOUDS = ("aws", "gcp")
 
 #: Pack a ``.map()`` only when sharing saves at least this share of one-instance-each. A bin
 #: lives as long as its longest member and a member that starts late or runs long keeps the
@@ -46,6 +51,40 @@ class PolicyConfig:
     pack_min_saving_usd: float = PACK_MIN_SAVING_USD
 
     def __post_init__(self) -> None:
+        clouds = _names("allowed_clouds", self.allowed_clouds, "['aws']")
+        _only("allowed_clouds", clouds, CLOUDS)
+        regions = _names("allowed_regions", self.allowed_regions, "['us-east-1']")
+        known_regions = AWS_REGIONS | GCP_REGIONS
+        _only("allowed_regions", regions, known_regions, "any AWS or GCP region, e.g. us-east-1")
+        gpus = _names("allowed_gpu_types", self.allowed_gpu_types, "['A10G', 'L4']")
+        # frozensets: the offer filter caches its masks by this (hashable) configuration
+        object.__setattr__(self, "allowed_clouds", clouds)
+        object.__setattr__(self, "allowed_regions", regions)
+        object.__setattr__(self, "allowed_gpu_types", gpus)
+        band = self.max_spot_band
+        if band is not None and (not isinstance(band, str) or band not in BAND_ORDER):
+            raise InputError(
+                f"max_spot_band must be one of {', '.join(BAND_ORDER)} (or None for any band);"
+                f" got {band!r}"
+            )
+        if not isinstance(self.reserved_first, bool):
+            raise InputError(f"reserved_first must be True or False; got {self.reserved_first!r}")
+        cap = self.max_usd_per_hour
+        if cap is not None and (
+            isinstance(cap, bool)
+            or not isinstance(cap, int | float)
+            or not (math.isfinite(cap) and cap > 0)
+        ):
+            raise InputError(
+                f"max_usd_per_hour must be a positive amount of USD per hour, e.g. 2.5"
+                f" (or None for no cap); got {cap!r}"
+            )
+        change_over = self.change_over
+        if not isinstance(change_over, timedelta) or change_over < timedelta(0):
+            raise InputError(
+                f"change_over must be a timedelta >= 0, e.g. timedelta(minutes=3);"
+                f" got {change_over!r}"
+            )
         pct, usd = self.pack_min_saving_pct, self.pack_min_saving_usd
         if isinstance(pct, bool) or not isinstance(pct, int | float) or not 0 <= pct < 100:
             raise InputError(
@@ -70,6 +109,30 @@ class PolicyConfig:
         )
 
 
+def _names(field: str, value: object, example: str) -> frozenset[str] | None:
+    """``value`` as a frozenset of names (``None`` stays: no restriction); one-line errors."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, frozenset | set | list | tuple):
+        raise InputError(f"{field} must be a list of names, e.g. {example}; got {value!r}")
+    names = frozenset(value)
+    if not names:
+        raise InputError(
+            f"{field} is empty, which allows nothing; leave it None for no restriction"
+        )
+    odd = sorted(repr(n) for n in names if not isinstance(n, str))
+    if odd:
+        raise InputError(f"{field} must hold names (text), e.g. {example}; got {', '.join(odd)}")
+    return names
+
+
+def _only(field: str, names: frozenset[str] | None, valid: object, hint: str = "") -> None:
+    unknown = sorted(n for n in names or () if n not in valid)  # type: ignore[operator]
+    if unknown:
+        choices = hint or ", ".join(sorted(valid))  # type: ignore[call-overload]
+        raise InputError(f"{field}: unknown {', '.join(map(repr, unknown))}; valid: {choices}")
+
+
 DEFAULT_POLICY = PolicyConfig()
 
-__all__ = ["DEFAULT_POLICY", "PACK_MIN_SAVING_PCT", "PACK_MIN_SAVING_USD", "PolicyConfig"]
+__all__ = ["CLOUDS", "DEFAULT_POLICY", "PACK_MIN_SAVING_PCT", "PACK_MIN_SAVING_USD", "PolicyConfig"]

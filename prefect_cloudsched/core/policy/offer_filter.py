@@ -109,16 +109,20 @@ def spot_within_band(catalog: Catalog, band: str | None) -> np.ndarray:
 def explain_nothing_allowed(
     needs: TaskNeeds, catalog: Catalog, config: PolicyConfig, fits: np.ndarray
 ) -> NoFeasibleOffer | None:
-    """The error when the allowed clouds, regions or GPU models rule out every fitting shape.
+    """The error when the allowed clouds, regions or GPU models, or the price cap, rule out
+    every fitting shape.
 
-    It names the setting to widen. ``None`` when those leave something (the price cap alone
-    emptied the set): the caller's own message, with its reasons, says more then.
+    It names the setting to widen (for the price cap: the cheapest fitting offer it
+    excluded). ``None`` when the policy leaves something.
     """
     allowed = fits.copy()
     for label, restriction in _restrictions(catalog, config):
+        before = allowed.copy()
         allowed &= restriction
-        if allowed.any() or label == "price":
+        if allowed.any():
             continue
+        if label == "price":
+            return _over_price(needs, catalog, config, before)
         if label == "gpu_type":
             where = f"with GPU types {sorted(config.allowed_gpu_types or ())}"
         else:
@@ -128,6 +132,26 @@ def explain_nothing_allowed(
             f"no offer fits {needs.summary()} {where}; widen allowed_{label}s in the policy"
         )
     return None
+
+
+def _over_price(
+    needs: TaskNeeds, catalog: Catalog, config: PolicyConfig, before: np.ndarray
+) -> NoFeasibleOffer:
+    """The price cap excluded every offer the other limits left: name it and the cheapest."""
+    rows = np.flatnonzero(before)
+    cheapest = catalog.offers[rows[np.argmin(catalog.a_price[rows])]]
+    return NoFeasibleOffer(
+        f"no offer fits {needs.summary()}: max_usd_per_hour ${config.max_usd_per_hour:g}/h"
+        f" excludes every one (the cheapest: {cheapest.describe()}); raise max_usd_per_hour"
+        " in the policy"
+    )
+
+
+def price_excluded(catalog: Catalog, config: PolicyConfig, rows: np.ndarray) -> int:
+    """How many of ``rows`` the price cap alone excludes (0 without a cap)."""
+    if config.max_usd_per_hour is None:
+        return 0
+    return int((rows & (catalog.a_price > config.max_usd_per_hour)).sum())
 
 
 def explain_nothing_fits(needs: TaskNeeds, catalog: Catalog) -> NoFeasibleOffer:
@@ -167,6 +191,7 @@ __all__ = [
     "fitting",
     "in_set",
     "policy_allows",
+    "price_excluded",
     "shape_fits",
     "spot_within_band",
     "within_spot_band",

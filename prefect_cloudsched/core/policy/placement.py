@@ -39,6 +39,7 @@ from prefect_cloudsched.core.policy.offer_filter import (
     explain_nothing_allowed,
     explain_nothing_fits,
     policy_allows,
+    price_excluded,
     shape_fits,
     within_spot_band,
 )
@@ -259,6 +260,11 @@ def decide(
         cost, rank = cost + egress, rank + egress
 
     if not candidates.any():
+        if excluded := price_excluded(catalog, config, fits):
+            reasons.append(
+                f"max_usd_per_hour ${config.max_usd_per_hour:g}/h excludes {excluded}"
+                " offer(s) that fit the needs"
+            )
         raise NoFeasibleOffer(
             f"no allowed offer fits {needs.summary()}"
             + (f" ({'; '.join(reasons)})" if reasons else "")

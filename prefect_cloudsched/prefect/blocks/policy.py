@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from prefect_cloudsched.core.budget import BudgetPolicy
 from prefect_cloudsched.core.needs import normalize_gpu_type
@@ -25,6 +25,24 @@ from prefect_cloudsched.runtime.spot_settings import (
     HORIZON_S,
     SpotControlSettings,
 )
+
+
+class PolicyValueError(ValidationError, InputError):
+    """A bad ``CloudSchedPolicy`` value, said in one line naming the field and the fix.
+
+    Still a pydantic ``ValidationError`` (``errors()`` lists every problem) for code that
+    catches that; its text is the first problem on one line, not pydantic's multi-line dump.
+    """
+
+    def __str__(self) -> str:
+        problems = self.errors()
+        first = problems[0]
+        field = ".".join(str(part) for part in first["loc"]) or "values"
+        message = first["msg"].removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        got = "" if first["type"] == "value_error" else f", got {first['input']!r}"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"CloudSchedPolicy {field}: {message}{got}{more}"
 
 
 # The three budget caps: each optional, positive and in USD; only who spends when differs.
@@ -66,7 +84,8 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
     budget_enforcement: Literal["hard", "soft"] = Field(
         default="hard",
         description=(
-            "hard: a placement whose expected cost would cross a cap is refused; "
+            "hard: a placement whose hold (twice its expected cost) would cross a cap is "
+            "refused, and a task running past its hold is stopped; "
             "soft: it runs and a cloudsched.budget.exceeded event is emitted."
         ),
     )
@@ -91,13 +110,13 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
         ),
     )
     allowed_clouds: list[Literal["aws", "gcp"]] | None = Field(
-        default=None, description="Only these clouds (empty = all)."
+        default=None, description="Only these clouds (unset = all)."
     )
     allowed_regions: list[str] | None = Field(
-        default=None, description="Only these regions, as named by their cloud (empty = all)."
+        default=None, description="Only these regions, as named by their cloud (unset = all)."
     )
     allowed_gpu_types: list[str] | None = Field(
-        default=None, description="Only these GPU models, e.g. A10G, L4 (empty = all)."
+        default=None, description="Only these GPU models, e.g. A10G, L4 (unset = all)."
     )
     reserved_first: bool = Field(
         default=True, description="Use idle reserved capacity before any other offer."
@@ -181,6 +200,20 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
         default=60.0, gt=0, le=3600, description="Time limit of one plan solve, in seconds."
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except ValidationError as err:
+            raise _one_line(err) from None
+
+    @classmethod
+    def model_validate(cls, *args: Any, **kwargs: Any) -> Any:
+        """Also ``Block.load``'s path: a saved block with a bad value fails in one line."""
+        try:
+            return super().model_validate(*args, **kwargs)
+        except ValidationError as err:
+            raise _one_line(err) from None
+
     @model_validator(mode="after")
     def _spot_control_holds(self) -> CloudSchedPolicy:
         try:
@@ -188,6 +221,13 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
         except InputError as err:  # the form names the field; one line
             raise ValueError(str(err)) from None
         return self
+
+    @field_validator("allowed_clouds", "allowed_regions", "allowed_gpu_types")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list allows nothing; leave it unset for no restriction")
+        return value
 
     @field_validator("allowed_regions")
     @classmethod
@@ -257,6 +297,13 @@ class CloudSchedPolicy(_CloudSchedBlock, Block):
             "solver": self.solver,
             "time_limit_s": self.solver_time_limit_s,
         }
+
+
+def _one_line(err: ValidationError) -> PolicyValueError:
+    if isinstance(err, PolicyValueError):
+        return err
+    problems: Any = err.errors()  # the same dicts, re-raised with one-line text
+    return PolicyValueError.from_exception_data(err.title, problems)
 
 
 def _frozen(values: list[str] | None) -> frozenset[str] | None:
