@@ -235,3 +235,20 @@ def test_a_stopped_attempts_row_spans_what_it_was_billed(tmp_path) -> None:
     (row,) = session.close()
     span = (row.ended_at - row.started_at).total_seconds()
     assert row.runtime_s < 3.5 and span == pytest.approx(row.runtime_s, abs=0.01)
+
+
+def test_a_shared_day_cap_words_its_refusal_and_its_stop_like_the_run_cap(tmp_path) -> None:
+    """The ledger's day/month holds know amounts only; the runner labels them (the message
+    said "held for this task" with no expected cost, and "refused" for a stopped task)."""
+    from prefect_cloudsched.runtime.budget_watch import open_budget
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'day.db'}")
+    budget = open_budget(BudgetPolicy(per_day_usd=1.0), ledger)
+    hold, [refusal] = budget.admit(to_micro(0.6))  # held 2x = $1.20 > $1.00
+    assert hold is None and refusal.cap == "budget_per_day_usd"
+    assert refusal.expected_cost_micro == to_micro(0.6) and not refusal.running
+    assert "$1.20 held for this task (2× its $0.60 expected cost" in refusal.describe()
+    hold, _ = budget.admit(to_micro(0.3))
+    [stop] = budget.extend(hold, to_micro(1.5))
+    assert stop.running and "more for this task to keep running" in stop.describe()
+    ledger.dispose()

@@ -1,6 +1,7 @@
 """Hard caps stay hard while tasks run: a watch stops an attempt before it crosses one.
 
-Admission holds a placement's expected cost. A task that runs longer than its estimate
+Admission holds a placement's worst case (under a hard cap ``overrun_factor`` × its expected
+cost, at least the launch floor). A task that runs longer than its estimate
 must hold more before it spends more: every tick the watch raises the hold of each running
 attempt to what it will have cost a little later; when a hard cap refuses, the attempt is
 stopped at the exact second its cost reaches its hold — the instance is released and the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from prefect_cloudsched.adapters.provision.base import Provisioner
@@ -107,12 +109,18 @@ class SharedWindowBudget(BudgetTracker):
         except BaseException:
             super().release(hold)
             raise
+        # the ledger knows amounts only: label its overruns like the run cap's
+        reason = self.hold_reason(expected_micro, floor_micro)
+        shared = [
+            replace(o, expected_cost_micro=expected_micro, hold_reason=reason)
+            for o in result.overruns
+        ]
         if result.refused:
             super().release(hold)
-            return None, [*overruns, *result.overruns]
+            return None, [*overruns, *shared]
         with self._lock:
             self._in_ledger[hold] = (result.hold_id, amount)
-        return hold, [*overruns, *result.overruns]
+        return hold, [*overruns, *shared]
 
     def extend(self, hold: int, amount_micro: int) -> list[Overrun]:
         with self._lock:
@@ -125,8 +133,8 @@ class SharedWindowBudget(BudgetTracker):
             if overruns and hard and ahead > amount_micro:
                 ahead = amount_micro
                 overruns = self._ledger.extend_hold(hold_id, ahead, self._windows, hard=hard)  # type: ignore[attr-defined]
-            if overruns and hard:
-                return list(overruns)
+            if overruns and hard:  # found while the task runs: it is stopped, not refused
+                return [replace(o, running=True) for o in overruns]
             with self._lock:
                 self._in_ledger[hold] = (hold_id, ahead)
         return super().extend(hold, amount_micro)
