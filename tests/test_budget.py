@@ -21,6 +21,7 @@ from prefect_cloudsched.core.budget import (
     spend_windows,
 )
 from prefect_cloudsched.core.records import PlacementRecord, to_micro
+from prefect_cloudsched.errors import InputError
 from prefect_cloudsched.testing.records import placement_record
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
@@ -40,7 +41,7 @@ def _record(started: datetime, cost_usd: float) -> PlacementRecord:
     ],
 )
 def test_policy_rejects_bad_values_naming_the_field(kwargs: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(InputError, match=field):
         BudgetPolicy(**kwargs)
 
 

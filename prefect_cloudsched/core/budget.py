@@ -31,6 +31,7 @@ from prefect_cloudsched.core.records import PlacementRecord, to_micro, to_usd
 
 # BudgetExceeded lives with the other errors; re-exported here for existing imports.
 from prefect_cloudsched.errors import BudgetExceeded as BudgetExceeded
+from prefect_cloudsched.errors import InputError
 
 #: Cap names as the ``CloudSchedPolicy`` block spells its fields.
 RUN_CAP = "budget_per_run_usd"
@@ -65,13 +66,13 @@ class BudgetPolicy:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.overrun_factor) and self.overrun_factor >= 1):
-            raise ValueError(f"overrun_factor must be a number >= 1, got {self.overrun_factor}")
+            raise InputError(f"overrun_factor must be a number >= 1, got {self.overrun_factor}")
         for name in ("per_run_usd", "per_day_usd", "per_month_usd"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ValueError(f"{name} must be a positive amount of USD or None, got {value}")
+                raise InputError(f"{name} must be a positive amount of USD or None, got {value}")
         if not 0 <= self.spot_max_share <= 1:
-            raise ValueError(f"spot_max_share must be between 0 and 1, got {self.spot_max_share}")
+            raise InputError(f"spot_max_share must be between 0 and 1, got {self.spot_max_share}")
 
     def caps_micro(self) -> dict[str, int]:
         """The set caps by name, in micro-dollars."""
@@ -201,7 +202,7 @@ def worst_case_micro(
     before a hard cap is crossed; the factor only makes that rarer.
     """
     if overrun_factor < 1:
-        raise ValueError(f"overrun_factor must be >= 1, got {overrun_factor}")
+        raise InputError(f"overrun_factor must be >= 1, got {overrun_factor}")
     return cost_micro(price_micro_per_hour, est_runtime_s * overrun_factor + check_interval_s)
 
 
