@@ -21,8 +21,11 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from prefect_cloudsched.core.catalog import Catalog, PurchaseOption
 from prefect_cloudsched.core.policy import PolicyConfig
+from prefect_cloudsched.core.policy.offer_filter import excluded_by
 from prefect_cloudsched.core.records import (
     RESERVATION_BOUGHT_PLAN,
     RESERVATION_DECLARED,
@@ -161,23 +164,27 @@ def _unknown(parts: list[str], catalog: Catalog, known: set[str]) -> str:
 
 
 def unusable_reason(capacity_key: str, catalog: Catalog, policy: PolicyConfig) -> str | None:
-    """Why a placement can never take this reserved capacity, ``None`` when it can."""
-    offers = [
-        o
-        for o in catalog.offers
-        if o.capacity_key == capacity_key and o.option is PurchaseOption.RESERVED
-    ]
-    if not offers:
+    """Why a placement can never take this reserved capacity, ``None`` when it can.
+
+    The policy's limits are the offer filter's (``excluded_by``): the one ``decide()`` uses.
+    """
+    rows = catalog.rows_with_option(PurchaseOption.RESERVED) & np.fromiter(
+        (o.capacity_key == capacity_key for o in catalog.offers), bool, len(catalog)
+    )
+    if not rows.any():
         return "the price catalog has no reserved offer for it"
-    offer = offers[0]
-    if policy.allowed_clouds is not None and offer.cloud not in policy.allowed_clouds:
-        return f"the policy allows only clouds {sorted(policy.allowed_clouds)}"
-    if policy.allowed_regions is not None and offer.region not in policy.allowed_regions:
-        return f"the policy allows only regions {sorted(policy.allowed_regions)}"
-    gpus = policy.allowed_gpu_types
-    if gpus is not None and offer.gpu_count and offer.gpu_type not in gpus:
-        return f"its GPU {offer.gpu_type} is not in the policy's allowed_gpu_types {sorted(gpus)}"
-    cap = policy.max_usd_per_hour
-    if cap is not None and all(o.usd_per_hour > cap for o in offers):
-        return f"its ${offer.usd_per_hour:.4f}/h is over the policy's max_usd_per_hour {cap}"
+    offer = catalog.offers[int(np.flatnonzero(rows)[0])]
+    limit = excluded_by(catalog, policy, rows)
+    if limit == "cloud":
+        return f"the policy allows only clouds {sorted(policy.allowed_clouds or ())}"
+    if limit == "region":
+        return f"the policy allows only regions {sorted(policy.allowed_regions or ())}"
+    if limit == "gpu_type":
+        allowed = sorted(policy.allowed_gpu_types or ())
+        return f"its GPU {offer.gpu_type} is not in the policy's allowed_gpu_types {allowed}"
+    if limit == "price":
+        return (
+            f"its ${offer.usd_per_hour:.4f}/h is over the policy's max_usd_per_hour "
+            f"{policy.max_usd_per_hour}"
+        )
     return None

@@ -83,6 +83,15 @@ def policy_allows(catalog: Catalog, config: PolicyConfig) -> np.ndarray:
     return _cached(catalog, ("policy", config), compute)
 
 
+def excluded_by(catalog: Catalog, config: PolicyConfig, rows: np.ndarray) -> str | None:
+    """The first policy limit (``cloud``, ``region``, ``gpu_type``, ``price``) that rules
+    out every one of ``rows``; ``None`` when each limit leaves at least one."""
+    for label, restriction in _restrictions(catalog, config):
+        if not (restriction & rows).any():
+            return label
+    return None
+
+
 def fitting(needs: TaskNeeds, catalog: Catalog, config: PolicyConfig) -> np.ndarray:
     """Rows that fit ``needs`` and that the policy permits (before purchase-option rules)."""
     return shape_fits(needs, catalog) & policy_allows(catalog, config)
@@ -186,6 +195,7 @@ def explain_nothing_fits(needs: TaskNeeds, catalog: Catalog) -> NoFeasibleOffer:
 
 
 __all__ = [
+    "excluded_by",
     "explain_nothing_allowed",
     "explain_nothing_fits",
     "fitting",
