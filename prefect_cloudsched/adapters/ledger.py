@@ -158,10 +158,7 @@ class Ledger(SharedBudget):
         try:
             with self.engine.begin() as conn:
                 if not create and not sa.inspect(conn).has_table(placements.name):
-                    raise LedgerError(
-                        f"{redact_url(self.url)} holds no prefect-cloudsched ledger; "
-                        f"check {self.source} or run a flow first"
-                    )
+                    raise _no_ledger(self.url, self.source)
                 metadata.create_all(conn)
                 found = conn.execute(
                     sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
@@ -181,10 +178,7 @@ class Ledger(SharedBudget):
                     )
         except sa.exc.SQLAlchemyError as err:
             if self.is_sqlite and "file is not a database" in str(err):
-                raise LedgerError(
-                    f"{self.source} {redact_url(self.url)!r}: the file is not a SQLite "
-                    "database, so not a ledger; point it at a ledger file or a new path"
-                ) from None
+                raise _not_sqlite(self.url, self.source) from None
             raise LedgerError(
                 f"cannot open ledger {redact_url(self.url)}: {type(err).__name__}; "
                 f"check {self._fix_hint()}"
@@ -484,18 +478,25 @@ def _check_sqlite_ledger(path: Path, url: str, source: str) -> None:
         ).fetchone()
     except sqlite3.DatabaseError as err:
         if "file is not a database" in str(err):
-            raise LedgerError(
-                f"{source} {redact_url(url)!r}: the file is not a SQLite database, so not a "
-                "ledger; point it at a ledger file or a new path"
-            ) from None
+            raise _not_sqlite(url, source) from None
         return
     finally:
         conn.close()
     if found is None:
-        raise LedgerError(
-            f"{redact_url(url)} holds no prefect-cloudsched ledger; "
-            f"check {source} or run a flow first"
-        )
+        raise _no_ledger(url, source)
+
+
+def _not_sqlite(url: str, source: str) -> LedgerError:
+    return LedgerError(
+        f"{source} {redact_url(url)!r}: the file is not a SQLite database, so not a ledger; "
+        "point it at a ledger file or a new path"
+    )
+
+
+def _no_ledger(url: str, source: str) -> LedgerError:
+    return LedgerError(
+        f"{redact_url(url)} holds no prefect-cloudsched ledger; check {source} or run a flow first"
+    )
 
 
 def _sqlite_begin_on_demand(engine: Engine, busy_timeout_s: float) -> None:
