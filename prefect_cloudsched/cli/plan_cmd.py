@@ -8,6 +8,7 @@ first word to ``run`` gives both spellings one ``--help`` each.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -184,9 +185,9 @@ def run(
     if output is OutputFormat.JSON:
         import json
 
-        from prefect_cloudsched.core.records import to_usd
+        from prefect_cloudsched.core.records import to_micro, to_usd
 
-        expected, ondemand, saving = _totals_micro(plan)
+        expected, ondemand, saving = _totals(plan, to_micro)
         payload: dict[str, Any] = {
             **plan.to_dict(),
             # one rounding to the micro-dollar, then saving = ondemand_cost - expected_cost
@@ -257,18 +258,16 @@ def _usd(cents: int) -> str:
     return f"{sign}${abs(cents) // 100:,}.{abs(cents) % 100:02d}"
 
 
-def _totals_micro(plan: CapacityPlan) -> tuple[int, int, int]:
-    """Expected, all-on-demand and saving in micro-dollars; saving is their difference."""
-    from prefect_cloudsched.core.records import to_micro
-
-    expected, ondemand = to_micro(plan.expected_cost), to_micro(plan.ondemand_cost)
-    return expected, ondemand, 0 if plan.status == "infeasible" else ondemand - expected
+def _four_places(ten_thousandths: int) -> str:
+    """``1,234.5678`` from whole ten-thousandths of a dollar (hourly rates as printed)."""
+    return f"{ten_thousandths // 10_000:,}.{ten_thousandths % 10_000:04d}"
 
 
-def _totals_cents(plan: CapacityPlan) -> tuple[int, int, int]:
-    """Expected, all-on-demand and saving in whole cents, as printed: the saving is the
-    difference of the two printed figures, never a third rounding."""
-    expected, ondemand = _cents(plan.expected_cost), _cents(plan.ondemand_cost)
+def _totals(plan: CapacityPlan, unit: Callable[[float], int]) -> tuple[int, int, int]:
+    """Expected, all-on-demand and saving in whole ``unit``s (micro-dollars for JSON and the
+    ledger, cents as printed): the saving is the difference of the two rounded figures,
+    never a third rounding."""
+    expected, ondemand = unit(plan.expected_cost), unit(plan.ondemand_cost)
     return expected, ondemand, 0 if plan.status == "infeasible" else ondemand - expected
 
 
@@ -282,7 +281,7 @@ def _render_reservations(plan: CapacityPlan, output: OutputFormat) -> None:
     ]  # fmt: skip
     fields = ("capacity_key", "count", "gpu_count", "usd_per_hour", "usd_over_horizon")
     render_rows(rows, fields, output, right=fields[1:])
-    expected, ondemand, saving = _totals_cents(plan)
+    expected, ondemand, saving = _totals(plan, _cents)
     _say(f"status {plan.status}; expected {_usd(expected)}, all on-demand "
          f"{_usd(ondemand)}, saving {_usd(saving)}")  # fmt: skip
 
@@ -330,7 +329,9 @@ def _save(plan: CapacityPlan, name: str, ledger_url: str | None) -> int | None:
     if plan.status == "infeasible":
         _say("not saved: the plan is infeasible (the task runner would read it as no capacity)")
         return None
-    expected, ondemand, _ = _totals_micro(plan)
+    from prefect_cloudsched.core.records import to_micro
+
+    expected, ondemand, _ = _totals(plan, to_micro)
     plan_id = open_ledger(ledger_url).record_plan(  # --save writes: creating the ledger is right
         name=name,
         status=plan.status,
@@ -383,7 +384,7 @@ def _print_plan(plan: CapacityPlan, gpu: str, model: str, plan_id: int | None) -
         if series:
             parts.append(f"{option} {sum(series):,.0f} GPU-h (peak {max(series):g} GPUs)")
     console.print("Hourly mix: " + "; ".join(parts))
-    expected, ondemand, saving = _totals_cents(plan)
+    expected, ondemand, saving = _totals(plan, _cents)
     share = saving / ondemand if ondemand else 0.0
     console.print(
         f"Expected cost {_usd(expected)}  all on-demand {_usd(ondemand)}"
@@ -586,12 +587,12 @@ def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
             i.instance_type,
             f"{i.gpu_count}x{i.gpu_type}" if i.gpu_count else "-",
             str(i.count),
-            f"{hourly // 10_000:,}.{hourly % 10_000:04d}",
+            _four_places(hourly),
             _usd(cents)[1:],
         )
     print_table(table, console)
     total_hourly = sum(hourly_ten_thousandths)
     console.print(  # the totals are the sums of the printed rows
         f"Commitment: {_usd(sum(term_cents))} over one year "
-        f"(${total_hourly // 10_000:,}.{total_hourly % 10_000:04d}/h, billed whether used or not)"
+        f"(${_four_places(total_hourly)}/h, billed whether used or not)"
     )
