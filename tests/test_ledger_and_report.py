@@ -191,9 +191,10 @@ def test_report_cli_formats_and_errors(ledger: Ledger, capsys) -> None:
     assert main(["report", "--ledger", ledger.url, "-g", "cloud", "-f", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["group"] for r in data["rows"]] == ["aws", "gcp"]
-    assert data["total"]["spend_usd"] == "1.3" and data["total"]["savings_pct"] == 35.0
+    assert data["total"]["spend_usd"] == "1.300000" and data["total"]["savings_pct"] == 35.0
     assert main(["report", "--ledger", ledger.url, "-f", "csv", "--flow", "nope"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith("TOTAL,0,")
+    empty_total = capsys.readouterr().out.splitlines()[-1]
+    assert empty_total.startswith("TOTAL,0,0,0.000000,0.000000,0.000000,,0,0.000000,")
     assert main(["report", "--ledger", ledger.url]) == 0
     assert "saved 35.0%" in capsys.readouterr().out
     for bad in (
@@ -216,7 +217,7 @@ def test_report_last_run_keeps_only_the_latest_flow_run(ledger: Ledger, capsys) 
     assert main(["report", "--ledger", ledger.url, "-g", "task", "-f", "json", "--last-run"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["group"] for r in data["rows"]] == ["b"]
-    assert data["total"]["spend_usd"] == "0.2"
+    assert data["total"]["spend_usd"] == "0.200000"
 
 
 def test_prices_cli(capsys) -> None:

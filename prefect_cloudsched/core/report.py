@@ -28,6 +28,8 @@ from prefect_cloudsched.core.records import (
 #: ``tasks`` column does not count them. (The reaper's row for an orphaned instance does count:
 #: the attempt that launched it died before it could write a row of its own.)
 NOT_ATTEMPTS = frozenset({OVERHEAD_STATE, TRANSFER_STATE})
+#: Six places: the ledger's whole micro-dollars, written out in full.
+MICRO_PLACE = Decimal("0.000001")
 
 
 def is_attempt(record: PlacementRecord) -> bool:
@@ -99,12 +101,12 @@ class ReportRow:
             "group": self.group,
             "tasks": self.tasks,
             "runtime_s": round(self.runtime_s, 3),
-            "spend_usd": str(self.spend),
-            "ondemand_baseline_usd": str(self.baseline),
-            "savings_usd": str(self.savings),
+            "spend_usd": _six_places(self.spend),
+            "ondemand_baseline_usd": _six_places(self.baseline),
+            "savings_usd": _six_places(self.savings),
             "savings_pct": None if pct is None else round(pct, 2),
             "interruptions": self.interruptions,
-            "wasted_usd": str(to_usd(self.wasted_micro)),
+            "wasted_usd": _six_places(to_usd(self.wasted_micro)),
             "dearer_rows": self.dearer_rows,
             "why": dict(self.dearer),
         }
@@ -161,6 +163,12 @@ def build_report(records: Iterable[PlacementRecord], group_by: str = "flow") -> 
     return CostReport(group_by=group_by, rows=rows, total=_sum("TOTAL", materialised))
 
 
+def _six_places(value: Decimal) -> str:
+    """Exact dollars always written with six places ("0.000000", "2.500000"), so that JSON
+    and CSV readers see one shape; the ledger counts whole micro-dollars, so nothing rounds."""
+    return str(value.quantize(MICRO_PLACE))
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}%"
 
@@ -168,7 +176,7 @@ def _pct(value: float | None) -> str:
 def money(value: Decimal) -> str:
     # Six decimals: short demo tasks cost fractions of a cent, and rounding them to zero
     # would hide exactly the savings the report exists to show.
-    amount = value.quantize(Decimal("0.000001"))
+    amount = value.quantize(MICRO_PLACE)
     return f"-${-amount}" if amount < 0 else f"${abs(amount)}"  # abs: no "$-0.000000"
 
 
