@@ -25,7 +25,9 @@ AT_PASSWORD = "postgresql://admin:S3cret@Passw0rd@127.0.0.1:1/db"
 REAP = ["reap", "--mock", "aws=http://127.0.0.1:1"]
 
 
-def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI on ``argv``: it must exit 2 with one ``Error:`` line, returned here."""
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: ") and len(err.splitlines()) == 1, err
     assert "unexpected" not in err and "a bug" not in err
@@ -38,8 +40,7 @@ def test_bad_port_from_the_env_var_is_exit_2_naming_it(
     command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV, BAD_PORT)
-    assert main(command) == 2
-    err = one_error_line(capsys)
+    err = refusal(command, capsys)
     assert ENV in err and "port must be a number" in err and "pw-planted" not in err
 
 
@@ -48,8 +49,7 @@ def test_unparseable_env_var_is_named(
     command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV, "notaurl")
-    assert main(command) == 2
-    err = one_error_line(capsys)
+    err = refusal(command, capsys)
     assert ENV in err and "not a database URL" in err
 
 
@@ -57,8 +57,7 @@ def test_unparseable_env_var_is_named(
 def test_bad_port_from_the_reap_option_names_the_option(
     flag: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([*REAP, "--dry-run", flag, BAD_PORT]) == 2
-    err = one_error_line(capsys)
+    err = refusal([*REAP, "--dry-run", flag, BAD_PORT], capsys)
     assert "--ledger" in err and "port must be a number" in err and "pw-planted" not in err
 
 
@@ -117,8 +116,7 @@ def test_a_password_with_an_at_sign_never_shows(
     argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV, AT_PASSWORD)
-    assert main(argv) == 2
-    err = one_error_line(capsys)
+    err = refusal(argv, capsys)
     assert "S3cret" not in err and "Passw0rd" not in err and "admin:***@127.0.0.1" in err
 
 
@@ -129,8 +127,7 @@ def digest(path: Path) -> str:
 
 def test_reap_dry_run_creates_no_ledger(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     new = tmp_path / "new.db"
-    assert main([*REAP, "--dry-run", "--ledger", f"sqlite:///{new}"]) == 2
-    err = one_error_line(capsys)
+    err = refusal([*REAP, "--dry-run", "--ledger", f"sqlite:///{new}"], capsys)
     assert "does not exist" in err and "--ledger" in err
     assert sorted(tmp_path.iterdir()) == []
 
@@ -144,16 +141,15 @@ def test_an_unrelated_sqlite_file_is_refused_unchanged(
         conn.execute("CREATE TABLE users (name TEXT)")
     conn.close()
     before = digest(other)
-    assert main([*argv, "--ledger", f"sqlite:///{other}"]) == 2
-    assert "holds no prefect-cloudsched ledger" in one_error_line(capsys)
+    err = refusal([*argv, "--ledger", f"sqlite:///{other}"], capsys)
+    assert "holds no prefect-cloudsched ledger" in err
     assert digest(other) == before  # no ledger tables, not even the WAL switch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
 
 
 # ------------------------------------------------------------------ what the path names
 def test_a_directory_is_called_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["report", "--ledger", f"sqlite:///{tmp_path}"]) == 2
-    err = one_error_line(capsys)
+    err = refusal(["report", "--ledger", f"sqlite:///{tmp_path}"], capsys)
     assert "directory" in err and "does not exist" not in err and "--ledger" in err
 
 
@@ -164,8 +160,7 @@ def test_a_file_that_is_not_sqlite_says_so(
     junk = tmp_path / "notes.db"
     junk.write_text("just some notes\n" * 20)
     before = digest(junk)
-    assert main([*argv, "--ledger", f"sqlite:///{junk}"]) == 2
-    err = one_error_line(capsys)
+    err = refusal([*argv, "--ledger", f"sqlite:///{junk}"], capsys)
     assert "not a SQLite database" in err and "--ledger" in err
     assert digest(junk) == before
 
