@@ -68,6 +68,7 @@ from prefect_cloudsched.prefect import checkpoint, visibility
 from prefect_cloudsched.prefect.resolve import resolve_policy, resolve_settings
 from prefect_cloudsched.prefect.wrapper import failing_copy, spot_retry_condition, wrap_body
 from prefect_cloudsched.runtime.config import DeadlineRisk, ExecutionMode, RunnerConfig
+from prefect_cloudsched.runtime.recording import instance_overhead
 from prefect_cloudsched.runtime.session import Session
 from prefect_cloudsched.runtime.shared import MapBatch
 from prefect_cloudsched.runtime.spot_live import SpotLive
@@ -360,15 +361,26 @@ _MAP_BATCH: ContextVar[MapBatch | None] = ContextVar("cloudsched_map_batch", def
 
 
 def _publish(session: Session, records: list[PlacementRecord]) -> None:
-    """Cost artifacts of each flow run this session served (only real, API-backed runs)."""
-    for run_id, flow_name in session.flow_names.items():
-        if visibility.is_run_id(run_id):
-            visibility.publish_cost_artifacts(
-                [r for r in records if r.flow_run_id == run_id],
-                flow_run_id=run_id,
-                flow_name=flow_name,
-                refusals=session.refusals,
-            )
+    """Cost artifacts of each flow run this session served (only real, API-backed runs),
+    with the instance time no task row paid (boot, idle), as ``report`` counts it."""
+    runs = {k: v for k, v in session.flow_names.items() if visibility.is_run_id(k)}
+    if not runs:
+        return
+    try:
+        records = records + instance_overhead(session.ledger, records)
+    except Exception as err:  # the artifact still shows the task rows; the report has all
+        _logger.warning(
+            "cost artifact: could not read instance boot and idle time from the ledger (%s); "
+            "it counts the task rows only (`prefect-cloudsched report` counts both)",
+            err,
+        )
+    for run_id, flow_name in runs.items():
+        visibility.publish_cost_artifacts(
+            [r for r in records if r.flow_run_id == run_id],
+            flow_run_id=run_id,
+            flow_name=flow_name,
+            refusals=session.refusals,
+        )
 
 
 __all__ = ["CloudSchedTaskRunner", "resolve_policy"]

@@ -16,6 +16,7 @@ from prefect_cloudsched.core.records import (
     TRANSFER_OPTION,
     TRANSFER_STATE,
     PlacementRecord,
+    as_utc,
     to_micro,
     to_usd,
 )
@@ -149,4 +150,31 @@ def interruption_row(attempt: Attempt, error: SpotInterrupted, cost_micro: int) 
     )
 
 
-__all__ = ["attempt_record", "interruption_row", "transfer_record"]
+def instance_overhead(ledger: Any, records: list[PlacementRecord]) -> list[PlacementRecord]:
+    """The instance time (boot, idle, warm-pool tail) no row of ``records`` paid for.
+
+    The same rows ``report`` adds (``core/instance_time``), so a run's cost artifact totals
+    what the report and the cloud's bill say. An instance's lifetime is set against all the
+    rows charged on it since it launched (a warm instance may have served an earlier run).
+    """
+    from prefect_cloudsched.core.instance_time import overhead_records
+
+    used = {r.instance_id for r in records if r.instance_id}
+    if not used:
+        return []
+    instances = [
+        row
+        for run_id in sorted({r.flow_run_id for r in records})
+        for row in ledger.instances(run_id=run_id)
+        if row.get("instance_id") in used
+    ]
+    if {row.get("instance_id") for row in instances} != used:  # a warm one from another run
+        instances = [row for row in ledger.instances() if row.get("instance_id") in used]
+    launched = [as_utc(row["launched_at"]) for row in instances if row.get("launched_at")]
+    if not launched:
+        return []
+    charged = ledger.placements(since=min(launched))
+    return [row for row in overhead_records(charged, instances) if row.instance_id in used]
+
+
+__all__ = ["attempt_record", "instance_overhead", "interruption_row", "transfer_record"]
