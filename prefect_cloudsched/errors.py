@@ -43,6 +43,22 @@ def hide_url_secrets(text: str) -> str:
     return _URL.sub(hide, text)
 
 
+def scrub_secrets_of(url: str, text: str) -> str:
+    """``text`` (a driver's message about ``url``) with every piece of ``url``'s secrets
+    hidden: a driver that split a password holding ``@`` may quote half of it as a host."""
+    secrets = [m.group(0).split("=", 1)[1] for m in _SECRET_QUERY.finditer(url)]
+    for match in _URL.finditer(url):
+        rest = match.group("rest")
+        at = rest.rfind("@")
+        user, colon, secret = rest[:at].partition(":") if at >= 0 else ("", "", "")
+        if colon and "/" not in user:
+            secrets.append(secret)
+    pieces = {p for s in secrets for p in (s, *re.split(r"[@:/?#%]", s)) if len(p) >= 3}
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return hide_url_secrets(text)
+
+
 class _Overrun(Protocol):
     """What a budget error says about the cap it hit (``core.budget.Overrun``)."""
 

@@ -117,6 +117,39 @@ def test_unknown_solver_is_refused_before_the_forecast(series, capsys, monkeypat
     fit.assert_not_called()
 
 
+def test_save_to_a_ledger_that_cannot_open_is_refused_before_the_forecast(
+    series, capsys, monkeypatch, tmp_path
+) -> None:
+    # it forecast and solved first, then exited 2 and threw the plan away
+    from prefect_cloudsched.core import forecast
+
+    fit = mock.Mock(side_effect=AssertionError("must not forecast for an unusable --ledger"))
+    monkeypatch.setattr(forecast, "fit_forecast", fit)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = f"sqlite:///{blocker}/ledger.db"  # its folder is a file: cannot be created
+    code, out, err = run(capsys, "plan", str(series), "--gpu-type", "A100", "--save",
+                         "--ledger", bad)  # fmt: skip
+    assert code == 2 and out == ""
+    [line] = err.strip().splitlines()
+    assert "cannot create the ledger folder" in line and line.endswith("check --ledger")
+    code, out, err = run(capsys, "plan", str(series), "--gpu-type", "A100", "--save",
+                         "--ledger", "sqlite:////proc/ledger.db")  # fmt: skip
+    assert code == 2 and out == ""
+    [line] = err.strip().splitlines()
+    assert "OperationalError (unable to open database file)" in line  # the driver's reason
+    fit.assert_not_called()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "markdown"])
+def test_an_infeasible_plan_says_why_in_every_format_even_quiet(series, capsys, fmt) -> None:
+    code, out, err = run(capsys, "-q", "plan", str(series), "--gpu-type", "A100", *FAST,
+                         "--horizon", "24", "--budget", "1", "-f", fmt)  # fmt: skip
+    assert code == 1
+    assert "capacity_key" in out
+    assert "Warning: the plan is infeasible: budget $1.00 is" in err
+
+
 def test_seasonal_naive_horizon_longer_than_history_is_one_line_up_front(
     tmp_path, capsys, monkeypatch
 ) -> None:

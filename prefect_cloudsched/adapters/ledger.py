@@ -42,7 +42,7 @@ from prefect_cloudsched.adapters.ledger_schema import (
     select_rows,
 )
 from prefect_cloudsched.core.records import PlacementRecord, as_utc
-from prefect_cloudsched.errors import LedgerError, hide_url_secrets
+from prefect_cloudsched.errors import LedgerError, hide_url_secrets, scrub_secrets_of
 
 logger = logging.getLogger("prefect_cloudsched.ledger")
 
@@ -64,6 +64,14 @@ def default_home() -> Path:
 def default_url() -> str:
     """``$PREFECT_CLOUDSCHED_LEDGER_URL`` or the SQLite file in :func:`default_home`."""
     return os.environ.get(URL_ENV) or f"sqlite:///{default_home() / 'ledger.db'}"
+
+
+def _driver_reason(err: Exception, url: str) -> str:
+    """The database driver's own first line ("unable to open database file", "connection
+    refused"), secrets hidden: the class name alone does not say what to fix."""
+    detail = str(getattr(err, "orig", None) or "").strip().splitlines()
+    reason = scrub_secrets_of(url, detail[0]) if detail else ""
+    return f"{type(err).__name__} ({reason})" if reason else type(err).__name__
 
 
 def redact_url(url: str) -> str:
@@ -180,7 +188,7 @@ class Ledger(SharedBudget):
             if self.is_sqlite and "file is not a database" in str(err):
                 raise _not_sqlite(self.url, self.source) from None
             raise LedgerError(
-                f"cannot open ledger {redact_url(self.url)}: {type(err).__name__}; "
+                f"cannot open ledger {redact_url(self.url)}: {_driver_reason(err, self.url)}; "
                 f"check {self._fix_hint()}"
             ) from None
 
@@ -453,9 +461,13 @@ def _prepare_sqlite_file(path: Path, url: str, create: bool, source: str) -> Non
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        fix = (
+            f"check {source}"
+            if source.startswith("--")
+            else f"set {HOME_ENV} or {URL_ENV} to a writable place"
+        )
         raise LedgerError(
-            f"cannot create the ledger folder {path.parent}: {err.strerror}; set {HOME_ENV} "
-            f"or {URL_ENV} to a writable place"
+            f"cannot create the ledger folder {path.parent}: {err.strerror}; {fix}"
         ) from None
 
 

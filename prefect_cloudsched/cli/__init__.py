@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "forecast_cmd",
     "blocks_cmd",
     "plan_cmd",
+    "plan_apply_cmd",
     "reap_cmd",
     "simulate_cmd",
 )

@@ -7,7 +7,6 @@ first word to ``run`` gives both spellings one ``--help`` each.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -34,6 +33,7 @@ from prefect_cloudsched.cli._common import (
     say,
     stdout_console,
     text_file,
+    warn,
     whole,
     writable_path,
 )
@@ -158,6 +158,8 @@ def run(
     regions = _regions(region, catalog)
     history = check_series_span(load_series_csv(series, column), series.name)
     _check_horizon_fits(history, horizon, forecast_model)
+    # --save writes: creating the ledger is right; opened now, a bad URL costs no solve
+    ledger = open_ledger(ledger_url) if save else None
     with progress_bar(f"planning {horizon} h of {series.name}:{column}", None) as step:
         step(f"forecasting ({forecast_model})")
         forecast = _forecast(history, horizon, forecast_model, step)
@@ -177,8 +179,8 @@ def run(
             progress=step,
         )
     plan_id = None
-    if save:
-        plan_id = _save(plan, f"{series.name}:{column}:{gpu}", ledger_url)
+    if ledger is not None:
+        plan_id = _save(plan, f"{series.name}:{column}:{gpu}", ledger)
     if plot is not None:
         _plot(plan, forecast.frame["point"].tolist(), f"gpu:{gpu}", plot)
         _say(f"wrote {plot}")
@@ -282,6 +284,10 @@ def _render_reservations(plan: CapacityPlan, output: OutputFormat) -> None:
     fields = ("capacity_key", "count", "gpu_count", "usd_per_hour", "usd_over_horizon")
     render_rows(rows, fields, output, right=fields[1:])
     expected, ondemand, saving = _totals(plan, _cents)
+    if plan.status == "infeasible":  # shown with --quiet too: exit 1 must say why
+        for line in plan.binding or ("no mix meets every hour's demand",):
+            warn(f"the plan is infeasible: {line}")
+        return
     _say(f"status {plan.status}; expected {_usd(expected)}, all on-demand "
          f"{_usd(ondemand)}, saving {_usd(saving)}")  # fmt: skip
 
@@ -325,14 +331,14 @@ def _regions(values: list[str] | None, catalog: Catalog) -> list[str] | None:
     return list(values) if values else None
 
 
-def _save(plan: CapacityPlan, name: str, ledger_url: str | None) -> int | None:
+def _save(plan: CapacityPlan, name: str, ledger: Any) -> int | None:
     if plan.status == "infeasible":
         _say("not saved: the plan is infeasible (the task runner would read it as no capacity)")
         return None
     from prefect_cloudsched.core.records import to_micro
 
     expected, ondemand, _ = _totals(plan, to_micro)
-    plan_id = open_ledger(ledger_url).record_plan(  # --save writes: creating the ledger is right
+    plan_id = ledger.record_plan(
         name=name,
         status=plan.status,
         expected_micro=expected,
@@ -431,168 +437,3 @@ def _plot(plan: CapacityPlan, point: list[float], klass: str, path: Path) -> Non
         raise InputError(f"cannot write --plot {path}: {err.strerror}") from None
     finally:
         plt.close(fig)
-
-
-@plan_app.command("apply")
-def apply(
-    plan_id: Annotated[
-        int | None, typer.Option("--plan-id", help="Stored plan to buy (default: the latest).")
-    ] = None,
-    yes: Annotated[
-        bool, typer.Option("--yes", help="Really buy. Without it nothing is bought.")
-    ] = False,
-    gcp_project: Annotated[
-        str | None,
-        typer.Option("--gcp-project", help="GCP project for commitments ($GOOGLE_CLOUD_PROJECT)."),
-    ] = None,
-    aws_offering_type: Annotated[
-        str,
-        typer.Option(
-            "--aws-offering-type", help="No Upfront (the catalog's rate), Partial/All Upfront."
-        ),
-    ] = "No Upfront",
-    output: FormatOption = None,
-    as_json: JsonOption = False,
-    ledger_url: LedgerUrlOption = None,
-    catalog_path: CatalogOption = None,
-) -> None:
-    """Show, and with --yes buy, the reservations of a stored plan. Dry run by default.
-
-    AWS: Reserved Instances (standard, 1 year) through `describe_reserved_instances_offerings`
-    and `purchase_reserved_instances_offering`; a quote more than 10% over the plan's rate is
-    refused. GCP: a 12-month commitment with an attached reservation in the plan's zone.
-
-    Examples:
-
-    * `prefect-cloudsched plan apply`
-    * `prefect-cloudsched plan apply --plan-id 3 --json`
-    * `prefect-cloudsched plan apply --plan-id 3 --yes --gcp-project my-project`
-    """
-    from prefect_cloudsched.adapters.purchase import (
-        AwsReservedInstances,
-        GcpCommitments,
-        buy,
-        purchase_items,
-    )
-
-    if aws_offering_type not in ("No Upfront", "Partial Upfront", "All Upfront"):
-        raise InputError(
-            f"--aws-offering-type {aws_offering_type!r}: use No Upfront, Partial Upfront "
-            "or All Upfront"
-        )
-    output = resolve_format(output, as_json)
-    # apply reads a stored plan (and marks it bought): a mistyped --ledger must not create
-    # an empty database, nor add ledger tables to some other SQLite file
-    ledger = open_ledger(ledger_url, create=False)
-    stored = _stored_plan(ledger, plan_id)
-    if stored["status"] == "infeasible":
-        raise InputError(f"plan {stored['id']} is infeasible; there is nothing to buy")
-    if yes and stored.get("purchase_status") == "bought":
-        raise InputError(
-            f"plan {stored['id']} was already bought; buying it again would double the "
-            "reservations (make a new plan with: prefect-cloudsched plan SERIES.csv --save)"
-        )
-    items = purchase_items(stored, catalog_from_option(catalog_path))
-    if output is OutputFormat.JSON:
-        import json
-
-        typer.echo(
-            json.dumps(
-                {
-                    "plan_id": stored["id"],
-                    "dry_run": not yes,
-                    "items": [i.to_dict() for i in items],
-                },
-                indent=2,
-            )
-        )
-    elif output is OutputFormat.TABLE:
-        _print_items(stored, items)
-    else:
-        render_rows([i.to_dict() for i in items], list(items[0].to_dict()) if items else [], output)
-    if not items:
-        return
-    if not yes:
-        _say("dry run: nothing was bought; re-run with --yes to buy these reservations")
-        return
-    clouds = {i.cloud for i in items}
-    project = gcp_project or os.environ.get("GOOGLE_CLOUD_PROJECT")
-    if "gcp" in clouds and not project:
-        raise InputError(
-            "the plan has GCP commitments; pass --gcp-project or set GOOGLE_CLOUD_PROJECT"
-        )
-    receipts = buy(
-        items,
-        confirm=True,
-        aws=AwsReservedInstances(offering_type=aws_offering_type) if "aws" in clouds else None,
-        gcp=GcpCommitments(project or "") if "gcp" in clouds else None,
-    )
-    for receipt in receipts:
-        item = receipt.item
-        _say(f"bought {item.count} x {item.capacity_key}: {receipt.reference} ({receipt.detail})")
-    ledger.mark_plan_bought(stored["id"])  # from now on placements count on this capacity
-    _say(f"plan {stored['id']} marked bought in the ledger")
-
-
-def _stored_plan(ledger: Any, plan_id: int | None) -> dict[str, Any]:
-    import json
-
-    import sqlalchemy as sa
-
-    from prefect_cloudsched.adapters.ledger import plans
-
-    if plan_id is None:
-        latest = ledger.latest_plan()
-        if latest is None:
-            raise InputError(
-                "the ledger has no plan; make one with: prefect-cloudsched plan SERIES.csv --save"
-            )
-        return latest
-    with ledger.engine.connect() as conn:
-        row = conn.execute(sa.select(plans).where(plans.c.id == plan_id)).mappings().first()
-    if row is None:
-        raise InputError(f"--plan-id {plan_id}: no such plan in the ledger")
-    return {
-        **json.loads(row["plan_json"]),
-        "id": row["id"],
-        "name": row["name"],
-        "status": row["status"],
-        "purchase_status": row["purchase_status"],
-    }
-
-
-def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
-    from rich.table import Table
-
-    from prefect_cloudsched.core.records import to_micro
-
-    console = stdout_console()
-    if not items:
-        console.print(
-            f"Plan {stored['id']} ({stored['name']}) holds no reservations; nothing to buy"
-        )
-        return
-    table = Table(title=f"Plan {stored['id']} ({stored['name']}): reservations to buy")
-    for name in ("cloud", "region", "zone", "type", "GPUs", "count", "$/h (all)", "1-yr total $"):
-        table.add_column(
-            name, justify="right" if "$" in name or name in ("count", "GPUs") else "left"
-        )
-    term_cents = [_cents(i.term_usd) for i in items]
-    hourly_ten_thousandths = [(to_micro(i.hourly_usd) + 50) // 100 for i in items]
-    for i, cents, hourly in zip(items, term_cents, hourly_ten_thousandths, strict=True):
-        table.add_row(
-            i.cloud,
-            i.region,
-            i.zone or "-",
-            i.instance_type,
-            f"{i.gpu_count}x{i.gpu_type}" if i.gpu_count else "-",
-            str(i.count),
-            _four_places(hourly),
-            _usd(cents)[1:],
-        )
-    print_table(table, console)
-    total_hourly = sum(hourly_ten_thousandths)
-    console.print(  # the totals are the sums of the printed rows
-        f"Commitment: {_usd(sum(term_cents))} over one year "
-        f"(${_four_places(total_hourly)}/h, billed whether used or not)"
-    )
