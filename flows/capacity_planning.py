@@ -1,10 +1,11 @@
 """Daily capacity planning: forecast GPU demand → plan reserved/on-demand/spot → ledger → artifact.
 
 Demand comes from a CSV (``hour,gpu_hours``, like the trace files) or, without one, from the
-ledger's own placements (GPU-hours per hour of one GPU model). The stored plan is what
-``CloudSchedTaskRunner`` reads to use reserved capacity first, and what
-``prefect-cloudsched plan apply`` buys. The plan is also a table artifact
-(``cloudsched-capacity-plan``) on the flow run.
+ledger's own placements (GPU-hours per hour of one GPU model). The plan is stored as a
+**draft**: ``prefect-cloudsched plan apply --plan-id N`` shows what it would buy and, with
+``--yes``, buys it; only then does ``CloudSchedTaskRunner(use_plan=True)`` count on its
+reserved capacity. The plan is also a table artifact (``cloudsched-capacity-plan``) on the
+flow run.
 
 Run it once: ``python flows/capacity_planning.py --series bench/data/alibaba_gpu2023_hourly.csv``.
 Serve it daily at 06:00: ``python flows/capacity_planning.py --serve`` (see docs/planning.md).
@@ -19,6 +20,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 ARTIFACT_KEY = "cloudsched-capacity-plan"
+#: The shortest history any forecast model takes (one day of hours).
+MIN_HISTORY_HOURS = 24
 
 
 @task
@@ -31,10 +34,23 @@ def load_demand(series: str | None, column: str, gpu_type: str, ledger_url: str 
 
     if series is not None:
         return load_series_csv(series, column)
-    frame = hourly_demand(Ledger(ledger_url).placements(), gpu_type=gpu_type)
-    if frame.empty:
+    records = Ledger(ledger_url).placements()
+    if not records:
         raise InputError("the ledger has no placements yet; pass --series with a demand CSV")
-    return frame["gpu_hours"]
+    models = sorted({r.gpu_type for r in records if r.gpus and r.gpu_type})
+    if gpu_type not in models:
+        held = f"it has {', '.join(models)}" if models else "it has no GPU placements"
+        raise InputError(
+            f"the ledger has no {gpu_type} placements ({held}); pass --gpu-type with one of "
+            "its models, or --series with a demand CSV"
+        )
+    history = hourly_demand(records, gpu_type=gpu_type)["gpu_hours"]
+    if len(history) < MIN_HISTORY_HOURS:
+        raise InputError(
+            f"the ledger holds {len(history)} hour(s) of {gpu_type} demand; a forecast needs at "
+            f"least {MIN_HISTORY_HOURS} (one day): plan later, or pass --series with a demand CSV"
+        )
+    return history
 
 
 @task
@@ -140,7 +156,7 @@ def capacity_planning(
         plan_table(plan),
         key=ARTIFACT_KEY,
         description=(
-            f"Capacity plan {plan_id} for {gpu_type} over {plan.hours} h "
+            f"Draft capacity plan {plan_id} for {gpu_type} over {plan.hours} h "
             f"(service level {service_level:g}, forecast {forecast.model}): status {plan.status}"
             + ("; binding: " + "; ".join(plan.binding) if plan.binding else "")
         ),
@@ -149,6 +165,11 @@ def capacity_planning(
         f"plan {plan_id}: {plan.status}; expected ${plan.expected_cost:,.2f} vs all on-demand "
         f"${plan.ondemand_cost:,.2f}; reserve {plan.reserved_capacity()}"
     )
+    if plan_id is not None:
+        print(
+            f"plan {plan_id} is a draft: no placement counts on it until "
+            f"`prefect-cloudsched plan apply --plan-id {plan_id} --yes` buys it"
+        )
     return {"plan_id": plan_id, **plan.to_dict()}
 
 
@@ -163,12 +184,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument(
         "--forecast-model", choices=("combined", "arima", "seasonal-naive"), default="combined"
     )
+    parser.add_argument("--spot-max-share", type=float, default=0.5)
+    parser.add_argument("--budget", type=float, help="highest expected USD over the horizon")
+    parser.add_argument("--ledger-url", help="ledger URL (default: the local ledger)")
     parser.add_argument("--serve", action="store_true", help="serve daily at 06:00 UTC")
     args = parser.parse_args(argv)
     if args.horizon < 1:
         parser.error("--horizon must be >= 1")
     if not 0 < args.service_level < 1:
         parser.error("--service-level must be in (0, 1)")
+    if not 0 <= args.spot_max_share <= 1:
+        parser.error("--spot-max-share must be in [0, 1]")
+    if args.budget is not None and not args.budget > 0:
+        parser.error("--budget must be > 0")
+    if args.series is None and not args.serve:  # one line now, not a failed run's tracebacks
+        from prefect_cloudsched.errors import CloudSchedError
+
+        try:
+            load_demand.fn(None, args.column, args.gpu_type, args.ledger_url)
+        except CloudSchedError as err:
+            parser.error(str(err))
     parameters = {
         "series": args.series,
         "column": args.column,
@@ -176,6 +211,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "horizon": args.horizon,
         "service_level": args.service_level,
         "forecast_model": args.forecast_model,
+        "spot_max_share": args.spot_max_share,
+        "budget_usd": args.budget,
+        "ledger_url": args.ledger_url,
     }
     if args.serve:
         capacity_planning.serve(name="daily-capacity-plan", cron="0 6 * * *", parameters=parameters)

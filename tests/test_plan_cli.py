@@ -420,19 +420,45 @@ def test_aws_quote_against_moto_takes_the_cheapest_regional_offering() -> None:
 
 
 # --------------------------------------------------------------------------- flow
-@pytest.mark.harness
-def test_capacity_planning_flow_stores_the_plan_and_an_artifact(
-    prefect_harness, series, ledger_url
-) -> None:
+def planning_flow_module():
     import importlib.util
-
-    from prefect.artifacts import Artifact
 
     path = Path(__file__).resolve().parents[1] / "flows" / "capacity_planning.py"
     spec = importlib.util.spec_from_file_location("capacity_planning_flow", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_planning_flow_without_demand_of_the_gpu_model_is_one_line(ledger_url) -> None:
+    # it ran the flow and failed it with six tracebacks ending in "series has 1 hours"
+    import contextlib
+    import io
+
+    from prefect_cloudsched.testing.records import placement_record
+
+    module = planning_flow_module()
+    Ledger(ledger_url).record([placement_record("train", gpu_type="T4")])
+    for argv, fragment in (
+        (["--ledger-url", ledger_url], "no A100 placements (it has T4); pass --gpu-type"),
+        (["--ledger-url", ledger_url, "--gpu-type", "T4"], "holds 1 hour(s) of T4 demand"),
+        (["--ledger-url", ledger_url, "--budget", "0"], "--budget must be > 0"),
+    ):
+        err = io.StringIO()  # not capsys: Prefect's log handlers must not bind to its stream
+        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(err):
+            module.main(argv)
+        assert exit_info.value.code == 2
+        assert fragment in err.getvalue()
+
+
+@pytest.mark.harness
+def test_capacity_planning_flow_stores_the_plan_and_an_artifact(
+    prefect_harness, series, ledger_url
+) -> None:
+    from prefect.artifacts import Artifact
+
+    module = planning_flow_module()
 
     result = module.capacity_planning(
         series=str(series), horizon=24, forecast_model="seasonal-naive", ledger_url=ledger_url

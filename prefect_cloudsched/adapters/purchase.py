@@ -14,7 +14,7 @@ clients are created only to quote or buy.
   plan's zone, so the capacity is really held (GCP requires one for GPU commitments).
 
 Owned reservations then reach the task runner as ``reserved={capacity_key: count}`` (or the
-runner reads the latest plan from the ledger).
+runner reads the latest *bought* plan from the ledger; a draft changes no placement).
 """
 
 from __future__ import annotations

@@ -92,7 +92,8 @@ class CloudSchedTaskRunner(ThreadPoolTaskRunner):
             or SQLite under ``$PREFECT_CLOUDSCHED_HOME``).
         reserved: Reserved/committed instances you own, ``{"aws/us-east-1/g5.xlarge": 2}``;
             used first at zero marginal cost.
-        use_plan: Also take reserved capacity from the latest capacity plan in the ledger.
+        use_plan: Also take reserved capacity from the latest capacity plan in the ledger
+            that ``plan apply --yes`` bought (a draft is never counted on).
         spot_retries: Extra attempts granted to a task after spot interruptions.
         provisioners: Provisioners per cloud (``None`` = accounting only: no instance is
             started, bodies run here and are accounted as if on the chosen instance).
