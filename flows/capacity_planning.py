@@ -113,13 +113,13 @@ def plan_table(plan: Any) -> list[dict[str, Any]]:
         }
         for r in plan.reserved
     ]
+    # the saving is the difference of the two printed figures, not rounded on its own
+    expected, ondemand = round(plan.expected_cost * 100), round(plan.ondemand_cost * 100)
     rows += [
-        {"item": "expected cost", "usd_per_hour": None,
-         "usd_over_horizon": round(plan.expected_cost, 2)},
-        {"item": "all on-demand", "usd_per_hour": None,
-         "usd_over_horizon": round(plan.ondemand_cost, 2)},
-        {"item": "saving", "usd_per_hour": None, "usd_over_horizon": round(plan.saving, 2)},
-    ]  # fmt: skip
+        {"item": "expected cost", "usd_per_hour": None, "usd_over_horizon": expected / 100},
+        {"item": "all on-demand", "usd_per_hour": None, "usd_over_horizon": ondemand / 100},
+        {"item": "saving", "usd_per_hour": None, "usd_over_horizon": (ondemand - expected) / 100},
+    ]
     return rows
 
 

@@ -452,6 +452,16 @@ def test_planning_flow_without_demand_of_the_gpu_model_is_one_line(ledger_url) -
         assert fragment in err.getvalue()
 
 
+def test_planning_artifact_saving_is_the_difference_of_its_printed_figures() -> None:
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(reserved=[], hours=1, expected_cost=1.006, ondemand_cost=2.004,
+                           saving=0.998)  # fmt: skip
+    rows = {r["item"]: r["usd_over_horizon"] for r in planning_flow_module().plan_table(plan)}
+    assert (rows["expected cost"], rows["all on-demand"]) == (1.01, 2.0)
+    assert rows["saving"] == 0.99  # was round(0.998, 2) = 1.0: a cent off the printed figures
+
+
 @pytest.mark.harness
 def test_capacity_planning_flow_stores_the_plan_and_an_artifact(
     prefect_harness, series, ledger_url

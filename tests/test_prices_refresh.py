@@ -145,6 +145,22 @@ def test_refresh_without_credentials_is_one_line(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "catalog" / "offers.csv").exists()
 
 
+def test_refresh_that_cannot_reach_the_endpoint_does_not_blame_the_credentials(
+    monkeypatch, tmp_path, capsys
+):
+    from botocore.exceptions import EndpointConnectionError
+
+    def unreachable(types, **_):
+        raise EndpointConnectionError(endpoint_url="https://pricing.us-east-1.amazonaws.com/")
+
+    monkeypatch.setenv("PREFECT_CLOUDSCHED_HOME", str(tmp_path))
+    monkeypatch.setattr(adapter, "fetch_aws_list_prices", unreachable)
+    assert main(["prices", "refresh", "--cloud", "aws"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "Could not connect to the endpoint URL" in line
+    assert "check the network or proxy" in line and "credentials" not in line
+
+
 def test_refresh_that_prices_nothing_changes_nothing(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("PREFECT_CLOUDSCHED_HOME", str(tmp_path))
     monkeypatch.setattr(adapter, "fetch_aws_list_prices", lambda types, **_: {})

@@ -54,7 +54,11 @@ def test_out_writes_table_csv_and_plots(tmp_path: Path, capsys: pytest.CaptureFi
     assert names == ["simulate.csv", "simulate.md", "simulate_cost_breakdown.png",
                      "simulate_cost_vs_misses.png"]  # fmt: skip
     assert "| edf |" in (out / "simulate.md").read_text()
-    assert "| spot-only |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| spot-only |" in captured.out and f"wrote {out}" in captured.err
+    args = ["-q", "simulate", "--jobs", str(jobs), "--policies", "edf", "--out", str(out)]
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no status lines, "wrote" included
 
 
 @pytest.mark.parametrize(
@@ -69,6 +73,7 @@ def test_out_writes_table_csv_and_plots(tmp_path: Path, capsys: pytest.CaptureFi
         (HEADER + "a,zero,5,1,1,1,x,BE\n", "line 2: column submit_s='zero' is not a number"),
         (HEADER + "a,0,5,1,1\n", "line 2: expected 8"),
         (HEADER + "a,0,5,1.5,1,1,x,BE\n", "line 2: column gpus"),
+        (HEADER + "a,0,5,1,1,1,x,BE\na,1,5,1,1,1,x,BE\n", "line 3: job_id 'a' is already on line 2"),
     ],
 )  # fmt: skip
 def test_bad_jobs_file_exits_2_with_one_line(

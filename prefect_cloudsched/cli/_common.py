@@ -117,7 +117,29 @@ def cloud_errors(what: str, hint: str) -> Iterator[None]:
         if not type(err).__module__.startswith(_SDK_MODULES):
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if _unreachable(err):  # credentials are not the problem: saying so misleads
+            hint = (
+                "the endpoint could not be reached: check the network or proxy (HTTPS_PROXY) "
+                "and any endpoint override (AWS_ENDPOINT_URL)"
+            )
         raise InputError(f"cannot {what} ({hide_password(first)[:200]}); {hint}") from None
+
+
+#: SDK errors (botocore, google-api-core) that mean "no answer", whatever the credentials.
+_UNREACHABLE = (
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ProxyConnectionError",
+    "ServiceUnavailable",
+    "DeadlineExceeded",
+    "RetryError",
+    "TransportError",
+)
+
+
+def _unreachable(err: BaseException) -> bool:
+    return any(kind.__name__ in _UNREACHABLE for kind in type(err).__mro__)
 
 
 # --------------------------------------------------------------------------- messages

@@ -415,10 +415,12 @@ def _plot(plan: CapacityPlan, point: list[float], klass: str, path: Path) -> Non
     ax.stackplot(
         hours, *[v for _, v in layers], labels=[o for o, _ in layers], alpha=0.7, step="post"
     )
-    ax.plot(hours, point, color="black", lw=1, label="forecast (point)")
-    ax.plot(
+    # hourly figures drawn as steps, like the supply: a sloped line would cross it mid-hour
+    ax.step(hours, point, where="post", color="black", lw=1, label="forecast (point)")
+    ax.step(
         hours,
         plan.demand.get(klass, []),
+        where="post",
         color="black",
         lw=1,
         ls="--",

@@ -18,6 +18,7 @@ from prefect_cloudsched.cli._common import (
     render_rows,
     require_extra,
     resolve_format,
+    say,
     text_file,
     warn,
     whole,
@@ -147,7 +148,7 @@ def simulate(
         from prefect_cloudsched.simulate.output import write_outputs
 
         for path in write_outputs(comparison, out):
-            typer.echo(f"wrote {path}", err=True)
+            say(f"wrote {path}")
     _check_placed(comparison)
 
 

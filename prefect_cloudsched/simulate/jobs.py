@@ -193,10 +193,17 @@ def _read_rows(file: Path) -> list[tuple[float, int, dict[str, str], int]]:
         missing = [c for c in JOB_COLUMNS if c not in header]
         if missing:
             raise InputError(f"jobs file {file}: missing column {missing[0]!r}")
+        seen: dict[str, int] = {}  # job id -> its line: per-job results are keyed by it
         for line, row in enumerate(reader, start=2):
             if None in row or any(v is None for v in row.values()):
                 raise InputError(
                     f"jobs file line {line}: expected {len(JOB_COLUMNS)} comma-separated fields"
+                )
+            job_id = (row.get("job_id") or "").strip()
+            if job_id and seen.setdefault(job_id, line) != line:
+                raise InputError(
+                    f"jobs file line {line}: job_id {job_id!r} is already on line "
+                    f"{seen[job_id]}; give each job its own id (or leave the cell blank)"
                 )
             submit = _number(row, "submit_s", line, default=None)
             rows.append((submit, line, row, len(rows)))
