@@ -465,3 +465,15 @@ def test_spot_cap_and_quota_bounds_on_hourly_counts_keep_the_optimum(monkeypatch
     unbounded = plan_capacity(demand, catalog, **kwargs)
     assert bounded.status == unbounded.status == "optimal"
     assert bounded.expected_cost == pytest.approx(unbounded.expected_cost, rel=1e-9, abs=1e-6)
+
+
+def test_plan_json_cost_parts_add_up_to_the_expected_cost() -> None:
+    # `ondemand_cost` is the all-on-demand baseline; the parts had no on-demand figure
+    from prefect_cloudsched.core.catalog import load_catalog
+
+    plan = plan_capacity({"gpu:A100": [2, 2, 2, 2, 2, 2, 2, 4, 4, 1]}, load_catalog(),
+                         spot_max_share=0.5)  # fmt: skip
+    data = plan.to_dict()
+    parts = data["reserved_cost"] + data["ondemand_part_cost"] + data["spot_cost"]
+    assert parts == pytest.approx(data["expected_cost"], abs=2e-6)
+    assert data["ondemand_part_cost"] > 0 and data["ondemand_cost"] > data["expected_cost"]

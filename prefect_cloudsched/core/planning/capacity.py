@@ -156,6 +156,12 @@ class CapacityPlan:
             return 0.0
         return self.ondemand_cost - self.expected_cost
 
+    @property
+    def ondemand_part_cost(self) -> float:
+        """Part of ``expected_cost`` paid for on-demand (``ondemand_cost`` is the all-on-demand
+        baseline): ``reserved_cost + spot_cost + ondemand_part_cost == expected_cost``."""
+        return self.expected_cost - self.reserved_cost - self.spot_cost
+
     def reserved_capacity(self) -> dict[str, int]:
         """``{capacity_key: count}``: the task runner's ``reserved=`` argument."""
         counts: dict[str, int] = defaultdict(int)
@@ -165,7 +171,8 @@ class CapacityPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form: what ``plan --json`` prints and the ledger stores."""
-        usd = ("expected_cost", "ondemand_cost", "saving", "reserved_cost", "spot_cost")
+        usd = ("expected_cost", "ondemand_cost", "saving", "reserved_cost", "spot_cost",
+               "ondemand_part_cost")  # fmt: skip
         return {
             "status": self.status,
             **{name: round(getattr(self, name), 6) for name in usd},  # to the micro-dollar
