@@ -375,3 +375,22 @@ def test_a_short_window_pools_more_steps_for_its_conformal_quantiles(monkeypatch
     pools.clear()
     combined.combined_window(cyclic_ar_series(days=28), 24, config)  # 14 starts
     assert set(pools) == {config.conformal_pool}
+
+
+def test_steps_past_the_validated_week_do_not_freeze_on_the_last_steps_extreme() -> None:
+    """A level shift in the newest start's last hours must not set the width of weeks 2-4
+    (the audit's Helios plan reserved 1,380 GPUs at 720 h against 472 at 168 h)."""
+    rng = np.random.default_rng(3)
+    residuals = rng.normal(0, 10, (14, 168))
+    residuals[-1, -24:] += 600  # the newest start's last day: the drop that ends the series
+    args = ([1.0] * 14, 1.0, 2, 0.85)
+    week = combined.conformal_frame(pd.RangeIndex(168), np.full(168, 500.0), residuals, *args)
+    month = combined.conformal_frame(pd.RangeIndex(720), np.full(720, 500.0), residuals, *args)
+    pd.testing.assert_frame_equal(month.iloc[:168], week)  # validated steps are unchanged
+    later = month.iloc[168:]
+    half80, half95 = later["hi80"] - later["point"], later["hi95"] - later["point"]
+    assert half80.nunique() == 1 and half95.nunique() == 1  # flat past the week
+    typical = (week["hi80"] - week["point"]).iloc[84:].median()
+    assert half80.iloc[0] == pytest.approx(typical)
+    assert half80.iloc[0] < 0.2 * (week["hi80"] - week["point"]).iloc[-1]
+    assert half95.iloc[0] > half80.iloc[0]  # the 95 % stays wider than the 80 %

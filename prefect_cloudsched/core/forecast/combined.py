@@ -436,7 +436,7 @@ def conformal_frame(
     (Barber, Candes, Ramdas & Tibshirani 2023): the smallest score whose weighted rank, with
     the forecast itself counted at the newest weight, reaches the level. ``decay=1`` is plain
     split conformal, rank ``ceil((N+1)q)``. The half-width is that quantile times the
-    volatility now. Steps past the validated ones reuse the last validated step's quantile.
+    volatility now. Steps past the validated ones take :func:`beyond_quantile`.
     ``miss_rates`` (adaptive conformal, :func:`adapted_miss_rates`) replace the nominal
     1 - level of the 80 % and 95 % intervals; ``width_factors`` (:func:`tracked_width_factors`)
     multiply their half-widths. The 95 % interval is never narrower than the 80 %.
@@ -455,10 +455,25 @@ def conformal_frame(
     halves = {}
     for level, row, factor in zip(LEVELS, q, width_factors or (1.0, 1.0), strict=True):
         row = pd.Series(row).ffill().bfill().fillna(0.0).to_numpy()
-        extended = np.concatenate([row, np.full(max(0, len(point) - steps), row[-1])])
+        extended = np.concatenate([row, np.full(max(0, len(point) - steps), beyond_quantile(row))])
         halves[level] = extended[: len(point)] * scale_now * factor
     halves[95] = np.maximum(halves[95], halves[80])
     return interval_frame(index, np.nan_to_num(point), halves[80], halves[95])
+
+
+def beyond_quantile(row: np.ndarray) -> float:
+    """The quantile for steps past the validated ones: the median of the validated steps'
+    own quantiles ``row`` over the later half of the validated horizon (days 4-7 of a week).
+
+    The last validated step alone is a poor stand-in: its pooled steps are cut off at the
+    horizon's end (so its 95 % level is often just the largest score), and the newest start's
+    last hours are the window's last hours, so a level shift there decides it (after the
+    drop that ends the Helios trace, it was 8x the median step). The median of the longest
+    validated lead times follows how wide the errors grew over the week without letting
+    a few extreme steps decide it; past the week it stays flat, as no validation error says
+    how much further it grows.
+    """
+    return float(np.median(row[len(row) // 2 :]))
 
 
 def weighted_conformal_quantile(scores: np.ndarray, weights: np.ndarray, level: float) -> float:
