@@ -19,8 +19,8 @@ from prefect_cloudsched.core.forecast.sarimax import (  # noqa: F401  (re-export
     sarimax_frame,
     select_model,
 )
+from prefect_cloudsched.core.forecast.series import check_mostly_observed, prepare_series
 from prefect_cloudsched.core.forecast.series import check_positive as _check_positive
-from prefect_cloudsched.core.forecast.series import prepare_series
 from prefect_cloudsched.core.forecast.types import DAY, Forecast
 from prefect_cloudsched.errors import InputError
 
@@ -63,6 +63,7 @@ def fit_forecast(
     if model not in FORECASTERS:
         raise InputError(f"model {model!r} is unknown; use {' or '.join(FORECASTERS)}")
     y = prepare_series(series).iloc[-config.window :]
+    check_mostly_observed(y)
     if model == "seasonal-naive":
         return _fallback(y, horizon, None, time.perf_counter())
     if model == "combined":

@@ -14,9 +14,9 @@ from prefect_cloudsched.core.forecast.baselines import lag_forecast
 from prefect_cloudsched.core.forecast.combined import combined_window
 from prefect_cloudsched.core.forecast.metrics import coverage, mase, seasonal_naive_scale, smape
 from prefect_cloudsched.core.forecast.sarimax import ForecastConfig, _single_threaded
+from prefect_cloudsched.core.forecast.series import check_mostly_observed, prepare_series
 from prefect_cloudsched.core.forecast.series import check_positive as _check_positive
 from prefect_cloudsched.core.forecast.series import json_label as _json_label
-from prefect_cloudsched.core.forecast.series import prepare_series
 from prefect_cloudsched.core.forecast.types import (
     DAY,
     MODELS,
@@ -62,6 +62,7 @@ def backtest(
     if unknown:
         raise InputError(f"unknown model {unknown[0]!r}; use some of: {', '.join(MODELS)}")
     y = prepare_series(series)
+    check_mostly_observed(y)
     positions = _positions(len(y), horizon, origins)
     actuals = [y.iloc[p : p + horizon].to_numpy() for p in positions]
     histories = [y.iloc[max(0, p - config.window) : p] for p in positions]

@@ -161,7 +161,13 @@ def _starts(y: pd.Series, check_horizon: int, config: ForecastConfig) -> list[in
     n = len(y)
     first = WEEK if n - check_horizon - WEEK >= 3 * DAY else 2 * DAY
     starts = validation_starts(n, check_horizon, config.combine_days, first)
-    if int(y.notna().sum()) < 2 * DAY or len(starts) < 2:
+    observed = int(y.notna().sum())
+    if observed < 2 * DAY:
+        raise InputError(
+            f"history has {observed} observed hours (of {n}); the combined forecast needs at "
+            f"least {2 * DAY}"
+        )
+    if len(starts) < 2:
         raise InputError(
             f"series has {n} hours; the combined forecast needs at least "
             f"{3 * DAY + check_horizon} (three days plus the horizon, up to a week)"

@@ -164,6 +164,27 @@ def prepare_series(series: pd.Series) -> pd.Series:
     return out
 
 
+def check_mostly_observed(y: pd.Series) -> None:
+    """Refuse a prepared series where most hours have no value: daily or sparser rows taken
+    as hourly, whose forecast would be hourly rows invented between the real ones.
+
+    Raises:
+        InputError: under half the hours from the first to the last row have a value; names
+            the share, the typical spacing of the rows and the fix.
+    """
+    observed = np.flatnonzero(y.notna().to_numpy())
+    share = len(observed) / max(len(y), 1)
+    if share >= 0.5:
+        return
+    spacing = int(np.median(np.diff(observed))) if len(observed) > 1 else len(y)
+    looks = " (daily data?)" if spacing % 24 == 0 else ""
+    raise InputError(
+        f"only {share:.0%} of the {len(y)} hours up to {json_label(y.index[-1])} have a value: "
+        f"rows are {spacing} h apart{looks}; the "
+        "forecaster needs hourly values: give one row per hour (a blank cell for a missing hour)"
+    )
+
+
 def future_index(index: pd.Index, horizon: int) -> pd.Index:
     """The ``horizon`` hours after ``index`` (same type)."""
     if isinstance(index, pd.DatetimeIndex):

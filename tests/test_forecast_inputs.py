@@ -1,0 +1,62 @@
+"""Forecast inputs the audit of 6 December found mishandled: daily or sparse rows taken as
+hourly, gaps inflating the intervals, and unhelpful messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefect_cloudsched.cli import main
+from prefect_cloudsched.core import forecast as fc
+from prefect_cloudsched.errors import InputError
+
+
+def sinusoid(hours: int = 240, seed: int = 0) -> pd.Series:
+    rng = np.random.default_rng(seed)
+    h = np.arange(hours)
+    values = 10 + 3 * np.sin(2 * np.pi * h / 24) + rng.normal(0, 0.8, hours)
+    return pd.Series(values, index=pd.RangeIndex(hours, name="hour"))
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- daily / sparse
+
+
+def test_daily_rows_are_refused_as_not_hourly(tmp_path: Path, capsys) -> None:
+    days = pd.date_range("2026-01-01", periods=60, freq="D")
+    path = tmp_path / "daily.csv"
+    path.write_text("timestamp,gpu_hours\n" + "".join(f"{d.date()},{i}\n" for i, d in
+                                                       enumerate(days)))  # fmt: skip
+    assert main(["forecast", str(path), "--horizon", "3"]) == 2
+    line = one_error_line(capsys)
+    assert "only 4% of the 672 hours" in line and "24 h apart (daily data?)" in line
+    assert "give one row per hour" in line
+
+
+def test_mostly_missing_hours_are_refused_and_half_observed_ones_are_not() -> None:
+    y = sinusoid()
+    with pytest.raises(InputError, match=r"only 20% of the 236 hours .* rows are 5 h apart"):
+        fc.fit_forecast(y.iloc[::5], 3, model="combined")
+    with pytest.raises(InputError, match="only 20%"):
+        fc.backtest(y.iloc[::5], horizon=3, origins=1, models=["naive"])
+    fc.fit_forecast(y.iloc[::2], 3, model="seasonal-naive")  # half the hours: accepted
+
+
+def test_combined_fallback_counts_observed_hours_not_the_span() -> None:
+    y = sinusoid(90)
+    y.iloc[1:88:2] = np.nan  # 46 of 90 hours observed: over half, under two days
+    result = fc.fit_forecast(y, 3, model="combined")
+    assert result.method == "seasonal_naive"
+    assert "history has 46 observed hours (of 90); the combined forecast needs at least 48" in (
+        result.fallback_reason or ""
+    )
