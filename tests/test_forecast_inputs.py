@@ -11,6 +11,7 @@ import pytest
 
 from prefect_cloudsched.cli import main
 from prefect_cloudsched.core import forecast as fc
+from prefect_cloudsched.core.forecast import combined
 from prefect_cloudsched.errors import InputError
 
 
@@ -60,3 +61,31 @@ def test_combined_fallback_counts_observed_hours_not_the_span() -> None:
     assert "history has 46 observed hours (of 90); the combined forecast needs at least 48" in (
         result.fallback_reason or ""
     )
+
+
+# --------------------------------------------------------------------------- gaps
+
+
+def test_local_scale_ignores_filled_gap_hours() -> None:
+    y = sinusoid().to_numpy()
+    gapped = y.copy()
+    gapped[100:130] = np.nan
+    full = combined._local_scale(y, len(y))
+    assert combined._local_scale(gapped, len(y)) == full  # the gap is outside the last day
+    after = combined._local_scale(gapped, 138)  # 7 observed changes in the day before
+    assert after == pytest.approx(np.nanmean(np.abs(np.diff(gapped))))
+    assert after > 0.5 * combined._local_scale(y, 138)
+
+
+def test_a_30_hour_gap_hardly_widens_the_first_hours_95_interval() -> None:
+    y = sinusoid()
+    gapped = y.drop(index=range(100, 130))
+    config = fc.ForecastConfig(transform="none", weekly_fourier=0)
+    width = {
+        name: (f.frame["hi95"] - f.frame["lo95"]).iloc[:3].max()
+        for name, f in (
+            ("full", fc.fit_forecast(y, 6, config, model="combined")),
+            ("gap", fc.fit_forecast(gapped, 6, config, model="combined")),
+        )
+    }
+    assert width["gap"] < 1.5 * width["full"]  # was 4.5x (31.8 against 7.0)
