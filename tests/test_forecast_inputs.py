@@ -89,3 +89,38 @@ def test_a_30_hour_gap_hardly_widens_the_first_hours_95_interval() -> None:
         )
     }
     assert width["gap"] < 1.5 * width["full"]  # was 4.5x (31.8 against 7.0)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_a_backtest_too_short_for_one_origin_says_how_long_the_series_must_be() -> None:
+    with pytest.raises(InputError) as short:
+        fc.backtest(sinusoid(60), horizon=24, origins=1, models=["naive"])
+    message = str(short.value)
+    assert "one origin needs 120 hours (96 of history plus the 24 scored)" in message
+    assert "--origins 0" not in message
+    with pytest.raises(InputError, match=r"3 origins need 168; give a longer series"):
+        fc.backtest(sinusoid(100), horizon=24, origins=3, models=["naive"])
+    with pytest.raises(InputError, match=r"\(216 hours\); use --origins 2 or fewer"):
+        fc.backtest(sinusoid(150), horizon=24, origins=5, models=["naive"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("hour,gpu_hours\n0,1\n1,NaN\n", "line 3 (hour 1): gpu_hours value 'NaN' is not a number;"
+         " leave the cell blank for a missing hour"),
+        ("hour,gpu_hours\n0,1\n1,NA\n", "leave the cell blank for a missing hour"),
+        ("hour;gpu_hours\n0;1\n1;2\n", "bad.csv is semicolon-separated (header 'hour;gpu_hours');"
+         " write it comma-separated, e.g. 'hour,gpu_hours'"),
+        ("hour\tgpu_hours\n0\t1\n", "is tab-separated"),
+    ],
+)  # fmt: skip
+def test_nan_cells_and_other_separators_say_the_fix(
+    tmp_path: Path, capsys, content: str, message: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    assert main(["forecast", str(path)]) == 2
+    assert message in one_error_line(capsys)

@@ -116,9 +116,17 @@ def _positions(hours: int, horizon: int, origins: int) -> list[int]:
     positions = [hours - horizon - DAY * k for k in range(origins - 1, -1, -1)]
     if positions[0] < need:
         most = max(0, (hours - horizon - need) // DAY + 1)
+        wanted = need + horizon + DAY * (origins - 1)
+        if most == 0:
+            more = f", {origins} origins need {wanted}" if origins > 1 else ""
+            raise InputError(
+                f"series has {hours} hours: too short for a backtest {horizon} h ahead; one "
+                f"origin needs {need + horizon} hours ({need} of history plus the {horizon} "
+                f"scored){more}; give a longer series"
+            )
         raise InputError(
             f"series has {hours} hours: too short for {origins} origins with {need} hours of"
-            f" history each; use --origins {most} or fewer"
+            f" history each ({wanted} hours); use --origins {most} or fewer"
         )
     return positions
 

@@ -15,6 +15,8 @@ from prefect_cloudsched.errors import InputError
 
 
 TIME_COLUMNS = ("timestamp", "hour")
+#: Cells other tools write for a missing value (numpy, R, SQL, spreadsheets); lower case.
+MISSING_MARKS = frozenset({"nan", "na", "n/a", "null", "none", "nil", "-", "#n/a", "missing"})
 
 
 def load_series_csv(path: str | Path, column: str = "gpu_hours") -> pd.Series:
@@ -69,6 +71,14 @@ def _read_csv(path: Path, column: str) -> pd.DataFrame:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise InputError(f"{path.name} is not a valid CSV ({reason}); fix the file") from None
     if not any(c in frame.columns for c in TIME_COLUMNS):
+        header = ",".join(str(c) for c in frame.columns)
+        separator = next((sep for sep in (";", "\t", "|") if sep in header), None)
+        if separator is not None:
+            name = {";": "semicolon", "\t": "tab", "|": "pipe"}[separator]
+            raise InputError(
+                f"{path.name} is {name}-separated (header {header!r}); write it "
+                f"comma-separated, e.g. 'hour,{column}'"
+            )
         raise InputError(
             f"{path.name} has no 'hour' or 'timestamp' column; add one (hour numbers or "
             "ISO 8601 times)"
@@ -118,7 +128,9 @@ def _parse_numbers(
     bad = (np.isnan(values) & ~blank) | np.isinf(values) | (blank & (not allow_blank))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{rows[i]}: {column} value {raw.iloc[i]!r} is not a number; fix that row")
+        missing = text.iloc[i].lower() in MISSING_MARKS
+        fix = "leave the cell blank for a missing hour" if missing else "fix that row"
+        raise InputError(f"{rows[i]}: {column} value {raw.iloc[i]!r} is not a number; {fix}")
     negative = np.flatnonzero(values < 0)
     if len(negative):
         i = int(negative[0])
