@@ -124,3 +124,20 @@ def test_nan_cells_and_other_separators_say_the_fix(
     path.write_text(content)
     assert main(["forecast", str(path)]) == 2
     assert message in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("output", ["csv", "markdown", "table"])
+def test_every_format_names_the_hour_column_and_writes_iso_hours_like_json(
+    tmp_path: Path, capsys, output: str
+) -> None:
+    hours = pd.date_range("2026-03-01", periods=240, freq="h")
+    path = tmp_path / "ts.csv"
+    path.write_text("timestamp,gpu_hours\n" + "".join(
+        f"{h.isoformat()}Z,{v:.3f}\n" for h, v in zip(hours, sinusoid(), strict=True)))  # fmt: skip
+    args = ["forecast", str(path), "--horizon", "2", "--transform", "none", "--weekly-fourier", "0"]
+    assert main([*args, "-f", output]) == 0
+    text = capsys.readouterr().out
+    assert "2026-03-11T00:00:00" in text and "2026-03-11 00:00:00" not in text
+    assert "timestamp" not in text and "hour" in text
+    if output == "csv":
+        assert text.splitlines()[0] == "hour,point,lo80,hi80,lo95,hi95"

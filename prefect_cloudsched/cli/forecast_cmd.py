@@ -163,13 +163,17 @@ def forecast(
 
 
 def _show_forecast(prediction: Forecast, output: OutputFormat, series: str, column: str) -> None:
+    from prefect_cloudsched.core.forecast.series import json_label
+
     if output is OutputFormat.JSON:
         typer.echo(json.dumps({"series": series, "column": column, **prediction.to_dict()},
                               indent=2))  # fmt: skip
         return
-    if output is not OutputFormat.TABLE:
-        frame = prediction.frame.round(6).reset_index()
-        render_rows(frame.to_dict("records"), list(frame.columns), output)
+    if output is not OutputFormat.TABLE:  # the same "hour" column and labels as --json
+        frame = prediction.frame.round(6)
+        rows = [{"hour": json_label(hour), **row} for hour, row in zip(
+            frame.index, frame.to_dict("records"), strict=True)]  # fmt: skip
+        render_rows(rows, ["hour", *frame.columns], output)
         return
     from rich.table import Table
 
@@ -181,7 +185,7 @@ def _show_forecast(prediction: Forecast, output: OutputFormat, series: str, colu
     for name in ("hour", "point", "lo80", "hi80", "lo95", "hi95"):
         table.add_column(name, justify="right")
     for hour, row in prediction.frame.iterrows():
-        table.add_row(str(hour), *(f"{v:.3f}" for v in row.to_numpy()))
+        table.add_row(str(json_label(hour)), *(f"{v:.3f}" for v in row.to_numpy()))
     print_table(table, out)
 
 
