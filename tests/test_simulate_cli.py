@@ -73,7 +73,7 @@ def test_out_writes_table_csv_and_plots(tmp_path: Path, capsys: pytest.CaptureFi
         (HEADER + "a,zero,5,1,1,1,x,BE\n", "line 2: column submit_s='zero' is not a number"),
         (HEADER + "a,0,5,1,1\n", "line 2: expected 8"),
         (HEADER + "a,0,5,1.5,1,1,x,BE\n", "line 2: column gpus"),
-        (HEADER + "a,0,5,1,1,1,x,BE\na,1,5,1,1,1,x,BE\n", "line 3: job_id 'a' is already on line 2"),
+        (HEADER + "a,0,5,1,1,1,x,BE\na,1,5,1,1,1,x,BE\n", "line 3: job_id 'a' is already on"),
     ],
 )  # fmt: skip
 def test_bad_jobs_file_exits_2_with_one_line(
