@@ -17,6 +17,7 @@ runs here and is only accounted as if it ran on the instance the scheduler chose
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -275,4 +276,8 @@ def _run_on_mock_clouds(chunks: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the runner has released the instances by the time we get here
+        print("interrupted: the run's instances were released", file=sys.stderr)
+        raise SystemExit(130) from None

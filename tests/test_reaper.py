@@ -173,11 +173,32 @@ def test_orphan_row_counts_from_launch_or_from_its_release() -> None:
     instance = replace(owned(None), launched_at=ended - timedelta(hours=1))
     row = orphan_record(instance, ended_at=ended, usd_per_hour=1.5)
     assert row.cost_micro == to_micro(1.5) and row.runtime_s == 3600
-    assert row.baseline_micro == row.wasted_micro == row.cost_micro  # waste, no savings claimed
+    assert row.wasted_micro == row.cost_micro and row.baseline_micro == 0  # all of it waste
     assert "from launch" in row.explanation and row.flow_name == ORPHANS_FLOW
+    unknown_launch = replace(instance, launched_at=None)
     released = {"terminated_at": (ended - timedelta(minutes=30)).replace(tzinfo=None)}
-    late = orphan_record(instance, ended_at=ended, usd_per_hour=1.5, ledger_row=released)
+    late = orphan_record(unknown_launch, ended_at=ended, usd_per_hour=1.5, ledger_row=released)
     assert late.cost_micro == to_micro(0.75) and "from its release" in late.explanation
+
+
+def test_orphan_row_bills_the_cloud_minimum_less_what_its_task_rows_paid() -> None:
+    # 45 s orphans were billed 45 s (the clouds bill 60), and a task row already charged
+    # on the instance was counted again (the audit: 29 % low, 81 micro-dollars twice)
+    from prefect_cloudsched.core.accounting import dearer_reasons, instance_billed_micro
+    from prefect_cloudsched.testing.records import placement_record
+
+    ended = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    instance = replace(owned(None), launched_at=ended - timedelta(seconds=45))
+    short = orphan_record(instance, ended_at=ended, usd_per_hour=3.6)
+    assert short.cost_micro == instance_billed_micro(to_micro(3.6), 45, "on-demand") == 60_000
+    assert dearer_reasons(short) == ("orphan",)
+    longer = replace(instance, launched_at=ended - timedelta(seconds=600))
+    task = placement_record("t", cost_usd=0.2, instance_id=instance.instance_id,
+                            runtime_s=200.0)  # fmt: skip
+    other = replace(task, instance_id="i-someone-else")
+    row = orphan_record(longer, ended_at=ended, usd_per_hour=3.6, charged=[task, other])
+    assert row.cost_micro == to_micro(3.6 * 600 / 3600) - to_micro(0.2)  # the rest of the bill
+    assert row.runtime_s == 400 and "less $0.200000 its 1 row(s) paid" in row.explanation
 
 
 def test_reap_only_stale_instances_of_our_owner(clouds: MockClouds, tmp_path: Path) -> None:

@@ -152,23 +152,36 @@ def orphan_record(
     ended_at: datetime,
     usd_per_hour: float | None,
     ledger_row: Mapping[str, Any] | None = None,
+    charged: Iterable[PlacementRecord] = (),
 ) -> PlacementRecord:
-    """The ledger row of an orphan the reaper ended: what it cost while nobody used it.
+    """The ledger row of an orphan the reaper ended: the part of its bill no row paid.
 
-    Spend runs from the moment the ledger says it was released (an instance that outlived
-    its release: the run's own row already paid up to there) or else from its launch. The
-    whole spend is waste; its baseline equals it, so it claims no savings.
+    The cloud bills the instance from launch to termination (at least its one-minute
+    minimum, :func:`~prefect_cloudsched.core.accounting.instance_billed_micro`); the rows
+    already ``charged`` on it (its tasks, before the process died) paid part of that, so
+    the orphan row is the rest — the report's boot-and-idle rows skip reaped instances, so
+    this row is all of it. Without a known launch it counts from the ledger's release, else
+    nothing. The whole spend is waste: baseline 0, so the report names it ``orphan``.
     """
+    from prefect_cloudsched.core.accounting import instance_billed_micro
     from prefect_cloudsched.core.records import to_micro
 
     released = as_utc((ledger_row or {}).get("terminated_at"))
     launched = as_utc(instance.launched_at) or as_utc((ledger_row or {}).get("launched_at"))
-    started = released or launched or ended_at
+    started = launched or released or ended_at
     seconds = max(0.0, (ended_at - started).total_seconds())
+    option = instance.option or ("spot" if instance.spot else "on-demand")
+    rows = [r for r in charged if r.instance_id == instance.instance_id and r.state != REAPED_STATE]
+    paid = sum(r.cost_micro for r in rows)
     price_micro = to_micro(usd_per_hour) if usd_per_hour is not None else 0
-    cost = to_micro(usd_per_hour * seconds / 3600) if usd_per_hour is not None else 0
-    since = "its release" if released else "launch" if launched else "now (launch unknown)"
+    billed = instance_billed_micro(price_micro, seconds, option) if launched else 0
+    if not launched and usd_per_hour is not None:  # from the release: no minimum applies
+        billed = math.ceil(price_micro * seconds / 3600)
+    cost = max(0, billed - paid)
+    unpaid_s = max(0.0, seconds - sum(r.runtime_s for r in rows))
+    since = "launch" if launched else "its release" if released else "now (launch unknown)"
     price = "price unknown" if usd_per_hour is None else f"${usd_per_hour:.4f}/h"
+    paid_note = f", less ${paid / 1e6:.6f} its {len(rows)} row(s) paid" if rows else ""
     return PlacementRecord(
         flow_run_id=instance.run_id or "unknown",
         flow_name=ORPHANS_FLOW,
@@ -178,20 +191,22 @@ def orphan_record(
         region=instance.region,
         zone=instance.zone,
         instance_type=instance.instance_type,
-        option=instance.option or ("spot" if instance.spot else "on-demand"),
+        option=option,
         offer_key=instance.offer_key,
         gpu_type=None,
         gpus=0,
         price_micro_per_hour=price_micro,
         started_at=started,
         ended_at=ended_at,
-        runtime_s=seconds,
+        runtime_s=unpaid_s,
         cost_micro=cost,
-        baseline_micro=cost,
+        baseline_micro=0,
         wasted_micro=cost,
         state=REAPED_STATE,
         instance_id=instance.instance_id,
-        explanation=f"reaped orphan: {seconds:.0f} s from {since} to termination at {price}",
+        explanation=(
+            f"reaped orphan: {seconds:.0f} s from {since} to termination at {price}{paid_note}"
+        ),
     )
 
 
@@ -200,15 +215,19 @@ def _record_orphan(
 ) -> None:
     from prefect_cloudsched.core.catalog import load_catalog
 
-    record = orphan_record(instance, ended_at=datetime.now(UTC), usd_per_hour=None, ledger_row=row)
+    launched = as_utc(instance.launched_at) or as_utc((row or {}).get("launched_at"))
+    charged = ledger.placements(since=launched) if launched is not None else []
+    ended = datetime.now(UTC)
+    record = orphan_record(instance, ended_at=ended, usd_per_hour=None, ledger_row=row)
     try:
         offer = (catalog or load_catalog()).find(record.offer_key)
     except KeyError:
         offer = None
     if offer is not None:
         priced = orphan_record(
-            instance, ended_at=record.ended_at, usd_per_hour=offer.usd_per_hour, ledger_row=row
-        )
+            instance, ended_at=ended, usd_per_hour=offer.usd_per_hour, ledger_row=row,
+            charged=charged,
+        )  # fmt: skip
         record = replace(priced, gpu_type=offer.gpu_type, gpus=offer.gpu_count)
     ledger.record([record])
     if instance.run_id:
