@@ -199,6 +199,10 @@ def test_orphan_row_bills_the_cloud_minimum_less_what_its_task_rows_paid() -> No
     row = orphan_record(longer, ended_at=ended, usd_per_hour=3.6, charged=[task, other])
     assert row.cost_micro == to_micro(3.6 * 600 / 3600) - to_micro(0.2)  # the rest of the bill
     assert row.runtime_s == 400 and "less $0.200000 its 1 row(s) paid" in row.explanation
+    # an orphan stands for the attempt that died only when no task row was charged on it
+    from prefect_cloudsched.core.report import is_attempt
+
+    assert is_attempt(short) and not is_attempt(row)
 
 
 def test_reap_only_stale_instances_of_our_owner(clouds: MockClouds, tmp_path: Path) -> None:

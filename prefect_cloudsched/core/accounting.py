@@ -171,7 +171,8 @@ def idle_commitment_usd(offer: Offer, count: int, held_s: float, busy_s: float) 
 
 
 # --------------------------------------------------------------------------- rows
-def _details(record: PlacementRecord) -> dict[str, Any]:
+def decision_details(record: PlacementRecord) -> dict[str, Any]:
+    """The row's ``decision_json`` as a dict (``{}`` when unreadable)."""
     try:
         details = json.loads(record.decision_json or "{}")
     except ValueError:
@@ -191,7 +192,7 @@ def dearer_reasons(record: PlacementRecord) -> tuple[str, ...]:
     """
     if record.cost_micro <= record.baseline_micro:
         return ()
-    details = _details(record)
+    details = decision_details(record)
     reasons: list[str] = []
     if record.interruptions or record.state == "interrupted":
         reasons.append(INTERRUPTED)

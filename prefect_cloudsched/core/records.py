@@ -38,6 +38,9 @@ RESERVATION_OWNED, RESERVATION_DECLARED, RESERVATION_BOUGHT_PLAN = "owned", "dec
 RESERVATION_SOURCES = (RESERVATION_OWNED, RESERVATION_DECLARED, RESERVATION_BOUGHT_PLAN)
 #: ``state`` of a ledger row the reaper wrote for an orphaned instance it ended.
 REAPED_STATE = "reaped"
+#: Key of a reaped row's ``decision_json``: how many task rows were charged on the orphan
+#: before (0: the attempt that launched it died first, and the row stands for that attempt).
+REAPED_AFTER_ROWS = "reaped_after_rows"
 #: ``state`` and ``option`` of the row a spot-controlled task's move writes: its checkpoint
 #: crossed regions and the transfer is billed (no instance, no runtime, baseline 0).
 TRANSFER_STATE, TRANSFER_OPTION = "transfer", "egress"

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-from prefect_cloudsched.core.accounting import REASONS, dearer_reasons
+from prefect_cloudsched.core.accounting import REASONS, dearer_reasons, decision_details
 from prefect_cloudsched.core.instance_time import OVERHEAD_STATE
 from prefect_cloudsched.core.records import (
+    REAPED_AFTER_ROWS,
+    REAPED_STATE,
     TRANSFER_STATE,
     PlacementRecord,
     to_usd,
@@ -25,15 +27,19 @@ from prefect_cloudsched.core.records import (
 
 #: ``state`` of ledger rows that are not task placement attempts: an instance's boot and idle
 #: time, and a checkpoint's cross-region transfer. Their money counts in every total; the
-#: ``tasks`` column does not count them. (The reaper's row for an orphaned instance does count:
-#: the attempt that launched it died before it could write a row of its own.)
+#: ``tasks`` column does not count them. (The reaper's row for an orphaned instance counts when
+#: no task row was charged on it: the attempt that launched it died before writing one. After
+#: task rows, it is the instance's unpaid time, like a boot-and-idle row.)
 NOT_ATTEMPTS = frozenset({OVERHEAD_STATE, TRANSFER_STATE})
+
 #: Six places: the ledger's whole micro-dollars, written out in full.
 MICRO_PLACE = Decimal("0.000001")
 
 
 def is_attempt(record: PlacementRecord) -> bool:
     """Whether ``record`` is a task placement attempt (what the ``tasks`` column counts)."""
+    if record.state == REAPED_STATE:
+        return not decision_details(record).get(REAPED_AFTER_ROWS)
     return record.state not in NOT_ATTEMPTS
 
 

@@ -20,6 +20,7 @@ The dead run's live budget holds are released: the row now carries the real spen
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -29,7 +30,12 @@ from typing import Any, Protocol
 
 from prefect_cloudsched.adapters.provision.lifecycle import OwnedInstance
 from prefect_cloudsched.core.catalog import Catalog
-from prefect_cloudsched.core.records import REAPED_STATE, PlacementRecord, as_utc
+from prefect_cloudsched.core.records import (
+    REAPED_AFTER_ROWS,
+    REAPED_STATE,
+    PlacementRecord,
+    as_utc,
+)
 
 #: Default: 15 heartbeats of the default 60 s interval could be missed before we act.
 DEFAULT_HEARTBEAT_TTL = 900.0
@@ -204,6 +210,7 @@ def orphan_record(
         wasted_micro=cost,
         state=REAPED_STATE,
         instance_id=instance.instance_id,
+        decision_json=json.dumps({REAPED_AFTER_ROWS: len(rows)}),
         explanation=(
             f"reaped orphan: {seconds:.0f} s from {since} to termination at {price}{paid_note}"
         ),
