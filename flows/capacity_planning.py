@@ -104,21 +104,23 @@ def store_plan(plan: Any, name: str, ledger_url: str | None) -> int | None:
 
 
 def plan_table(plan: Any) -> list[dict[str, Any]]:
-    """Rows of the artifact: one per reservation, then the cost summary."""
+    """Rows of the artifact: one per reservation, then the cost summary (in cents rounded as
+    ``prefect-cloudsched plan`` prints them: the saving is the difference of the two)."""
+    from prefect_cloudsched.core.records import to_cents
+
     rows: list[dict[str, Any]] = [
         {
             "item": f"reserve {r.count} x {r.capacity_key}",
             "usd_per_hour": round(r.usd_per_hour * r.count, 4),
-            "usd_over_horizon": round(r.usd_per_hour * r.count * plan.hours, 2),
+            "usd_over_horizon": to_cents(r.usd_per_hour * r.count * plan.hours) / 100,
         }
         for r in plan.reserved
     ]
-    # the saving is the difference of the two printed figures, not rounded on its own
-    expected, ondemand = round(plan.expected_cost * 100), round(plan.ondemand_cost * 100)
+    expected, ondemand, saving = plan.totals(to_cents)
     rows += [
         {"item": "expected cost", "usd_per_hour": None, "usd_over_horizon": expected / 100},
         {"item": "all on-demand", "usd_per_hour": None, "usd_over_horizon": ondemand / 100},
-        {"item": "saving", "usd_per_hour": None, "usd_over_horizon": (ondemand - expected) / 100},
+        {"item": "saving", "usd_per_hour": None, "usd_over_horizon": saving / 100},
     ]
     return rows
 

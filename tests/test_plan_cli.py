@@ -455,8 +455,11 @@ def test_planning_flow_without_demand_of_the_gpu_model_is_one_line(ledger_url) -
 def test_planning_artifact_saving_is_the_difference_of_its_printed_figures() -> None:
     from types import SimpleNamespace
 
+    from prefect_cloudsched.core.planning import CapacityPlan
+
     plan = SimpleNamespace(reserved=[], hours=1, expected_cost=1.006, ondemand_cost=2.004,
-                           saving=0.998)  # fmt: skip
+                           saving=0.998, status="optimal")  # fmt: skip
+    plan.totals = lambda unit: CapacityPlan.totals(plan, unit)
     rows = {r["item"]: r["usd_over_horizon"] for r in planning_flow_module().plan_table(plan)}
     assert (rows["expected cost"], rows["all on-demand"]) == (1.01, 2.0)
     assert rows["saving"] == 0.99  # was round(0.998, 2) = 1.0: a cent off the printed figures

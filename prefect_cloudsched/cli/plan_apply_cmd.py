@@ -23,7 +23,8 @@ from prefect_cloudsched.cli._common import (
     resolve_format,
     stdout_console,
 )
-from prefect_cloudsched.cli.plan_cmd import _cents, _four_places, _say, _usd, plan_app
+from prefect_cloudsched.cli.plan_cmd import _four_places, _say, _usd, plan_app
+from prefect_cloudsched.core.records import to_cents
 from prefect_cloudsched.errors import InputError
 
 
@@ -171,7 +172,7 @@ def _print_items(stored: dict[str, Any], items: list[Any]) -> None:
         table.add_column(
             name, justify="right" if "$" in name or name in ("count", "GPUs") else "left"
         )
-    term_cents = [_cents(i.term_usd) for i in items]
+    term_cents = [to_cents(i.term_usd) for i in items]
     hourly_ten_thousandths = [(to_micro(i.hourly_usd) + 50) // 100 for i in items]
     for i, cents, hourly in zip(items, term_cents, hourly_ten_thousandths, strict=True):
         table.add_row(

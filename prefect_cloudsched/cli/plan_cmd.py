@@ -7,7 +7,6 @@ first word to ``run`` gives both spellings one ``--help`` each.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -37,6 +36,7 @@ from prefect_cloudsched.cli._common import (
     whole,
     writable_path,
 )
+from prefect_cloudsched.core.records import to_cents
 from prefect_cloudsched.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -189,7 +189,7 @@ def run(
 
         from prefect_cloudsched.core.records import to_micro, to_usd
 
-        expected, ondemand, saving = _totals(plan, to_micro)
+        expected, ondemand, saving = plan.totals(to_micro)
         payload: dict[str, Any] = {
             **plan.to_dict(),
             # one rounding to the micro-dollar, then saving = ondemand_cost - expected_cost
@@ -247,13 +247,6 @@ def _check_horizon_fits(history: Any, horizon: int, model: str) -> None:
     )
 
 
-def _cents(usd: float) -> int:
-    """Dollars → whole cents, through integer micro-dollars (half up), once per figure."""
-    from prefect_cloudsched.core.records import to_micro
-
-    return (to_micro(usd) + 5_000) // 10_000
-
-
 def _usd(cents: int) -> str:
     """``$1,234.56`` / ``-$0.50`` from whole cents."""
     sign = "-" if cents < 0 else ""
@@ -265,25 +258,17 @@ def _four_places(ten_thousandths: int) -> str:
     return f"{ten_thousandths // 10_000:,}.{ten_thousandths % 10_000:04d}"
 
 
-def _totals(plan: CapacityPlan, unit: Callable[[float], int]) -> tuple[int, int, int]:
-    """Expected, all-on-demand and saving in whole ``unit``s (micro-dollars for JSON and the
-    ledger, cents as printed): the saving is the difference of the two rounded figures,
-    never a third rounding."""
-    expected, ondemand = unit(plan.expected_cost), unit(plan.ondemand_cost)
-    return expected, ondemand, 0 if plan.status == "infeasible" else ondemand - expected
-
-
 def _render_reservations(plan: CapacityPlan, output: OutputFormat) -> None:
     """The reservations as CSV or Markdown rows; the totals go to stderr."""
     rows = [
         {"capacity_key": i.capacity_key, "count": i.count, "gpu_count": i.gpu_count,
-         "usd_per_hour": i.usd_per_hour, "usd_over_horizon": _cents(
+         "usd_per_hour": i.usd_per_hour, "usd_over_horizon": to_cents(
              i.usd_per_hour * i.count * plan.hours) / 100}
         for i in plan.reserved
     ]  # fmt: skip
     fields = ("capacity_key", "count", "gpu_count", "usd_per_hour", "usd_over_horizon")
     render_rows(rows, fields, output, right=fields[1:])
-    expected, ondemand, saving = _totals(plan, _cents)
+    expected, ondemand, saving = plan.totals(to_cents)
     if plan.status == "infeasible":  # shown with --quiet too: exit 1 must say why
         for line in plan.binding or ("no mix meets every hour's demand",):
             warn(f"the plan is infeasible: {line}")
@@ -337,7 +322,7 @@ def _save(plan: CapacityPlan, name: str, ledger: Any) -> int | None:
         return None
     from prefect_cloudsched.core.records import to_micro
 
-    expected, ondemand, _ = _totals(plan, to_micro)
+    expected, ondemand, _ = plan.totals(to_micro)
     plan_id = ledger.record_plan(
         name=name,
         status=plan.status,
@@ -377,7 +362,7 @@ def _print_plan(plan: CapacityPlan, gpu: str, model: str, plan_id: int | None) -
             str(item.count),
             str(item.gpu_count),
             f"{item.usd_per_hour:.4f}",
-            _usd(_cents(item.usd_per_hour * item.count * plan.hours))[1:],
+            _usd(to_cents(item.usd_per_hour * item.count * plan.hours))[1:],
         )
     if plan.reserved:
         print_table(table, console)
@@ -390,7 +375,7 @@ def _print_plan(plan: CapacityPlan, gpu: str, model: str, plan_id: int | None) -
         if series:
             parts.append(f"{option} {sum(series):,.0f} GPU-h (peak {max(series):g} GPUs)")
     console.print("Hourly mix: " + "; ".join(parts))
-    expected, ondemand, saving = _totals(plan, _cents)
+    expected, ondemand, saving = plan.totals(to_cents)
     share = saving / ondemand if ondemand else 0.0
     console.print(
         f"Expected cost {_usd(expected)}  all on-demand {_usd(ondemand)}"

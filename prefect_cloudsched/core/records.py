@@ -26,6 +26,11 @@ def to_micro(usd: float | Decimal) -> int:
     return int((Decimal(str(usd)) * MICRO).to_integral_value())
 
 
+def to_cents(usd: float) -> int:
+    """Dollars → whole cents, through integer micro-dollars (half up), once per figure."""
+    return (to_micro(usd) + 5_000) // 10_000
+
+
 def to_usd(micro: int) -> Decimal:
     """Integer micro-dollars → exact ``Decimal`` dollars."""
     return Decimal(micro) / MICRO

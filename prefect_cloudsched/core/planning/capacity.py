@@ -162,6 +162,13 @@ class CapacityPlan:
         baseline): ``reserved_cost + spot_cost + ondemand_part_cost == expected_cost``."""
         return self.expected_cost - self.reserved_cost - self.spot_cost
 
+    def totals(self, unit: Callable[[float], int]) -> tuple[int, int, int]:
+        """Expected, all-on-demand and saving in whole ``unit``s (``to_micro`` for JSON and
+        the ledger, ``to_cents`` as printed): the saving is the difference of the two rounded
+        figures, never a third rounding."""
+        expected, ondemand = unit(self.expected_cost), unit(self.ondemand_cost)
+        return expected, ondemand, 0 if self.status == "infeasible" else ondemand - expected
+
     def reserved_capacity(self) -> dict[str, int]:
         """``{capacity_key: count}``: the task runner's ``reserved=`` argument."""
         counts: dict[str, int] = defaultdict(int)
