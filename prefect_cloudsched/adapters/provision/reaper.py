@@ -173,15 +173,16 @@ def orphan_record(
     from prefect_cloudsched.core.records import to_micro
 
     released = as_utc((ledger_row or {}).get("terminated_at"))
-    launched = as_utc(instance.launched_at) or as_utc((ledger_row or {}).get("launched_at"))
+    launched = _launched(instance, ledger_row)
     started = launched or released or ended_at
     seconds = max(0.0, (ended_at - started).total_seconds())
     option = instance.option or ("spot" if instance.spot else "on-demand")
     rows = [r for r in charged if r.instance_id == instance.instance_id and r.state != REAPED_STATE]
     paid = sum(r.cost_micro for r in rows)
     price_micro = to_micro(usd_per_hour) if usd_per_hour is not None else 0
-    billed = instance_billed_micro(price_micro, seconds, option) if launched else 0
-    if not launched and usd_per_hour is not None:  # from the release: no minimum applies
+    if launched:
+        billed = instance_billed_micro(price_micro, seconds, option)
+    else:  # from the release: the run's own rows paid the minimum
         billed = math.ceil(price_micro * seconds / 3600)
     cost = max(0, billed - paid)
     unpaid_s = max(0.0, seconds - sum(r.runtime_s for r in rows))
@@ -217,20 +218,25 @@ def orphan_record(
     )
 
 
+def _launched(instance: OwnedInstance, ledger_row: Mapping[str, Any] | None) -> datetime | None:
+    """When the orphan was launched: the cloud's word, else the ledger's."""
+    return as_utc(instance.launched_at) or as_utc((ledger_row or {}).get("launched_at"))
+
+
 def _record_orphan(
     ledger: Any, instance: OwnedInstance, row: Mapping[str, Any] | None, catalog: Catalog | None
 ) -> None:
     from prefect_cloudsched.core.catalog import load_catalog
 
-    launched = as_utc(instance.launched_at) or as_utc((row or {}).get("launched_at"))
-    charged = ledger.placements(since=launched) if launched is not None else []
     ended = datetime.now(UTC)
     record = orphan_record(instance, ended_at=ended, usd_per_hour=None, ledger_row=row)
     try:
         offer = (catalog or load_catalog()).find(record.offer_key)
     except KeyError:
         offer = None
-    if offer is not None:
+    if offer is not None:  # priced: what its task rows paid comes off (rows since launch)
+        launched = _launched(instance, row)
+        charged = ledger.placements(since=launched) if launched is not None else []
         priced = orphan_record(
             instance, ended_at=ended, usd_per_hour=offer.usd_per_hour, ledger_row=row,
             charged=charged,
