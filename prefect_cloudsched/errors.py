@@ -29,18 +29,27 @@ def hide_url_secrets(text: str) -> str:
 
     def hide(match: re.Match[str]) -> str:
         rest = match.group("rest")
-        cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-        # The last "@" before the query; none there: a "?" or "#" may sit in the password.
-        at = rest.rfind("@", 0, cut)
-        at = rest.rfind("@") if at < 0 else at
-        if at >= 0:
-            user, colon, _secret = rest[:at].partition(":")
-            if colon and "/" not in user:
-                rest = f"{user}:***{rest[at:]}"
+        userinfo = _userinfo(rest)
+        if userinfo is not None:
+            user, _secret, at = userinfo
+            rest = f"{user}:***{rest[at:]}"
         rest = _SECRET_QUERY.sub(lambda m: f"{m.group('name')}***", rest)
         return f"{match.group('scheme')}{rest}"
 
     return _URL.sub(hide, text)
+
+
+def _userinfo(rest: str) -> tuple[str, str, int] | None:
+    """``(user, password, index of the "@" ending it)`` of a URL after its ``scheme://``,
+    or ``None`` when it names no password."""
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    # The last "@" before the query; none there: a "?" or "#" may sit in the password.
+    at = rest.rfind("@", 0, cut)
+    at = rest.rfind("@") if at < 0 else at
+    if at < 0:
+        return None
+    user, colon, secret = rest[:at].partition(":")
+    return (user, secret, at) if colon and "/" not in user else None
 
 
 def scrub_secrets_of(url: str, text: str) -> str:
@@ -48,11 +57,9 @@ def scrub_secrets_of(url: str, text: str) -> str:
     hidden: a driver that split a password holding ``@`` may quote half of it as a host."""
     secrets = [m.group(0).split("=", 1)[1] for m in _SECRET_QUERY.finditer(url)]
     for match in _URL.finditer(url):
-        rest = match.group("rest")
-        at = rest.rfind("@")
-        user, colon, secret = rest[:at].partition(":") if at >= 0 else ("", "", "")
-        if colon and "/" not in user:
-            secrets.append(secret)
+        userinfo = _userinfo(match.group("rest"))
+        if userinfo is not None:
+            secrets.append(userinfo[1])
     pieces = {p for s in secrets for p in (s, *re.split(r"[@:/?#%]", s)) if len(p) >= 3}
     for piece in sorted(pieces, key=len, reverse=True):
         text = text.replace(piece, "***")
